@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh Debian 12 machine (root): `make test` and `make demo`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+INV := $(VENV)/bin/invoke
+APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients virtinst \
+	qemu-utils qemu-system-x86 genisoimage cloud-image-utils libvirt-dev pkg-config numactl
+
+.PHONY: test demo bench lint typecheck unit system venv clean
+
+# apt-get only when a package is missing, so repeated runs stay fast.
+system:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; }
+
+$(VENV)/.installed: requirements.txt | system
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+venv: system $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: venv lint typecheck
+	$(PY) -m pytest -q
+
+demo: venv
+	$(INV) inventory.check
+	$(INV) topology --host=hv1
+	$(INV) pins --host=hv1
+
+bench: venv
+	$(PY) bench/inventory_validate.py
+
+clean:
+	rm -rf $(VENV) .runs .mypy_cache .ruff_cache .pytest_cache
