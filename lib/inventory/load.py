@@ -1,0 +1,223 @@
+"""Load hosts/<name>.yaml over hosts/defaults.yaml, validate, plan missing pins.
+
+Every problem of every selected file is collected before anything is raised, so one run of
+`invoke inventory.check` shows the operator the whole list. Nothing here touches a host.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from lib.errors import InventoryError, Problem
+from lib.inventory.model import Host
+from lib.inventory.rules import check_host, check_topology
+from lib.pinplan import Core, PinRequest, PlanError, cores_from_layout, plan_pins
+
+DEFAULTS = "defaults.yaml"
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True)
+class LoadedHost:
+    name: str
+    file: str
+    host: Host
+    cores: tuple[Core, ...]
+    planned: frozenset[str]  # VMs whose pins came from the planner, not the file
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts: dict[str, LoadedHost]
+    warnings: tuple[Problem, ...]
+
+
+def host_names(hosts_dir: Path) -> list[str]:
+    return sorted(p.stem for p in hosts_dir.glob("*.yaml") if p.name != DEFAULTS)
+
+
+def load_inventory(hosts_dir: Path, names: Sequence[str] | None = None) -> Inventory:
+    if not hosts_dir.is_dir():
+        raise InventoryError([Problem("file.missing", str(hosts_dir), "", "inventory directory not found")])
+    known = host_names(hosts_dir)
+    wanted = list(names) if names else known
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise InventoryError([
+            Problem("host.unknown", str(hosts_dir), "",
+                    f"unknown host {n!r}; {hosts_dir} has {', '.join(known) or 'no host files'}")
+            for n in unknown
+        ])
+    problems: list[Problem] = []
+    defaults_file = hosts_dir / DEFAULTS
+    defaults: dict[str, Any] = {}
+    if defaults_file.exists():
+        defaults = _read_yaml(defaults_file, problems) or {}
+    hosts: dict[str, LoadedHost] = {}
+    for name in wanted:
+        loaded = _load_host(name, hosts_dir / f"{name}.yaml", defaults, str(defaults_file), problems)
+        if loaded:
+            hosts[name] = loaded
+    if any(p.severity == "error" for p in problems):
+        raise InventoryError(problems)
+    return Inventory(hosts, tuple(problems))
+
+
+def _load_host(name: str, file: Path, defaults: dict[str, Any], defaults_file: str,
+               problems: list[Problem]) -> LoadedHost | None:
+    raw = _read_yaml(file, problems)
+    if raw is None:
+        return None
+    try:
+        host = Host.model_validate(_merge(defaults, raw))
+    except ValidationError as exc:
+        for err in exc.errors():
+            origin = str(file) if _has_path(raw, err["loc"]) or not _has_path(defaults, err["loc"]) else defaults_file
+            problems.append(_schema_problem(err, origin))
+        return None
+    here = str(file)
+    findings = list(check_topology(host))
+    if findings:
+        problems.extend(Problem(f.rule, here, f.path, f.message, f.severity) for f in findings)
+        return None
+    topo = host.topology
+    cores = cores_from_layout(topo.sockets, topo.cores_per_socket, topo.threads_per_core,
+                              {n.id: n.cpu_set for n in topo.nodes}, topo.sibling_layout)
+    host, planned = _plan(host, cores, here, problems)
+    problems.extend(Problem(f.rule, here, f.path, f.message, f.severity) for f in check_host(host, cores))
+    return LoadedHost(name, here, host, tuple(cores), planned)
+
+
+def plan_host(host: Host, cores: Sequence[Core], *, replan: bool = False) -> dict[str, tuple[int, ...]]:
+    """Pins per VM: given pins kept, the rest planned; with replan, every VM planned from its counts."""
+    reserved = host.reserved_cpus.union(*(vm.tuning.emulator_cpus for vm in host.vms))
+    # Given pins are claimed as a set: their count and duplicates are rules.py's to report.
+    requests = [
+        PinRequest(vm.name, vm.vcpu_count, vm.tuning.numa_memory.nodes) if replan or vm.tuning.vcpu_pins is None
+        else PinRequest(vm.name, len(set(vm.pins)), frozenset(), tuple(dict.fromkeys(vm.pins)))
+        for vm in host.vms
+    ]
+    return plan_pins(cores, requests, reserved)
+
+
+def _plan(host: Host, cores: list[Core], file: str, problems: list[Problem]) -> tuple[Host, frozenset[str]]:
+    """Fill in pins for VMs that give only vcpu_count and a nodeset."""
+    todo = {vm.name for vm in host.vms if vm.tuning.vcpu_pins is None}
+    if not todo:
+        return host, frozenset()
+    try:
+        plan = plan_host(host, cores)
+    except PlanError as exc:
+        index = next((i for i, vm in enumerate(host.vms) if vm.name == exc.vm), None)
+        path = f"vms[{index}].vcpu_count" if index is not None else "vms"
+        problems.append(Problem("pins.plan", file, path, str(exc)))
+        return host, frozenset()
+    vms = tuple(
+        vm.model_copy(update={"tuning": vm.tuning.model_copy(update={"vcpu_pins": plan[vm.name]})})
+        if vm.name in todo else vm
+        for vm in host.vms
+    )
+    return host.model_copy(update={"vms": vms}), frozenset(todo)
+
+
+def _read_yaml(file: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        problems.append(Problem("file.missing", str(file), "", "file not found"))
+        return None
+    except OSError as exc:
+        problems.append(Problem("file.unreadable", str(file), "", exc.strerror or str(exc)))
+        return None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problems.append(Problem("yaml.syntax", str(file), where, f"could not parse YAML: {what}"))
+        return None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(Problem("yaml.not-mapping", str(file), "",
+                                f"the top level must be a mapping of keys, not a {type(data).__name__}"))
+        return None
+    return data
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """nornir-style inheritance: the host file wins, mappings merge key by key, lists replace."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _has_path(data: Any, loc: tuple[int | str, ...]) -> bool:
+    for part in loc:
+        in_mapping = isinstance(data, Mapping) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (in_mapping or in_list):
+            return False
+        data = data[part]
+    return True
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_problem(err: ErrorDetails, file: str) -> Problem:
+    kind, loc = err["type"], err["loc"]
+    if kind == "missing":
+        return Problem("schema.missing", file, field_path(loc), "required field is missing")
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+        return Problem("schema.unknown-key", file, field_path(loc), f"unknown key {key!r}{hint}")
+    if "." in kind:  # our own PydanticCustomError rule ids
+        return Problem(kind, file, field_path(loc), err["msg"])
+    return Problem("schema.type", file, field_path(loc), f"{err['msg']} (got {err['input']!r})")
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys a model accepts at a field path, for 'did you mean' hints."""
+    model: type[BaseModel] | None = Host
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        model = _model_in(info.annotation) if info else None
+    return list(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None

@@ -1,0 +1,262 @@
+"""The inventory schema: one hosts/<name>.yaml per hypervisor, merged over hosts/defaults.yaml.
+
+Schema checks (types, required and unknown keys) are pydantic's; checks on a single value that
+carry a rule id of ours raise PydanticCustomError with that id as the error type, so load.py can
+report them like any other rule. Rules that relate several fields live in rules.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
+from pydantic_core import PydanticCustomError
+
+from lib.cpuset import parse_cpulist
+
+# Characters that never need quoting in a POSIX shell word. Anything that reaches a command line
+# must stay inside this set, so a value can never smuggle `;`, `$()`, quotes or spaces.
+_SAFE = re.compile(r"[A-Za-z0-9._/:@+=,%~-]*")
+# RFC 1123 hostname label; also a valid libvirt domain name.
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_IFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_TAINT = re.compile(r"(?P<key>[A-Za-z0-9./_-]+)(=(?P<value>[A-Za-z0-9._-]*))?:(?P<effect>[A-Za-z]+)")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _safe(value: str) -> str:
+    if not _SAFE.fullmatch(value):
+        bad = sorted({c for c in value if not _SAFE.fullmatch(c)})
+        raise PydanticCustomError(
+            "value.shell-unsafe",
+            "{value} contains {bad}, which is not allowed in a value that reaches a command line",
+            {"value": repr(value), "bad": " ".join(repr(c) for c in bad)},
+        )
+    return value
+
+
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise PydanticCustomError(
+            "name.invalid",
+            "{value} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (RFC 1123, also a valid libvirt domain name)",
+            {"value": repr(value)},
+        )
+    return value
+
+
+def _abs_path(value: str) -> str:
+    _safe(value)
+    if not value.startswith("/"):
+        raise PydanticCustomError("path.not-absolute", "{value} is not an absolute path", {"value": repr(value)})
+    if "/../" in value + "/" or value.endswith("/.."):
+        raise PydanticCustomError("path.not-absolute", "{value} must not contain '..'", {"value": repr(value)})
+    return value
+
+
+def _rel_path(value: str) -> str:
+    _safe(value)
+    if value.startswith("/") or ".." in value.split("/") or not value:
+        raise PydanticCustomError(
+            "path.not-relative", "{value} must be a relative path inside the mount, without '..'",
+            {"value": repr(value)},
+        )
+    return value
+
+
+def _cpulist(value: str) -> str:
+    try:
+        parse_cpulist(value)
+    except ValueError as exc:
+        raise PydanticCustomError("cpulist.invalid", "{value}: {why}", {"value": repr(value), "why": str(exc)}) from exc
+    return value
+
+
+def _pattern(rule: str, regex: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise PydanticCustomError(rule, "{value} is not a valid {what}", {"value": repr(value), "what": what})
+        return value
+
+    return check
+
+
+def _taint(value: str) -> str:
+    match = _TAINT.fullmatch(value)
+    if not match or match["effect"] not in TAINT_EFFECTS:
+        raise PydanticCustomError(
+            "k3s.taint-format",
+            "{value} is not a taint: use key[=value]:Effect with Effect one of {effects}",
+            {"value": repr(value), "effects": ", ".join(TAINT_EFFECTS)},
+        )
+    return value
+
+
+Word = Annotated[str, AfterValidator(_safe)]
+Name = Annotated[str, AfterValidator(_name)]
+AbsPath = Annotated[str, AfterValidator(_abs_path)]
+RelPath = Annotated[str, AfterValidator(_rel_path)]
+Cpulist = Annotated[str, AfterValidator(_cpulist)]
+UserName = Annotated[str, AfterValidator(_pattern("name.invalid", _USER, "Linux user name"))]
+IfaceName = Annotated[str, AfterValidator(_pattern("name.invalid", _IFACE, "network interface name"))]
+Taint = Annotated[str, AfterValidator(_taint)]
+CpuId = Annotated[int, Field(ge=0)]
+
+
+class Model(BaseModel):
+    """Frozen and strict about keys: a typo like `vcpu_pin` is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NumaMemory(Model):
+    nodeset: Cpulist
+    mode: Literal["strict", "preferred", "interleave", "restrictive"] = "strict"
+
+    @cached_property
+    def nodes(self) -> frozenset[int]:
+        return parse_cpulist(self.nodeset)
+
+
+class VmTuning(Model):
+    # Optional: a VM that gives only vcpu_count and nodeset gets pins from the planner.
+    vcpu_pins: tuple[CpuId, ...] | None = None
+    emulator_cpuset: Cpulist
+    numa_memory: NumaMemory
+
+    @cached_property
+    def emulator_cpus(self) -> frozenset[int]:
+        return parse_cpulist(self.emulator_cpuset)
+
+
+class UserConfig(Model):
+    username: UserName
+    ssh_authorized_keys: tuple[str, ...] = ()
+
+
+class ExtraDisk(Model):
+    """A disk beyond the OS overlay, such as the data VM's hot (SSD) and cold (HDD) tiers."""
+
+    name: Name
+    path: AbsPath
+    size_gb: PositiveInt
+    target: Annotated[str, AfterValidator(_pattern("disk.target", re.compile(r"vd[b-z]"), "disk target (vdb..vdz)"))]
+    tier: Literal["ssd", "hdd"]
+    mount: AbsPath
+    directories: tuple[RelPath, ...] = ()
+    filesystem: Literal["ext4", "xfs"] = "ext4"
+    # A block device to hand to the VM instead of creating an image at `path`.
+    device: AbsPath | None = None
+
+
+class K8sNode(Model):
+    role: Literal["server", "agent"]
+    taints: tuple[Taint, ...] = ()
+    labels: dict[Word, Word] = Field(default_factory=dict)
+
+
+class VM(Model):
+    # The spec's JSON fields, verbatim.
+    name: Name
+    vcpu_count: PositiveInt
+    memory_mb: PositiveInt
+    disk_path: AbsPath
+    disk_size_gb: PositiveInt
+    base_image_path: AbsPath
+    bridge_network_interface: IfaceName
+    cloud_init_iso_path: AbsPath
+    tuning: VmTuning
+    user_configs: tuple[UserConfig, ...] = ()
+    # What the spec says in prose, made data.
+    disks: tuple[ExtraDisk, ...] = ()
+    k8s: K8sNode | None = None
+
+    @property
+    def pins(self) -> tuple[int, ...]:
+        """vCPU pins; always set once the inventory is loaded (given or planned)."""
+        return self.tuning.vcpu_pins or ()
+
+
+class NumaNode(Model):
+    id: Annotated[int, Field(ge=0)]
+    cpus: Cpulist
+    memory_mb: PositiveInt
+
+    @cached_property
+    def cpu_set(self) -> frozenset[int]:
+        return parse_cpulist(self.cpus)
+
+
+class Topology(Model):
+    sockets: PositiveInt
+    cores_per_socket: PositiveInt
+    threads_per_core: PositiveInt
+    # "spread": Linux's usual Intel numbering (cpu k and k + all cores are siblings);
+    # "adjacent": siblings have consecutive ids (common on AMD).
+    sibling_layout: Literal["spread", "adjacent"] = "spread"
+    l3_cache_mb: PositiveInt
+    nodes: tuple[NumaNode, ...] = Field(min_length=1)
+
+    @property
+    def cpu_count(self) -> int:
+        return self.sockets * self.cores_per_socket * self.threads_per_core
+
+    @cached_property
+    def all_cpus(self) -> frozenset[int]:
+        return frozenset().union(*(n.cpu_set for n in self.nodes))
+
+    @cached_property
+    def node_of_cpu(self) -> dict[int, int]:
+        return {cpu: node.id for node in self.nodes for cpu in node.cpu_set}
+
+
+class HostTuning(Model):
+    cpu_governor: Literal["performance", "powersave", "schedutil", "ondemand", "conservative"] = "performance"
+    numa_balancing: Literal[0, 1] = 0
+    thp_enabled: Literal["always", "madvise", "never"] = "always"
+    thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] = "always"
+
+
+class SshSettings(Model):
+    host: Word
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    user: UserName = "root"
+    # Local paths; `~` is expanded on the operator's machine.
+    key_file: Word | None = None
+    known_hosts: Word | None = None
+
+
+class K3sSettings(Model):
+    version: Annotated[str, AfterValidator(_pattern("k3s.version", re.compile(r"v\d+\.\d+\.\d+\+k3s\d+"),
+                                                     "k3s version (like v1.31.4+k3s1)"))]
+    install: Literal["online", "airgap"] = "online"
+    artifacts_dir: Word | None = None
+    # A local path (never on a command line); {host} is the hypervisor's name. Kept outside the
+    # repository, 0600; generated once per cluster when absent.
+    token_file: str = "~/.config/numa-k3s/{host}.token"  # noqa: S105 - a path, not a secret
+
+
+class Host(Model):
+    """One hypervisor: hosts/<name>.yaml merged over hosts/defaults.yaml."""
+
+    ssh: SshSettings
+    sysroot: AbsPath = "/"
+    libvirt_uri: Word = "qemu:///system"
+    virt_type: Literal["kvm", "qemu"] = "kvm"
+    bridge: IfaceName
+    topology: Topology
+    # CPUs kept for the host beyond the emulator sets, and memory kept per NUMA node.
+    host_reserved_cpus: Cpulist = ""
+    host_reserved_memory_mb: Annotated[int, Field(ge=0)] = 4096
+    tuning: HostTuning = HostTuning()
+    k3s: K3sSettings
+    vms: tuple[VM, ...] = ()
+
+    @cached_property
+    def reserved_cpus(self) -> frozenset[int]:
+        return parse_cpulist(self.host_reserved_cpus)
