@@ -1,0 +1,147 @@
+"""The topology picture: every core of every socket, who owns each thread, memory per node.
+
+Pure: builds rich renderables from a loaded host; tasks.py decides where they go (terminal, SVG,
+HTML). Tags (VM1, E, H) carry the meaning so the picture reads without colour too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from lib.cpuset import format_cpulist
+from lib.inventory.load import LoadedHost
+
+_VM_STYLES = ("bold white on blue", "bold white on dark_green", "bold black on gold3", "bold white on purple4",
+              "bold white on dark_red", "bold black on cyan", "bold black on orange3", "bold white on grey35")
+_EMU = "bold black on bright_yellow"
+_HOST = "bold white on grey23"
+_FREE = "dim"
+_COLUMNS = 6
+
+
+@dataclass(frozen=True)
+class Owner:
+    tag: str  # short label shown in the cell: VM1, E, H, or '.'
+    style: str
+    what: str  # long form for the legend
+
+
+def thread_owners(loaded: LoadedHost) -> dict[int, Owner]:
+    """CPU -> who runs there. vCPU pins win over emulator sets (an overlap is an inventory error anyway)."""
+    host = loaded.host
+    owners: dict[int, Owner] = {}
+    emulators: dict[int, list[str]] = defaultdict(list)
+    for i, vm in enumerate(host.vms):
+        for cpu in vm.tuning.emulator_cpus:
+            emulators[cpu].append(f"VM{i + 1}")
+    for cpu, vms in emulators.items():
+        owners[cpu] = Owner("E", _EMU, f"emulator of {', '.join(vms)}")
+    for cpu in host.reserved_cpus:
+        owners.setdefault(cpu, Owner("H", _HOST, "host"))
+    for i, vm in enumerate(host.vms):
+        for cpu in vm.pins:
+            owners[cpu] = Owner(f"VM{i + 1}", _VM_STYLES[i % len(_VM_STYLES)], vm.name)
+    return owners
+
+
+def _gib(mb: float) -> str:
+    return f"{mb / 1024:.1f} GiB"
+
+
+def _memory_line(loaded: LoadedHost, node_id: int, node_mb: int) -> Text:
+    host = loaded.host
+    parts: list[tuple[str, float, str]] = []
+    for i, vm in enumerate(host.vms):
+        nodes = vm.tuning.numa_memory.nodes
+        if node_id in nodes:
+            parts.append((f"VM{i + 1}", vm.memory_mb / len(nodes), _VM_STYLES[i % len(_VM_STYLES)]))
+    reserve = host.host_reserved_memory_mb
+    used = sum(mb for _, mb, _ in parts) + reserve
+    free = node_mb - used
+    width = 40
+    bar = Text()
+    # Block characters keep the bar readable without colour; the colour is each VM's background.
+    for _, mb, style in parts:
+        bar.append("█" * max(1, round(width * mb / node_mb)), style=style.split(" on ")[-1])
+    bar.append("▒" * max(1, round(width * reserve / node_mb)), style="grey50")
+    bar.append("·" * max(0, width - len(bar.plain)), style=_FREE)
+    text = Text("memory ")
+    text.append_text(bar)
+    vms = " + ".join(f"{tag} {_gib(mb)}" for tag, mb, _ in parts) or "no VMs"
+    free_style = "bold red" if free < 0 else "green"
+    text.append(f"\n       {vms} + host {_gib(reserve)} = {_gib(used)} of {_gib(node_mb)}, ")
+    text.append(f"free {_gib(free)}", style=free_style)
+    return text
+
+
+def _core_cell(index: int, threads: tuple[int, ...], owners: dict[int, Owner]) -> Text:
+    cell = Text(f"core {index}\n", style="bold")
+    for n, cpu in enumerate(threads):
+        owner = owners.get(cpu, Owner(".", _FREE, "free"))
+        cell.append(f"{cpu:>3} ")
+        cell.append(f"{owner.tag:<4}", style=owner.style)
+        if n < len(threads) - 1:
+            cell.append("\n")
+    return cell
+
+
+def topology_picture(loaded: LoadedHost) -> RenderableType:
+    host, topo = loaded.host, loaded.host.topology
+    owners = thread_owners(loaded)
+    per_socket = topo.cores_per_socket
+    panels: list[RenderableType] = []
+    nodes = {n.id: n for n in topo.nodes}
+    for socket in range(topo.sockets):
+        cores = list(enumerate(loaded.cores))[socket * per_socket:(socket + 1) * per_socket]
+        for node_id in sorted({core.node for _, core in cores}):
+            node = nodes[node_id]
+            grid = Table.grid(padding=(0, 2))
+            here = [(k - socket * per_socket, core) for k, core in cores if core.node == node_id]
+            for row in range(0, len(here), _COLUMNS):
+                grid.add_row(*(_core_cell(k, core.threads, owners) for k, core in here[row:row + _COLUMNS]))
+            title = (f"socket {socket} · NUMA node {node_id} · CPUs {node.cpus} · "
+                     f"L3 {topo.l3_cache_mb} MB")
+            panels.append(Panel(Group(grid, Text(), _memory_line(loaded, node_id, node.memory_mb)),
+                                title=title, title_align="left", expand=False))
+    legend = Table(title=f"{loaded.name}: {topo.sockets} sockets x {topo.cores_per_socket} cores x "
+                   f"{topo.threads_per_core} threads, {topo.cpu_count} CPUs", title_justify="left")
+    for col in ("tag", "owner", "vCPUs", "pins", "emulator", "memory", "node"):
+        legend.add_column(col)
+    for i, vm in enumerate(host.vms):
+        legend.add_row(Text(f"VM{i + 1}", style=_VM_STYLES[i % len(_VM_STYLES)]), vm.name, str(vm.vcpu_count),
+                       format_cpulist(vm.pins), vm.tuning.emulator_cpuset, _gib(vm.memory_mb),
+                       f"{vm.tuning.numa_memory.nodeset} ({vm.tuning.numa_memory.mode})")
+    emulator_cpus = frozenset().union(*(vm.tuning.emulator_cpus for vm in host.vms))
+    legend.add_row(Text("E", style=_EMU), "QEMU emulator threads", "", format_cpulist(emulator_cpus), "", "", "")
+    if host.reserved_cpus:
+        legend.add_row(Text("H", style=_HOST), "host reserved", "", format_cpulist(host.reserved_cpus), "", "", "")
+    free = topo.all_cpus - owners.keys()
+    legend.add_row(Text(".", style=_FREE), "free", "", format_cpulist(free) or "none", "", "", "")
+    return Group(legend, *panels)
+
+
+def pins_table(loaded: LoadedHost, replanned: dict[str, tuple[int, ...]] | None = None) -> Table:
+    """Per VM: its pins vCPU by vCPU, where they came from, and (with replanned) what the planner picks."""
+    table = Table(title=f"{loaded.name}: vCPU pins", title_justify="left")
+    for col in ("VM", "vCPUs", "nodeset", "source", "pins (vCPU 0, 1, ...)", "cpulist", "emulator"):
+        table.add_column(col, no_wrap=col != "pins (vCPU 0, 1, ...)", ratio=3 if col.startswith("pins") else None)
+    if replanned is not None:
+        table.add_column("planner")
+    for vm in loaded.host.vms:
+        source = "planned" if vm.name in loaded.planned else "given"
+        row: list[RenderableType] = [
+            vm.name, str(vm.vcpu_count), f"{vm.tuning.numa_memory.nodeset} {vm.tuning.numa_memory.mode}", source,
+            " ".join(map(str, vm.pins)), format_cpulist(vm.pins), vm.tuning.emulator_cpuset,
+        ]
+        if replanned is not None:
+            same = replanned.get(vm.name) == vm.pins
+            row.append(Text("same", style="green") if same
+                       else Text(",".join(map(str, replanned.get(vm.name, ()))), style="yellow"))
+        table.add_row(*row)
+    return table
