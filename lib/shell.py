@@ -1,0 +1,108 @@
+"""Commands as values: every interpolated value shell-quoted, secrets shown as *** everywhere.
+
+Pure: planners build Commands here; only remote.py runs them. A Command carries two renderings,
+`shown` (logs, plans, journals, reports, exceptions) and the real one, which only remote.py reads.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import NoReturn
+
+MASK = "***"
+_known: set[str] = set()
+_known_lock = threading.Lock()
+
+
+class Secret:
+    """A value that prints as *** in str, repr, format, f-strings and exception messages."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not value:
+            raise ValueError("a secret must not be empty")
+        self._value = value
+        with _known_lock:  # so mask() can scrub it from any text that echoes it back
+            _known.add(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return MASK
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("secret", self._value))
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a Secret cannot be pickled")
+
+
+def mask(text: str) -> str:
+    """Replace every known secret value in text with ***: the last line of defence for output."""
+    with _known_lock:
+        values = sorted(_known, key=len, reverse=True)
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+Value = str | int | float | PurePosixPath | Secret
+
+
+def quote(value: Value, *, reveal: bool = False) -> str:
+    if isinstance(value, Secret):
+        return shlex.quote(value.reveal()) if reveal else MASK
+    return shlex.quote(str(value))
+
+
+@dataclass(frozen=True)
+class Command:
+    """One remote command line. Build it with sh(); `shown` is safe to print anywhere."""
+
+    shown: str
+    real: str = field(repr=False)
+    timeout: float = 120.0
+    sudo: bool = True
+    ok_codes: tuple[int, ...] = (0,)
+    why: str = ""
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+def sh(template: str, /, *, timeout: float = 120.0, sudo: bool = True, ok_codes: tuple[int, ...] = (0,),
+       why: str = "", **values: Value | list[Value]) -> Command:
+    """Format template with each value shell-quoted ({name}); lists become several quoted words.
+
+    The template itself is code, never data: operators' values only ever enter through **values.
+    """
+
+    def render(reveal: bool) -> str:
+        words = {
+            key: " ".join(quote(v, reveal=reveal) for v in val) if isinstance(val, list) else quote(val, reveal=reveal)
+            for key, val in values.items()
+        }
+        return template.format(**words)
+
+    return Command(render(False), render(True), timeout, sudo, ok_codes, why)
+
+
+def rooted(sysroot: str, path: str) -> str:
+    """A sysfs/procfs path under the inventory's sysroot (tests point it at generated trees)."""
+    if sysroot in ("", "/"):
+        return path
+    return str(PurePosixPath(sysroot) / path.lstrip("/"))
