@@ -160,6 +160,19 @@ class K8sNode(Model):
     labels: dict[Word, Word] = Field(default_factory=dict)
 
 
+class VmSsh(Model):
+    """How the tool reaches a VM over SSH once it runs (k3s steps, cloud-init wait)."""
+
+    host: Word
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    user: UserName = "admin"
+    # Unset: the hypervisor's ssh.key_file / known_hosts.
+    key_file: Word | None = None
+    known_hosts: Word | None = None
+    # Reach the VM through the hypervisor's SSH connection (a jump host), as on a private bridge.
+    jump: bool = True
+
+
 class VM(Model):
     # The spec's JSON fields, verbatim.
     name: Name
@@ -175,6 +188,7 @@ class VM(Model):
     # What the spec says in prose, made data.
     disks: tuple[ExtraDisk, ...] = ()
     k8s: K8sNode | None = None
+    ssh: VmSsh | None = None
 
     @property
     def pins(self) -> tuple[int, ...]:
@@ -247,6 +261,8 @@ class Host(Model):
     ssh: SshSettings
     sysroot: AbsPath = "/"
     libvirt_uri: Word = "qemu:///system"
+    # One run at a time per hypervisor: the lock file on the hypervisor (see lib/lock.py).
+    lock_path: AbsPath = "/run/lock/numa-k3s.lock"
     virt_type: Literal["kvm", "qemu"] = "kvm"
     bridge: IfaceName
     topology: Topology

@@ -1,0 +1,78 @@
+"""The host lock: one run at a time per hypervisor, its holder named, a stale holder detectable.
+
+The lock is a file created with O_EXCL (`set -C`) on the hypervisor. It records who holds it and the
+pid of the sshd session that created it: while the holder's run is alive its one SSH connection is
+open and that sshd process exists; when the holder dies the connection closes and the lock is
+stale. Pure: builds commands and parses their output; the runner runs them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from lib.errors import ToolError
+from lib.shell import Command, sh
+
+# Walk up from this shell to the sshd process serving the connection (sudo and sh may sit between).
+_SESSION = ('s=$$; while [ "$s" -gt 1 ] && [ "$(cat /proc/$s/comm 2>/dev/null)" != sshd ]; do '
+            "s=$(cut -d' ' -f4 /proc/$s/stat); done")
+
+
+class LockHeld(ToolError):
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class LockState:
+    state: Literal["acquired", "live", "stale"]
+    holder: str = ""  # the lock file's content: user=... client=... pid=... started=... run=... session=...
+
+    def field(self, key: str) -> str:
+        for word in self.holder.split():
+            if word.startswith(f"{key}="):
+                return word.split("=", 1)[1]
+        return "?"
+
+    def describe(self) -> str:
+        return (f"user {self.field('user')} on {self.field('client')} (pid {self.field('pid')}), "
+                f"since {self.field('started')}, run {self.field('run')}")
+
+
+def holder_info(run_id: str) -> str:
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"user={getpass.getuser()} client={socket.gethostname()} pid={os.getpid()} started={started} run={run_id}"
+
+
+def acquire(path: str, info: str) -> Command:
+    return sh(
+        'lock={path}; info={info}; ' + _SESSION + '; mkdir -p "$(dirname "$lock")" && '
+        'if (set -C; printf "%s session=%s\\n" "$info" "$s" > "$lock") 2>/dev/null; then echo acquired; exit 0; fi; '
+        'holder=$(cat "$lock" 2>/dev/null); '
+        'hs=$(printf "%s\\n" "$holder" | sed -n "s/.*session=\\([0-9]*\\).*/\\1/p"); '
+        'if [ -n "$hs" ] && [ "$(cat /proc/$hs/comm 2>/dev/null)" = sshd ]; then echo "live $holder"; '
+        'else echo "stale $holder"; fi',
+        path=path, info=info, timeout=30, why="take the host lock")
+
+
+def parse(stdout: str) -> LockState:
+    line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    state, _, holder = line.partition(" ")
+    if state not in ("acquired", "live", "stale"):
+        raise ToolError(f"unexpected answer from the lock command: {line!r}")
+    return LockState(state, holder)  # type: ignore[arg-type]
+
+
+def break_stale(path: str, holder: str) -> Command:
+    """Remove the lock only if it still holds exactly the stale holder we saw (no race with a new run)."""
+    return sh('lock={path}; [ "$(cat "$lock" 2>/dev/null)" = {holder} ] && rm -f "$lock"; true',
+              path=path, holder=holder, timeout=30, why="break a stale host lock")
+
+
+def release(path: str, run_id: str) -> Command:
+    return sh('lock={path}; grep -q {mark} "$lock" 2>/dev/null && rm -f "$lock"; true',
+              path=path, mark=f"run={run_id} ", timeout=30, why="release the host lock")

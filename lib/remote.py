@@ -1,0 +1,283 @@
+"""The only module that opens SSH connections or runs processes.
+
+One Fabric Connection per endpoint per run, opened on first use and reused by every step; VMs can
+be reached through their hypervisor's connection as a jump host. Host keys are checked strictly
+against the inventory's known_hosts. Commands come in as lib.shell.Command values: what is run is
+`Command.real`, what is logged or raised is `Command.shown`, and any output is masked for secrets.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from fabric import Config, Connection
+from fabric.runners import Remote
+from invoke.exceptions import CommandTimedOut
+
+from lib.errors import ToolError
+from lib.retry import Policies, Sleep, retrying
+from lib.shell import Command, mask, quote
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a target answers SSH: a hypervisor, or a VM (optionally through its hypervisor)."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str = "root"
+    key_file: str | None = None
+    known_hosts: str | None = None
+    via: Endpoint | None = None
+
+    def __str__(self) -> str:
+        hop = f" via {self.via.name}" if self.via else ""
+        return f"{self.user}@{self.host}:{self.port}{hop}"
+
+
+@dataclass(frozen=True)
+class CmdResult:
+    command: str  # as shown: secrets masked
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class ConnectError(ToolError):
+    exit_code = 4
+
+    def __init__(self, endpoint: Endpoint, reason: str, attempts: int) -> None:
+        self.endpoint, self.reason, self.attempts = endpoint, reason, attempts
+        super().__init__(f"cannot connect to {endpoint} ({endpoint.name}) after {attempts} attempt(s): {reason}")
+
+
+class CommandError(ToolError):
+    """A command failed for good (after the transient policy gave up, or at once if permanent)."""
+
+    exit_code = 4
+
+    def __init__(self, target: str, result: CmdResult, reason: str = "") -> None:
+        self.target, self.result = target, result
+        tail = "\n".join(result.stderr.strip().splitlines()[-10:]) or "(empty)"
+        why = reason or f"exit code {result.exit_code}"
+        super().__init__(f"{target}: command failed ({why}) after {result.attempts} attempt(s): {result.command}\n"
+                         f"stderr: {tail}")
+
+
+class _FastRemote(Remote):  # type: ignore[misc]
+    # invoke's runner polls the channel every input_sleep seconds (class attribute, 10 ms by
+    # default); with one batched command per step that wait is most of a fast step's cost.
+    input_sleep = 0.001
+
+
+class _Transient(Exception):
+    """Internal: a failure the transient policy may retry."""
+
+    def __init__(self, result: CmdResult, reason: str) -> None:
+        super().__init__(reason)
+        self.result, self.reason = result, reason
+
+
+def _permanent_connect_error(exc: BaseException) -> bool:
+    return isinstance(exc, paramiko.AuthenticationException | paramiko.BadHostKeyException) or (
+        isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc))
+
+
+def _retry_connect(exc: BaseException) -> bool:
+    transient = isinstance(exc, OSError | EOFError | paramiko.SSHException | socket.timeout)
+    return transient and not _permanent_connect_error(exc)
+
+
+class Session:
+    """An SSH session to one endpoint for one run: connect once, run many commands."""
+
+    def __init__(self, endpoint: Endpoint, policies: Policies, *, sleep: Sleep = time.sleep, log: Log | None = None,
+                 gateway: Session | None = None, connect_timeout: float = 10.0) -> None:
+        self.endpoint, self.policies, self.sleep = endpoint, policies, sleep
+        self.gateway = gateway
+        self.log = log or (lambda line: None)
+        self.connect_timeout = connect_timeout
+        self.commands_run = 0
+        self.connects = 0
+        self._conn: Any = None
+        self._lock = threading.Lock()  # a session may be shared as a gateway by parallel VM targets
+
+    # -- connection -------------------------------------------------------------------------
+    def _new_connection(self) -> Any:
+        ep = self.endpoint
+        # lazy=True: settings come from the inventory only, never from ~/.ssh/config or /etc files.
+        config = Config(lazy=True, overrides={
+            "run": {"hide": True, "warn": True, "in_stream": False},
+            "runners": {"remote": _FastRemote},
+            "load_ssh_configs": False,
+        })
+        kwargs: dict[str, Any] = {"banner_timeout": self.connect_timeout, "auth_timeout": self.connect_timeout}
+        if ep.key_file:
+            kwargs.update(key_filename=str(Path(ep.key_file).expanduser()), look_for_keys=False, allow_agent=False)
+        gateway = self.gateway.connection() if self.gateway else None
+        conn = Connection(ep.host, user=ep.user, port=ep.port, config=config, connect_kwargs=kwargs,
+                          connect_timeout=int(self.connect_timeout), gateway=gateway)
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if ep.known_hosts:
+            known = Path(ep.known_hosts).expanduser()
+            if known.exists():
+                conn.client.load_host_keys(str(known))
+        else:
+            conn.client.load_system_host_keys()
+        return conn
+
+    def connection(self) -> Any:
+        """The open Fabric Connection, connecting with the ssh_connect policy on first use."""
+        with self._lock:
+            if self._conn is not None and self._conn.is_connected:
+                return self._conn
+            attempts = 0
+
+            def attempt() -> Any:
+                nonlocal attempts
+                attempts += 1
+                conn = self._new_connection()
+                conn.open()
+                self.connects += 1
+                sock = conn.transport.sock if conn.transport else None
+                if isinstance(sock, socket.socket):
+                    # paramiko leaves Nagle on: every small exec would wait ~40 ms for a delayed ACK.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return conn
+
+            def note(state: Any) -> None:
+                self.log(f"{self.endpoint.name}: connect attempt {state.attempt_number} failed "
+                         f"({state.outcome.exception()}); retrying")
+
+            try:
+                self._conn = retrying(self.policies.ssh_connect, _retry_connect, self.sleep, note)(attempt)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise ConnectError(self.endpoint, _connect_reason(exc, self.endpoint), attempts) from None
+            return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- commands ---------------------------------------------------------------------------
+    def _wire(self, cmd: Command, reveal: bool) -> str:
+        text = cmd.real if reveal else cmd.shown
+        if cmd.sudo and self.endpoint.user != "root":
+            # -n: never prompt; a host that needs a sudo password fails at once with a clear message.
+            return f"sudo -n -- sh -c {quote(text)}"
+        return text
+
+    def run(self, cmd: Command) -> CmdResult:
+        """Run one command; retry what is transient; raise CommandError on anything else."""
+        shown = self._wire(cmd, reveal=False)
+        transient_codes = self.policies.transient.exit_codes
+        attempts = 0
+
+        def attempt() -> CmdResult:
+            nonlocal attempts
+            attempts += 1
+            start = time.monotonic()
+            try:
+                conn = self.connection()
+                self.commands_run += 1
+                raw = conn.run(self._wire(cmd, reveal=True), timeout=cmd.timeout)
+            except CommandTimedOut as exc:
+                result = CmdResult(shown, -1, mask(exc.result.stdout), mask(exc.result.stderr),
+                                   time.monotonic() - start, attempts)
+                raise _Transient(result, f"timed out after {cmd.timeout:g} s") from None
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                self.close()  # reconnect on the next attempt
+                result = CmdResult(shown, -1, "", mask(str(exc)), time.monotonic() - start, attempts)
+                raise _Transient(result, f"connection lost: {mask(str(exc)) or type(exc).__name__}") from None
+            result = CmdResult(shown, raw.exited, mask(raw.stdout), mask(raw.stderr), time.monotonic() - start,
+                               attempts)
+            self.log(f"{self.endpoint.name}: $ {shown}  -> exit {result.exit_code} in {result.duration:.2f} s")
+            if result.exit_code not in cmd.ok_codes and result.exit_code in transient_codes:
+                raise _Transient(result, f"exit code {result.exit_code} (transient)")
+            return result
+
+        def note(state: Any) -> None:
+            exc = state.outcome.exception()
+            self.log(f"{self.endpoint.name}: attempt {state.attempt_number} of {shown!r} failed ({exc}); retrying")
+
+        try:
+            result = retrying(self.policies.transient, lambda e: isinstance(e, _Transient), self.sleep, note)(attempt)
+        except _Transient as exc:
+            raise CommandError(self.endpoint.name, exc.result, exc.reason) from None
+        if result.exit_code not in cmd.ok_codes:
+            raise CommandError(self.endpoint.name, result)
+        return result
+
+    def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+        """Write data to a remote file with mode set before any content lands (secrets stay private)."""
+        conn = self.connection()
+        self.commands_run += 1
+        sftp = conn.sftp()
+        tmp = f"{remote_path}.tmp-{int(time.time() * 1000)}"
+        with sftp.open(tmp, "wb") as handle:
+            handle.chmod(mode)
+            handle.write(data)
+        sftp.posix_rename(tmp, remote_path)
+        self.log(f"{self.endpoint.name}: put {len(data)} bytes -> {remote_path} (mode {mode:o})")
+
+    def get(self, remote_path: str) -> bytes:
+        buf = io.BytesIO()
+        self.connection().get(remote_path, buf)
+        return buf.getvalue()
+
+
+def _connect_reason(exc: BaseException, ep: Endpoint) -> str:
+    if isinstance(exc, paramiko.BadHostKeyException) or "not found in known_hosts" in str(exc):
+        return (f"host key of [{ep.host}]:{ep.port} is not the one in {ep.known_hosts or 'known_hosts'}; "
+                "check the host, then add its key")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return f"authentication as {ep.user} failed with key {ep.key_file or '(agent/default keys)'}"
+    return str(exc) or type(exc).__name__
+
+
+@dataclass
+class SessionPool:
+    """One Session per endpoint per run; VM sessions ride on their hypervisor's session."""
+
+    policies: Policies
+    sleep: Sleep = time.sleep
+    log: Log | None = None
+    sessions: dict[str, Session] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, endpoint: Endpoint) -> Session:
+        with self._lock:
+            key = f"{endpoint.name}@{endpoint}"
+            if key not in self.sessions:
+                gateway = self.get_unlocked(endpoint.via) if endpoint.via else None
+                self.sessions[key] = Session(endpoint, self.policies, sleep=self.sleep, log=self.log, gateway=gateway)
+            return self.sessions[key]
+
+    def get_unlocked(self, endpoint: Endpoint) -> Session:
+        key = f"{endpoint.name}@{endpoint}"
+        if key not in self.sessions:
+            self.sessions[key] = Session(endpoint, self.policies, sleep=self.sleep, log=self.log)
+        return self.sessions[key]
+
+    def close_all(self) -> None:
+        for session in self.sessions.values():
+            session.close()

@@ -1,0 +1,83 @@
+"""What a run produces: per host, per step, per target results, and the run's summary.
+
+Plain data shared by the runner, the run records (journal, report, JUnit) and the terminal output.
+Nothing here holds a secret: commands are stored as shown (masked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Status = Literal["ok", "changed", "failed", "skipped"]
+STATUSES: tuple[Status, ...] = ("ok", "changed", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One piece of evidence a verification compared: what the spec wants and what the host has."""
+
+    name: str
+    expected: str
+    found: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class StepResult:
+    host: str  # the hypervisor whose run this is
+    step: str
+    target: str  # the hypervisor itself or a VM name
+    status: Status
+    started: float  # epoch seconds
+    ended: float
+    reason: str = ""  # why nothing was done, what changed, or why it was skipped
+    commands: tuple[str, ...] = ()  # as shown, secrets masked
+    checks: tuple[Check, ...] = ()
+    error: str = ""  # operator-facing message of a failure
+    exit_code: int = 0  # 3 mismatch, 4 step failed, 5 verification failed
+    warnings: tuple[str, ...] = ()
+    planned: tuple[str, ...] = ()  # plan mode: commands that would run
+
+    @property
+    def duration(self) -> float:
+        return self.ended - self.started
+
+    @property
+    def verified(self) -> bool:
+        return self.status in ("ok", "changed")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration"] = round(self.duration, 4)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepResult:
+        fields_ = {k: v for k, v in data.items() if k != "duration"}
+        fields_["checks"] = tuple(Check(**c) for c in data.get("checks", ()))
+        for key in ("commands", "warnings", "planned"):
+            fields_[key] = tuple(data.get(key, ()))
+        return cls(**fields_)
+
+
+@dataclass
+class HostRun:
+    """Everything one hypervisor's run did, in order."""
+
+    host: str
+    run_id: str
+    runbook: str
+    mode: str
+    started: float
+    ended: float = 0.0
+    results: list[StepResult] = field(default_factory=list)
+    error: str = ""  # a failure outside any step (lock refused, cannot connect)
+    exit_code: int = 0
+    resume_hint: str = ""
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        for r in self.results:
+            out[r.status] += 1
+        return out

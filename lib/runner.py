@@ -1,0 +1,296 @@
+"""The runbook engine: ordered steps, targets in parallel, verify after every step, records, resume.
+
+Hypervisors run in parallel, each in its own thread with its own SSH sessions, lock and run records;
+one failing host never hides another's results. Within a host, steps run in runbook order and a
+step runs on all its targets at once. The first failure stops that host's run and names the
+command to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lib import lock
+from lib.errors import ToolError
+from lib.inventory.load import LoadedHost
+from lib.output import Output
+from lib.records import RunRecords, new_run_id, read_journal, runs_of
+from lib.remote import CommandError, ConnectError, Session, SessionPool
+from lib.results import Check, HostRun, StepResult
+from lib.retry import Policies, Sleep, retrying
+from lib.runbook import Runbook, RunbookError, select
+from lib.steps.base import Step, StepMismatch, Target, Upload
+from lib.targets import hypervisor_endpoint, targets_for
+
+Mode = Literal["apply", "plan", "offline", "verify"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    mode: Mode = "apply"
+    runs_dir: Path = Path(".runs")
+    resume: bool = False
+    from_step: str | None = None
+    only: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+    break_lock: bool = False
+    flags: dict[str, Any] = field(default_factory=dict)  # step options such as redefine, yes
+    policies: Policies = field(default_factory=Policies)
+    sleep: Sleep = time.sleep
+    # How the operator runs this again from where it stopped, given the host name.
+    resume_command: Callable[[str], str] = lambda host: f"invoke provision --host={host} --resume"
+
+
+class _NotYet(Exception):
+    def __init__(self, checks: list[Check]) -> None:
+        super().__init__("not converged")
+        self.checks = checks
+
+
+def _failed(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if not c.ok]
+
+
+class Engine:
+    def __init__(self, runbook: Runbook, options: RunOptions, output: Output | None = None) -> None:
+        self.runbook, self.options = runbook, options
+        self.output = output or Output()
+
+    def run(self, hosts: list[LoadedHost]) -> list[HostRun]:
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            return list(pool.map(self._run_host, hosts))
+
+    # -- one hypervisor ----------------------------------------------------------------------
+    def _run_host(self, loaded: LoadedHost) -> HostRun:
+        opts = self.options
+        run_id = new_run_id()
+        records = RunRecords(opts.runs_dir, loaded.name, run_id)
+        run = HostRun(loaded.name, run_id, self.runbook.name, opts.mode, time.time())
+        (records.dir / "run.json").write_text(json.dumps(
+            {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode}))
+        pool = SessionPool(opts.policies, opts.sleep, records.log)
+        hv = hypervisor_endpoint(loaded)
+        locked = False
+        try:
+            chosen, left_out = self._selection(loaded, run_id)
+            if opts.mode == "apply":
+                locked = self._take_lock(pool.get(hv), loaded, run_id)
+            for step in self.runbook.steps:
+                if step.name in left_out:
+                    self._record(records, run, self._skipped(loaded.name, step.name, left_out[step.name]))
+                    continue
+                if step not in chosen:
+                    continue
+                results = self._run_step(step, loaded, pool)
+                for result in results:
+                    self._record(records, run, result)
+                failed = [r for r in results if r.status == "failed"]
+                if failed:
+                    run.exit_code = failed[0].exit_code
+                    break
+        except (ToolError, OSError) as exc:
+            run.error = str(exc)
+            run.exit_code = getattr(exc, "exit_code", 4)
+        finally:
+            if locked:
+                try:
+                    pool.get(hv).run(lock.release(loaded.host.lock_path, run_id))
+                except ToolError as exc:
+                    records.log(f"could not release the lock: {exc}")
+            pool.close_all()
+            run.ended = time.time()
+            if run.exit_code:
+                run.resume_hint = opts.resume_command(loaded.name)
+            records.finish(run)
+        return run
+
+    def _record(self, records: RunRecords, run: HostRun, result: StepResult) -> None:
+        run.results.append(result)
+        records.journal(result)
+        self.output.step_done(result)
+
+    def _skipped(self, host: str, step: str, reason: str) -> StepResult:
+        now = time.time()
+        return StepResult(host, step, host, "skipped", now, now, reason=reason)
+
+    def _selection(self, loaded: LoadedHost, run_id: str) -> tuple[list[Step], dict[str, str]]:
+        opts = self.options
+        from_step = opts.from_step
+        carried: dict[str, str] = {}
+        if opts.resume:
+            from_step, carried = self._resume_point(loaded.name, run_id)
+        chosen, left_out = select(self.runbook, from_step=from_step, only=opts.only, skip=opts.skip)
+        left_out.update(carried)
+        return chosen, left_out
+
+    def _resume_point(self, host: str, this_run: str) -> tuple[str | None, dict[str, str]]:
+        """Continue after the last verified step of the last run of this runbook on this host."""
+        for run_dir in reversed(runs_of(self.options.runs_dir, host)):
+            meta_file = run_dir / "run.json"
+            if run_dir.name == this_run or not meta_file.exists():
+                continue
+            meta = json.loads(meta_file.read_text())
+            if meta.get("runbook") != self.runbook.name or meta.get("mode") != "apply":
+                continue
+            results = read_journal(run_dir)
+            verified: set[str] = set()
+            for name in self.runbook.names:
+                mine = [r for r in results if r.step == name]
+                if mine and all(r.verified or r.reason.startswith("verified in run") for r in mine):
+                    verified.add(name)
+            last = max((i for i, n in enumerate(self.runbook.names) if n in verified), default=-1)
+            if last + 1 >= len(self.runbook.names):
+                raise RunbookError(f"{host}: every step of {self.runbook.name} was verified in run {run_dir.name}; "
+                                   "nothing to resume (run without --resume to check again)")
+            carried = {n: f"verified in run {run_dir.name}" for n in self.runbook.names[:last + 1]}
+            return self.runbook.names[last + 1], carried
+        raise RunbookError(f"{host}: no earlier run of {self.runbook.name} in {self.options.runs_dir} to resume; "
+                           "run without --resume")
+
+    def _take_lock(self, session: Session, loaded: LoadedHost, run_id: str) -> bool:
+        path = loaded.host.lock_path
+        state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
+        if state.state == "stale" and self.options.break_lock:
+            session.run(lock.break_stale(path, state.holder))
+            self.output.message(f"{loaded.name}: broke a stale lock of {state.describe()}")
+            state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
+        if state.state == "live":
+            raise lock.LockHeld(f"{loaded.name}: another run holds the host lock {path}: {state.describe()}; "
+                                "wait for it to finish")
+        if state.state == "stale":
+            raise lock.LockHeld(f"{loaded.name}: the host lock {path} is stale ({state.describe()}; its SSH "
+                                "session is gone); rerun with --break-lock to break it")
+        return True
+
+    # -- one step on its targets -------------------------------------------------------------
+    def _run_step(self, step: Step, loaded: LoadedHost, pool: SessionPool) -> list[StepResult]:
+        targets = targets_for(step, loaded, self.options.flags)
+        if not targets:
+            return [self._skipped(loaded.name, step.name, f"no {step.targets} targets on this host")]
+        with ThreadPoolExecutor(max_workers=len(targets)) as threads:
+            return list(threads.map(lambda t: self._run_target(step, t, pool), targets))
+
+    def _run_target(self, step: Step, target: Target, pool: SessionPool) -> StepResult:
+        host = target.loaded.name
+        self.output.step_started(host, step.name, target.name)
+        started = time.time()
+        commands: list[str] = []
+
+        def result(status: Any, **kw: Any) -> StepResult:
+            return StepResult(host, step.name, target.name, status, started, time.time(),
+                              commands=tuple(commands), **kw)
+
+        mode = self.options.mode
+        if mode == "offline":
+            plan = step.plan(target, None)
+            return result("changed" if plan.actions else "ok", reason=plan.reason,
+                          planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
+        session = pool.get(target.endpoint)
+        try:
+            facts = step.gather(target, session)
+            if mode == "verify":
+                checks = step.verify(target, facts)
+                return self._verdict(step, target, checks, result, changed=False)
+            try:
+                plan = step.plan(target, facts)
+            except StepMismatch as drift:
+                return result("failed", checks=tuple(drift.checks), exit_code=drift.exit_code,
+                              error=f"{host}: {step.name} on {target.name}: the host differs from the spec "
+                                    "and this step never changes that by itself")
+            if mode == "plan":
+                return result("changed" if plan.actions else "ok", reason=plan.reason,
+                              planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
+            for action in plan.actions:
+                commands.append(_shown(action))
+                if isinstance(action, Upload):
+                    session.put(action.data, action.path, action.mode)
+                else:
+                    session.run(action)
+            if step.converge:
+                checks = self._converge(step, target, session)
+            else:
+                # Fresh facts after a change; with nothing applied the facts just read are fresh.
+                checks = step.verify(target, step.gather(target, session) if plan.actions else facts)
+            res = self._verdict(step, target, checks, result, changed=bool(plan.actions))
+            return res if res.status == "failed" else _with(res, reason=plan.reason, warnings=plan.warnings)
+        except _NotYet as late:
+            return result("failed", checks=tuple(late.checks), exit_code=4,
+                          error=f"{host}: {step.name} on {target.name}: did not converge within "
+                                f"{self.options.policies.converge.deadline:g} s")
+        except (CommandError, ConnectError) as exc:
+            return result("failed", exit_code=exc.exit_code, error=f"{host}: {step.name} on {target.name}: {exc}")
+
+    def _verdict(self, step: Step, target: Target, checks: list[Check], result: Callable[..., StepResult],
+                 *, changed: bool) -> StepResult:
+        bad = _failed(checks)
+        if bad:
+            return result("failed", checks=tuple(checks), exit_code=step.mismatch_exit,
+                          error=f"{target.loaded.name}: verification of {step.name} failed on {target.name}: "
+                                f"{len(bad)} of {len(checks)} checks differ from the spec")
+        return result("changed" if changed else "ok", checks=tuple(checks))
+
+    def _converge(self, step: Step, target: Target, session: Session) -> list[Check]:
+        last: list[Check] = []
+
+        def attempt() -> list[Check]:
+            nonlocal last
+            try:
+                checks = step.verify(target, step.gather(target, session))
+            except (CommandError, ConnectError) as exc:
+                checks = [Check("reachable", "yes", str(exc).splitlines()[0], False)]
+            last = checks
+            if _failed(checks):
+                raise _NotYet(checks)
+            return checks
+
+        try:
+            return retrying(self.options.policies.converge, lambda e: isinstance(e, _NotYet), self.options.sleep)(
+                attempt)
+        except _NotYet:
+            raise _NotYet(last) from None
+
+
+def _shown(action: Any) -> str:
+    return str(action.shown)
+
+
+def _with(result: StepResult, **changes: Any) -> StepResult:
+    from dataclasses import replace
+
+    return replace(result, **changes)
+
+
+def exit_code(runs: list[HostRun]) -> int:
+    """The most fundamental failure wins: 2 inventory < 3 mismatch < 4 step < 5 verify < 6 lock."""
+    codes = [r.exit_code for r in runs if r.exit_code]
+    return min(codes) if codes else 0
+
+
+def failure_text(runs: list[HostRun]) -> str:
+    """For each host that failed: where, what was expected and found, and the command to resume."""
+    from lib.output import verification_table
+
+    blocks: list[str] = []
+    for run in runs:
+        if not run.exit_code:
+            continue
+        failed = next((r for r in run.results if r.status == "failed"), None)
+        lines = [f"{run.host}: FAILED (exit {run.exit_code})"]
+        if failed is None:
+            lines.append(f"  {run.error}")
+        else:
+            lines.append(f"  step {failed.step} on {failed.target}")
+            lines += [f"  {line}" for line in failed.error.splitlines()]
+            if failed.checks:
+                lines.append(verification_table(failed))
+        if run.resume_hint and run.exit_code != 2:
+            lines.append(f"  resume: {run.resume_hint}")
+        lines.append(f"  records: {run.host}/{run.run_id} under the runs directory")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

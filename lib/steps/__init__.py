@@ -1,0 +1,11 @@
+"""The registry of steps a runbook may name."""
+
+from __future__ import annotations
+
+from lib.steps.base import Step
+from lib.steps.bios import BiosCheck
+from lib.steps.preflight import PreflightAccess
+from lib.steps.tuning import HostTune
+
+STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune)
+REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}

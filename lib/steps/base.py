@@ -1,0 +1,105 @@
+"""The step contract (DESIGN.md): facts in one batched read, a pure plan, apply, verify with fresh facts.
+
+A step is a class with pure methods; the runner does all the I/O through a Session:
+
+    facts  = step.gather(target, session)     default: one Command from facts_command(), parsed by parse()
+    plan   = step.plan(target, facts)         PURE; facts is None in offline plan mode
+    apply  = session.run(cmd) for cmd in plan.commands  (or session.put for an Upload)
+    checks = step.verify(target, fresh facts) PURE; every Check is evidence in the report
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from lib.results import Check
+from lib.shell import Command
+
+if TYPE_CHECKING:
+    from lib.inventory.load import LoadedHost
+    from lib.inventory.model import VM
+    from lib.remote import CmdResult, Endpoint, Session
+
+# hypervisor: the host itself. vms: one target per VM, commands on the hypervisor (virsh, qemu-img).
+# guests / server / agents: inside the VMs (all, the k3s server(s), the k3s agents), over their own SSH.
+TargetKind = Literal["hypervisor", "vms", "guests", "server", "agents"]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Write bytes to a remote file (mode set before content lands). `data` never appears in output."""
+
+    path: str
+    data: bytes = field(repr=False)
+    mode: int = 0o600
+    why: str = ""
+
+    @property
+    def shown(self) -> str:
+        return f"upload {len(self.data)} bytes to {self.path} (mode {self.mode:o})"
+
+
+Action = Command | Upload
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+    reason: str = ""  # with no actions: why nothing needs doing; otherwise what will change
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one step runs against: the hypervisor or one of its VMs, with the spec it must match."""
+
+    name: str
+    kind: Literal["hypervisor", "vm"]
+    endpoint: Endpoint
+    loaded: LoadedHost
+    vm: VM | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # run flags a step may honour (e.g. redefine)
+
+
+class StepMismatch(Exception):
+    """Raised by a step's plan when the host differs from the spec in a way it must never fix itself."""
+
+    def __init__(self, checks: list[Check], exit_code: int = 5) -> None:
+        super().__init__("; ".join(f"{c.name}: expected {c.expected}, found {c.found}" for c in checks if not c.ok))
+        self.checks, self.exit_code = checks, exit_code
+
+
+class Step(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    targets: ClassVar[TargetKind] = "hypervisor"
+    # Exit code when verification fails: 5, or 3 for preflight checks that guard everything after.
+    mismatch_exit: ClassVar[int] = 5
+    # Verification waits (convergence policy) for the host to reach the state, instead of failing at once.
+    converge: ClassVar[bool] = False
+
+    def facts_command(self, target: Target) -> Command | None:
+        """The one batched read this step's facts come from (None: the step needs no remote facts)."""
+        return None
+
+    def parse(self, target: Target, result: CmdResult | None) -> Any:
+        """Pure: command output -> typed facts."""
+        return result
+
+    def gather(self, target: Target, session: Session) -> Any:
+        cmd = self.facts_command(target)
+        return self.parse(target, session.run(cmd) if cmd else None)
+
+    @abstractmethod
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        """Pure: spec + facts -> actions. facts is None when planning offline (assume nothing is done)."""
+
+    @abstractmethod
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        """Pure: spec + fresh facts -> evidence. Any Check with ok=False fails the step."""

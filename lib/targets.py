@@ -1,0 +1,44 @@
+"""Who a step runs against: endpoints and targets built from the inventory (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lib.errors import ToolError
+from lib.inventory.load import LoadedHost
+from lib.inventory.model import VM
+from lib.remote import Endpoint
+from lib.steps.base import Step, Target
+
+
+class TargetError(ToolError):
+    exit_code = 2
+
+
+def hypervisor_endpoint(loaded: LoadedHost) -> Endpoint:
+    ssh = loaded.host.ssh
+    return Endpoint(loaded.name, ssh.host, ssh.port, ssh.user, ssh.key_file, ssh.known_hosts)
+
+
+def vm_endpoint(loaded: LoadedHost, vm: VM) -> Endpoint:
+    if vm.ssh is None:
+        raise TargetError(f"{loaded.file}: vms[{loaded.host.vms.index(vm)}].ssh: {vm.name} has no SSH address; "
+                          "steps that run inside VMs need vms[].ssh.host")
+    hv = hypervisor_endpoint(loaded)
+    return Endpoint(vm.name, vm.ssh.host, vm.ssh.port, vm.ssh.user, vm.ssh.key_file or hv.key_file,
+                    vm.ssh.known_hosts or hv.known_hosts, hv if vm.ssh.jump else None)
+
+
+def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None = None) -> list[Target]:
+    opts = options or {}
+    hv = hypervisor_endpoint(loaded)
+    if step.targets == "hypervisor":
+        return [Target(loaded.name, "hypervisor", hv, loaded, None, opts)]
+    if step.targets == "vms":  # one target per VM, commands run on the hypervisor (virsh, qemu-img)
+        return [Target(vm.name, "vm", hv, loaded, vm, opts) for vm in loaded.host.vms]
+    vms = [vm for vm in loaded.host.vms if vm.k8s] if step.targets in ("server", "agents") else list(loaded.host.vms)
+    if step.targets == "server":
+        vms = [vm for vm in vms if vm.k8s and vm.k8s.role == "server"]
+    elif step.targets == "agents":
+        vms = [vm for vm in vms if vm.k8s and vm.k8s.role == "agent"]
+    return [Target(vm.name, "vm", vm_endpoint(loaded, vm), loaded, vm, opts) for vm in vms]
