@@ -1,0 +1,172 @@
+"""Test-only steps that drive the engine through its failure paths over real sshd hosts.
+
+Each step keeps its state in files under target.options["state"] (a test's tmp dir, reached over
+SSH), so the test can read what really ran on the "host".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from lib.remote import CmdResult
+from lib.results import Check
+from lib.shell import Command, Secret, sh
+from lib.steps.base import Plan, Step, Target
+
+
+def _state(target: Target, name: str) -> str:
+    return f"{target.options['state']}/{target.name}.{name}"
+
+
+class Mark(Step):
+    """Appends its name to <target>.ran once; ok when already there. The basis of resume tests."""
+
+    name = "test.mark"
+    summary = "append a marker"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("cat {f} 2>/dev/null; true", f=_state(target, "ran"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> list[str]:
+        return result.stdout.split() if result else []
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        if facts and self.name in facts:
+            return Plan(reason=f"{self.name} already marked")
+        return Plan((sh("echo {n} >> {f}", n=self.name, f=_state(target, "ran"), sudo=False),), "mark")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("marker", self.name, " ".join(facts) or "none", self.name in facts)]
+
+
+def mark_step(step_name: str) -> type[Step]:
+    return type(f"Mark_{step_name}", (Mark,), {"name": step_name})
+
+
+class Flaky(Step):
+    """Fails with a transient exit code (75) twice, then succeeds: the transient policy retries."""
+
+    name = "test.flaky"
+    summary = "fails twice then succeeds"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("cat {f} 2>/dev/null || echo 0", f=_state(target, "tries"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> int:
+        return int(result.stdout.strip() or 0) if result else 0
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        if facts and facts >= 3:
+            return Plan(reason="already succeeded")
+        return Plan((sh('f={f}; n=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 )); echo $n > "$f"; '
+                        '[ $n -ge 3 ] || {{ echo "try $n: resource busy" >&2; exit 75; }}',
+                        f=_state(target, "tries"), sudo=False),), "flaky write")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("tries", "3", str(facts), facts == 3)]
+
+
+class Permanent(Step):
+    """Fails with exit 1: a permanent error, never retried."""
+
+    name = "test.permanent"
+    summary = "fails for good"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("true", sudo=False)
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        return Plan((sh('f={f}; echo x >> "$f"; echo "no such device: /dev/sdz" >&2; exit 1',
+                        f=_state(target, "permanent"), sudo=False),), "always fails")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return []
+
+
+class WrongValue(Step):
+    """Writes 1 where the spec wants 0: the verification after the step fails (exit 5)."""
+
+    name = "test.wrong"
+    summary = "verification fails"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("cat {f} 2>/dev/null || echo unset", f=_state(target, "value"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> str:
+        return result.stdout.strip() if result else ""
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        return Plan((sh("echo 1 > {f}", f=_state(target, "value"), sudo=False),), "write the value")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("numa_balancing", "0", str(facts), facts == "0")]
+
+
+class Sleepy(Step):
+    """Sleeps on every guest at once, journalling start and end: parallel targets must overlap."""
+
+    name = "test.sleepy"
+    summary = "sleep 1 s on every guest"
+    targets = "guests"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("true", sudo=False)
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        return Plan((sh("sleep 1", sudo=False),), "sleep")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("slept", "yes", "yes", True)]
+
+
+TOKEN_VALUE = "K10-test-token-5f3a9c2e7b1d"  # noqa: S105 - the test secret that must never leak
+
+
+class WithToken(Step):
+    """Uses a secret in a command, an upload, and echoes it back: it must show as *** everywhere."""
+
+    name = "test.token"
+    summary = "uses the cluster token"
+
+    def facts_command(self, target: Target) -> Command:
+        # Output is masked for known secrets, so a step compares a digest, never the value itself.
+        return sh("sha256sum < {f} 2>/dev/null; true", f=_state(target, "token"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> str:
+        return result.stdout.split()[0] if result and result.stdout.strip() else ""
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        token = Secret(TOKEN_VALUE)
+        return Plan((sh("printf '%s\\n' {t} > {f}; echo token is {t}; echo also {t} >&2", t=token,
+                        f=_state(target, "token"), sudo=False),), "write the token")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        want = hashlib.sha256(f"{TOKEN_VALUE}\n".encode()).hexdigest()
+        return [Check("token file sha256", want[:12], str(facts)[:12], facts == want)]
+
+
+class WaitsForFile(Step):
+    """Converges: the file appears after a few polls (the test's sleep hook creates it)."""
+
+    name = "test.converge"
+    summary = "wait for a file"
+    converge = True
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("test -e {f} && echo yes || echo no", f=_state(target, "ready"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> bool:
+        return bool(result and result.stdout.strip() == "yes")
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        return Plan(reason="nothing to apply; waits") if facts else Plan(
+            (sh("true", sudo=False),), "start waiting")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("ready file", "present", "present" if facts else "absent", bool(facts))]
+
+
+ALL: tuple[type[Step], ...] = (Flaky, Permanent, WrongValue, Sleepy, WithToken, WaitsForFile,
+                               mark_step("test.a"), mark_step("test.b"), mark_step("test.c"))
+REGISTRY: dict[str, type[Step]] = {s.name: s for s in ALL}

@@ -1,0 +1,56 @@
+"""Write hosts/<name>.yaml files that point at real sshd test hosts (and their generated sysroots)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.harness.sshd import SshHost
+
+SPEC_TOPOLOGY: dict[str, Any] = {
+    "sockets": 2, "cores_per_socket": 18, "threads_per_core": 2, "l3_cache_mb": 45,
+    "nodes": [{"id": 0, "cpus": "0-17,36-53", "memory_mb": 131072},
+              {"id": 1, "cpus": "18-35,54-71", "memory_mb": 131072}],
+}
+
+
+def ssh_of(host: SshHost) -> dict[str, Any]:
+    return {"host": host.host, "port": host.port, "user": host.user, "key_file": str(host.key_file),
+            "known_hosts": str(host.known_hosts)}
+
+
+def small_vm(name: str, index: int, guest: SshHost | None = None, *, role: str = "agent",
+             jump: bool = True) -> dict[str, Any]:
+    """A 2-vCPU VM on node 0 of the spec topology (cores index+1), optionally reachable over SSH."""
+    vm: dict[str, Any] = {
+        "name": name, "vcpu_count": 2, "memory_mb": 2048,
+        "disk_path": f"/var/lib/libvirt/images/{name}.qcow2", "disk_size_gb": 10,
+        "base_image_path": "/var/lib/libvirt/images/base.qcow2", "bridge_network_interface": "br0",
+        "cloud_init_iso_path": f"/var/lib/libvirt/images/{name}-seed.iso",
+        "tuning": {"vcpu_pins": [str(index + 1), str(index + 37)], "emulator_cpuset": "16-17,52-53",
+                   "numa_memory": {"nodeset": "0", "mode": "strict"}},
+        "k8s": {"role": role, "taints": [f"workload={name}:NoSchedule"]},
+    }
+    if guest is not None:
+        vm["ssh"] = ssh_of(guest) | {"jump": jump}
+    return vm
+
+
+def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None = None,
+               vms: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
+    """A host file whose hypervisor is the given sshd host; the lock file lives in the test's dir."""
+    hosts_dir.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {
+        "ssh": ssh_of(ssh),
+        "sysroot": str(sysroot) if sysroot else "/",
+        "lock_path": str(hosts_dir.parent / "locks" / f"{name}.lock"),
+        "bridge": "br0",
+        "topology": SPEC_TOPOLOGY,
+        "k3s": {"version": "v1.31.4+k3s1"},
+        "vms": vms or [],
+    } | extra
+    path = hosts_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,57 @@
+"""One test's world: hosts/, runbooks/, a state dir and the run records, driven through the Engine."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib.inventory.load import LoadedHost, load_inventory
+from lib.output import Output
+from lib.results import HostRun
+from lib.retry import Policies, Policy
+from lib.runbook import load_runbook
+from lib.runner import Engine, RunOptions
+from lib.steps.base import Step
+
+FAST = Policies(
+    ssh_connect=Policy("ssh_connect", attempts=2, wait_initial=1, wait_max=1),
+    transient=Policy("transient", attempts=3, wait_initial=1, wait_max=5, exit_codes=(75,)),
+    converge=Policy("converge", attempts=0, wait_initial=1, wait_max=2, deadline=10),
+)
+
+
+class World:
+    """A hosts dir, a runbooks dir, a state dir and the records dir of one test."""
+
+    def __init__(self, tmp: Path, registry: dict[str, type[Step]]) -> None:
+        self.tmp = tmp
+        self.registry = registry
+        self.hosts = tmp / "hosts"
+        self.runbooks = tmp / "runbooks"
+        self.state = tmp / "state"
+        self.runs = tmp / "runs"
+        for d in (self.hosts, self.runbooks, self.state):
+            d.mkdir(parents=True, exist_ok=True)
+        self.sleeps: list[float] = []
+
+    def runbook(self, *steps: str, name: str = "book") -> Path:
+        path = self.runbooks / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"steps": list(steps)}))
+        return path
+
+    def loaded(self, *names: str) -> list[LoadedHost]:
+        inv = load_inventory(self.hosts, list(names) or None)
+        return list(inv.hosts.values())
+
+    def run(self, *steps: str, hosts: tuple[str, ...] = (), sleep: Any = None, **opts: Any) -> list[HostRun]:
+        book = load_runbook(self.runbook(*steps), self.registry)
+        options = RunOptions(runs_dir=self.runs, policies=FAST, sleep=sleep or self.sleeps.append,
+                             flags={"state": str(self.state)}, **opts)
+        self.out = io.StringIO()
+        return Engine(book, options, Output(self.out, tty=False)).run(self.loaded(*hosts))
+
+    def state_file(self, target: str, kind: str) -> Path:
+        return self.state / f"{target}.{kind}"

@@ -1,0 +1,286 @@
+"""The runbook engine over real sshd hosts: retries, failures, verification, resume, parallelism,
+locks, secrets, one connection per host, plan mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lib.errors import ToolError
+from lib.results import HostRun
+from lib.runbook import load_runbook
+from lib.runner import exit_code
+from tests.engine_steps import REGISTRY, TOKEN_VALUE
+from tests.harness.inventory import small_vm, write_host
+from tests.harness.sshd import SshdFarm, SshHost, count_auths
+from tests.harness.world import World
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path, REGISTRY)
+
+
+@pytest.fixture
+def hv(sshd_farm: SshdFarm, world: World) -> Iterator[SshHost]:
+    host = sshd_farm.start(f"hv-{world.tmp.name[-12:]}")
+    write_host(world.hosts, "hv1", host)
+    yield host
+    sshd_farm.stop(host.name)
+
+
+def statuses(run: HostRun) -> list[tuple[str, str, str]]:
+    return [(r.step, r.target, r.status) for r in run.results]
+
+
+def test_transient_failure_is_retried_then_ok(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.flaky")
+    assert statuses(run) == [("test.flaky", "hv1", "changed")]
+    assert world.state_file("hv1", "tries").read_text().strip() == "3"
+    assert len(world.sleeps) == 2  # two waits between three attempts, none really slept
+    assert run.exit_code == 0
+
+
+def test_permanent_failure_is_not_retried_and_names_everything(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.a", "test.permanent", "test.b")
+    assert statuses(run) == [("test.a", "hv1", "changed"), ("test.permanent", "hv1", "failed")]
+    assert world.state_file("hv1", "permanent").read_text().count("x") == 1  # ran once: not retried
+    assert world.sleeps == []
+    failed = run.results[-1]
+    assert failed.exit_code == 4 and run.exit_code == 4
+    assert "hv1: test.permanent on hv1: " in failed.error
+    assert "exit code 1" in failed.error and "no such device: /dev/sdz" in failed.error
+    assert "echo x >> \"$f\"" in failed.error  # the command, as run
+    assert run.resume_hint == "invoke provision --host=hv1 --resume"
+    assert not world.state_file("hv1", "ran").read_text().count("test.b")  # stopped there
+
+
+def test_failed_verification_exits_5_with_expected_and_found(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.wrong", "test.a")
+    (result,) = run.results
+    assert (result.status, result.exit_code) == ("failed", 5)
+    (check,) = result.checks
+    assert (check.name, check.expected, check.found, check.ok) == ("numa_balancing", "0", "1", False)
+    assert exit_code([run]) == 5
+    assert not world.state_file("hv1", "ran").exists()
+
+
+def test_resume_continues_after_the_last_verified_step(world: World, hv: SshHost) -> None:
+    (first,) = world.run("test.a", "test.b", "test.permanent", "test.c")
+    assert first.exit_code == 4
+    assert world.state_file("hv1", "ran").read_text().split() == ["test.a", "test.b"]
+    # The operator fixes the cause; here: the failing step is skipped by name... no: it must run again.
+    (second,) = world.run("test.a", "test.b", "test.permanent", "test.c", resume=True)
+    assert statuses(second)[:2] == [("test.a", "hv1", "skipped"), ("test.b", "hv1", "skipped")]
+    assert second.results[0].reason == f"verified in run {first.run_id}"
+    assert ("test.permanent", "hv1", "failed") in statuses(second)  # re-ran from the failed step
+    assert world.state_file("hv1", "permanent").read_text().count("x") == 2
+    # a and b did not run again: their markers are still one each
+    assert world.state_file("hv1", "ran").read_text().split() == ["test.a", "test.b"]
+
+
+def test_resume_chains_through_a_resumed_run(world: World, hv: SshHost) -> None:
+    world.run("test.a", "test.permanent", "test.b")
+    world.run("test.a", "test.permanent", "test.b", resume=True)
+    (third,) = world.run("test.a", "test.permanent", "test.b", resume=True)
+    assert statuses(third)[0] == ("test.a", "hv1", "skipped")
+    assert third.results[0].reason.startswith("verified in run ")
+
+
+def test_resume_without_an_earlier_run_is_a_clear_error(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.a", resume=True)
+    assert run.exit_code == 2
+    assert "no earlier run of book" in run.error and "run without --resume" in run.error
+
+
+def test_from_only_skip_select_steps(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.a", "test.b", "test.c", from_step="test.b", skip=("test.c",))
+    assert statuses(run) == [("test.a", "hv1", "skipped"), ("test.b", "hv1", "changed"),
+                             ("test.c", "hv1", "skipped")]
+    assert [r.reason for r in run.results if r.status == "skipped"] == ["before --from test.b", "--skip"]
+    (only,) = world.run("test.a", "test.b", "test.c", only=("test.c",))
+    assert [r.status for r in only.results] == ["skipped", "skipped", "changed"]
+    assert world.state_file("hv1", "ran").read_text().split() == ["test.b", "test.c"]
+
+
+def test_second_run_changes_nothing(world: World, hv: SshHost) -> None:
+    world.run("test.a", "test.b")
+    (again,) = world.run("test.a", "test.b")
+    assert [r.status for r in again.results] == ["ok", "ok"]
+    assert again.results[0].reason == "test.a already marked"
+    assert again.results[0].commands == ()
+
+
+def test_parallel_targets_overlap_in_time(sshd_farm: SshdFarm, world: World) -> None:
+    hv = sshd_farm.start(f"hvp-{world.tmp.name[-10:]}")
+    guests = [sshd_farm.start(f"g{i}-{world.tmp.name[-10:]}") for i in range(3)]
+    try:
+        write_host(world.hosts, "hv1", hv, vms=[small_vm(f"vm{i}", i, g, role="server" if i == 0 else "agent")
+                                                for i, g in enumerate(guests)])
+        (run,) = world.run("test.sleepy")
+        results = [r for r in run.results if r.step == "test.sleepy"]
+        assert sorted(r.target for r in results) == ["vm0", "vm1", "vm2"]
+        assert all(r.status == "changed" for r in results)
+        latest_start = max(r.started for r in results)
+        earliest_end = min(r.ended for r in results)
+        assert latest_start < earliest_end, "targets ran one after another"
+        # VMs were reached through the hypervisor (jump host): it saw one login, each guest one.
+        assert count_auths(hv) == 1
+        assert all(count_auths(g) == 1 for g in guests)
+    finally:
+        for h in (hv, *guests):
+            sshd_farm.stop(h.name)
+
+
+def test_hosts_run_at_once_and_one_failure_hides_nothing(sshd_farm: SshdFarm, world: World) -> None:
+    a = sshd_farm.start(f"a-{world.tmp.name[-10:]}")
+    b = sshd_farm.start(f"b-{world.tmp.name[-10:]}")
+    try:
+        write_host(world.hosts, "hva", a)
+        write_host(world.hosts, "hvb", b)
+        # hvb's marker cannot be written: its "ran" path is a directory.
+        world.state_file("hvb", "ran").mkdir()
+        runs = {r.host: r for r in world.run("test.a", "test.b")}
+        assert [r.status for r in runs["hva"].results] == ["changed", "changed"]
+        assert runs["hvb"].results[0].status == "failed" and runs["hvb"].exit_code == 4
+        assert exit_code(list(runs.values())) == 4
+    finally:
+        sshd_farm.stop(a.name)
+        sshd_farm.stop(b.name)
+
+
+def test_one_ssh_connection_per_host_per_run(world: World, hv: SshHost) -> None:
+    before = count_auths(hv)
+    world.run("test.a", "test.b", "test.c", "test.flaky", "test.wrong")
+    assert count_auths(hv) - before == 1
+
+
+def test_token_appears_in_no_output_or_record(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.token", "test.permanent")
+    assert run.results[0].status == "changed"
+    assert world.state_file("hv1", "token").read_text().strip() == TOKEN_VALUE  # really used
+    assert any("***" in c for c in run.results[0].commands)
+    run_dir = world.runs / "hv1" / run.run_id
+    files = sorted(p for p in run_dir.iterdir() if p.is_file())
+    assert {p.name for p in files} >= {"journal.jsonl", "report.json", "junit.xml", "run.log"}
+    for path in files:
+        assert TOKEN_VALUE.encode() not in path.read_bytes(), path.name
+    assert TOKEN_VALUE not in world.out.getvalue()
+    assert TOKEN_VALUE not in repr(run)
+
+
+def test_convergence_waits_then_succeeds(world: World, hv: SshHost) -> None:
+    ready = world.state_file("hv1", "ready")
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            ready.touch()
+
+    (run,) = world.run("test.converge", sleep=sleep)
+    assert run.results[0].status == "changed"
+    assert len(waits) == 3
+
+
+def test_convergence_deadline_fails_with_exit_4(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.converge")
+    (result,) = run.results
+    assert (result.status, result.exit_code) == ("failed", 4)
+    assert "did not converge within 10 s" in result.error
+    assert result.checks[0].found == "absent"
+    assert sum(world.sleeps) >= 10
+
+
+def test_lock_refuses_a_second_run_and_names_the_holder(world: World, hv: SshHost) -> None:
+    lock = world.tmp / "locks" / "hv1.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    # A live holder: its session pid is an sshd process that is alive (here the test host's sshd).
+    held = (f"user=alice client=ops-laptop pid=4242 started=2026-11-28T17:00:00Z run=R1 session={hv.pid}\n")
+    lock.write_text(held)
+    (run,) = world.run("test.a", break_lock=True)  # the flag never breaks a live lock
+    assert run.exit_code == 6 and run.results == []
+    assert "another run holds the host lock" in run.error
+    assert "user alice on ops-laptop (pid 4242), since 2026-11-28T17:00:00Z, run R1" in run.error
+    assert lock.read_text() == held
+    assert not world.state_file("hv1", "ran").exists()  # nothing ran
+
+
+def test_stale_lock_is_detected_and_broken_with_the_flag(world: World, hv: SshHost) -> None:
+    lock = world.tmp / "locks" / "hv1.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(f"user=bob client=old-box pid=1 started=2026-11-01T00:00:00Z run=R0 session={dead.pid}\n")
+    (refused,) = world.run("test.a")
+    assert refused.exit_code == 6
+    assert "is stale" in refused.error and "--break-lock" in refused.error and "user bob" in refused.error
+    assert lock.exists() and not world.state_file("hv1", "ran").exists()
+    (run,) = world.run("test.a", break_lock=True)
+    assert run.exit_code == 0 and run.results[0].status == "changed"
+    assert "broke a stale lock of user bob" in world.out.getvalue()
+    assert not lock.exists()  # released at the end of the run
+
+
+def test_lock_is_released_after_a_run_and_taken_during_it(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.a")
+    lock = world.tmp / "locks" / "hv1.lock"
+    assert not lock.exists()
+    log = (world.runs / "hv1" / run.run_id / "run.log").read_text()
+    assert "take the host lock" in log or "lock" in log
+
+
+def test_plan_mode_changes_nothing(world: World, hv: SshHost) -> None:
+    world.state_file("hv1", "value").write_text("7\n")  # the "host" has state that must stay as it is
+    before = _snapshot(world.state)
+    (run,) = world.run("test.a", "test.wrong", "test.token", mode="plan")
+    assert [r.status for r in run.results] == ["changed", "changed", "changed"]  # would change
+    assert run.results[0].planned == (f"echo test.a >> {world.state_file('hv1', 'ran')}",)
+    assert "***" in run.results[2].planned[0] and TOKEN_VALUE not in run.results[2].planned[0]
+    assert _snapshot(world.state) == before
+    assert not (world.tmp / "locks").exists()  # plan mode takes no lock: a lock file is a change too
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_offline_plan_needs_no_host(world: World, sshd_farm: SshdFarm) -> None:
+    host = sshd_farm.start(f"off-{world.tmp.name[-10:]}")
+    write_host(world.hosts, "hv1", host)
+    sshd_farm.stop(host.name)  # nothing listens any more
+    (run,) = world.run("test.a", "test.b", mode="offline")
+    assert [r.status for r in run.results] == ["changed", "changed"]
+    assert run.exit_code == 0
+
+
+def test_unreachable_host_fails_with_exit_4(world: World, sshd_farm: SshdFarm) -> None:
+    host = sshd_farm.start(f"down-{world.tmp.name[-10:]}")
+    write_host(world.hosts, "hv1", host)
+    sshd_farm.stop(host.name)
+    (run,) = world.run("test.a")
+    assert run.exit_code == 4
+    assert "cannot connect to" in run.error and f":{host.port}" in run.error
+    assert len(world.sleeps) == 1  # ssh_connect policy: 2 attempts
+
+
+def test_run_records_written(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.a", "test.wrong")
+    run_dir = world.runs / "hv1" / run.run_id
+    lines = (run_dir / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == ["test.a", "test.wrong"]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["exit_code"] == 5 and report["resume_hint"] == "invoke provision --host=hv1 --resume"
+    junit = (run_dir / "junit.xml").read_text()
+    assert "numa_balancing" in junit and "<failure" in junit
+
+
+def test_unknown_step_in_runbook_lists_known(world: World) -> None:
+    with pytest.raises(ToolError) as err:
+        load_runbook(world.runbook("test.a", "test.nope"), REGISTRY)
+    assert "unknown step(s) 'test.nope'" in str(err.value) and "known steps: " in str(err.value)
+    assert "test.flaky" in str(err.value)
