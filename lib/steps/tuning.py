@@ -1,0 +1,155 @@
+"""host.tune: the spec's Performance Tuning Parameters, live and persisted across reboot.
+
+Live: every cpufreq governor, kernel.numa_balancing, THP enabled and defrag. Persisted:
+/etc/sysctl.d/90-numa-k3s.conf (numa_balancing, applied by systemd-sysctl at boot) and
+/etc/tmpfiles.d/numa-k3s.conf (`w` lines that write the sysfs values at boot; tmpfiles accepts
+globs, so one line covers every CPU's governor). The sysroot prefixes every path, /etc included,
+so tests run it against generated trees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lib.cpuset import format_cpulist
+from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, split_sections
+from lib.inventory.model import Host
+from lib.remote import CmdResult
+from lib.results import Check
+from lib.shell import Command, sh
+from lib.steps.base import Plan, Step, Target
+
+GOVERNORS = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor"
+NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+THP_DEFRAG = "/sys/kernel/mm/transparent_hugepage/defrag"
+SYSCTL_FILE = "/etc/sysctl.d/90-numa-k3s.conf"
+TMPFILES_FILE = "/etc/tmpfiles.d/numa-k3s.conf"
+_HEADER = "# Managed by numa-k3s runbooks (step host.tune); changes here are overwritten.\n"
+
+
+def sysctl_content(host: Host) -> str:
+    return f"{_HEADER}kernel.numa_balancing = {host.tuning.numa_balancing}\n"
+
+
+def tmpfiles_content(host: Host) -> str:
+    t = host.tuning
+    return (f"{_HEADER}# Applied at boot by systemd-tmpfiles: the sysfs values the spec asks for.\n"
+            f"w {THP_ENABLED} - - - - {t.thp_enabled}\n"
+            f"w {THP_DEFRAG} - - - - {t.thp_defrag}\n"
+            f"w {GOVERNORS} - - - - {t.cpu_governor}\n")
+
+
+@dataclass(frozen=True)
+class TuneFacts:
+    governors: dict[int, str]  # empty: no cpufreq on this host
+    numa_balancing: str
+    thp_enabled: str
+    thp_defrag: str
+    sysctl_file: str  # "" when missing
+    tmpfiles_file: str
+
+
+def _root(sysroot: str) -> str:
+    return "" if sysroot in ("", "/") else sysroot
+
+
+def tune_facts_command(sysroot: str) -> Command:
+    script = "; ".join([
+        "r={root}", section("values"),
+        f'grep -Hs . "$r"{GOVERNORS} "$r"{NUMA_BALANCING} "$r"{THP_ENABLED} "$r"{THP_DEFRAG}',
+        section("sysctl"), f'cat "$r"{SYSCTL_FILE} 2>/dev/null',
+        section("tmpfiles"), f'cat "$r"{TMPFILES_FILE} 2>/dev/null', "true",
+    ])
+    return sh(script, root=_root(sysroot), sudo=False, timeout=60, why="read governors, NUMA balancing, THP")
+
+
+def parse_tune_facts(stdout: str, sysroot: str) -> TuneFacts:
+    parts = split_sections(stdout)
+    values = grep_values(parts.get("values", ""), sysroot)
+    governors = {cpu: v.strip() for p, v in values.items() if p.endswith("/scaling_governor")
+                 and (cpu := cpu_index(p)) is not None}
+    return TuneFacts(
+        governors=governors,
+        numa_balancing=values.get(NUMA_BALANCING, "missing").strip(),
+        thp_enabled=kernel_choice(values.get(THP_ENABLED, "missing")),
+        thp_defrag=kernel_choice(values.get(THP_DEFRAG, "missing")),
+        sysctl_file=parts.get("sysctl", ""),
+        tmpfiles_file=parts.get("tmpfiles", ""),
+    )
+
+
+def _same(found: str, want: str) -> bool:
+    return found.strip() == want.strip()
+
+
+def plan_tuning(host: Host, facts: TuneFacts | None) -> Plan:
+    t, root = host.tuning, _root(host.sysroot)
+    actions: list[Command] = []
+    changes: list[str] = []
+    off_governor = {c: g for c, g in facts.governors.items() if g != t.cpu_governor} if facts else {}
+    if facts is None or off_governor:
+        actions.append(sh(f'for f in {{root}}{GOVERNORS}; do [ -e "$f" ] && echo {{gov}} > "$f"; done; true',
+                          root=root, gov=t.cpu_governor, why="CPU governor"))
+        changes.append(f"governor -> {t.cpu_governor} on CPUs {format_cpulist(off_governor) or 'all'}")
+    live = [(NUMA_BALANCING, str(t.numa_balancing), facts.numa_balancing if facts else None, "numa_balancing"),
+            (THP_ENABLED, t.thp_enabled, facts.thp_enabled if facts else None, "THP enabled"),
+            (THP_DEFRAG, t.thp_defrag, facts.thp_defrag if facts else None, "THP defrag")]
+    for path, want, found, label in live:
+        if found != want:
+            actions.append(sh(f"echo {{value}} > {{root}}{path}", value=want, root=root, why=label))
+            changes.append(f"{label} {found or '?'} -> {want}")
+    files = [(SYSCTL_FILE, sysctl_content(host), facts.sysctl_file if facts else None),
+             (TMPFILES_FILE, tmpfiles_content(host), facts.tmpfiles_file if facts else None)]
+    for path, content, found in files:
+        if found is None or not _same(found, content):
+            directory = path.rsplit("/", 1)[0]
+            actions.append(sh(f"mkdir -p {{root}}{directory} && printf %s {{content}} > {{root}}{path}",
+                              root=root, content=content, why=f"persist in {path}"))
+            changes.append(f"{'write' if not found else 'update'} {path}")
+    if not actions:
+        return Plan(reason="governor, numa_balancing, THP and the persisted files already as the spec says")
+    return Plan(tuple(actions), "; ".join(changes))
+
+
+def tuning_checks(host: Host, facts: TuneFacts) -> list[Check]:
+    t = host.tuning
+    if facts.governors:
+        off = sorted(c for c, g in facts.governors.items() if g != t.cpu_governor)
+        found = (f"{t.cpu_governor} on all {len(facts.governors)} CPUs" if not off else
+                 f"{facts.governors[off[0]]} on CPUs {format_cpulist(off)}")
+        gov = Check("CPU governor", f"{t.cpu_governor} on every CPU with cpufreq", found, not off)
+    else:
+        gov = Check("CPU governor", t.cpu_governor, "not available (no cpufreq on this host)", True)
+    return [
+        gov,
+        Check("kernel.numa_balancing", str(t.numa_balancing), facts.numa_balancing,
+              facts.numa_balancing == str(t.numa_balancing)),
+        Check("THP enabled", t.thp_enabled, facts.thp_enabled, facts.thp_enabled == t.thp_enabled),
+        Check("THP defrag", t.thp_defrag, facts.thp_defrag, facts.thp_defrag == t.thp_defrag),
+        Check(f"persisted {SYSCTL_FILE}", "as planned", _file_state(facts.sysctl_file, sysctl_content(host)),
+              _same(facts.sysctl_file, sysctl_content(host))),
+        Check(f"persisted {TMPFILES_FILE}", "as planned", _file_state(facts.tmpfiles_file, tmpfiles_content(host)),
+              _same(facts.tmpfiles_file, tmpfiles_content(host))),
+    ]
+
+
+def _file_state(found: str, want: str) -> str:
+    return "missing" if not found.strip() else ("as planned" if _same(found, want) else "differs")
+
+
+class HostTune(Step):
+    name = "host.tune"
+    summary = "governor performance, numa_balancing 0, THP always/always; persisted across reboot"
+
+    def facts_command(self, target: Target) -> Command:
+        return tune_facts_command(target.loaded.host.sysroot)
+
+    def parse(self, target: Target, result: CmdResult | None) -> TuneFacts:
+        return parse_tune_facts(result.stdout if result else "", target.loaded.host.sysroot)
+
+    def plan(self, target: Target, facts: TuneFacts | None) -> Plan:
+        return plan_tuning(target.loaded.host, facts)
+
+    def verify(self, target: Target, facts: TuneFacts) -> list[Check]:
+        return tuning_checks(target.loaded.host, facts)
