@@ -1,8 +1,15 @@
 """Invoke front: parse flags, call lib/, turn typed errors into exit codes. Nothing else lives here.
 
-    invoke inventory.check [--host=NAME]   validate hosts/*.yaml (exit 2 on any error)
-    invoke topology --host=hv1 [--svg F]    the host's cores, threads, owners and memory
-    invoke pins --host=hv1 [--replan]       vCPU pins per VM, given or planned
+    invoke inventory.check [--host=NAME]    validate hosts/*.yaml (exit 2 on any error)
+    invoke topology --host=hv1 [--svg F]     the host's cores, threads, owners and memory
+    invoke pins --host=hv1 [--replan]        vCPU pins per VM, given or planned
+    invoke steps [--runbook=provision]       the steps of a runbook, one line each
+    invoke provision --host=hv1 [--resume]   run the provision runbook, verify after every step
+    invoke plan --host=hv1 [--offline]       what provision would do; changes nothing
+    invoke step NAME --host=hv1              one step and its verification
+
+Exit codes: 2 bad inventory or arguments, 3 host does not match the inventory (preflight),
+4 a step failed, 5 a verification failed, 6 another run holds the host lock.
 """
 
 from __future__ import annotations
@@ -122,6 +129,119 @@ def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
     _console().print(pins_table(loaded, replanned))
 
 
+# -- runbooks -----------------------------------------------------------------------------------
+
+def _runbook(name: str) -> Any:
+    from lib.runbook import load_runbook
+    from lib.steps import REGISTRY
+
+    return load_runbook(HERE / "runbooks" / f"{name}.yaml", REGISTRY)
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command: Callable[[str], str],
+             **opts: Any) -> None:
+    """Run a runbook over the selected hosts, print the recap, exit with the run's code."""
+    from lib.output import Output, plan_text, recap
+    from lib.retry import policies_from_config
+    from lib.runner import Engine, RunOptions, exit_code, failure_text
+
+    inv = _inventory(c, host)
+    runs_dir = Path(c.config.runs_dir)
+    options = RunOptions(mode=mode, runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,  # type: ignore[arg-type]
+                         policies=policies_from_config(c.config.get("retries")), resume_command=resume_command,
+                         **opts)
+    output = Output()
+    try:
+        runs = Engine(book, options, output).run(list(inv.hosts.values()))
+    finally:
+        output.close()
+    if mode in ("plan", "offline"):
+        print(plan_text(runs))
+    print(recap(runs, book.names))
+    code = exit_code(runs)
+    if code:
+        raise Exit(failure_text(runs), code=code)
+
+
+@task(help={"runbook": "runbook name under runbooks/ (default: provision)"})
+@_operator_errors
+def steps(c: Context, runbook: str = "provision") -> None:
+    """List the steps of a runbook, one line each: order, name, where it runs, what it does."""
+    book = _runbook(runbook)
+    print(f"{book.name}: {book.description}".rstrip(": "))
+    for i, step in enumerate(book.steps, 1):
+        print(f"{i:>2}. {step.name:<18} {step.targets:<10} {step.summary}")
+
+
+@task(help={
+    "host": "hypervisor(s), comma-separated; they run at once",
+    "resume": "continue after the last verified step of the last run",
+    "from": "start at this step", "only": "run only these steps (comma-separated)",
+    "skip": "leave out these steps (comma-separated)", "break-lock": "break a stale host lock (never a live one)",
+    "runbook": "runbook name under runbooks/ (default: provision)",
+})
+@_operator_errors
+def provision(c: Context, host: str | None = None, resume: bool = False, from_: str | None = None,
+              only: str | None = None, skip: str | None = None, break_lock: bool = False,
+              runbook: str = "provision") -> None:
+    """Run a runbook on the host(s): every step verified, records under .runs/<host>/<run-id>/."""
+    book = _runbook(runbook)
+    extra = "" if runbook == "provision" else f" --runbook={runbook}"
+    _execute(c, host, book, "apply", lambda h: f"invoke provision --host={h}{extra} --resume",
+             resume=resume, from_step=from_, only=_split(only), skip=_split(skip), break_lock=break_lock)
+
+
+@task(help={"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host",
+            "runbook": "runbook name under runbooks/ (default: provision)"})
+@_operator_errors
+def plan(c: Context, host: str | None = None, offline: bool = False, runbook: str = "provision") -> None:
+    """What provision would do, per step and host, and why the rest needs nothing. Changes nothing."""
+    _execute(c, host, _runbook(runbook), "offline" if offline else "plan", lambda h: f"invoke plan --host={h}")
+
+
+@task(help={"host": "hypervisor(s), comma-separated", "break-lock": "break a stale host lock (never a live one)"})
+@_operator_errors
+def step(c: Context, name: str, host: str | None = None, break_lock: bool = False) -> None:
+    """Run one step (and its verification) ad hoc, e.g. invoke step host.tune --host=hv1."""
+    _execute(c, host, _single(name), "apply", lambda h: f"invoke step {name} --host={h}", break_lock=break_lock)
+
+
+def _single(name: str) -> Any:
+    from lib.runbook import Runbook, RunbookError
+    from lib.steps import REGISTRY
+
+    if name not in REGISTRY:
+        raise RunbookError(f"unknown step {name!r}; known steps: {', '.join(sorted(REGISTRY))}")
+    return Runbook(f"step-{name}", "", REGISTRY[name].summary, (REGISTRY[name](),))
+
+
+# -- read-only verifications ---------------------------------------------------------------------
+
+def _verify(c: Context, host: str | None, name: str, task_name: str) -> None:
+    _execute(c, host, _single(name), "verify", lambda h: f"invoke {task_name} --host={h}")
+
+
+@task(help={"host": "hypervisor(s), comma-separated"})
+@_operator_errors
+def verify_bios(c: Context, host: str | None = None) -> None:
+    """Read-only: CPU topology, NUMA, L3, VT-x/AMD-V, IOMMU and BIOS against the inventory."""
+    _verify(c, host, "bios.check", "verify.bios")
+
+
+@task(help={"host": "hypervisor(s), comma-separated"})
+@_operator_errors
+def verify_tuning(c: Context, host: str | None = None) -> None:
+    """Read-only: governor, numa_balancing, THP, live and persisted, against the inventory."""
+    _verify(c, host, "host.tune", "verify.tuning")
+
+
 inventory = Collection("inventory", check)
-ns = Collection(topology, pins, inventory)
-ns.configure({"hosts_dir": "hosts"})
+verify = Collection("verify")
+verify.add_task(verify_bios, "bios")
+verify.add_task(verify_tuning, "tuning")
+ns = Collection(topology, pins, steps, provision, plan, step, inventory, verify)
+ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})
