@@ -34,6 +34,7 @@ demo: venv
 	$(INV) inventory.check
 	$(INV) topology --host=hv1
 	$(INV) pins --host=hv1
+	$(INV) plan --host=hv1 --offline
 
 bench: venv
 	$(PY) bench/inventory_validate.py

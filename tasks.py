@@ -15,6 +15,7 @@ Exit codes: 2 bad inventory or arguments, 3 host does not match the inventory (p
 from __future__ import annotations
 
 import functools
+import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -154,7 +155,8 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
     options = RunOptions(mode=mode, runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,  # type: ignore[arg-type]
                          policies=policies_from_config(c.config.get("retries")), resume_command=resume_command,
                          **opts)
-    output = Output()
+    # Plan modes print the plan itself; per-step progress lines would only repeat it.
+    output = Output(io.StringIO(), tty=False) if mode in ("plan", "offline") else Output()
     try:
         runs = Engine(book, options, output).run(list(inv.hosts.values()))
     finally:

@@ -101,6 +101,11 @@ def sh(template: str, /, *, timeout: float = 120.0, sudo: bool = True, ok_codes:
     return Command(render(False), render(True), timeout, sudo, ok_codes, why)
 
 
+def root_prefix(sysroot: str) -> str:
+    """The sysroot as a quoted prefix for paths in a command template ("" on a real host)."""
+    return "" if sysroot in ("", "/") else shlex.quote(sysroot.rstrip("/"))
+
+
 def rooted(sysroot: str, path: str) -> str:
     """A sysfs/procfs path under the inventory's sysroot (tests point it at generated trees)."""
     if sysroot in ("", "/"):

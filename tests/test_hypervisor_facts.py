@@ -116,13 +116,13 @@ def test_tune_plan_for_an_untuned_host_lists_every_change(hv1: Host) -> None:
     plan = plan_tuning(hv1, parse_tune_facts(fixture("tune-spec-2x18x2.txt"), "/"))
     shown = [a.shown for a in plan.actions]
     assert shown == [
-        "for f in ''/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor; do [ -e \"$f\" ] && "
+        "for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor; do [ -e \"$f\" ] && "
         "echo performance > \"$f\"; done; true",
-        "echo 0 > ''/proc/sys/kernel/numa_balancing",
-        "echo always > ''/sys/kernel/mm/transparent_hugepage/enabled",
-        "echo always > ''/sys/kernel/mm/transparent_hugepage/defrag",
-        f"mkdir -p ''/etc/sysctl.d && printf %s '{sysctl_content(hv1)}' > ''{SYSCTL_FILE}",
-        f"mkdir -p ''/etc/tmpfiles.d && printf %s '{tmpfiles_content(hv1)}' > ''{TMPFILES_FILE}",
+        "echo 0 > /proc/sys/kernel/numa_balancing",
+        "echo always > /sys/kernel/mm/transparent_hugepage/enabled",
+        "echo always > /sys/kernel/mm/transparent_hugepage/defrag",
+        f"mkdir -p /etc/sysctl.d && printf %s '{sysctl_content(hv1)}' > {SYSCTL_FILE}",
+        f"mkdir -p /etc/tmpfiles.d && printf %s '{tmpfiles_content(hv1)}' > {TMPFILES_FILE}",
     ]
     assert plan.reason.startswith("governor -> performance on CPUs 0-71; numa_balancing 1 -> 0")
 

@@ -16,7 +16,7 @@ from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, spli
 from lib.inventory.model import Host
 from lib.remote import CmdResult
 from lib.results import Check
-from lib.shell import Command, sh
+from lib.shell import Command, root_prefix, sh
 from lib.steps.base import Plan, Step, Target
 
 GOVERNORS = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor"
@@ -84,31 +84,33 @@ def _same(found: str, want: str) -> bool:
 
 
 def plan_tuning(host: Host, facts: TuneFacts | None) -> Plan:
-    t, root = host.tuning, _root(host.sysroot)
+    t, root = host.tuning, root_prefix(host.sysroot)
     actions: list[Command] = []
     changes: list[str] = []
     off_governor = {c: g for c, g in facts.governors.items() if g != t.cpu_governor} if facts else {}
     if facts is None or off_governor:
-        actions.append(sh(f'for f in {{root}}{GOVERNORS}; do [ -e "$f" ] && echo {{gov}} > "$f"; done; true',
-                          root=root, gov=t.cpu_governor, why="CPU governor"))
+        actions.append(sh(f'for f in {root}{GOVERNORS}; do [ -e "$f" ] && echo {{gov}} > "$f"; done; true',
+                          gov=t.cpu_governor, why="CPU governor"))
         changes.append(f"governor -> {t.cpu_governor} on CPUs {format_cpulist(off_governor) or 'all'}")
     live = [(NUMA_BALANCING, str(t.numa_balancing), facts.numa_balancing if facts else None, "numa_balancing"),
             (THP_ENABLED, t.thp_enabled, facts.thp_enabled if facts else None, "THP enabled"),
             (THP_DEFRAG, t.thp_defrag, facts.thp_defrag if facts else None, "THP defrag")]
     for path, want, found, label in live:
         if found != want:
-            actions.append(sh(f"echo {{value}} > {{root}}{path}", value=want, root=root, why=label))
+            actions.append(sh(f"echo {{value}} > {root}{path}", value=want, why=label))
             changes.append(f"{label} {found or '?'} -> {want}")
     files = [(SYSCTL_FILE, sysctl_content(host), facts.sysctl_file if facts else None),
              (TMPFILES_FILE, tmpfiles_content(host), facts.tmpfiles_file if facts else None)]
     for path, content, found in files:
         if found is None or not _same(found, content):
             directory = path.rsplit("/", 1)[0]
-            actions.append(sh(f"mkdir -p {{root}}{directory} && printf %s {{content}} > {{root}}{path}",
-                              root=root, content=content, why=f"persist in {path}"))
+            actions.append(sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}",
+                              content=content, why=f"persist in {path}"))
             changes.append(f"{'write' if not found else 'update'} {path}")
     if not actions:
         return Plan(reason="governor, numa_balancing, THP and the persisted files already as the spec says")
+    if facts is None:
+        return Plan(tuple(actions), "offline: facts not read, so every value and file is written")
     return Plan(tuple(actions), "; ".join(changes))
 
 
