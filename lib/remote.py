@@ -210,6 +210,12 @@ class Session:
                 raise _Transient(result, f"connection lost: {mask(str(exc)) or type(exc).__name__}") from None
             result = CmdResult(shown, raw.exited, mask(raw.stdout), mask(raw.stderr), time.monotonic() - start,
                                attempts)
+            if raw.exited == -1:
+                # No exit status: the channel was closed under the command. invoke's timeout timer
+                # may still be running its kill when the runner checks it, so a timeout can come
+                # back as a plain result instead of CommandTimedOut: tell them apart by the clock.
+                late = result.duration >= cmd.timeout
+                raise _Transient(result, f"timed out after {cmd.timeout:g} s" if late else "connection lost")
             self.log(f"{self.endpoint.name}: $ {shown}  -> exit {result.exit_code} in {result.duration:.2f} s")
             if result.exit_code not in cmd.ok_codes and result.exit_code in transient_codes:
                 raise _Transient(result, f"exit code {result.exit_code} (transient)")

@@ -167,6 +167,23 @@ class WaitsForFile(Step):
         return [Check("ready file", "present", "present" if facts else "absent", bool(facts))]
 
 
-ALL: tuple[type[Step], ...] = (Flaky, Permanent, WrongValue, Sleepy, WithToken, WaitsForFile,
+class Hangs(Step):
+    """A command that outlives its timeout: retried as transient, then fails naming the timeout."""
+
+    name = "test.hangs"
+    summary = "sleeps past its timeout"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("true", sudo=False)
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        return Plan((sh("echo started >> {f}; sleep 30", f=_state(target, "hangs"), timeout=0.5, sudo=False),),
+                    "hang")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return []
+
+
+ALL: tuple[type[Step], ...] = (Flaky, Permanent, WrongValue, Sleepy, WithToken, WaitsForFile, Hangs,
                                mark_step("test.a"), mark_step("test.b"), mark_step("test.c"))
 REGISTRY: dict[str, type[Step]] = {s.name: s for s in ALL}

@@ -3,6 +3,7 @@ locks, secrets, one connection per host, plan mode."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from collections.abc import Iterator
@@ -11,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from lib.errors import ToolError
+from lib.output import Output
 from lib.results import HostRun
 from lib.runbook import load_runbook
-from lib.runner import exit_code
+from lib.runner import Engine, RunOptions, exit_code
 from tests.engine_steps import REGISTRY, TOKEN_VALUE
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost, count_auths
-from tests.harness.world import World
+from tests.harness.world import FAST, World
 
 
 @pytest.fixture
@@ -284,3 +286,26 @@ def test_unknown_step_in_runbook_lists_known(world: World) -> None:
         load_runbook(world.runbook("test.a", "test.nope"), REGISTRY)
     assert "unknown step(s) 'test.nope'" in str(err.value) and "known steps: " in str(err.value)
     assert "test.flaky" in str(err.value)
+
+
+def test_command_timeout_is_retried_then_fails_with_exit_4(world: World, hv: SshHost) -> None:
+    (run,) = world.run("test.hangs")
+    (result,) = run.results
+    assert (result.status, result.exit_code) == ("failed", 4)
+    assert "timed out after 0.5 s" in result.error and "after 3 attempt(s)" in result.error
+    assert world.state_file("hv1", "hangs").read_text().count("started") == 3
+    assert len(world.sleeps) == 2
+
+
+def test_live_progress_on_a_tty_does_not_break_the_run(world: World, hv: SshHost) -> None:
+    stream = io.StringIO()
+    output = Output(stream, tty=True)
+    book = load_runbook(world.runbook("test.a", "test.b"), REGISTRY)
+    options = RunOptions(runs_dir=world.runs, policies=FAST, sleep=world.sleeps.append,
+                         flags={"state": str(world.state)})
+    try:
+        (run,) = Engine(book, options, output).run(world.loaded())
+    finally:
+        output.close()
+    assert [r.status for r in run.results] == ["changed", "changed"]
+    assert "hv1 | test.b | hv1 | changed" in stream.getvalue()
