@@ -6,7 +6,7 @@ INV := $(VENV)/bin/invoke
 APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients virtinst \
 	qemu-utils qemu-system-x86 genisoimage cloud-image-utils libvirt-dev pkg-config numactl
 
-.PHONY: test demo bench lint typecheck unit system venv clean
+.PHONY: test demo bench bench-quick lint typecheck unit system venv clean
 
 # apt-get only when a package is missing, so repeated runs stay fast.
 system:
@@ -38,6 +38,10 @@ demo: venv
 
 bench: venv
 	$(PY) bench/inventory_validate.py
+	$(PY) bench/peers.py
+
+bench-quick: venv
+	$(PY) bench/peers.py --quick
 
 clean:
 	rm -rf $(VENV) .runs .mypy_cache .ruff_cache .pytest_cache
