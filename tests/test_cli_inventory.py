@@ -78,3 +78,9 @@ def test_pins_show_given_and_planner_agrees() -> None:
     rows = [line for line in out.stdout.splitlines() if "k3s-" in line]
     assert len(rows) == 4 and all("same" in row and "given" in row for row in rows)
     assert "18 54 19 55 20 56 21 57 22 58 23 59" in out.stdout
+
+
+def test_missing_inventory_dir_is_one_clear_line(tmp_path: Path) -> None:
+    out = run("inventory.check", hosts=tmp_path / "nope")
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"ERROR [file.missing] {tmp_path / 'nope'}: inventory directory not found"
