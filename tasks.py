@@ -7,6 +7,7 @@
     invoke provision --host=hv1 [--resume]   run the provision runbook, verify after every step
     invoke plan --host=hv1 [--offline]       what provision would do; changes nothing
     invoke step NAME --host=hv1              one step and its verification
+    invoke verify.bios|tuning|images --host  read-only checks
 
 Exit codes: 2 bad inventory or arguments, 3 host does not match the inventory (preflight),
 4 a step failed, 5 a verification failed, 6 another run holds the host lock.
@@ -241,9 +242,17 @@ def verify_tuning(c: Context, host: str | None = None) -> None:
     _verify(c, host, "host.tune", "verify.tuning")
 
 
+@task(help={"host": "hypervisor(s), comma-separated"})
+@_operator_errors
+def verify_images(c: Context, host: str | None = None) -> None:
+    """Read-only: every VM disk's format, backing file and virtual size against the inventory."""
+    _verify(c, host, "images.clone", "verify.images")
+
+
 inventory = Collection("inventory", check)
 verify = Collection("verify")
 verify.add_task(verify_bios, "bios")
 verify.add_task(verify_tuning, "tuning")
+verify.add_task(verify_images, "images")
 ns = Collection(topology, pins, steps, provision, plan, step, inventory, verify)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})

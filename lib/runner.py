@@ -201,8 +201,7 @@ class Engine:
                 plan = step.plan(target, facts)
             except StepMismatch as drift:
                 return result("failed", checks=tuple(drift.checks), exit_code=drift.exit_code,
-                              error=f"{host}: {step.name} on {target.name}: the host differs from the spec "
-                                    "and this step never changes that by itself")
+                              error=f"{host}: {step.name} on {target.name}: {drift.message}")
             if mode == "plan":
                 return result("changed" if plan.actions else "ok", reason=plan.reason,
                               planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)

@@ -54,6 +54,7 @@ def test_steps_lists_the_provision_runbook() -> None:
     lines = out.stdout.splitlines()
     assert lines[1].split()[:3] == ["1.", "preflight.access", "hypervisor"]
     assert lines[2].split()[:2] == ["2.", "bios.check"] and lines[3].split()[:2] == ["3.", "host.tune"]
+    assert lines[4].split()[:3] == ["4.", "images.clone", "vms"]
 
 
 def test_step_bios_check_ok_then_verify_bios(cli: Cli) -> None:
@@ -135,7 +136,9 @@ def test_resume_after_a_failure(cli: Cli) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert "hv1 | bios.check | hv1 | skipped | " in resumed.stdout
     assert "verified in run" in resumed.stdout
-    assert "ok=0 changed=1 failed=0 skipped=2" in recap_line(resumed.stdout)
+    # bios.check and preflight.access carried over; images.clone has no VMs on this host
+    assert "ok=0 changed=1 failed=0 skipped=3" in recap_line(resumed.stdout)
+    assert "hv1 | images.clone | hv1 | skipped | 0.00s | no vms targets on this host" in resumed.stdout
 
 
 def test_bad_flags_are_one_line(cli: Cli) -> None:

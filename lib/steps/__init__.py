@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from lib.steps.base import Step
 from lib.steps.bios import BiosCheck
+from lib.steps.images import ImagesClone
 from lib.steps.preflight import PreflightAccess
 from lib.steps.tuning import HostTune
 
-STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune)
+STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone)
 REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}

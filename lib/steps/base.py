@@ -70,9 +70,10 @@ class Target:
 class StepMismatch(Exception):
     """Raised by a step's plan when the host differs from the spec in a way it must never fix itself."""
 
-    def __init__(self, checks: list[Check], exit_code: int = 5) -> None:
-        super().__init__("; ".join(f"{c.name}: expected {c.expected}, found {c.found}" for c in checks if not c.ok))
-        self.checks, self.exit_code = checks, exit_code
+    def __init__(self, checks: list[Check], exit_code: int = 5,
+                 message: str = "the host differs from the spec and this step never changes that by itself") -> None:
+        super().__init__(message)
+        self.checks, self.exit_code, self.message = checks, exit_code, message
 
 
 class Step(ABC):

@@ -1,0 +1,173 @@
+"""images.clone: each VM's qcow2 overlay on the base image, and the data VM's hot and cold disks.
+
+Never overwrites, resizes or "fixes" an image: a disk that exists with another format, backing
+file or size is drift (exit 5), left exactly as it is. A missing or non-qcow2 base image stops the
+step before anything is created. Facts come from `qemu-img info --output=json -U` (-U: readable
+while a VM runs), all disks of a VM in one command.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lib.facts.sysfs import section, split_sections
+from lib.inventory.model import VM
+from lib.remote import CmdResult
+from lib.results import Check
+from lib.shell import Command, sh
+from lib.steps.base import Plan, Step, StepMismatch, Target
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    role: str  # "os" or the extra disk's name (hot, cold)
+    path: str
+    size_gb: int
+    backing: str | None  # the base image for the OS overlay
+    device: str | None = None  # a block device the inventory names instead of an image
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    exists: bool
+    format: str = ""
+    virtual_size: int = 0
+    backing: str = ""
+    backing_format: str = ""
+    block_device: bool = False
+    error: str = ""
+
+
+def disks_of(vm: VM) -> list[DiskSpec]:
+    disks = [DiskSpec("os", vm.disk_path, vm.disk_size_gb, vm.base_image_path)]
+    disks += [DiskSpec(d.name, d.device or d.path, d.size_gb, None, d.device) for d in vm.disks]
+    return disks
+
+
+def images_command(vm: VM) -> Command:
+    paths = [vm.base_image_path] + [d.path for d in disks_of(vm)]
+    parts = []
+    for i, _ in enumerate(paths):
+        parts.append(f"{section(f'd{i}')}; if [ -b {{p{i}}} ]; then echo block; elif [ -e {{p{i}}} ]; then "
+                     f"echo present; qemu-img info --output=json -U {{p{i}}} 2>&1; fi")
+    values: dict[str, Any] = {f"p{i}": p for i, p in enumerate(paths)}  # one quoted word per path
+    return sh("; ".join(parts) + "; true", timeout=60, why="read image formats, backing files and sizes", **values)
+
+
+def parse_image(text: str) -> ImageInfo:
+    head, _, rest = text.partition("\n")
+    if head == "block":
+        return ImageInfo(True, block_device=True)
+    if head != "present":
+        return ImageInfo(False)
+    try:
+        data = json.loads(rest)
+    except json.JSONDecodeError:
+        return ImageInfo(True, error=rest.strip().splitlines()[-1] if rest.strip() else "unreadable")
+    return ImageInfo(True, data.get("format", ""), int(data.get("virtual-size", 0)),
+                     data.get("full-backing-filename") or data.get("backing-filename", ""),
+                     data.get("backing-filename-format", ""))
+
+
+@dataclass(frozen=True)
+class ImagesFacts:
+    base: ImageInfo
+    disks: dict[str, ImageInfo]  # path -> info
+
+
+def parse_images(vm: VM, stdout: str) -> ImagesFacts:
+    parts = split_sections(stdout)
+    disks = disks_of(vm)
+    return ImagesFacts(parse_image(parts.get("d0", "")),
+                       {d.path: parse_image(parts.get(f"d{i + 1}", "")) for i, d in enumerate(disks)})
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:g} GiB"
+
+
+def disk_checks(disk: DiskSpec, info: ImageInfo) -> list[Check]:
+    where = f"{disk.role} disk {disk.path}"
+    if not info.exists:
+        return [Check(where, "exists", "missing", False)]
+    if disk.device:
+        return [Check(where, "block device", "block device" if info.block_device else "not a block device",
+                      info.block_device)]
+    if info.error:
+        return [Check(where, "a readable qcow2 image", info.error, False)]
+    checks = [Check(f"{where} format", "qcow2", info.format, info.format == "qcow2"),
+              Check(f"{where} virtual size", _size(disk.size_gb * GIB), _size(info.virtual_size),
+                    info.virtual_size == disk.size_gb * GIB)]
+    want_backing = disk.backing or "(none)"
+    checks.append(Check(f"{where} backing file", want_backing, info.backing or "(none)",
+                        (info.backing or None) == disk.backing))
+    return checks
+
+
+def base_checks(vm: VM, base: ImageInfo) -> list[Check]:
+    found = ("missing" if not base.exists else base.error or base.format)
+    return [Check(f"base image {vm.base_image_path}", "qcow2", found, base.exists and base.format == "qcow2")]
+
+
+def plan_images(vm: VM, facts: ImagesFacts | None) -> Plan:
+    if facts is not None:
+        bad_base = [c for c in base_checks(vm, facts.base) if not c.ok]
+        if bad_base:
+            raise StepMismatch(bad_base, exit_code=4, message=(
+                f"the base image {vm.base_image_path} is {bad_base[0].found}; put a qcow2 base image there "
+                "first: nothing was created"))
+    actions: list[Command] = []
+    created: list[str] = []
+    drift: list[Check] = []
+    for disk in disks_of(vm):
+        info = facts.disks.get(disk.path) if facts else None
+        if info is not None and info.exists:
+            drift += [c for c in disk_checks(disk, info) if not c.ok]
+            continue
+        if disk.device:
+            drift.append(Check(f"{disk.role} disk {disk.path}", "block device", "missing", False))
+            continue
+        backing = "-b {base} -F qcow2 " if disk.backing else ""
+        # The [ -e ] guard refuses to overwrite a file that appeared since the facts were read.
+        actions.append(sh(
+            "mkdir -p {dir} && if [ -e {path} ]; then echo {path} exists, not overwriting >&2; exit 17; fi && "
+            f"qemu-img create -q -f qcow2 {backing}{{path}} {{size}}",
+            dir=disk.path.rsplit("/", 1)[0] or "/", path=disk.path, base=disk.backing or "",
+            size=f"{disk.size_gb}G", why=f"create the {disk.role} disk"))
+        created.append(f"{disk.role} {disk.path} ({disk.size_gb} GiB{', overlay on the base' if disk.backing else ''})")
+    if drift:
+        raise StepMismatch(drift, exit_code=5, message=(
+            "existing disk(s) differ from the spec; they are never overwritten or resized: move them aside "
+            "or fix the inventory"))
+    if not actions:
+        return Plan(reason="every disk exists with the spec's format, backing file and size")
+    return Plan(tuple(actions), "create " + "; ".join(created))
+
+
+class ImagesClone(Step):
+    name = "images.clone"
+    summary = "qcow2 overlays on the base image, data VM hot and cold disks; never overwrites"
+    targets = "vms"
+
+    def facts_command(self, target: Target) -> Command:
+        assert target.vm is not None
+        return images_command(target.vm)
+
+    def parse(self, target: Target, result: CmdResult | None) -> ImagesFacts:
+        assert target.vm is not None
+        return parse_images(target.vm, result.stdout if result else "")
+
+    def plan(self, target: Target, facts: ImagesFacts | None) -> Plan:
+        assert target.vm is not None
+        return plan_images(target.vm, facts)
+
+    def verify(self, target: Target, facts: ImagesFacts) -> list[Check]:
+        assert target.vm is not None
+        checks = base_checks(target.vm, facts.base)
+        for disk in disks_of(target.vm):
+            checks += disk_checks(disk, facts.disks.get(disk.path, ImageInfo(False)))
+        return checks
