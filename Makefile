@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INV := $(VENV)/bin/invoke
 APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients virtinst \
-	qemu-utils qemu-system-x86 genisoimage cloud-image-utils libvirt-dev pkg-config numactl
+	qemu-utils qemu-system-x86 genisoimage cloud-image-utils libvirt-dev pkg-config numactl \
+	xorriso cloud-init
+# xorriso builds reproducible seed ISOs; cloud-init is here only for `cloud-init schema` in tests.
 
 .PHONY: test demo bench bench-quick lint typecheck unit system venv clean
 

@@ -9,6 +9,7 @@ against the inventory's known_hosts. Commands come in as lib.shell.Command value
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -24,7 +25,7 @@ from invoke.exceptions import CommandTimedOut
 
 from lib.errors import ToolError
 from lib.retry import Policies, Sleep, retrying
-from lib.shell import Command, mask, quote
+from lib.shell import Command, mask, quote, sh
 
 Log = Callable[[str], None]
 
@@ -234,15 +235,21 @@ class Session:
         return result
 
     def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
-        """Write data to a remote file with mode set before any content lands (secrets stay private)."""
+        """Write data to a remote file, its mode set before any content lands (secrets stay private).
+
+        The bytes go to a private temp file over SFTP (as the SSH user), then one command (under sudo
+        when the user is not root) moves it into place, so the destination never holds a partial file.
+        """
         conn = self.connection()
         self.commands_run += 1
         sftp = conn.sftp()
-        tmp = f"{remote_path}.tmp-{int(time.time() * 1000)}"
+        tmp = f"/tmp/.numa-k3s-upload-{os.getpid()}-{time.monotonic_ns()}"
         with sftp.open(tmp, "wb") as handle:
             handle.chmod(mode)
             handle.write(data)
-        sftp.posix_rename(tmp, remote_path)
+        directory = remote_path.rsplit("/", 1)[0] or "/"
+        self.run(sh("mkdir -p {dir} && mv -f {tmp} {dest} && chmod {mode} {dest}", dir=directory, tmp=tmp,
+                    dest=remote_path, mode=f"{mode:o}", why="move the upload into place"))
         self.log(f"{self.endpoint.name}: put {len(data)} bytes -> {remote_path} (mode {mode:o})")
 
     def get(self, remote_path: str) -> bytes:
@@ -287,3 +294,40 @@ class SessionPool:
     def close_all(self) -> None:
         for session in self.sessions.values():
             session.close()
+
+
+# -- local processes -----------------------------------------------------------------------------
+
+class LocalToolError(ToolError):
+    exit_code = 4
+
+
+# Fixed timestamps make the seed ISO reproducible: the same seed files give the same bytes, so
+# verification can compare content hashes. 2000-01-01T00:00:00Z.
+SEED_EPOCH = 946684800
+
+
+def build_seed_iso(files: dict[str, str]) -> bytes:
+    """A NoCloud seed ISO (volume label cidata, Joliet + Rock Ridge) built on this machine with xorriso."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    xorriso = shutil.which("xorriso")
+    if xorriso is None:
+        raise LocalToolError("xorriso is not installed on this machine (apt-get install xorriso); it builds the "
+                             "cloud-init seed ISOs reproducibly")
+    with tempfile.TemporaryDirectory(prefix="seed-") as tmp:
+        names = sorted(files)
+        for name in names:
+            path = Path(tmp) / name
+            path.write_text(files[name])
+            os.utime(path, (SEED_EPOCH, SEED_EPOCH))
+        out = Path(tmp) / "seed.iso"
+        env = dict(os.environ, SOURCE_DATE_EPOCH=str(SEED_EPOCH), TZ="UTC")
+        done = subprocess.run([xorriso, "-as", "mkisofs", "-quiet", "-o", str(out), "-V", "cidata", "-J", "-R",
+                               *[str(Path(tmp) / n) for n in names]], capture_output=True, text=True, env=env,
+                              check=False, timeout=60)
+        if done.returncode != 0:
+            raise LocalToolError(f"xorriso failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        return out.read_bytes()

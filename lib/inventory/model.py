@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import cached_property
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
@@ -160,6 +161,14 @@ class K8sNode(Model):
     labels: dict[Word, Word] = Field(default_factory=dict)
 
 
+class VmNetwork(Model):
+    """A static address for the VM's NIC on the bridge; without it the VM asks DHCP."""
+
+    address: IPv4Interface  # 10.0.0.11/24
+    gateway: IPv4Address | None = None
+    dns: tuple[IPv4Address, ...] = ()
+
+
 class VmSsh(Model):
     """How the tool reaches a VM over SSH once it runs (k3s steps, cloud-init wait)."""
 
@@ -189,6 +198,8 @@ class VM(Model):
     disks: tuple[ExtraDisk, ...] = ()
     k8s: K8sNode | None = None
     ssh: VmSsh | None = None
+    network: VmNetwork | None = None
+    packages: tuple[Word, ...] = ()  # installed by cloud-init on first boot
 
     @property
     def pins(self) -> tuple[int, ...]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from lib.steps.base import Step
 from lib.steps.bios import BiosCheck
+from lib.steps.cloudinit import CloudinitBuild
 from lib.steps.images import ImagesClone
 from lib.steps.preflight import PreflightAccess
 from lib.steps.tuning import HostTune
 
-STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone)
+STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild)
 REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}

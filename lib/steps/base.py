@@ -35,10 +35,11 @@ class Upload:
     data: bytes = field(repr=False)
     mode: int = 0o600
     why: str = ""
+    what: str = ""  # how plans name the content, e.g. "seed ISO sha256 1a2b..."
 
     @property
     def shown(self) -> str:
-        return f"upload {len(self.data)} bytes to {self.path} (mode {self.mode:o})"
+        return f"upload {self.what or f'{len(self.data)} bytes'} to {self.path} (mode {self.mode:o})"
 
 
 Action = Command | Upload
