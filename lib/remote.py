@@ -119,6 +119,9 @@ class Session:
         self.connects = 0
         self._conn: Any = None
         self._lock = threading.Lock()  # a session may be shared as a gateway by parallel VM targets
+        # Fabric caches one SFTP client per connection and paramiko's SFTP client is not thread-safe:
+        # parallel VM targets uploading through the same hypervisor session hung without this lock.
+        self._sftp_lock = threading.Lock()
 
     # -- connection -------------------------------------------------------------------------
     def _new_connection(self) -> Any:
@@ -242,9 +245,8 @@ class Session:
         """
         conn = self.connection()
         self.commands_run += 1
-        sftp = conn.sftp()
         tmp = f"/tmp/.numa-k3s-upload-{os.getpid()}-{time.monotonic_ns()}"
-        with sftp.open(tmp, "wb") as handle:
+        with self._sftp_lock, conn.sftp().open(tmp, "wb") as handle:
             handle.chmod(mode)
             handle.write(data)
         directory = remote_path.rsplit("/", 1)[0] or "/"
@@ -254,7 +256,8 @@ class Session:
 
     def get(self, remote_path: str) -> bytes:
         buf = io.BytesIO()
-        self.connection().get(remote_path, buf)
+        with self._sftp_lock:
+            self.connection().get(remote_path, buf)
         return buf.getvalue()
 
 
