@@ -1,18 +1,43 @@
-"""What the operator sees: a live line per host on a TTY, plain lines otherwise, and the recap.
+"""What the operator sees: one live line per host on a TTY, plain lines otherwise, and the recap.
 
-Hosts run in parallel threads, so every write holds a lock; every text passes through mask().
+Hosts (and a step's targets) run in parallel threads, so every write holds one lock; every text
+passes through mask() before it reaches the terminal.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, TextIO
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
 
 from lib.results import STATUSES, HostRun, StepResult
 from lib.shell import mask
 
-_MARK = {"ok": "ok", "changed": "changed", "failed": "FAILED", "skipped": "skipped"}
+if TYPE_CHECKING:  # rich is only imported when a terminal is really driven
+    from rich.live import Live
+
+# Marks in the live line: a target still running, then how it ended.
+_RUNNING = "…"
+_MARKS = {"ok": "✓", "changed": "✓", "failed": "✗", "skipped": "-"}
+_STYLES = {"ok": "green", "changed": "yellow", "failed": "bold red", "skipped": "dim"}
+
+
+@dataclass
+class _HostLine:
+    steps: list[str] = field(default_factory=list)  # steps seen so far, in order: the "(2/5)" counter
+    total: int | None = None
+    targets: dict[str, str] = field(default_factory=dict)  # target -> mark, for the current step
+
+    def enter(self, step: str) -> None:
+        if not self.steps or self.steps[-1] != step:
+            self.steps.append(step)
+            self.targets = {}
+
+    def render(self, host: str, width: int) -> str:
+        of = f"{len(self.steps)}/{self.total}" if self.total else str(len(self.steps))
+        marks = " ".join(f"{target} {mark}" for target, mark in self.targets.items())
+        return f"{host:<{width}}  ▸ {self.steps[-1] if self.steps else ''}  ({of})  {marks}".rstrip()
 
 
 class Output:
@@ -20,103 +45,154 @@ class Output:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
         self._lock = threading.Lock()
-        self._lines: dict[str, str] = {}
-        self._live: Any = None
-        if self.tty:
+        self._hosts: dict[str, _HostLine] = {}
+        self._live: Live | None = None
+
+    # -- the live display (TTY only); callers hold the lock ----------------------------------
+    def _ensure_live(self) -> Live:
+        # Started on first use, not in __init__: an Output that never shows progress (plan mode,
+        # an early error) must not take over the terminal.
+        if self._live is None:
             from rich.console import Console
             from rich.live import Live
 
-            console = Console(file=self.stream, force_terminal=True)
-            self._live = Live("", console=console, refresh_per_second=8, transient=True)
+            console = Console(file=self.stream, force_terminal=True, highlight=False)
+            # Redirecting sys.stdout only makes sense when that is the stream being drawn on.
+            own = self.stream is sys.stdout
+            self._live = Live(console=console, refresh_per_second=8, transient=True,
+                              redirect_stdout=own, redirect_stderr=False)
             self._live.start()
+        return self._live
 
-    def _render(self) -> None:
+    def _refresh(self) -> None:
         from rich.text import Text
 
-        self._live.update(Text("\n".join(f"{host:<12} {line}" for host, line in sorted(self._lines.items()))))
+        width = max(len(h) for h in self._hosts)
+        lines = [mask(line.render(host, width)) for host, line in sorted(self._hosts.items())]
+        self._ensure_live().update(Text("\n".join(lines), no_wrap=True, overflow="ellipsis"), refresh=True)
+
+    def _host(self, host: str) -> _HostLine:
+        return self._hosts.setdefault(host, _HostLine())
+
+    # -- what the runner calls ---------------------------------------------------------------
+    def host_started(self, host: str, steps: int) -> None:
+        """Optional: the number of steps this host will go through, for "(2/5)" instead of "(2)"."""
+        with self._lock:
+            self._host(host).total = steps
 
     def step_started(self, host: str, step: str, target: str) -> None:
         if not self.tty:
-            return
+            return  # plain output reports results only: one line per finished target
         with self._lock:
-            self._lines[host] = mask(f"▸ {step}  {target}")
-            self._render()
+            line = self._host(host)
+            line.enter(step)
+            line.targets[target] = _RUNNING
+            self._refresh()
 
     def step_done(self, result: StepResult) -> None:
+        text = plain_line(result)
         with self._lock:
-            line = plain_line(result)
-            if self.tty:
-                self._live.console.print(line, highlight=False, markup=False)
-                self._lines[result.host] = mask(f"✓ {result.step}  {result.target}  {result.status}")
-                self._render()
-            else:
-                self.stream.write(line + "\n")
+            if not self.tty:
+                self.stream.write(text + "\n")
                 self.stream.flush()
+                return
+            from rich.text import Text
+
+            # Finished results scroll above the live lines, so the history stays after close().
+            live = self._ensure_live()
+            live.console.print(Text(text, style=_STYLES[result.status]), soft_wrap=True)
+            line = self._host(result.host)
+            line.enter(result.step)  # skipped steps never "start"; they still count
+            line.targets[result.target] = _MARKS[result.status]
+            self._refresh()
 
     def message(self, text: str) -> None:
+        text = mask(text)
         with self._lock:
-            if self.tty:
-                self._live.console.print(mask(text), highlight=False, markup=False)
+            if self._live is not None:
+                self._live.console.print(text, markup=False, soft_wrap=True)
             else:
-                self.stream.write(mask(text) + "\n")
+                self.stream.write(text + "\n")
+                self.stream.flush()
 
     def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        """Stop the live display (idempotent); the finished lines printed above it remain."""
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0]
 
 
 def plain_line(result: StepResult) -> str:
-    tail = (result.error.splitlines() or [""])[0] if result.status == "failed" else result.reason
-    line = (f"{result.host} | {result.step} | {result.target} | {_MARK[result.status]} | "
-            f"{result.duration:.2f}s | {tail}")
-    for warning in result.warnings:
-        line += f"\n{result.host} | {result.step} | {result.target} | WARNING | {warning}"
-    return mask(line)
+    """`hv1 | host.tune | hv1 | changed | 0.42s | why`: one greppable line per target and step."""
+    tail = f"{result.status} | {result.duration:.2f}s | "
+    tail += _first_line(result.error) if result.status == "failed" else _first_line(result.reason)
+    head = f"{result.host} | {result.step} | {result.target}"
+    lines = [f"{head} | {tail}".rstrip()]
+    lines += [f"{head} | WARNING | {w}" for w in result.warnings]
+    return mask("\n".join(lines))
 
 
 def recap(runs: list[HostRun], step_order: list[str]) -> str:
+    """Ansible's PLAY RECAP, plus each step's wall time (its slowest target, the slowest host)."""
     width = max([len(r.host) for r in runs] + [10])
     lines = ["PLAY RECAP " + "*" * 69]
     for run in runs:
         counts = run.counts()
-        cells = "  ".join(f"{s}={counts[s]:<3}" for s in STATUSES)
-        lines.append(f"{run.host:<{width}} : {cells} wall {max(run.ended - run.started, 0):.2f}s")
+        cells = "".join(f"{s}={counts[s]:<3}" for s in STATUSES)
+        lines.append(f"{run.host:<{width}} : {cells} wall {max(run.ended - run.started, 0.0):.2f}s")
         if run.error:
-            lines.append(f"{'':<{width}}   {run.error.splitlines()[0]}")
+            lines.append(f"{'':<{width}}   {_first_line(run.error)}")  # the whole error follows the recap
     times: dict[str, float] = {}
     for run in runs:
         for result in run.results:
-            if result.status != "skipped":
+            if result.status != "skipped":  # a skipped step took no time; listing 0.00s is noise
                 times[result.step] = max(times.get(result.step, 0.0), result.duration)
     if times:
+        # Runbook order first; steps outside it (an ad hoc step) after, in the order they ran.
+        names = [n for n in step_order if n in times] + [n for n in times if n not in step_order]
+        name_width = max([len(n) + 2 for n in names] + [16])
         lines += ["", "STEP TIMES (wall, slowest target)"]
-        name_width = max(len(n) for n in times) + 2
-        lines += [f"{name:<{name_width}}{times[name]:.2f}s" for name in step_order if name in times]
+        lines += [f"{name:<{name_width}}{times[name]:.2f}s" for name in names]
     return mask("\n".join(lines))
+
+
+def _cell(text: str) -> str:
+    return text.replace("\n", "\\n")  # one row per check, whatever the found value holds
 
 
 def verification_table(result: StepResult) -> str:
-    rows = [("", "check", "expected", "found")] + [
-        ("✓" if c.ok else "✗", c.name, c.expected, c.found) for c in result.checks]
-    widths = [max(len(r[i]) for r in rows) for i in range(1, 3)]
-    lines = [f"  {mark} {name:<{widths[0]}}  {expected:<{widths[1]}}  {found}" for mark, name, expected, found in rows]
-    return mask("\n".join(lines))
+    """Failed checks first (what to fix), then the ok ones, as fixed-width columns."""
+    checks = [c for c in result.checks if not c.ok] + [c for c in result.checks if c.ok]
+    rows = [(" ", "check", "expected", "found")]
+    rows += [("✓" if c.ok else "✗", _cell(c.name), _cell(c.expected), _cell(c.found)) for c in checks]
+    name_w = max(len(r[1]) for r in rows) + 2
+    exp_w = max(len(r[2]) for r in rows) + 2
+    return mask("\n".join(f"{m} {n:<{name_w}}{e:<{exp_w}}{f}".rstrip() for m, n, e, f in rows))
 
 
 def plan_text(runs: list[HostRun]) -> str:
-    lines: list[str] = []
+    """Per step (runbook order), per host and target: the commands that would run, or why none."""
+    steps: list[str] = []
     for run in runs:
-        for result in run.results:
-            head = f"{run.host} | {result.step} | {result.target}"
-            if result.status == "failed":
-                lines.append(f"{head}: cannot plan: {(result.error.splitlines() or [''])[0]}")
-            elif result.status == "skipped":
-                lines.append(f"{head}: skipped ({result.reason})")
-            elif result.planned:
-                lines.append(f"{head}: would run ({result.reason}):")
-                lines += [f"    {cmd}" for cmd in result.planned]
-            else:
-                lines.append(f"{head}: no change: {result.reason}")
-            lines += [f"    WARNING: {w}" for w in result.warnings]
+        steps += [r.step for r in run.results if r.step not in steps]
+    lines: list[str] = []
+    for step in steps:
+        for run in runs:
+            for result in (r for r in run.results if r.step == step):
+                head = f"{run.host} | {step} | {result.target}"
+                if result.status == "failed":
+                    lines.append(f"{head}: cannot plan: {_first_line(result.error)}")
+                elif result.status == "skipped":
+                    lines.append(f"{head}: skipped: {result.reason}")
+                elif result.planned:
+                    lines.append(f"{head}: would run ({result.reason}):")
+                    lines += [f"    {cmd}" for cmd in result.planned]
+                else:
+                    lines.append(f"{head}: no change: {result.reason}")
+                lines += [f"    WARNING: {w}" for w in result.warnings]
     return mask("\n".join(lines))

@@ -1,21 +1,30 @@
 """Run records under .runs/<host>/<run-id>/: journal.jsonl, run.log, report.json, junit.xml.
 
-Everything written passes through lib.shell.mask() first: secrets never reach a record, even when
-a command echoed one back.
+Everything written passes through lib.shell.mask(), twice: each value before it is serialised
+(JSON and XML escape characters, so a secret containing `"` or `&` would no longer match the raw
+text afterwards) and the whole text once more. Secrets never reach a record, even when a command
+echoed one back.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lib.results import HostRun, StepResult
 from lib.shell import mask
+
+# XML 1.0 cannot carry most control characters (stderr with ANSI colours has them): ElementTree
+# would write them raw and CI would refuse the whole file.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -24,102 +33,156 @@ def new_run_id(now: float | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(2)}"
 
 
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else ""
+def iso(epoch: float) -> str | None:
+    """ISO-8601 UTC with milliseconds; None for 0.0, which HostRun uses for "not ended"."""
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def masked(data: Any) -> Any:
+    """A JSON-shaped value with every string in it masked (keys too: a target name is a key elsewhere)."""
+    if isinstance(data, str):
+        return mask(data)
+    if isinstance(data, dict):
+        return {masked(k): masked(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [masked(v) for v in data]
+    return data
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside, then rename: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(mask(text), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class RunRecords:
+    """The records of one host's run. Target threads and the session pool share one instance."""
+
     def __init__(self, root: Path, host: str, run_id: str) -> None:
         self.dir = root / host / run_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     def _append(self, name: str, text: str) -> None:
+        # Open per append (O_APPEND) and flush: whatever a crash cuts, the lines before it are on disk.
         with self._lock, (self.dir / name).open("a", encoding="utf-8") as handle:
             handle.write(mask(text))
             handle.flush()
 
     def journal(self, result: StepResult) -> None:
-        self._append("journal.jsonl", json.dumps(result.to_json(), sort_keys=True) + "\n")
+        line = json.dumps(masked(result.to_json()), sort_keys=True, ensure_ascii=False)
+        self._append("journal.jsonl", line + "\n")
 
     def log(self, line: str) -> None:
-        self._append("run.log", f"{_iso(time.time())} {line}\n")
+        # Every physical line gets the stamp, so a multi-line stderr stays greppable by time.
+        stamp = iso(time.time())
+        self._append("run.log", "".join(f"{stamp} {part}\n" for part in line.splitlines() or [""]))
 
     def finish(self, run: HostRun) -> None:
-        report: dict[str, Any] = {
-            "host": run.host, "run_id": run.run_id, "runbook": run.runbook, "mode": run.mode,
-            "started": run.started, "started_at": _iso(run.started),
-            "ended": run.ended, "ended_at": _iso(run.ended),
-            "exit_code": run.exit_code, "error": run.error, "resume_hint": run.resume_hint,
-            "counts": run.counts(), "results": [r.to_json() for r in run.results],
-        }
-        (self.dir / "report.json").write_text(mask(json.dumps(report, indent=2, sort_keys=True)) + "\n")
-        (self.dir / "junit.xml").write_text(mask(junit_xml(run)))
+        _write_atomic(self.dir / "report.json", json.dumps(report(run), indent=2, ensure_ascii=False) + "\n")
+        _write_atomic(self.dir / "junit.xml", junit_xml(run))
+
+
+def report(run: HostRun) -> dict[str, Any]:
+    """The whole HostRun as JSON data, masked; epoch floats for programs, ISO times for people."""
+    data: dict[str, Any] = masked({
+        "host": run.host, "run_id": run.run_id, "runbook": run.runbook, "mode": run.mode,
+        "started": run.started, "started_at": iso(run.started),
+        "ended": run.ended, "ended_at": iso(run.ended),
+        "exit_code": run.exit_code, "error": run.error, "resume_hint": run.resume_hint,
+        "counts": run.counts(), "results": [r.to_json() for r in run.results],
+    })
+    return data
+
+
+def _text(value: str) -> str:
+    return _XML_INVALID.sub("?", mask(value))
+
+
+def _case(suite: ET.Element, classname: str, name: str, duration: float) -> ET.Element:
+    return ET.SubElement(suite, "testcase", classname=_text(classname), name=_text(name), time=f"{duration:.3f}")
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0]
 
 
 def junit_xml(run: HostRun) -> str:
-    """Each verification check is a test case, so CI systems show them; failed steps without checks
-    are errors, skipped steps are skipped cases."""
+    """Each verification check is a test case, so CI shows evidence, not just steps.
+
+    A failed step without a failed check (it broke before or outside its verification) is an
+    error case, so a red run can never look green in CI; skipped steps are skipped cases; steps
+    that passed without checks still get a passing case so CI lists everything that ran.
+    """
     suites = ET.Element("testsuites")
-    suite = ET.SubElement(suites, "testsuite", name=run.host)
-    tests = failures = errors = skipped = 0
+    suite = ET.SubElement(suites, "testsuite", name=_text(run.host))
+    counts = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
     for result in run.results:
         classname = f"{run.host}.{result.step}"
-        duration = f"{result.duration:.3f}"
         if result.status == "skipped":
-            case = ET.SubElement(suite, "testcase", classname=classname, name=f"{result.target}: {result.step}",
-                                 time=duration)
-            ET.SubElement(case, "skipped", message=result.reason)
-            tests, skipped = tests + 1, skipped + 1
-            continue
-        if not result.checks:
-            case = ET.SubElement(suite, "testcase", classname=classname, name=f"{result.target}: {result.step}",
-                                 time=duration)
-            tests += 1
-            if result.status == "failed":
-                first = (result.error.splitlines() or [""])[0]
-                ET.SubElement(case, "error", message=first).text = result.error
-                errors += 1
+            case = _case(suite, classname, f"{result.target}: {result.step}", result.duration)
+            ET.SubElement(case, "skipped", message=_text(result.reason))
+            counts["tests"] += 1
+            counts["skipped"] += 1
             continue
         for check in result.checks:
-            case = ET.SubElement(suite, "testcase", classname=classname, name=f"{result.target}: {check.name}",
-                                 time=duration)
-            tests += 1
+            case = _case(suite, classname, f"{result.target}: {check.name}", result.duration)
+            counts["tests"] += 1
             if not check.ok:
-                failure = ET.SubElement(case, "failure", message=f"expected {check.expected}, found {check.found}")
-                failure.text = f"expected: {check.expected}\nfound: {check.found}"
-                failures += 1
-    suite.set("tests", str(tests))
-    suite.set("failures", str(failures))
-    suite.set("errors", str(errors))
-    suite.set("skipped", str(skipped))
-    suite.set("time", f"{max(run.ended - run.started, 0):.3f}")
+                failure = ET.SubElement(case, "failure",
+                                        message=_text(f"expected {check.expected}, found {check.found}"))
+                failure.text = _text(f"expected: {check.expected}\nfound: {check.found}")
+                counts["failures"] += 1
+        if result.status == "failed" and all(c.ok for c in result.checks):
+            case = _case(suite, classname, f"{result.target}: {result.step}", result.duration)
+            error = ET.SubElement(case, "error", message=_text(_first_line(result.error)))
+            error.text = _text(result.error)
+            counts["tests"] += 1
+            counts["errors"] += 1
+        elif not result.checks and result.status != "failed":
+            _case(suite, classname, f"{result.target}: {result.step}", result.duration)
+            counts["tests"] += 1
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    suite.set("time", f"{max(run.ended - run.started, 0.0):.3f}")
+    suite.set("timestamp", iso(run.started) or "")
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return mask('<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n")
 
 
 def runs_of(root: Path, host: str) -> list[Path]:
+    """Run directories of a host, oldest first: run ids start with their UTC time, so by name."""
     base = root / host
     return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
 
 def read_journal(run_dir: Path) -> list[StepResult]:
-    """A crashed run may leave a truncated last line: it is ignored, the rest is read."""
+    """The results journalled so far, in order.
+
+    A crashed run may leave a truncated last line; it is dropped. A line that cannot be read is
+    dropped too rather than refusing: resume then redoes that step, which is safe because every
+    step plans from fresh facts and is verified.
+    """
     path = run_dir / "journal.jsonl"
     if not path.exists():
         return []
     results: list[StepResult] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             results.append(StepResult.from_json(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError):  # JSONDecodeError is a ValueError
             continue
     return results
 
 
 def read_report(run_dir: Path) -> dict[str, Any] | None:
+    """report.json of a finished run; None when the run never finished (or left no readable report)."""
     path = run_dir / "report.json"
-    if not path.exists():
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+    return data if isinstance(data, dict) else None
