@@ -8,6 +8,8 @@ from lib.steps.cloudinit import CloudinitBuild
 from lib.steps.images import ImagesClone
 from lib.steps.preflight import PreflightAccess
 from lib.steps.tuning import HostTune
+from lib.steps.virt import VmsDefine
 
-STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild)
+STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild,
+                                   VmsDefine)
 REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}

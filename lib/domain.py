@@ -1,0 +1,133 @@
+"""libvirt domains (pure): the virt-install command for a VM, and domain XML parsed back for checks.
+
+Configured pins are read from `virsh dumpxml --inactive`: the API's vcpupin/emulatorpin readers cut
+cpusets to the CPUs of the host they run on (ENVIRONMENT.md), the XML keeps every pin as written.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from lib.cpuset import format_cpulist, parse_cpulist
+from lib.inventory.model import VM
+from lib.results import Check
+
+
+@dataclass(frozen=True)
+class DomainDisk:
+    device: str  # disk or cdrom
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What a domain definition says, in the terms the inventory uses."""
+
+    name: str
+    virt_type: str
+    vcpus: int
+    memory_mb: int
+    vcpu_pins: dict[int, frozenset[int]]
+    emulator_cpus: frozenset[int]
+    numa_mode: str
+    numa_nodes: frozenset[int]
+    disks: tuple[DomainDisk, ...]
+
+
+_UNITS = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "b": 1 / 1024 / 1024, "bytes": 1 / 1024 / 1024}
+
+
+def parse_domain_xml(text: str) -> DomainSpec:
+    # The XML comes from libvirtd on the operator's own hypervisor, not from an untrusted party.
+    root = ET.fromstring(text)  # noqa: S314
+    memory = root.find("memory")
+    mem_mb = int(int(memory.text or 0) * _UNITS.get(memory.get("unit", "KiB"), 1 / 1024)) if memory is not None else 0
+    pins = {int(p.get("vcpu", "-1")): parse_cpulist(p.get("cpuset", "")) for p in root.iterfind("cputune/vcpupin")}
+    emulator = root.find("cputune/emulatorpin")
+    numa = root.find("numatune/memory")
+    disks = tuple(DomainDisk(d.get("device", "disk"), _source(d), _target(d)) for d in root.iterfind("devices/disk"))
+    vcpu = root.find("vcpu")
+    return DomainSpec(
+        name=root.findtext("name", ""), virt_type=root.get("type", ""), vcpus=int(vcpu.text or 0) if vcpu is not None
+        else 0, memory_mb=mem_mb, vcpu_pins=pins,
+        emulator_cpus=parse_cpulist(emulator.get("cpuset", "")) if emulator is not None else frozenset(),
+        numa_mode=numa.get("mode", "") if numa is not None else "",
+        numa_nodes=parse_cpulist(numa.get("nodeset", "")) if numa is not None else frozenset(),
+        disks=disks)
+
+
+def _source(disk: ET.Element) -> str:
+    src = disk.find("source")
+    if src is None:
+        return ""
+    return src.get("file") or src.get("dev") or src.get("name") or ""
+
+
+def _target(disk: ET.Element) -> str:
+    target = disk.find("target")
+    return target.get("dev", "") if target is not None else ""
+
+
+def expected_disks(vm: VM) -> list[DomainDisk]:
+    disks = [DomainDisk("disk", vm.disk_path, "vda")]
+    disks += [DomainDisk("disk", d.device or d.path, d.target) for d in vm.disks]
+    disks.append(DomainDisk("cdrom", vm.cloud_init_iso_path, ""))
+    return disks
+
+
+def domain_checks(vm: VM, virt_type: str, dom: DomainSpec) -> list[Check]:
+    """Field by field, every pin on its own row, so drift names exactly what differs."""
+    checks = [
+        Check("domain type", virt_type, dom.virt_type, dom.virt_type == virt_type),
+        Check("vcpus", str(vm.vcpu_count), str(dom.vcpus), dom.vcpus == vm.vcpu_count),
+        Check("memory", f"{vm.memory_mb} MiB", f"{dom.memory_mb} MiB", dom.memory_mb == vm.memory_mb),
+    ]
+    for i, cpu in enumerate(vm.pins):
+        found = dom.vcpu_pins.get(i)
+        checks.append(Check(f"vcpupin {i}", str(cpu), format_cpulist(found) if found is not None else "unpinned",
+                            found == frozenset({cpu})))
+    for extra in sorted(set(dom.vcpu_pins) - set(range(len(vm.pins)))):
+        checks.append(Check(f"vcpupin {extra}", "none", format_cpulist(dom.vcpu_pins[extra]), False))
+    want_emu = vm.tuning.emulator_cpus
+    checks.append(Check("emulatorpin", format_cpulist(want_emu), format_cpulist(dom.emulator_cpus) or "unpinned",
+                        dom.emulator_cpus == want_emu))
+    numa = vm.tuning.numa_memory
+    checks.append(Check("numatune", f"{numa.nodeset} {numa.mode}",
+                        f"{format_cpulist(dom.numa_nodes) or '-'} {dom.numa_mode or 'none'}",
+                        dom.numa_nodes == numa.nodes and dom.numa_mode == numa.mode))
+    found_disks = {(d.device, d.source): d for d in dom.disks}
+    for disk in expected_disks(vm):
+        got = found_disks.get((disk.device, disk.source))
+        label = f"{disk.device} {disk.source}"
+        if disk.device == "cdrom":
+            checks.append(Check(label, "attached", "attached" if got else "missing", got is not None))
+        else:
+            checks.append(Check(label, f"attached as {disk.target}", f"attached as {got.target}" if got else "missing",
+                                got is not None and got.target == disk.target))
+    return checks
+
+
+def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
+    """virt-install arguments that write the definition (--print-xml): defining is not starting."""
+    pins = ",".join(f"vcpupin{i}.vcpu={i},vcpupin{i}.cpuset={cpu}" for i, cpu in enumerate(vm.pins))
+    cputune = f"{pins},emulatorpin.cpuset={vm.tuning.emulator_cpuset}"
+    numa = vm.tuning.numa_memory
+    args = [
+        "virt-install", "--connect", uri, "--name", vm.name, "--virt-type", virt_type, "--import", "--noautoconsole",
+        "--print-xml", "--vcpus", str(vm.vcpu_count), "--memory", str(vm.memory_mb), "--cputune", cputune,
+        "--numatune", f"{numa.nodeset},mode={numa.mode}",
+        # TCG cannot pass the host CPU through; it emulates the most capable model it has.
+        "--cpu", "host-passthrough" if virt_type == "kvm" else "max",
+        "--disk", f"path={vm.disk_path},format=qcow2,bus=virtio,target.dev=vda",
+    ]
+    for d in vm.disks:
+        if d.device:
+            args += ["--disk", f"path={d.device},bus=virtio,target.dev={d.target},cache=none,io=native"]
+        else:
+            args += ["--disk", f"path={d.path},format=qcow2,bus=virtio,target.dev={d.target}"]
+    args += ["--disk", f"path={vm.cloud_init_iso_path},device=cdrom,readonly=on",
+             "--network", f"bridge={vm.bridge_network_interface},model=virtio",
+             "--osinfo", "detect=on,require=off", "--graphics", "none", "--console", "pty,target_type=serial"]
+    return args

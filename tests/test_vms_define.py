@@ -1,0 +1,117 @@
+"""vms.define against the real libvirtd (qemu:///system, started by `make test` via lab/services.sh).
+
+The spec's four domains define on any host (ENVIRONMENT.md): every vcpupin, the emulatorpin and
+the strict numatune are read back from `virsh dumpxml --inactive` and compared with hv1.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lib.steps import REGISTRY
+from tests.harness.inventory import write_host
+from tests.harness.sshd import SshdFarm
+from tests.harness.world import World
+from tests.inventory_helpers import hv1
+
+URI = "qemu:///system"
+SPEC_NAMES = ["k3s-worker-slm-heavy", "k3s-worker-data", "k3s-worker-slm", "k3s-server-tasks"]
+
+
+def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def undefine_spec_domains() -> None:
+    for name in SPEC_NAMES:
+        virsh("destroy", name, check=False)
+        virsh("undefine", name, check=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def libvirtd() -> Iterator[None]:
+    done = subprocess.run(["virsh", "-c", URI, "version"], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, f"libvirtd is not answering on {URI}: run lab/services.sh (make test does)"
+    undefine_spec_domains()
+    yield
+    undefine_spec_domains()
+
+
+def spec_vms_in(images: Path) -> list[dict[str, Any]]:
+    vms: list[dict[str, Any]] = hv1()["vms"]
+    for vm in vms:
+        short = vm["name"].removeprefix("k3s-")
+        vm["disk_path"] = str(images / f"{short}.qcow2")
+        vm["base_image_path"] = str(images / "base.qcow2")
+        vm["cloud_init_iso_path"] = str(images / f"{short}-seed.iso")
+        for disk in vm.get("disks", []):
+            disk["path"] = str(images / f"{short}-{disk['name']}.qcow2")
+    return vms
+
+
+@pytest.fixture
+def world(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[World]:
+    host = sshd_farm.start(f"virt-{tmp_path.name[-12:]}")
+    images = tmp_path / "images"
+    images.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "base.qcow2"), "64M"], check=True)
+    w = World(tmp_path, REGISTRY)
+    topology = hv1()["topology"]
+    write_host(w.hosts, "hv1", host, vms=spec_vms_in(images), topology=topology, libvirt_uri=URI)
+    yield w
+    undefine_spec_domains()
+    sshd_farm.stop(host.name)
+
+
+def set_pin_in_xml(name: str, vcpu: int, cpuset: str, tmp: Path) -> None:
+    """Change one configured pin the way an operator's hand edit would."""
+    xml = virsh("dumpxml", "--inactive", name).stdout
+    old = f"<vcpupin vcpu='{vcpu}' cpuset='"
+    start = xml.index(old) + len(old)
+    end = xml.index("'", start)
+    path = tmp / f"{name}.xml"
+    path.write_text(xml[:start] + cpuset + xml[end:])
+    virsh("define", str(path))
+
+
+def test_spec_domains_define_with_every_pin_then_drift_is_reported_not_fixed(world: World, tmp_path: Path) -> None:
+    (run,) = world.run("images.clone", "cloudinit.build", "vms.define")
+    assert run.exit_code == 0, [r.error for r in run.results if r.error]
+    define = {r.target: r for r in run.results if r.step == "vms.define"}
+    assert {t: r.status for t, r in define.items()} == dict.fromkeys(SPEC_NAMES, "changed")
+    heavy = {c.name: c for c in define["k3s-worker-slm-heavy"].checks}
+    assert len([n for n in heavy if n.startswith("vcpupin ")]) == 32
+    assert (heavy["vcpupin 1"].expected, heavy["vcpupin 1"].found) == ("36", "36")
+    assert heavy["emulatorpin"].found == "16-17,52-53"
+    assert heavy["numatune"].found == "0 strict"
+    xml = virsh("dumpxml", "--inactive", "k3s-server-tasks").stdout
+    assert "<vcpupin vcpu='11' cpuset='69'/>" in xml and "<emulatorpin cpuset='34-35,70-71'/>" in xml
+    assert "<memory mode='strict' nodeset='1'/>" in xml
+
+    (again,) = world.run("vms.define")
+    assert [r.status for r in again.results] == ["ok"] * 4
+
+    set_pin_in_xml("k3s-worker-slm-heavy", 3, "40", tmp_path)
+    (check,) = world.run("vms.define", mode="verify")
+    heavy_result = next(r for r in check.results if r.target == "k3s-worker-slm-heavy")
+    bad = [(c.name, c.expected, c.found) for c in heavy_result.checks if not c.ok]
+    assert bad == [("vcpupin 3", "37", "40")]
+    assert check.exit_code == 5
+    assert [r.status for r in check.results if r.target != "k3s-worker-slm-heavy"] == ["ok"] * 3
+
+    before = virsh("dumpxml", "--inactive", "k3s-worker-slm-heavy").stdout
+    (drift,) = world.run("vms.define")
+    heavy_drift = next(r for r in drift.results if r.target == "k3s-worker-slm-heavy")
+    assert (heavy_drift.status, heavy_drift.exit_code) == ("failed", 5)
+    assert "rerun with --redefine" in heavy_drift.error
+    assert virsh("dumpxml", "--inactive", "k3s-worker-slm-heavy").stdout == before  # not redefined
+
+    (fixed,) = world.run("vms.define", flags={"redefine": True})
+    heavy_fixed = next(r for r in fixed.results if r.target == "k3s-worker-slm-heavy")
+    assert heavy_fixed.status == "changed" and heavy_fixed.reason.startswith("redefine k3s-worker-slm-heavy")
+    assert "<vcpupin vcpu='3' cpuset='37'/>" in virsh("dumpxml", "--inactive", "k3s-worker-slm-heavy").stdout
