@@ -8,7 +8,7 @@ APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt
 	xorriso cloud-init
 # xorriso builds reproducible seed ISOs; cloud-init is here only for `cloud-init schema` in tests.
 
-.PHONY: test demo bench bench-quick lint typecheck unit system venv clean
+.PHONY: test services demo bench bench-quick lint typecheck unit system venv clean
 
 # apt-get only when a package is missing, so repeated runs stay fast.
 system:
@@ -29,7 +29,10 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-test: venv lint typecheck
+services: system
+	bash lab/services.sh
+
+test: venv lint typecheck services
 	$(PY) -m pytest -q
 
 demo: venv
