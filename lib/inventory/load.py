@@ -94,6 +94,7 @@ def _load_host(name: str, file: Path, defaults: dict[str, Any], defaults_file: s
     cores = cores_from_layout(topo.sockets, topo.cores_per_socket, topo.threads_per_core,
                               {n.id: n.cpu_set for n in topo.nodes}, topo.sibling_layout)
     host, planned = _plan(host, cores, here, problems)
+    host = _read_key_files(host, here, problems)
     problems.extend(Problem(f.rule, here, f.path, f.message, f.severity) for f in check_host(host, cores))
     return LoadedHost(name, here, host, tuple(cores), planned)
 
@@ -128,6 +129,26 @@ def _plan(host: Host, cores: list[Core], file: str, problems: list[Problem]) -> 
         for vm in host.vms
     )
     return host.model_copy(update={"vms": vms}), frozenset(todo)
+
+
+def _read_key_files(host: Host, file: str, problems: list[Problem]) -> Host:
+    """Add the keys of ssh_authorized_key_files to ssh_authorized_keys (a missing file is a warning)."""
+    vms = []
+    for i, vm in enumerate(host.vms):
+        users = []
+        for j, user in enumerate(vm.user_configs):
+            keys = list(user.ssh_authorized_keys)
+            for k, name in enumerate(user.ssh_authorized_key_files):
+                path = Path(name).expanduser()
+                try:
+                    keys += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+                except OSError as exc:
+                    where = f"vms[{i}].user_configs[{j}].ssh_authorized_key_files[{k}]"
+                    problems.append(Problem("key.file", file, where,
+                                            f"{path}: {exc.strerror}; {vm.name} gets no key from it", "warning"))
+            users.append(user.model_copy(update={"ssh_authorized_keys": tuple(dict.fromkeys(keys))}))
+        vms.append(vm.model_copy(update={"user_configs": tuple(users)}))
+    return host.model_copy(update={"vms": tuple(vms)})
 
 
 def _read_yaml(file: Path, problems: list[Problem]) -> dict[str, Any] | None:

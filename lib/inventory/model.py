@@ -138,6 +138,8 @@ class VmTuning(Model):
 class UserConfig(Model):
     username: UserName
     ssh_authorized_keys: tuple[str, ...] = ()
+    # Local public key files (~ expanded), read when the inventory loads and added to the keys above.
+    ssh_authorized_key_files: tuple[str, ...] = ()
 
 
 class ExtraDisk(Model):
@@ -180,6 +182,30 @@ class VmSsh(Model):
     known_hosts: Word | None = None
     # Reach the VM through the hypervisor's SSH connection (a jump host), as on a private bridge.
     jump: bool = True
+    # A VM this tool creates has a host key nobody knows yet: accept-new records it on first use
+    # and refuses a changed one later (OpenSSH's StrictHostKeyChecking=accept-new); strict needs
+    # the key in known_hosts beforehand.
+    host_key: Literal["accept-new", "strict"] = "accept-new"
+
+
+class DirectBoot(Model):
+    """Boot a kernel and initramfs directly instead of the disk's boot loader (the lab's tiny guests)."""
+
+    kernel: AbsPath
+    initrd: AbsPath
+    cmdline: Annotated[str, AfterValidator(_pattern("boot.cmdline", re.compile(r"[A-Za-z0-9._/:= -]*"),
+                                                    "kernel command line"))] = "console=ttyS0"
+
+
+class UserNic(Model):
+    """QEMU user-mode networking with one host port forwarded to the guest's SSH port.
+
+    For labs without a bridge (the test machine); a production VM uses bridge_network_interface.
+    """
+
+    host_port: Annotated[int, Field(ge=1024, le=65535)]
+    # QEMU's user-mode stack gives the guest 10.0.2.15; only the forward is reachable from outside.
+    listen: IPv4Address = IPv4Address("127.0.0.1")
 
 
 class VM(Model):
@@ -200,6 +226,9 @@ class VM(Model):
     ssh: VmSsh | None = None
     network: VmNetwork | None = None
     packages: tuple[Word, ...] = ()  # installed by cloud-init on first boot
+    # Lab-only: direct kernel boot and a user-mode NIC instead of the bridge (see hosts/lab.yaml).
+    boot: DirectBoot | None = None
+    user_nic: UserNic | None = None
 
     @property
     def pins(self) -> tuple[int, ...]:
@@ -280,6 +309,9 @@ class Host(Model):
     # CPUs kept for the host beyond the emulator sets, and memory kept per NUMA node.
     host_reserved_cpus: Cpulist = ""
     host_reserved_memory_mb: Annotated[int, Field(ge=0)] = 4096
+    # forbid: a CPU is one VM's vCPU, never shared. allow: a lab smaller than its VMs (2 CPUs for
+    # four VMs) shares CPUs; the pin rules then warn instead of failing. Never for production.
+    pin_sharing: Literal["forbid", "allow"] = "forbid"
     tuning: HostTuning = HostTuning()
     k3s: K3sSettings
     vms: tuple[VM, ...] = ()

@@ -200,7 +200,10 @@ def check_k3s(host: Host) -> Iterator[Finding]:
 def check_host(host: Host, cores: list[Core]) -> Iterator[Finding]:
     yield from check_names(host)
     yield from check_vm_pins(host)
-    yield from check_shared_pins(host, cores)
+    shared = check_shared_pins(host, cores)
+    if host.pin_sharing == "allow":
+        shared = (Finding(f.rule, f.path, f"{f.message} (pin_sharing: allow)", "warning") for f in shared)
+    yield from shared
     yield from check_memory(host)
     yield from check_disks(host)
     yield from check_k3s(host)
