@@ -186,16 +186,18 @@ def steps(c: Context, runbook: str = "provision") -> None:
     "from": "start at this step", "only": "run only these steps (comma-separated)",
     "skip": "leave out these steps (comma-separated)", "break-lock": "break a stale host lock (never a live one)",
     "runbook": "runbook name under runbooks/ (default: provision)",
+    "redefine": "replace a domain whose definition drifted from the spec (it must be shut off; disks kept)",
 })
 @_operator_errors
 def provision(c: Context, host: str | None = None, resume: bool = False, from_: str | None = None,
               only: str | None = None, skip: str | None = None, break_lock: bool = False,
-              runbook: str = "provision") -> None:
+              runbook: str = "provision", redefine: bool = False) -> None:
     """Run a runbook on the host(s): every step verified, records under .runs/<host>/<run-id>/."""
     book = _runbook(runbook)
-    extra = "" if runbook == "provision" else f" --runbook={runbook}"
+    extra = ("" if runbook == "provision" else f" --runbook={runbook}") + (" --redefine" if redefine else "")
     _execute(c, host, book, "apply", lambda h: f"invoke provision --host={h}{extra} --resume",
-             resume=resume, from_step=from_, only=_split(only), skip=_split(skip), break_lock=break_lock)
+             resume=resume, from_step=from_, only=_split(only), skip=_split(skip), break_lock=break_lock,
+             flags={"redefine": redefine})
 
 
 @task(help={"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host",
@@ -206,11 +208,35 @@ def plan(c: Context, host: str | None = None, offline: bool = False, runbook: st
     _execute(c, host, _runbook(runbook), "offline" if offline else "plan", lambda h: f"invoke plan --host={h}")
 
 
-@task(help={"host": "hypervisor(s), comma-separated", "break-lock": "break a stale host lock (never a live one)"})
+@task(help={"host": "hypervisor(s), comma-separated", "break-lock": "break a stale host lock (never a live one)",
+            "redefine": "vms.define: replace a drifted domain (shut off; disks kept)",
+            "yes": "teardown steps: really delete", "include-data": "teardown steps: also delete the data disks"})
 @_operator_errors
-def step(c: Context, name: str, host: str | None = None, break_lock: bool = False) -> None:
+def step(c: Context, name: str, host: str | None = None, break_lock: bool = False, redefine: bool = False,
+         yes: bool = False, include_data: bool = False) -> None:
     """Run one step (and its verification) ad hoc, e.g. invoke step host.tune --host=hv1."""
-    _execute(c, host, _single(name), "apply", lambda h: f"invoke step {name} --host={h}", break_lock=break_lock)
+    flags = {"redefine": redefine, "yes": yes, "include_data": include_data}
+    shown = "".join(f" --{k.replace('_', '-')}" for k, v in flags.items() if v)
+    _execute(c, host, _single(name), "apply", lambda h: f"invoke step {name} --host={h}{shown}",
+             break_lock=break_lock, flags=flags)
+
+
+@task(help={"host": "hypervisor(s), comma-separated",
+            "yes": "really delete (without it: print what would be deleted, delete nothing)",
+            "include-data": "also delete the data VM's hot and cold disks (never the base image)"})
+@_operator_errors
+def teardown(c: Context, host: str | None = None, yes: bool = False, include_data: bool = False) -> None:
+    """Undo provision: the plan of what would be deleted first, then (only with --yes) delete it."""
+    book = _runbook("teardown")
+    flags = {"include_data": include_data}
+    shown = " --include-data" if include_data else ""
+    if not yes:
+        _execute(c, host, book, "plan", lambda h: f"invoke teardown --host={h}{shown}", flags=flags)
+        print(f"Nothing was deleted. To delete the above: invoke teardown --host={host or '<host>'}{shown} --yes")
+        return
+    _execute(c, host, book, "plan", lambda h: f"invoke teardown --host={h}{shown}", flags=flags)
+    _execute(c, host, book, "apply", lambda h: f"invoke teardown --host={h}{shown} --yes",
+             flags={**flags, "yes": True})
 
 
 def _single(name: str) -> Any:
@@ -249,10 +275,23 @@ def verify_images(c: Context, host: str | None = None) -> None:
     _verify(c, host, "images.clone", "verify.images")
 
 
+@task(help={"host": "hypervisor(s), comma-separated"})
+@_operator_errors
+def verify_vms(c: Context, host: str | None = None) -> None:
+    """Read-only: each domain's definition (pins, emulatorpin, numatune, disks) and live state and pins."""
+    from lib.runbook import Runbook
+    from lib.steps import REGISTRY
+
+    book = Runbook("verify-vms", "", "domain definitions and live pins",
+                   (REGISTRY["vms.define"](), REGISTRY["vms.start"]()))
+    _execute(c, host, book, "verify", lambda h: f"invoke verify.vms --host={h}")
+
+
 inventory = Collection("inventory", check)
 verify = Collection("verify")
 verify.add_task(verify_bios, "bios")
 verify.add_task(verify_tuning, "tuning")
 verify.add_task(verify_images, "images")
-ns = Collection(topology, pins, steps, provision, plan, step, inventory, verify)
+verify.add_task(verify_vms, "vms")
+ns = Collection(topology, pins, steps, provision, plan, step, teardown, inventory, verify)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Any
 
 from lib.cpuset import format_cpulist, parse_cpulist
 from lib.inventory.model import VM
@@ -127,7 +128,72 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
             args += ["--disk", f"path={d.device},bus=virtio,target.dev={d.target},cache=none,io=native"]
         else:
             args += ["--disk", f"path={d.path},format=qcow2,bus=virtio,target.dev={d.target}"]
-    args += ["--disk", f"path={vm.cloud_init_iso_path},device=cdrom,readonly=on",
-             "--network", f"bridge={vm.bridge_network_interface},model=virtio",
-             "--osinfo", "detect=on,require=off", "--graphics", "none", "--console", "pty,target_type=serial"]
+    args += ["--disk", f"path={vm.cloud_init_iso_path},device=cdrom,readonly=on"]
+    if vm.user_nic:
+        # libvirt's own user-mode <interface> cannot forward ports in 9.0; QEMU's netdev can.
+        # addr=0x10 keeps the NIC clear of the slots libvirt assigns to its own devices.
+        nic = vm.user_nic
+        args += ["--network", "none", "--qemu-commandline",
+                 f"-netdev user,id=n0,hostfwd=tcp:{nic.listen}:{nic.host_port}-:22 "
+                 "-device virtio-net-pci,netdev=n0,addr=0x10"]
+    else:
+        args += ["--network", f"bridge={vm.bridge_network_interface},model=virtio"]
+    if vm.boot:
+        args += ["--boot", f"kernel={vm.boot.kernel},initrd={vm.boot.initrd},kernel_args={vm.boot.cmdline}"]
+    args += ["--osinfo", "detect=on,require=off", "--graphics", "none", "--console", "pty,target_type=serial"]
     return args
+
+
+# -- live state, as libvirt's API reports it (Session.live_domain) ---------------------------------
+
+_STATES = ("no state", "running", "blocked", "paused", "shutting down", "shut off", "crashed", "suspended")
+_NUMA_MODES = ("strict", "preferred", "interleave", "restrictive")
+
+
+@dataclass(frozen=True)
+class LiveDomain:
+    state: str
+    autostart: bool
+    vcpu_pins: dict[int, frozenset[int]]  # empty unless running
+    emulator_cpus: frozenset[int]
+    numa_mode: str
+    numa_nodes: frozenset[int]
+
+
+def _cpus(mask: tuple[bool, ...] | list[bool]) -> frozenset[int]:
+    return frozenset(i for i, on in enumerate(mask) if on)
+
+
+def live_domain(raw: dict[str, Any] | None) -> LiveDomain | None:
+    """Pure: the API's values (state code, bool masks per vCPU, numa parameters) in inventory terms."""
+    if raw is None:
+        return None
+    state = _STATES[raw["state"]] if 0 <= raw["state"] < len(_STATES) else f"state {raw['state']}"
+    numa = raw.get("numa") or {}
+    mode = numa.get("numa_mode")
+    return LiveDomain(
+        state=state, autostart=bool(raw["autostart"]),
+        vcpu_pins={i: _cpus(mask) for i, mask in enumerate(raw.get("vcpu_pins") or ())},
+        emulator_cpus=_cpus(raw.get("emulator_pin") or ()),
+        numa_mode=_NUMA_MODES[mode] if isinstance(mode, int) and 0 <= mode < len(_NUMA_MODES) else "",
+        numa_nodes=parse_cpulist(numa.get("numa_nodeset", "") or ""))
+
+
+def live_checks(vm: VM, live: LiveDomain) -> list[Check]:
+    """Running state, autostart, and the live pins; named after the virsh command that shows each."""
+    checks = [Check("state", "running", live.state, live.state == "running"),
+              Check("autostart", "enabled", "enabled" if live.autostart else "disabled", live.autostart)]
+    if live.state != "running":
+        return checks
+    for i, cpu in enumerate(vm.pins):
+        found = live.vcpu_pins.get(i)
+        checks.append(Check(f"virsh vcpupin {vm.name} {i}", str(cpu),
+                            format_cpulist(found) if found else "missing", found == frozenset({cpu})))
+    want = vm.tuning.emulator_cpus
+    checks.append(Check(f"virsh emulatorpin {vm.name}", format_cpulist(want), format_cpulist(live.emulator_cpus),
+                        live.emulator_cpus == want))
+    numa = vm.tuning.numa_memory
+    checks.append(Check(f"virsh numatune {vm.name}", f"{numa.nodeset} {numa.mode}",
+                        f"{format_cpulist(live.numa_nodes) or '-'} {live.numa_mode or 'none'}",
+                        live.numa_nodes == numa.nodes and live.numa_mode == numa.mode))
+    return checks

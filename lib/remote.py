@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Endpoint:
     key_file: str | None = None
     known_hosts: str | None = None
     via: Endpoint | None = None
+    accept_new: bool = False  # record an unknown host key on first use; a changed key is still refused
 
     def __str__(self) -> str:
         hop = f" via {self.via.name}" if self.via else ""
@@ -118,6 +119,7 @@ class Session:
         self.commands_run = 0
         self.connects = 0
         self._conn: Any = None
+        self._virt: Any = None  # libvirt connection, opened on first use
         self._lock = threading.Lock()  # a session may be shared as a gateway by parallel VM targets
         # Fabric caches one SFTP client per connection and paramiko's SFTP client is not thread-safe:
         # parallel VM targets uploading through the same hypervisor session hung without this lock.
@@ -143,6 +145,8 @@ class Session:
             known = Path(ep.known_hosts).expanduser()
             if known.exists():
                 conn.client.load_host_keys(str(known))
+            if ep.accept_new:
+                conn.client.set_missing_host_key_policy(_AcceptNew(known))
         else:
             conn.client.load_system_host_keys()
         return conn
@@ -181,6 +185,63 @@ class Session:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._virt is not None:
+                self._virt.close()
+                self._virt = None
+
+    def hop(self, endpoint: Endpoint) -> Session:
+        """A new session to a VM, through this one when the VM's endpoint says so: one connect attempt.
+
+        For probes inside a convergence wait, which does its own waiting; the caller closes it.
+        """
+        once = replace(self.policies, ssh_connect=replace(self.policies.ssh_connect, attempts=1))
+        return Session(endpoint, once, sleep=self.sleep, log=self.log, gateway=self if endpoint.via else None,
+                       connect_timeout=self.connect_timeout)
+
+    # -- libvirt ------------------------------------------------------------------------------
+    def libvirt(self, local_uri: str) -> Any:
+        """A libvirt connection to this endpoint's daemon, opened once, over SSH (libvirt_uri())."""
+        import libvirt
+
+        with self._lock:
+            if self._virt is not None:
+                return self._virt
+            uri = libvirt_uri(self.endpoint, local_uri)
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+
+            def attempt() -> Any:
+                return libvirt.open(uri)
+
+            try:
+                self._virt = retrying(self.policies.ssh_connect, _retry_libvirt, self.sleep)(attempt)
+            except libvirt.libvirtError as exc:
+                raise ConnectError(self.endpoint, f"libvirt at {uri}: {exc}", 1) from None
+            self.log(f"{self.endpoint.name}: libvirt connected ({uri})")
+            return self._virt
+
+    def live_domain(self, local_uri: str, name: str) -> dict[str, Any] | None:
+        """Live state of one domain as libvirt's API reports it (None: not defined).
+
+        The raw values go to lib/domain.py's pure live_domain() for checking.
+        """
+        import libvirt
+
+        conn = self.libvirt(local_uri)
+        self.commands_run += 1
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise CommandError(self.endpoint.name,
+                               CmdResult(f"virDomainLookupByName({name})", 1, "", str(exc), 0.0)) from None
+        state, _reason = dom.state()
+        raw: dict[str, Any] = {"state": state, "autostart": bool(dom.autostart()), "cpus": conn.getInfo()[2]}
+        if state == libvirt.VIR_DOMAIN_RUNNING:
+            live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+            raw.update(vcpu_pins=dom.vcpuPinInfo(live), emulator_pin=dom.emulatorPinInfo(live),
+                       numa=dom.numaParameters(live))
+        return raw
 
     # -- commands ---------------------------------------------------------------------------
     def _wire(self, cmd: Command, reveal: bool) -> str:
@@ -261,10 +322,55 @@ class Session:
         return buf.getvalue()
 
 
+def libvirt_uri(ep: Endpoint, local_uri: str) -> str:
+    """qemu:///system on the hypervisor -> qemu+libssh://user@host:port/system?keyfile=..&known_hosts=..
+
+    The libssh transport takes the key and known_hosts from the URI, so the inventory's SSH settings
+    are the only ones used; the plain qemu+ssh transport runs the ssh binary, which reads
+    ~/.ssh/config and the user's own known_hosts instead.
+    """
+    driver, _, path = local_uri.partition(":///")
+    params = ["no_tty=1", "known_hosts_verify=normal"]
+    if ep.key_file:
+        params.insert(0, f"keyfile={Path(ep.key_file).expanduser()}")
+    if ep.known_hosts:
+        params.insert(1, f"known_hosts={Path(ep.known_hosts).expanduser()}")
+    return f"{driver}+libssh://{ep.user}@{ep.host}:{ep.port}/{path}?{'&'.join(params)}"
+
+
+def _retry_libvirt(exc: BaseException) -> bool:
+    # Refused or reset while the daemon or sshd starts: retry. Auth and host key errors: never.
+    text = str(exc).lower()
+    return "connection refused" in text or "connection reset" in text or "timed out" in text
+
+
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's StrictHostKeyChecking=accept-new: only reached for a host with no key on record.
+
+    A host whose recorded key differs never gets here: paramiko raises BadHostKeyException first.
+    """
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        with _KNOWN_HOSTS_LOCK:  # parallel VM targets may meet their keys at the same moment
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            with self.known_hosts.open("a") as handle:
+                handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
 def _connect_reason(exc: BaseException, ep: Endpoint) -> str:
-    if isinstance(exc, paramiko.BadHostKeyException) or "not found in known_hosts" in str(exc):
-        return (f"host key of [{ep.host}]:{ep.port} is not the one in {ep.known_hosts or 'known_hosts'}; "
-                "check the host, then add its key")
+    known = ep.known_hosts or "~/.ssh/known_hosts"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        # A VM rebuilt by teardown + provision has a new key; anything else may be an impostor.
+        return (f"host key of [{ep.host}]:{ep.port} differs from the one recorded in {known}; if the machine "
+                f"was rebuilt, forget the old key with: ssh-keygen -R '[{ep.host}]:{ep.port}' -f {known}")
+    if "not found in known_hosts" in str(exc):
+        return f"host key of [{ep.host}]:{ep.port} is not in {known}; check the host, then add its key"
     if isinstance(exc, paramiko.AuthenticationException):
         return f"authentication as {ep.user} failed with key {ep.key_file or '(agent/default keys)'}"
     return str(exc) or type(exc).__name__

@@ -205,6 +205,10 @@ class Engine:
             if mode == "plan":
                 return result("changed" if plan.actions else "ok", reason=plan.reason,
                               planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
+            if step.destructive and plan.actions and not self.options.flags.get("yes"):
+                return result("failed", exit_code=2, planned=tuple(_shown(a) for a in plan.actions),
+                              error=f"{host}: {step.name} on {target.name} would delete: {plan.reason}; "
+                                    "nothing was deleted: rerun with --yes to delete it")
             for action in plan.actions:
                 commands.append(_shown(action))
                 if isinstance(action, Upload):

@@ -26,7 +26,8 @@ def vm_endpoint(loaded: LoadedHost, vm: VM) -> Endpoint:
                           "steps that run inside VMs need vms[].ssh.host")
     hv = hypervisor_endpoint(loaded)
     return Endpoint(vm.name, vm.ssh.host, vm.ssh.port, vm.ssh.user, vm.ssh.key_file or hv.key_file,
-                    vm.ssh.known_hosts or hv.known_hosts, hv if vm.ssh.jump else None)
+                    vm.ssh.known_hosts or hv.known_hosts, hv if vm.ssh.jump else None,
+                    accept_new=vm.ssh.host_key == "accept-new")
 
 
 def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None = None) -> list[Target]:
@@ -35,7 +36,8 @@ def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None =
     if step.targets == "hypervisor":
         return [Target(loaded.name, "hypervisor", hv, loaded, None, opts)]
     if step.targets == "vms":  # one target per VM, commands run on the hypervisor (virsh, qemu-img)
-        return [Target(vm.name, "vm", hv, loaded, vm, opts) for vm in loaded.host.vms]
+        return [Target(vm.name, "vm", hv, loaded, vm, opts, vm_endpoint(loaded, vm) if vm.ssh else None)
+                for vm in loaded.host.vms]
     vms = [vm for vm in loaded.host.vms if vm.k8s] if step.targets in ("server", "agents") else list(loaded.host.vms)
     if step.targets == "server":
         vms = [vm for vm in vms if vm.k8s and vm.k8s.role == "server"]

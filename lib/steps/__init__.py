@@ -7,9 +7,10 @@ from lib.steps.bios import BiosCheck
 from lib.steps.cloudinit import CloudinitBuild
 from lib.steps.images import ImagesClone
 from lib.steps.preflight import PreflightAccess
+from lib.steps.teardown import DisksRemove, VmsRemove
 from lib.steps.tuning import HostTune
-from lib.steps.virt import VmsDefine
+from lib.steps.virt import VmsDefine, VmsStart
 
 STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild,
-                                   VmsDefine)
+                                   VmsDefine, VmsStart, VmsRemove, DisksRemove)
 REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}

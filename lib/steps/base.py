@@ -66,6 +66,8 @@ class Target:
     loaded: LoadedHost
     vm: VM | None = None
     options: dict[str, Any] = field(default_factory=dict)  # run flags a step may honour (e.g. redefine)
+    # For a VM target run from the hypervisor: where the VM itself answers SSH (None: no vms[].ssh).
+    guest: Endpoint | None = None
 
 
 class StepMismatch(Exception):
@@ -85,6 +87,8 @@ class Step(ABC):
     mismatch_exit: ClassVar[int] = 5
     # Verification waits (convergence policy) for the host to reach the state, instead of failing at once.
     converge: ClassVar[bool] = False
+    # Deletes things (teardown): the runner applies its plan only with the `yes` flag.
+    destructive: ClassVar[bool] = False
 
     def facts_command(self, target: Target) -> Command | None:
         """The one batched read this step's facts come from (None: the step needs no remote facts)."""

@@ -1,4 +1,4 @@
-"""vms.define: each VM's libvirt domain with the spec's vCPU pins, emulator pin and strict numatune.
+"""vms.define and vms.start: each VM's libvirt domain with the spec's vCPU pins, emulator pin and strict numatune.
 
 A missing domain is written by virt-install (--print-xml) and defined with virsh: defining is not
 starting (vms.start does that). An existing domain is compared field by field with the spec; any
@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lib.domain import DomainSpec, domain_checks, parse_domain_xml, virt_install_args
+from lib.domain import (
+    DomainSpec,
+    LiveDomain,
+    domain_checks,
+    live_checks,
+    live_domain,
+    parse_domain_xml,
+    virt_install_args,
+)
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
-from lib.remote import CmdResult
+from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
@@ -86,3 +94,81 @@ class VmsDefine(Step):
         if facts.domain is None:
             return [Check(f"domain {target.vm.name}", "defined", "not defined", False)]
         return domain_checks(target.vm, target.loaded.host.virt_type, facts.domain)
+
+
+# -- vms.start -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StartFacts:
+    live: LiveDomain | None  # None: not defined
+    guest: tuple[Check, ...] = ()  # SSH and cloud-init, once the domain runs
+
+
+# cloud-init exits non-zero for "error" and "degraded"; the status line is what matters.
+_CLOUD_INIT = ("if command -v cloud-init >/dev/null 2>&1; then cloud-init status 2>&1 || true; "
+               "else echo 'status: not installed'; fi")
+
+
+def guest_checks(vm: VM, reached: str | None, status_output: str) -> tuple[Check, ...]:
+    """Pure: did SSH answer (reached is None when it did), and what cloud-init says."""
+    where = f"ssh {vm.ssh.user}@{vm.ssh.host}:{vm.ssh.port}" if vm.ssh else "ssh"
+    if reached is not None:
+        return (Check(where, "answers", reached, False), Check("cloud-init status", "done", "not reached", False))
+    status = next((line.split(":", 1)[1].strip() for line in status_output.splitlines()
+                   if line.startswith("status:")), status_output.strip() or "no answer")
+    return (Check(where, "answers", "answers", True),
+            Check("cloud-init status", "done", status, status in ("done", "not installed")))
+
+
+class VmsStart(Step):
+    name = "vms.start"
+    summary = "start + autostart each VM, wait for SSH and cloud-init, verify live pins via libvirt"
+    targets = "vms"
+    converge = True
+
+    def gather(self, target: Target, session: Session) -> StartFacts:
+        assert target.vm is not None
+        vm = target.vm
+        live = live_domain(session.live_domain(target.loaded.host.libvirt_uri, vm.name))
+        if live is None or live.state != "running" or target.guest is None:
+            return StartFacts(live)
+        probe = session.hop(target.guest)
+        try:
+            out = probe.run(sh(_CLOUD_INIT, timeout=30, why="is cloud-init done")).stdout
+            return StartFacts(live, guest_checks(vm, None, out))
+        except (ConnectError, CommandError) as exc:
+            return StartFacts(live, guest_checks(vm, str(exc).splitlines()[0], ""))
+        finally:
+            probe.close()
+
+    def plan(self, target: Target, facts: StartFacts | None) -> Plan:
+        assert target.vm is not None
+        vm, uri = target.vm, target.loaded.host.libvirt_uri
+        start = sh("virsh -c {uri} start {name}", uri=uri, name=vm.name, timeout=120, why=f"start {vm.name}")
+        resume = sh("virsh -c {uri} resume {name}", uri=uri, name=vm.name, why=f"resume {vm.name}")
+        auto = sh("virsh -c {uri} autostart {name}", uri=uri, name=vm.name, why="start with the host")
+        if facts is None:
+            return Plan((start, auto), f"start {vm.name}, mark it autostart, wait for SSH")
+        if facts.live is None:
+            missing = Check(f"domain {vm.name}", "defined", "not defined", False)
+            raise StepMismatch([missing], exit_code=4, message=(
+                f"domain {vm.name} is not defined; define it: invoke step vms.define --host={target.loaded.name}"))
+        actions: list[Command] = []
+        if facts.live.state == "paused":
+            actions.append(resume)
+        elif facts.live.state != "running":
+            actions.append(start)
+        if not facts.live.autostart:
+            actions.append(auto)
+        if not actions:
+            return Plan(reason=f"{vm.name} is running and starts with the host")
+        return Plan(tuple(actions), f"{vm.name} is {facts.live.state}: " + ", ".join(a.why for a in actions))
+
+    def verify(self, target: Target, facts: StartFacts) -> list[Check]:
+        assert target.vm is not None
+        if facts.live is None:
+            return [Check(f"domain {target.vm.name}", "defined", "not defined", False)]
+        checks = live_checks(target.vm, facts.live) + list(facts.guest)
+        if facts.live.state == "running" and target.guest is None:
+            checks.append(Check("ssh", "answers", "not checked: the inventory gives no vms[].ssh", True))
+        return checks

@@ -1,0 +1,120 @@
+"""Teardown: vms.remove (stop and undefine) and disks.remove (overlays and seed ISOs).
+
+Both are destructive: the runner applies their plans only with --yes, and `invoke teardown` prints
+the plan first. The base image is never deleted (the operator brought it and other VMs may share
+it); the data VM's hot and cold images only with --include-data; a block device is never wiped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lib.facts.sysfs import section, split_sections
+from lib.inventory.model import VM
+from lib.remote import CmdResult
+from lib.results import Check
+from lib.shell import Command, Value, sh
+from lib.steps.base import Plan, Step, StepMismatch, Target
+
+
+def _domstate(vm: VM, uri: str) -> str:
+    return sh("virsh -c {uri} domstate {name} 2>/dev/null || echo 'not defined'", uri=uri, name=vm.name).real
+
+
+class VmsRemove(Step):
+    name = "vms.remove"
+    summary = "stop (destroy) and undefine each VM; its disks stay for disks.remove (--yes)"
+    targets = "vms"
+    destructive = True
+
+    def facts_command(self, target: Target) -> Command:
+        assert target.vm is not None
+        return sh(_domstate(target.vm, target.loaded.host.libvirt_uri), why="is the domain defined")
+
+    def parse(self, target: Target, result: CmdResult | None) -> str:
+        return (result.stdout.strip() if result else "") or "not defined"
+
+    def plan(self, target: Target, facts: str | None) -> Plan:
+        assert target.vm is not None
+        vm, uri = target.vm, target.loaded.host.libvirt_uri
+        destroy = sh("virsh -c {uri} destroy {name}", uri=uri, name=vm.name, why=f"stop {vm.name} (power off)")
+        # --managed-save: a saved state would otherwise block undefine; disks are never touched here.
+        undefine = sh("virsh -c {uri} undefine --managed-save {name}", uri=uri, name=vm.name,
+                      why=f"undefine {vm.name}")
+        if facts == "not defined":
+            return Plan(reason=f"domain {vm.name} is not defined")
+        if facts is None or facts != "shut off":
+            return Plan((destroy, undefine), f"domain {vm.name} ({facts or 'state unknown'}): power off, undefine")
+        return Plan((undefine,), f"domain {vm.name} (shut off): undefine")
+
+    def verify(self, target: Target, facts: str) -> list[Check]:
+        assert target.vm is not None
+        return [Check(f"domain {target.vm.name}", "not defined", facts, facts == "not defined")]
+
+
+@dataclass(frozen=True)
+class DiskFacts:
+    domain: str
+    present: frozenset[str]
+
+
+def removable(vm: VM, include_data: bool) -> tuple[list[str], list[str]]:
+    """(paths to delete, paths kept and why-kept labels): pure, so the plan says exactly what goes."""
+    delete = [vm.disk_path, vm.cloud_init_iso_path]
+    keep = [vm.base_image_path]
+    for disk in vm.disks:
+        if disk.device:
+            keep.append(disk.device)  # a block device is never wiped by this tool
+        elif include_data:
+            delete.append(disk.path)
+        else:
+            keep.append(disk.path)
+    return delete, keep
+
+
+class DisksRemove(Step):
+    name = "disks.remove"
+    summary = "delete each VM's overlay and seed ISO; data disks only with --include-data; never the base (--yes)"
+    targets = "vms"
+    destructive = True
+
+    def facts_command(self, target: Target) -> Command:
+        assert target.vm is not None
+        vm = target.vm
+        delete, keep = removable(vm, True)
+        paths = sorted(set(delete + keep))
+        checks = " ".join(f"{{p{i}}}" for i in range(len(paths)))
+        values: dict[str, Any] = {f"p{i}": p for i, p in enumerate(paths)}
+        return sh(f"{section('domain')}; {_domstate(vm, target.loaded.host.libvirt_uri)}; {section('present')}; "
+                  f"for p in {checks}; do if [ -e \"$p\" ]; then echo \"$p\"; fi; done",
+                  why="which disks exist", **values)
+
+    def parse(self, target: Target, result: CmdResult | None) -> DiskFacts:
+        parts = split_sections(result.stdout if result else "")
+        return DiskFacts(parts.get("domain", "").strip() or "not defined",
+                         frozenset(parts.get("present", "").split()))
+
+    def plan(self, target: Target, facts: DiskFacts | None) -> Plan:
+        assert target.vm is not None
+        vm = target.vm
+        delete, _keep = removable(vm, bool(target.options.get("include_data")))
+        if facts is not None and facts.domain != "not defined":
+            raise StepMismatch([Check(f"domain {vm.name}", "not defined", facts.domain, False)], exit_code=4,
+                               message=f"domain {vm.name} still uses its disks; remove it first: "
+                                       f"invoke step vms.remove --host={target.loaded.name} --yes")
+        present = [p for p in delete if facts is None or p in facts.present]
+        if not present:
+            return Plan(reason=f"nothing of {vm.name} left to delete")
+        rm = sh("rm -f -- {paths}", paths=list[Value](present), why=f"delete {vm.name}'s disks")
+        return Plan((rm,), "delete " + ", ".join(present))
+
+    def verify(self, target: Target, facts: DiskFacts) -> list[Check]:
+        assert target.vm is not None
+        delete, keep = removable(target.vm, bool(target.options.get("include_data")))
+        checks = [Check(f"deleted {p}", "absent", "present" if p in facts.present else "absent",
+                        p not in facts.present) for p in delete]
+        # What was kept is shown too, so the report proves the base and the data disks survived.
+        checks += [Check(f"kept {p}", "untouched", "present" if p in facts.present else "absent", True)
+                   for p in keep]
+        return checks
