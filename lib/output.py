@@ -177,9 +177,7 @@ def verification_table(result: StepResult) -> str:
 
 def plan_text(runs: list[HostRun]) -> str:
     """Per step (runbook order), per host and target: the commands that would run, or why none."""
-    steps: list[str] = []
-    for run in runs:
-        steps += [r.step for r in run.results if r.step not in steps]
+    steps = list(dict.fromkeys(r.step for run in runs for r in run.results))  # runbook order, once each
     lines: list[str] = []
     for step in steps:
         for run in runs:

@@ -78,6 +78,7 @@ def test_plan_text_per_step_then_host_and_target() -> None:
         result("hv1", "host.tune", "hv1", "changed", 0.1, reason="numa_balancing 1 -> 0",
                planned=("sysctl -w kernel.numa_balancing=0", "tee /etc/sysctl.d/90-numa.conf")),
         result("hv1", "images.clone", "lab-vm1", "ok", 0.1, reason="overlay exists"),
+        result("hv1", "images.clone", "lab-vm2", "ok", 0.1, reason="overlay exists"),
     ])
     hv2 = HostRun("hv2", "r2", "provision", "plan", T0, T0 + 1, [
         result("hv2", "host.tune", "hv2", "ok", 0.1, reason="already as the spec says"),
@@ -89,6 +90,7 @@ def test_plan_text_per_step_then_host_and_target() -> None:
         "    tee /etc/sysctl.d/90-numa.conf",
         "hv2 | host.tune | hv2: no change: already as the spec says",
         "hv1 | images.clone | lab-vm1: no change: overlay exists",
+        "hv1 | images.clone | lab-vm2: no change: overlay exists",  # each target once, not once per target
         "hv2 | images.clone | lab-vm1: cannot plan: cannot read facts",
     ]
 
