@@ -287,11 +287,19 @@ def verify_vms(c: Context, host: str | None = None) -> None:
     _execute(c, host, book, "verify", lambda h: f"invoke verify.vms --host={h}")
 
 
+@task(help={"host": "hypervisor(s), comma-separated"})
+@_operator_errors
+def verify_k3s(c: Context, host: str | None = None) -> None:
+    """Read-only: every node Ready, its role, its taints exactly as the inventory says, its k3s version."""
+    _verify(c, host, "k3s.taints", "verify.k3s")
+
+
 inventory = Collection("inventory", check)
 verify = Collection("verify")
 verify.add_task(verify_bios, "bios")
 verify.add_task(verify_tuning, "tuning")
 verify.add_task(verify_images, "images")
 verify.add_task(verify_vms, "vms")
+verify.add_task(verify_k3s, "k3s")
 ns = Collection(topology, pins, steps, provision, plan, step, teardown, inventory, verify)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import threading
 import time
@@ -120,6 +121,8 @@ class Session:
         self.connects = 0
         self._conn: Any = None
         self._virt: Any = None  # libvirt connection, opened on first use
+        # The run's pool, for a step that must also ask another machine (an agent asks the server).
+        self.pool: SessionPool | None = None
         self._lock = threading.Lock()  # a session may be shared as a gateway by parallel VM targets
         # Fabric caches one SFTP client per connection and paramiko's SFTP client is not thread-safe:
         # parallel VM targets uploading through the same hypervisor session hung without this lock.
@@ -298,7 +301,7 @@ class Session:
             raise CommandError(self.endpoint.name, result)
         return result
 
-    def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600) -> None:
         """Write data to a remote file, its mode set before any content lands (secrets stay private).
 
         The bytes go to a private temp file over SFTP (as the SSH user), then one command (under sudo
@@ -309,11 +312,17 @@ class Session:
         tmp = f"/tmp/.numa-k3s-upload-{os.getpid()}-{time.monotonic_ns()}"
         with self._sftp_lock, conn.sftp().open(tmp, "wb") as handle:
             handle.chmod(mode)
-            handle.write(data)
+            if isinstance(data, Path):
+                handle.set_pipelined(True)
+                with data.open("rb") as src:
+                    shutil.copyfileobj(src, handle, 1 << 20)
+            else:
+                handle.write(data)
         directory = remote_path.rsplit("/", 1)[0] or "/"
         self.run(sh("mkdir -p {dir} && mv -f {tmp} {dest} && chmod {mode} {dest}", dir=directory, tmp=tmp,
                     dest=remote_path, mode=f"{mode:o}", why="move the upload into place"))
-        self.log(f"{self.endpoint.name}: put {len(data)} bytes -> {remote_path} (mode {mode:o})")
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        self.log(f"{self.endpoint.name}: put {size} bytes -> {remote_path} (mode {mode:o})")
 
     def get(self, remote_path: str) -> bytes:
         buf = io.BytesIO()
@@ -392,6 +401,7 @@ class SessionPool:
             if key not in self.sessions:
                 gateway = self.get_unlocked(endpoint.via) if endpoint.via else None
                 self.sessions[key] = Session(endpoint, self.policies, sleep=self.sleep, log=self.log, gateway=gateway)
+                self.sessions[key].pool = self
             return self.sessions[key]
 
     def get_unlocked(self, endpoint: Endpoint) -> Session:

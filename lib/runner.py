@@ -8,7 +8,9 @@ command to resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -81,13 +83,16 @@ class Engine:
             chosen, left_out = self._selection(loaded, run_id)
             if opts.mode == "apply":
                 locked = self._take_lock(pool.get(hv), loaded, run_id)
+            flags = dict(opts.flags)
+            for step in chosen:
+                flags.update(step.host_options(loaded, opts.mode))
             for step in self.runbook.steps:
                 if step.name in left_out:
                     self._record(records, run, self._skipped(loaded.name, step.name, left_out[step.name]))
                     continue
                 if step not in chosen:
                     continue
-                results = self._run_step(step, loaded, pool)
+                results = self._run_step(step, loaded, pool, flags)
                 for result in results:
                     self._record(records, run, result)
                 failed = [r for r in results if r.status == "failed"]
@@ -169,14 +174,15 @@ class Engine:
         return True
 
     # -- one step on its targets -------------------------------------------------------------
-    def _run_step(self, step: Step, loaded: LoadedHost, pool: SessionPool) -> list[StepResult]:
-        targets = targets_for(step, loaded, self.options.flags)
+    def _run_step(self, step: Step, loaded: LoadedHost, pool: SessionPool, flags: dict[str, Any]) -> list[StepResult]:
+        targets = targets_for(step, loaded, flags)
         if not targets:
             return [self._skipped(loaded.name, step.name, f"no {step.targets} targets on this host")]
+        one_at_a_time = threading.Lock()  # for plans marked exclusive
         with ThreadPoolExecutor(max_workers=len(targets)) as threads:
-            return list(threads.map(lambda t: self._run_target(step, t, pool), targets))
+            return list(threads.map(lambda t: self._run_target(step, t, pool, one_at_a_time), targets))
 
-    def _run_target(self, step: Step, target: Target, pool: SessionPool) -> StepResult:
+    def _run_target(self, step: Step, target: Target, pool: SessionPool, one_at_a_time: threading.Lock) -> StepResult:
         host = target.loaded.name
         self.output.step_started(host, step.name, target.name)
         started = time.time()
@@ -205,21 +211,22 @@ class Engine:
             if mode == "plan":
                 return result("changed" if plan.actions else "ok", reason=plan.reason,
                               planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
-            if step.destructive and plan.actions and not self.options.flags.get("yes"):
+            if step.destructive and plan.actions and not target.options.get("yes"):
                 return result("failed", exit_code=2, planned=tuple(_shown(a) for a in plan.actions),
                               error=f"{host}: {step.name} on {target.name} would delete: {plan.reason}; "
                                     "nothing was deleted: rerun with --yes to delete it")
-            for action in plan.actions:
-                commands.append(_shown(action))
-                if isinstance(action, Upload):
-                    session.put(action.data, action.path, action.mode)
+            with one_at_a_time if plan.exclusive else contextlib.nullcontext():
+                for action in plan.actions:
+                    commands.append(_shown(action))
+                    if isinstance(action, Upload):
+                        session.put(action.source or action.data, action.path, action.mode)
+                    else:
+                        session.run(action)
+                if step.converge:
+                    checks = self._converge(step, target, session)
                 else:
-                    session.run(action)
-            if step.converge:
-                checks = self._converge(step, target, session)
-            else:
-                # Fresh facts after a change; with nothing applied the facts just read are fresh.
-                checks = step.verify(target, step.gather(target, session) if plan.actions else facts)
+                    # Fresh facts after a change; with nothing applied the facts just read are fresh.
+                    checks = step.verify(target, step.gather(target, session) if plan.actions else facts)
             res = self._verdict(step, target, checks, result, changed=bool(plan.actions))
             return res if res.status == "failed" else _with(res, reason=plan.reason, warnings=plan.warnings)
         except _NotYet as late:

@@ -43,4 +43,6 @@ def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None =
         vms = [vm for vm in vms if vm.k8s and vm.k8s.role == "server"]
     elif step.targets == "agents":
         vms = [vm for vm in vms if vm.k8s and vm.k8s.role == "agent"]
-    return [Target(vm.name, "vm", vm_endpoint(loaded, vm), loaded, vm, opts) for vm in vms]
+    servers = [vm for vm in loaded.host.vms if vm.k8s and vm.k8s.role == "server"]
+    peer = vm_endpoint(loaded, servers[0]) if step.targets == "agents" and servers else None
+    return [Target(vm.name, "vm", vm_endpoint(loaded, vm), loaded, vm, opts, peer=peer) for vm in vms]

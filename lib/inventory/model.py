@@ -289,7 +289,9 @@ class K3sSettings(Model):
     version: Annotated[str, AfterValidator(_pattern("k3s.version", re.compile(r"v\d+\.\d+\.\d+\+k3s\d+"),
                                                      "k3s version (like v1.31.4+k3s1)"))]
     install: Literal["online", "airgap"] = "online"
+    # airgap: a local folder with install.sh, k3s and k3s-airgap-images-amd64.tar.zst of that version.
     artifacts_dir: Word | None = None
+    api_port: Annotated[int, Field(ge=1, le=65535)] = 6443
     # A local path (never on a command line); {host} is the hypervisor's name. Kept outside the
     # repository, 0600; generated once per cluster when absent.
     token_file: str = "~/.config/numa-k3s/{host}.token"  # noqa: S105 - a path, not a secret

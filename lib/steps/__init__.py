@@ -6,11 +6,13 @@ from lib.steps.base import Step
 from lib.steps.bios import BiosCheck
 from lib.steps.cloudinit import CloudinitBuild
 from lib.steps.images import ImagesClone
+from lib.steps.k3s import K3sAgents, K3sAgentsRemove, K3sServer, K3sServerRemove, K3sTaints
 from lib.steps.preflight import PreflightAccess
 from lib.steps.teardown import DisksRemove, VmsRemove
 from lib.steps.tuning import HostTune
 from lib.steps.virt import VmsDefine, VmsStart
 
 STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild,
-                                   VmsDefine, VmsStart, VmsRemove, DisksRemove)
+                                   VmsDefine, VmsStart, K3sServer, K3sAgents, K3sTaints, K3sAgentsRemove,
+                                   K3sServerRemove, VmsRemove, DisksRemove)
 REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}

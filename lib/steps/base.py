@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from lib.results import Check
@@ -36,6 +37,7 @@ class Upload:
     mode: int = 0o600
     why: str = ""
     what: str = ""  # how plans name the content, e.g. "seed ISO sha256 1a2b..."
+    source: Path | None = None  # a local file to stream instead of data (large artifacts)
 
     @property
     def shown(self) -> str:
@@ -50,6 +52,8 @@ class Plan:
     actions: tuple[Action, ...] = ()
     reason: str = ""  # with no actions: why nothing needs doing; otherwise what will change
     warnings: tuple[str, ...] = ()
+    # Apply and verify this target alone, not alongside the step's other targets (rolling upgrades).
+    exclusive: bool = False
 
     @property
     def empty(self) -> bool:
@@ -68,6 +72,8 @@ class Target:
     options: dict[str, Any] = field(default_factory=dict)  # run flags a step may honour (e.g. redefine)
     # For a VM target run from the hypervisor: where the VM itself answers SSH (None: no vms[].ssh).
     guest: Endpoint | None = None
+    # For a k3s agent: the server VM's endpoint, where the agent's node must show up.
+    peer: Endpoint | None = None
 
 
 class StepMismatch(Exception):
@@ -89,6 +95,13 @@ class Step(ABC):
     converge: ClassVar[bool] = False
     # Deletes things (teardown): the runner applies its plan only with the `yes` flag.
     destructive: ClassVar[bool] = False
+
+    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
+        """Local inputs a step needs once per host and run (e.g. the cluster token), put in Target.options.
+
+        The only place a step touches the operator's machine, so plan() stays pure.
+        """
+        return {}
 
     def facts_command(self, target: Target) -> Command | None:
         """The one batched read this step's facts come from (None: the step needs no remote facts)."""

@@ -1,0 +1,166 @@
+"""k3s (pure): config.yaml per node, install commands, node state from `kubectl get nodes -o json`, taint diffs.
+
+The token is a Secret: it reaches config.yaml's bytes (uploaded 0600, never shown) and nothing else.
+Node names are the VM names (config sets node-name), so the inventory and the cluster line up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from lib.inventory.model import VM, Host
+from lib.shell import Command, Secret, sh
+
+CONFIG = "/etc/rancher/k3s/config.yaml"
+INSTALL_SCRIPT = "/var/lib/numa-k3s/install.sh"
+BINARY = "/usr/local/bin/k3s"
+IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
+IMAGES = "k3s-airgap-images-amd64.tar.zst"
+ARTIFACTS = ("install.sh", "k3s", IMAGES)
+API_PORT = 6443
+# Taint keys this tool owns: a taint under one of these keys that the inventory does not list is
+# removed; taints under other keys (k3s's own, another operator's) are left alone.
+BASE_MANAGED_KEYS = frozenset({"workload"})
+
+
+@dataclass(frozen=True, order=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+
+
+def parse_taint(text: str) -> Taint:
+    """key[=value]:Effect, as the inventory writes it (validated there)."""
+    head, effect = text.rsplit(":", 1)
+    key, _, value = head.partition("=")
+    return Taint(key, value, effect)
+
+
+def server_vm(host: Host) -> VM:
+    return next(vm for vm in host.vms if vm.k8s and vm.k8s.role == "server")
+
+
+def server_address(host: Host) -> str:
+    """Where agents reach the API: the server VM's static address, else its SSH host."""
+    vm = server_vm(host)
+    if vm.network:
+        return str(vm.network.address.ip)
+    return vm.ssh.host if vm.ssh else vm.name
+
+
+def server_url(host: Host) -> str:
+    return f"https://{server_address(host)}:{host.k3s.api_port}"
+
+
+def node_config(host: Host, vm: VM, token: Secret) -> bytes:
+    """config.yaml for one node. Taints here only apply when the node first registers (k3s.taints fixes the rest)."""
+    assert vm.k8s is not None
+    config: dict[str, Any] = {"token": token.reveal(), "node-name": vm.name}
+    if vm.k8s.role == "server":
+        config["tls-san"] = [server_address(host)]
+        config["write-kubeconfig-mode"] = "0600"
+        if host.k3s.api_port != API_PORT:
+            config["https-listen-port"] = host.k3s.api_port
+    else:
+        config["server"] = server_url(host)
+    if vm.k8s.taints:
+        config["node-taint"] = list(vm.k8s.taints)
+    if vm.k8s.labels:
+        config["node-label"] = [f"{k}={v}" for k, v in sorted(vm.k8s.labels.items())]
+    return yaml.safe_dump(config, sort_keys=False).encode()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def service(vm: VM) -> str:
+    assert vm.k8s is not None
+    return "k3s" if vm.k8s.role == "server" else "k3s-agent"
+
+
+def install_command(host: Host, vm: VM) -> Command:
+    """The installer with the pinned version; airgap: the binary and images are already in place."""
+    assert vm.k8s is not None
+    k3s = host.k3s
+    env = "INSTALL_K3S_VERSION={version} INSTALL_K3S_EXEC={role}"
+    if k3s.install == "airgap":
+        return sh(f"INSTALL_K3S_SKIP_DOWNLOAD=true {env} sh {{script}}", version=k3s.version, role=vm.k8s.role,
+                  script=INSTALL_SCRIPT, sudo=True, timeout=600, why=f"install k3s {k3s.version} ({vm.k8s.role})")
+    return sh(f"mkdir -p /var/lib/numa-k3s && curl -sfL https://get.k3s.io -o {{script}} && {env} sh {{script}}",
+              version=k3s.version, role=vm.k8s.role, script=INSTALL_SCRIPT, sudo=True, timeout=900,
+              why=f"install k3s {k3s.version} ({vm.k8s.role}, online)")
+
+
+def restart_command(vm: VM) -> Command:
+    # install.sh does not notice a changed config.yaml; the service reads it only when it starts.
+    return sh("if command -v systemctl >/dev/null 2>&1; then systemctl restart {svc}; "
+              "else rc-service {svc} restart; fi", svc=service(vm), sudo=True, timeout=300,
+              why="apply the new config.yaml")
+
+
+def parse_version(text: str) -> str:
+    """`k3s --version` first line: 'k3s version v1.31.4+k3s1 (abc123)' -> 'v1.31.4+k3s1'."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "k3s" and parts[1] == "version":
+            return parts[2]
+    return ""
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    ready: bool
+    taints: frozenset[Taint]
+    version: str
+    roles: tuple[str, ...]
+
+
+def parse_nodes(text: str) -> dict[str, Node]:
+    """`kubectl get nodes -o json` (a v1 List of Nodes) -> nodes by name. Raises ValueError if not JSON."""
+    data = json.loads(text)
+    nodes: dict[str, Node] = {}
+    for item in data.get("items", []):
+        meta, spec, status = item.get("metadata", {}), item.get("spec", {}), item.get("status", {})
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+        taints = frozenset(Taint(t["key"], t.get("value", ""), t["effect"]) for t in spec.get("taints") or [])
+        roles = tuple(sorted(k.split("/", 1)[1] for k in meta.get("labels", {})
+                             if k.startswith("node-role.kubernetes.io/")))
+        nodes[meta["name"]] = Node(meta["name"], ready, taints, status.get("nodeInfo", {}).get("kubeletVersion", ""),
+                                   roles)
+    return nodes
+
+
+def managed_keys(host: Host) -> frozenset[str]:
+    keys = {parse_taint(t).key for vm in host.vms if vm.k8s for t in vm.k8s.taints}
+    return BASE_MANAGED_KEYS | keys
+
+
+def wanted_taints(vm: VM) -> frozenset[Taint]:
+    return frozenset(parse_taint(t) for t in (vm.k8s.taints if vm.k8s else ()))
+
+
+def taint_commands(vm: VM, node: Node, managed: frozenset[str]) -> list[Command]:
+    """kubectl taint to make the node's managed taints exactly the inventory's."""
+    want = wanted_taints(vm)
+    have = {t for t in node.taints if t.key in managed}
+    cmds = [sh("k3s kubectl taint nodes {node} {taint} --overwrite", node=vm.name, taint=str(t), sudo=True,
+               why=f"taint {vm.name} with {t}") for t in sorted(want - have)]
+    cmds += [sh("k3s kubectl taint nodes {node} {taint}", node=vm.name, taint=f"{t.key}:{t.effect}-", sudo=True,
+                why=f"remove {t} from {vm.name} (not in the inventory)")
+             for t in sorted(have - want) if (t.key, t.effect) not in {(w.key, w.effect) for w in want}]
+    return cmds
+
+
+def shown_taints(taints: frozenset[Taint] | set[Taint]) -> str:
+    return ", ".join(str(t) for t in sorted(taints)) or "none"

@@ -1,0 +1,310 @@
+"""k3s.server, k3s.agents, k3s.taints, and their teardown: inside the VMs, over each VM's own SSH.
+
+Idempotent by evidence: the installed version (`k3s --version`) and the sha256 of config.yaml.
+Same version and config: nothing runs, no restart. A version change upgrades (server step first
+in the runbook, then agents one at a time). The token only travels inside config.yaml's bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lib import k3s
+from lib.errors import ToolError
+from lib.facts.sysfs import section, split_sections
+from lib.inventory.load import LoadedHost
+from lib.remote import CmdResult, CommandError, ConnectError, Session
+from lib.results import Check
+from lib.shell import Command, Secret, sh
+from lib.steps.base import Action, Plan, Step, StepMismatch, Target, Upload
+from lib.token import cluster_token
+
+
+class ArtifactsError(ToolError):
+    exit_code = 2
+
+
+def k3s_options(loaded: LoadedHost, mode: str) -> dict[str, Any]:
+    """The cluster token (created only by a run that changes hosts) and the checked airgap folder."""
+    settings = loaded.host.k3s
+    if not any(vm.k8s for vm in loaded.host.vms):
+        return {}
+    options: dict[str, Any] = {"k3s_token": cluster_token(settings.token_file, loaded.name, create=mode == "apply")}
+    if settings.install == "airgap" and mode != "verify":
+        folder = Path(settings.artifacts_dir or "").expanduser()
+        missing = [name for name in k3s.ARTIFACTS if not (folder / name).is_file()]
+        if not settings.artifacts_dir or missing:
+            raise ArtifactsError(
+                f"{loaded.name}: k3s.install is airgap but the artifacts folder {settings.artifacts_dir or '(unset)'} "
+                f"lacks {', '.join(missing or k3s.ARTIFACTS)}; put the files of k3s {settings.version} there "
+                "(install.sh from get.k3s.io, the k3s binary, k3s-airgap-images-amd64.tar.zst)")
+        options["k3s_artifacts"] = folder
+    return options
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    version: str
+    config_sha: str
+    config_mode: str
+    last_error: str
+    nodes: dict[str, k3s.Node] | None  # as the server sees them; None: the API did not answer
+    api_error: str = ""
+
+
+def _nodes_section() -> str:
+    return f"{section('nodes')}; k3s kubectl get nodes -o json 2>&1 || true"
+
+
+def node_facts_command(svc: str, with_nodes: bool) -> Command:
+    logs = (f"{{{{ journalctl -u {svc} -n 50 --no-pager 2>/dev/null; tail -n 50 /var/log/{svc}.log 2>/dev/null; }}}} "
+            "| grep -E 'level=(error|fatal)' | tail -n 1")
+    parts = [f"{section('version')}; k3s --version 2>/dev/null | head -n 1",
+             f"{section('config')}; sha256sum {k3s.CONFIG} 2>/dev/null | cut -d' ' -f1; "
+             f"stat -c %a {k3s.CONFIG} 2>/dev/null",
+             f"{section('errors')}; {logs}"]
+    if with_nodes:
+        parts.append(_nodes_section())
+    return sh("; ".join(parts) + "; true", sudo=True, timeout=60, why="k3s version, config digest, node state")
+
+
+def parse_nodes_output(text: str) -> tuple[dict[str, k3s.Node] | None, str]:
+    try:
+        return k3s.parse_nodes(text), ""
+    except (ValueError, KeyError, TypeError):
+        return None, (text.strip().splitlines() or ["no answer"])[-1]
+
+
+def parse_node_facts(stdout: str) -> NodeFacts:
+    parts = split_sections(stdout)
+    config = parts.get("config", "").split()
+    nodes, api_error = parse_nodes_output(parts["nodes"]) if "nodes" in parts else (None, "")
+    return NodeFacts(k3s.parse_version(parts.get("version", "")), config[0] if config else "",
+                     config[1] if len(config) > 1 else "", parts.get("errors", "").strip(), nodes, api_error)
+
+
+def _token(target: Target) -> Secret | None:
+    token = target.options.get("k3s_token")
+    return token if isinstance(token, Secret) else None
+
+
+def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
+    assert target.vm is not None and target.vm.k8s is not None
+    vm, host = target.vm, target.loaded.host
+    version, role = host.k3s.version, target.vm.k8s.role
+    token = _token(target)
+    actions: list[Action] = []
+    if token is None:  # plan modes before the first apply: the token does not exist yet
+        config_changed = True
+        actions.append(Upload(k3s.CONFIG, b"", 0o600, what="config.yaml with a newly generated cluster token"))
+    else:
+        config = k3s.node_config(host, vm, token)
+        config_changed = facts is None or facts.config_sha != k3s.digest(config) or facts.config_mode != "600"
+        if config_changed:
+            actions.append(Upload(k3s.CONFIG, config, 0o600, what="config.yaml (token ***)",
+                                  why="node-name, taints, labels, server and token"))
+    installed = facts.version if facts else ""
+    if installed != version:
+        folder = target.options.get("k3s_artifacts")
+        if host.k3s.install == "airgap" and isinstance(folder, Path):
+            actions += [
+                Upload(k3s.BINARY, b"", 0o755, source=folder / "k3s", what=f"k3s {version} binary"),
+                Upload(f"{k3s.IMAGES_DIR}/{k3s.IMAGES}", b"", 0o644, source=folder / k3s.IMAGES,
+                       what=f"k3s {version} airgap images"),
+                Upload(k3s.INSTALL_SCRIPT, b"", 0o755, source=folder / "install.sh", what="install.sh"),
+            ]
+        actions.append(k3s.install_command(host, vm))
+    elif config_changed:
+        actions.append(k3s.restart_command(vm))
+    if not actions:
+        return Plan(reason=f"k3s {version} ({role}) installed with the same config.yaml: no reinstall, no restart")
+    if installed and installed != version:
+        return Plan(tuple(actions), f"upgrade k3s {installed} -> {version} ({role}; the server before the agents, "
+                                    "one node at a time)", exclusive=True)
+    if installed:
+        return Plan(tuple(actions), f"config.yaml differs: write it and restart {k3s.service(vm)}")
+    return Plan(tuple(actions), f"install k3s {version} as {role} ({host.k3s.install})")
+
+
+def node_checks(target: Target, facts: NodeFacts, nodes: dict[str, k3s.Node] | None, api_error: str) -> list[Check]:
+    assert target.vm is not None
+    vm, version = target.vm, target.loaded.host.k3s.version
+    token = _token(target)
+    checks = [Check("k3s version", version, facts.version or "not installed", facts.version == version)]
+    if token is None:
+        checks.append(Check("config.yaml", "as rendered", "not compared: no local cluster token", True))
+    else:
+        same = facts.config_sha == k3s.digest(k3s.node_config(target.loaded.host, vm, token))
+        checks.append(Check("config.yaml", "as rendered", "as rendered" if same else
+                            ("missing" if not facts.config_sha else "differs"), same))
+    checks.append(Check("config.yaml mode", "600", facts.config_mode or "missing", facts.config_mode == "600"))
+    if nodes is None:
+        checks.append(Check(f"node {vm.name} on the server", "Ready", f"API: {api_error or 'no answer'}", False))
+    else:
+        node = nodes.get(vm.name)
+        found = "not registered" if node is None else ("Ready" if node.ready else "NotReady")
+        checks.append(Check(f"node {vm.name} on the server", "Ready", found, found == "Ready"))
+    if facts.last_error and not any(c.ok for c in checks[-1:]):
+        checks.append(Check(f"{k3s.service(vm)} log", "no errors", facts.last_error[-200:], False))
+    return checks
+
+
+class K3sServer(Step):
+    name = "k3s.server"
+    summary = "config.yaml (0600) + k3s server at the pinned version (online or airgap); wait for the API and Ready"
+    targets = "server"
+    converge = True
+
+    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
+        return k3s_options(loaded, mode)
+
+    def facts_command(self, target: Target) -> Command:
+        return node_facts_command("k3s", with_nodes=True)
+
+    def parse(self, target: Target, result: CmdResult | None) -> NodeFacts:
+        return parse_node_facts(result.stdout if result else "")
+
+    def plan(self, target: Target, facts: NodeFacts | None) -> Plan:
+        return plan_node(target, facts)
+
+    def verify(self, target: Target, facts: NodeFacts) -> list[Check]:
+        return node_checks(target, facts, facts.nodes, facts.api_error)
+
+
+class K3sAgents(Step):
+    name = "k3s.agents"
+    summary = "config.yaml (server URL, token, taints) + k3s agent on every agent VM in parallel; each node Ready"
+    targets = "agents"
+    converge = True
+
+    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
+        return k3s_options(loaded, mode)
+
+    def facts_command(self, target: Target) -> Command:
+        return node_facts_command("k3s-agent", with_nodes=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> NodeFacts:
+        return parse_node_facts(result.stdout if result else "")
+
+    def gather(self, target: Target, session: Session) -> NodeFacts:
+        facts = self.parse(target, session.run(node_facts_command("k3s-agent", with_nodes=False)))
+        if target.peer is None or session.pool is None:
+            return facts
+        try:  # the node must show up on the server, so ask the server too
+            out = session.pool.get(target.peer).run(sh(_nodes_section(), sudo=True, timeout=60,
+                                                         why="nodes as the server sees them")).stdout
+            nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
+        except (CommandError, ConnectError) as exc:
+            nodes, error = None, str(exc).splitlines()[0]
+        return NodeFacts(facts.version, facts.config_sha, facts.config_mode, facts.last_error, nodes, error)
+
+    def plan(self, target: Target, facts: NodeFacts | None) -> Plan:
+        return plan_node(target, facts)
+
+    def verify(self, target: Target, facts: NodeFacts) -> list[Check]:
+        return node_checks(target, facts, facts.nodes, facts.api_error)
+
+
+# -- taints ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    nodes: dict[str, k3s.Node] | None
+    error: str
+
+
+class K3sTaints(Step):
+    name = "k3s.taints"
+    summary = "reconcile every node's taints to the inventory (kubectl taint --overwrite, stale ones removed)"
+    targets = "server"
+    converge = True
+
+    def facts_command(self, target: Target) -> Command:
+        return sh(_nodes_section(), sudo=True, timeout=60, why="every node's taints, readiness, version")
+
+    def parse(self, target: Target, result: CmdResult | None) -> ClusterFacts:
+        nodes, error = parse_nodes_output(split_sections(result.stdout if result else "").get("nodes", ""))
+        return ClusterFacts(nodes, error)
+
+    def plan(self, target: Target, facts: ClusterFacts | None) -> Plan:
+        host = target.loaded.host
+        vms = [vm for vm in host.vms if vm.k8s]
+        if facts is None:
+            return Plan(reason="offline: taints are compared with the cluster when it answers")
+        if facts.nodes is None:
+            raise StepMismatch([Check("k3s API", "answers", facts.error, False)], exit_code=4,
+                               message=f"the k3s API on {target.name} did not answer: {facts.error}")
+        missing = [vm.name for vm in vms if vm.name not in facts.nodes]
+        if missing:
+            raise StepMismatch([Check(f"node {n}", "registered", "not registered", False) for n in missing],
+                               exit_code=4, message=f"nodes not in the cluster: {', '.join(missing)}; run: "
+                                                    f"invoke step k3s.agents --host={target.loaded.name}")
+        managed = k3s.managed_keys(host)
+        commands = [c for vm in vms for c in k3s.taint_commands(vm, facts.nodes[vm.name], managed)]
+        if not commands:
+            return Plan(reason="every node's taints are exactly the inventory's")
+        return Plan(tuple(commands), "; ".join(c.why for c in commands))
+
+    def verify(self, target: Target, facts: ClusterFacts) -> list[Check]:
+        host = target.loaded.host
+        if facts.nodes is None:
+            return [Check("k3s API", "answers", facts.error or "no answer", False)]
+        managed = k3s.managed_keys(host)
+        checks: list[Check] = []
+        for vm in (vm for vm in host.vms if vm.k8s):
+            assert vm.k8s is not None
+            node = facts.nodes.get(vm.name)
+            if node is None:
+                checks.append(Check(f"{vm.name}", "registered", "not registered", False))
+                continue
+            want = k3s.wanted_taints(vm)
+            have = frozenset(t for t in node.taints if t.key in managed)
+            role = "control-plane" if vm.k8s.role == "server" else "agent"
+            found_role = "control-plane" if "control-plane" in node.roles else "agent"
+            checks += [
+                Check(f"{vm.name} Ready", "True", str(node.ready), node.ready),
+                Check(f"{vm.name} role", role, found_role, role == found_role),
+                Check(f"{vm.name} taints", k3s.shown_taints(want), k3s.shown_taints(have), want == have),
+                Check(f"{vm.name} version", host.k3s.version, node.version, node.version == host.k3s.version),
+            ]
+        return checks
+
+
+# -- teardown --------------------------------------------------------------------------------------
+
+class _K3sRemove(Step):
+    destructive = True
+    script = ""
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("if [ -x /usr/local/bin/{s} ]; then echo installed; else echo absent; fi", s=self.script,
+                  sudo=True, why="is k3s installed")
+
+    def parse(self, target: Target, result: CmdResult | None) -> str:
+        return (result.stdout.strip() if result else "") or "absent"
+
+    def plan(self, target: Target, facts: str | None) -> Plan:
+        if facts == "absent":
+            return Plan(reason=f"k3s is not installed on {target.name}")
+        return Plan((sh("/usr/local/bin/{s}", s=self.script, sudo=True, timeout=300,
+                        why=f"uninstall k3s from {target.name}"),), f"run {self.script} on {target.name}")
+
+    def verify(self, target: Target, facts: str) -> list[Check]:
+        return [Check(f"{self.script} on {target.name}", "absent", facts, facts == "absent")]
+
+
+class K3sAgentsRemove(_K3sRemove):
+    name = "k3s.agents.remove"
+    summary = "k3s-agent-uninstall.sh on every agent (before the server) (--yes)"
+    targets = "agents"
+    script = "k3s-agent-uninstall.sh"
+
+
+class K3sServerRemove(_K3sRemove):
+    name = "k3s.server.remove"
+    summary = "k3s-uninstall.sh on the server, after the agents (--yes)"
+    targets = "server"
+    script = "k3s-uninstall.sh"
+
