@@ -119,8 +119,8 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
         "virt-install", "--connect", uri, "--name", vm.name, "--virt-type", virt_type, "--import", "--noautoconsole",
         "--print-xml", "--vcpus", str(vm.vcpu_count), "--memory", str(vm.memory_mb), "--cputune", cputune,
         "--numatune", f"{numa.nodeset},mode={numa.mode}",
-        # TCG cannot pass the host CPU through; it emulates the most capable model it has.
-        "--cpu", "host-passthrough" if virt_type == "kvm" else "max",
+        # TCG cannot pass the host CPU through, and libvirt 9.0 rejects "max" for it: keep its default.
+        *(["--cpu", "host-passthrough"] if virt_type == "kvm" else []),
         "--disk", f"path={vm.disk_path},format=qcow2,bus=virtio,target.dev=vda",
     ]
     for d in vm.disks:
@@ -133,8 +133,9 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
         # libvirt's own user-mode <interface> cannot forward ports in 9.0; QEMU's netdev can.
         # addr=0x10 keeps the NIC clear of the slots libvirt assigns to its own devices.
         nic = vm.user_nic
-        args += ["--network", "none", "--qemu-commandline",
-                 f"-netdev user,id=n0,hostfwd=tcp:{nic.listen}:{nic.host_port}-:22 "
+        # One word with '=': argparse would take a separate value starting with '-' for an option.
+        args += ["--network", "none",
+                 f"--qemu-commandline=-netdev user,id=n0,hostfwd=tcp:{nic.listen}:{nic.host_port}-:22 "
                  "-device virtio-net-pci,netdev=n0,addr=0x10"]
     else:
         args += ["--network", f"bridge={vm.bridge_network_interface},model=virtio"]
