@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 INV := $(VENV)/bin/invoke
 APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients virtinst \
 	qemu-utils qemu-system-x86 genisoimage cloud-image-utils libvirt-dev pkg-config numactl \
-	xorriso cloud-init
-# xorriso builds reproducible seed ISOs; cloud-init is here only for `cloud-init schema` in tests.
+	xorriso cloud-init cpio busybox-static procps
+# xorriso builds reproducible seed ISOs; cloud-init is here only for `cloud-init schema` in tests;
+# cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 
 .PHONY: test services demo bench bench-quick lint typecheck unit system venv clean
 
