@@ -164,6 +164,12 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
         output.close()
     if mode in ("plan", "offline"):
         print(plan_text(runs))
+    if mode == "verify":  # read-only checks: the evidence itself, one table per host, step and target
+        from lib.output import verification_table
+
+        for run in runs:
+            for result in (r for r in run.results if r.checks):
+                print(f"\n{run.host} | {result.step} | {result.target}\n{verification_table(result)}")
     print(recap(runs, book.names))
     code = exit_code(runs)
     if code:

@@ -8,7 +8,9 @@ against the inventory's known_hosts. Commands come in as lib.shell.Command value
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +29,11 @@ from invoke.exceptions import CommandTimedOut
 from lib.errors import ToolError
 from lib.retry import Policies, Sleep, retrying
 from lib.shell import Command, mask, quote, sh
+
+# paramiko logs a traceback for every banner timeout while a VM boots; the operator gets our one
+# line per failure instead (ConnectError), so its records go nowhere rather than to stderr.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 Log = Callable[[str], None]
 
@@ -411,8 +418,10 @@ class SessionPool:
         return self.sessions[key]
 
     def close_all(self) -> None:
-        for session in self.sessions.values():
-            session.close()
+        # VMs first: their connections ride on the hypervisor's, which must outlive them.
+        for session in reversed(list(self.sessions.values())):
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):  # the peer is already gone
+                session.close()
 
 
 # -- local processes -----------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class World:
 
     def run(self, *steps: str, hosts: tuple[str, ...] = (), sleep: Any = None, **opts: Any) -> list[HostRun]:
         book = load_runbook(self.runbook(*steps), self.registry)
-        options = RunOptions(runs_dir=self.runs, policies=FAST, sleep=sleep or self.sleeps.append,
+        options = RunOptions(runs_dir=self.runs, policies=opts.pop("policies", FAST), sleep=sleep or self.sleeps.append,
                              flags={"state": str(self.state), **opts.pop("flags", {})}, **opts)
         self.out = io.StringIO()
         return Engine(book, options, Output(self.out, tty=False)).run(self.loaded(*hosts))
