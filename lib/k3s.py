@@ -94,18 +94,26 @@ def install_command(host: Host, vm: VM) -> Command:
     k3s = host.k3s
     env = "INSTALL_K3S_VERSION={version} INSTALL_K3S_EXEC={role}"
     if k3s.install == "airgap":
-        return sh(f"INSTALL_K3S_SKIP_DOWNLOAD=true {env} sh {{script}}", version=k3s.version, role=vm.k8s.role,
+        # The binary is replaced before install.sh runs, so its before/after hashes match and it
+        # would skip the restart an upgrade needs: FORCE_RESTART (harmless on a first install).
+        return sh(f"INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_FORCE_RESTART=true {env} sh {{script}}",
+                  version=k3s.version, role=vm.k8s.role,
                   script=INSTALL_SCRIPT, sudo=True, timeout=600, why=f"install k3s {k3s.version} ({vm.k8s.role})")
     return sh(f"mkdir -p /var/lib/numa-k3s && curl -sfL https://get.k3s.io -o {{script}} && {env} sh {{script}}",
               version=k3s.version, role=vm.k8s.role, script=INSTALL_SCRIPT, sudo=True, timeout=900,
               why=f"install k3s {k3s.version} ({vm.k8s.role}, online)")
 
 
-def restart_command(vm: VM) -> Command:
-    # install.sh does not notice a changed config.yaml; the service reads it only when it starts.
-    return sh("if command -v systemctl >/dev/null 2>&1; then systemctl restart {svc}; "
-              "else rc-service {svc} restart; fi", svc=service(vm), sudo=True, timeout=300,
-              why="apply the new config.yaml")
+def restart_command(host: Host, vm: VM) -> Command:
+    """Rerun the installer with the binary in place and INSTALL_K3S_FORCE_RESTART=true.
+
+    install.sh does not notice a changed config.yaml (it hashes the binary and the unit files), and
+    the service reads config.yaml only when it starts; the installer knows the init system.
+    """
+    assert vm.k8s is not None
+    return sh("INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_FORCE_RESTART=true INSTALL_K3S_VERSION={version} "
+              "INSTALL_K3S_EXEC={role} sh {script}", version=host.k3s.version, role=vm.k8s.role,
+              script=INSTALL_SCRIPT, sudo=True, timeout=300, why=f"restart {service(vm)} to apply config.yaml")
 
 
 def parse_version(text: str) -> str:

@@ -48,8 +48,9 @@ def test_install_commands_pin_the_version_and_never_carry_the_token(hv1: Host) -
     assert "TOKEN" not in cmd.real and "get.k3s.io" in cmd.real
     airgap = hv1.model_copy(update={"k3s": hv1.k3s.model_copy(update={"install": "airgap"})})
     cmd = k3s.install_command(airgap, vm(airgap, "k3s-server-tasks"))
-    assert cmd.real.startswith("INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_VERSION=v1.31.4+k3s1 "
-                               "INSTALL_K3S_EXEC=server sh /var/lib/numa-k3s/install.sh")
+    assert cmd.real.startswith("INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_FORCE_RESTART=true "
+                               "INSTALL_K3S_VERSION=v1.31.4+k3s1 INSTALL_K3S_EXEC=server sh "
+                               "/var/lib/numa-k3s/install.sh")
 
 
 def nodes_doc(*nodes: tuple[str, list[dict[str, str]], str]) -> str:

@@ -31,8 +31,8 @@ def k3s_options(loaded: LoadedHost, mode: str) -> dict[str, Any]:
     settings = loaded.host.k3s
     if not any(vm.k8s for vm in loaded.host.vms):
         return {}
-    options: dict[str, Any] = {"k3s_token": cluster_token(settings.token_file, loaded.name, create=mode == "apply")}
-    if settings.install == "airgap" and mode != "verify":
+    options: dict[str, Any] = {}
+    if settings.install == "airgap" and mode != "verify":  # checked first: a refused run creates nothing
         folder = Path(settings.artifacts_dir or "").expanduser()
         missing = [name for name in k3s.ARTIFACTS if not (folder / name).is_file()]
         if not settings.artifacts_dir or missing:
@@ -41,6 +41,7 @@ def k3s_options(loaded: LoadedHost, mode: str) -> dict[str, Any]:
                 f"lacks {', '.join(missing or k3s.ARTIFACTS)}; put the files of k3s {settings.version} there "
                 "(install.sh from get.k3s.io, the k3s binary, k3s-airgap-images-amd64.tar.zst)")
         options["k3s_artifacts"] = folder
+    options["k3s_token"] = cluster_token(settings.token_file, loaded.name, create=mode == "apply")
     return options
 
 
@@ -117,7 +118,7 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
             ]
         actions.append(k3s.install_command(host, vm))
     elif config_changed:
-        actions.append(k3s.restart_command(vm))
+        actions.append(k3s.restart_command(host, vm))
     if not actions:
         return Plan(reason=f"k3s {version} ({role}) installed with the same config.yaml: no reinstall, no restart")
     if installed and installed != version:

@@ -1,0 +1,264 @@
+"""k3s.server, k3s.agents, k3s.taints and their teardown: the product's own code over real sshd.
+
+Each VM is a busybox chroot behind its own sshd, reached through the test hypervisor's sshd as a
+jump host; k3s is the stand-in under tests/k3s_standin (the one allowed stand-in), installed
+through the airgap path, so the upload and install code is the product's.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lib.runner import failure_text
+from lib.steps import REGISTRY
+from lib.token import ENV
+from tests.harness.chroot import busybox_root, chroot_host, new_roots_dir, remove_root, root_pids
+from tests.harness.inventory import ssh_of, write_host
+from tests.harness.k3s_standin import standin_artifacts, stop_standin
+from tests.harness.sshd import SshdFarm
+from tests.harness.world import FAST, World
+
+V1, V2 = "v1.31.4+k3s1", "v1.32.0+k3s1"
+SERVER, SLM, DATA = "k3s-server-tasks", "k3s-worker-slm", "k3s-worker-data"
+WAIT = replace(FAST, converge=replace(FAST.converge, wait_initial=1, wait_max=2, deadline=60))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class K3sWorld:
+    world: World
+    roots: dict[str, Path]
+    token_file: Path
+    artifacts: Path
+
+    def run(self, *steps: str, **kw: Any) -> Any:
+        (run,) = self.world.run(*steps, **kw)
+        return run
+
+    def set_version(self, version: str) -> None:
+        path = self.world.hosts / "lab.yaml"
+        data = yaml.safe_load(path.read_text())
+        data["k3s"]["version"] = version
+        data["k3s"]["artifacts_dir"] = str(standin_artifacts(self.artifacts.parent / version, version))
+        path.write_text(yaml.safe_dump(data))
+
+
+def vm_entry(name: str, role: str, taints: list[str], ssh: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name, "vcpu_count": 1, "memory_mb": 256, "disk_path": f"/var/lib/x/{name}.qcow2", "disk_size_gb": 1,
+        "base_image_path": "/var/lib/x/base.qcow2", "bridge_network_interface": "lab0",
+        "cloud_init_iso_path": f"/var/lib/x/{name}.iso",
+        "tuning": {"vcpu_pins": [1], "emulator_cpuset": "0", "numa_memory": {"nodeset": "0", "mode": "strict"}},
+        "ssh": ssh, "k8s": {"role": role, "taints": taints},
+    }
+
+
+@pytest.fixture
+def k3s_world(tmp_path: Path, sshd_farm: SshdFarm, monkeypatch: pytest.MonkeyPatch) -> Iterator[K3sWorld]:
+    monkeypatch.delenv(ENV, raising=False)
+    hv = sshd_farm.start(f"k3shv-{tmp_path.name[-8:]}")
+    base = new_roots_dir("k3s-steps-")
+    roots: dict[str, Path] = {}
+    started: list[str] = []
+    try:
+        vms = []
+        for name, role, taints in ((SERVER, "server", ["node-role.kubernetes.io/control-plane:NoSchedule",
+                                                       "workload=tasks:NoSchedule"]),
+                                   (SLM, "agent", ["workload=slm:NoSchedule"]),
+                                   (DATA, "agent", ["workload=data:NoSchedule"])):
+            roots[name] = busybox_root(base / name, hostname=name)
+            guest = chroot_host(sshd_farm, f"{name}-{tmp_path.name[-8:]}", roots[name])
+            started.append(guest.name)
+            vms.append(vm_entry(name, role, taints, ssh_of(guest) | {"jump": True, "host_key": "strict"}))
+        artifacts = standin_artifacts(tmp_path / "artifacts" / V1, V1)
+        token_file = tmp_path / "operator" / "token"
+        w = World(tmp_path, REGISTRY)
+        write_host(w.hosts, "lab", hv, vms=vms, virt_type="qemu", pin_sharing="allow", host_reserved_memory_mb=512,
+                   topology={"sockets": 1, "cores_per_socket": 2, "threads_per_core": 1, "l3_cache_mb": 32,
+                             "nodes": [{"id": 0, "cpus": "0-1", "memory_mb": 4096}]},
+                   k3s={"version": V1, "install": "airgap", "artifacts_dir": str(artifacts),
+                        "token_file": str(token_file), "api_port": free_port()})
+        yield K3sWorld(w, roots, token_file, artifacts)
+    finally:
+        for root in roots.values():
+            stop_standin(root)
+        for name in started:
+            sshd_farm.stop(name)
+        for root in roots.values():
+            remove_root(root)
+        base.rmdir()
+        sshd_farm.stop(hv.name)
+
+
+def records_text(world: World) -> str:
+    return "".join(p.read_text(errors="replace") for p in world.runs.rglob("*") if p.is_file()) + world.out.getvalue()
+
+
+def pid_of(root: Path) -> int:
+    return int((root / "run/k3s-standin.pid").read_text())
+
+
+def test_cluster_up_taints_exact_token_private_then_nothing_changes(k3s_world: K3sWorld) -> None:
+    kw = k3s_world
+    run = kw.run("k3s.server", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
+    assert run.exit_code == 0, failure_text([run])
+    assert [(r.step, r.status) for r in run.results if r.step != "k3s.taints"] == [
+        ("k3s.server", "changed"), ("k3s.agents", "changed"), ("k3s.agents", "changed")]
+    # Taints from config.yaml applied at registration: nothing left for k3s.taints to do.
+    taints = next(r for r in run.results if r.step == "k3s.taints")
+    assert taints.status == "ok", taints.reason
+    checks = {c.name: (c.found, c.ok) for c in taints.checks}
+    assert checks[f"{SERVER} taints"] == ("node-role.kubernetes.io/control-plane:NoSchedule, "
+                                         "workload=tasks:NoSchedule", True)
+    assert checks[f"{DATA} taints"] == ("workload=data:NoSchedule", True)
+    assert checks[f"{SLM} Ready"] == ("True", True) and checks[f"{SERVER} role"] == ("control-plane", True)
+    assert checks[f"{DATA} version"] == (V1, True)
+
+    token = kw.token_file.read_text().strip()
+    assert len(token) == 64 and stat.S_IMODE(kw.token_file.stat().st_mode) == 0o600
+    for root in kw.roots.values():
+        config = root / "etc/rancher/k3s/config.yaml"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert yaml.safe_load(config.read_text())["token"] == token
+    assert token not in records_text(kw.world)  # journal, report, junit, log, progress output
+
+    pids = {name: pid_of(root) for name, root in kw.roots.items()}
+    again = kw.run("k3s.server", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
+    assert again.exit_code == 0 and {r.status for r in again.results} == {"ok"}, failure_text([again])
+    assert "no reinstall, no restart" in again.results[0].reason
+    assert {name: pid_of(root) for name, root in kw.roots.items()} == pids  # no service restarted
+
+    verify = kw.run("k3s.taints", mode="verify")
+    assert verify.exit_code == 0 and len(verify.results[0].checks) == 12  # 3 nodes x Ready/role/taints/version
+
+
+def test_stale_taint_is_reconciled_and_foreign_taints_kept(k3s_world: K3sWorld) -> None:
+    kw = k3s_world
+    assert kw.run("k3s.server", "k3s.agents", policies=WAIT, sleep=time.sleep).exit_code == 0
+    # Registered earlier with other taints: one stale under our key, one wrong value, one not ours.
+    kubectl = kw.roots[SERVER] / "usr/local/bin/k3s"
+    assert kubectl.exists()
+    hv_run = kw.world.run  # through the product's own session: a raw command on the server
+    del hv_run
+    import subprocess
+
+    def on_server(*args: str) -> None:
+        done = subprocess.run(["chroot", str(kw.roots[SERVER]), "/usr/local/bin/k3s", "kubectl", *args],
+                              capture_output=True, text=True, check=False, timeout=30)
+        assert done.returncode == 0, done.stderr
+
+    on_server("taint", "nodes", DATA, "workload=old:NoSchedule", "--overwrite")
+    on_server("taint", "nodes", DATA, "workload=data:NoExecute")
+    on_server("taint", "nodes", DATA, "example.com/maintenance=yes:NoSchedule")
+    drift = kw.run("k3s.taints", mode="verify")
+    assert drift.exit_code == 5
+    assert [(c.name, c.found) for c in drift.results[0].checks if not c.ok] == [
+        (f"{DATA} taints", "workload=data:NoExecute, workload=old:NoSchedule")]
+
+    fixed = kw.run("k3s.taints", policies=WAIT)
+    assert fixed.exit_code == 0, failure_text([fixed])
+    assert fixed.results[0].status == "changed"
+    assert [c.split(" taint ")[1] for c in fixed.results[0].commands] == [
+        f"nodes {DATA} workload=data:NoSchedule --overwrite", f"nodes {DATA} workload:NoExecute-"]
+    node = kw.run("k3s.taints", mode="verify").results[0]
+    assert node.status == "ok"
+    listing = (kw.roots[SERVER] / "var/lib/rancher/k3s/server/standin/nodes").rglob("*")
+    assert any("example.com/maintenance" in p.read_text() for p in listing if p.is_file())  # not ours: kept
+
+
+def test_agent_with_the_wrong_token_fails_naming_the_node(k3s_world: K3sWorld,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = k3s_world
+    monkeypatch.setenv(ENV, "the-cluster-token-0123456789")
+    assert kw.run("k3s.server", policies=WAIT, sleep=time.sleep).exit_code == 0
+    monkeypatch.setenv(ENV, "another-token-9876543210")  # the operator passed the wrong cluster's token
+    run = kw.run("k3s.agents")  # FAST: 10 s convergence deadline on the injected sleep
+    assert run.exit_code == 4
+    failed = [r for r in run.results if r.status == "failed"]
+    assert {r.target for r in failed} == {SLM, DATA}
+    slm = next(r for r in failed if r.target == SLM)
+    assert "did not converge" in slm.error
+    rows = {c.name: c.found for c in slm.checks if not c.ok}
+    assert rows[f"node {SLM} on the server"] == "not registered"
+    assert "token" in rows["k3s-agent log"].lower()
+    text = failure_text([run])
+    assert f"step k3s.agents on {SLM}" in text and "resume: invoke provision --host=lab --resume" in text
+    assert "another-token-9876543210" not in records_text(kw.world) + text
+    assert not kw.token_file.exists()  # a token given by the environment is never written down
+
+
+def test_server_not_ready_for_a_while_is_waited_for(k3s_world: K3sWorld) -> None:
+    kw = k3s_world
+    ready_after = kw.roots[SERVER] / "etc/rancher/k3s/standin-ready-after"
+    ready_after.parent.mkdir(parents=True, exist_ok=True)
+    ready_after.write_text("3\n")
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    run = kw.run("k3s.server", policies=WAIT, sleep=sleep)
+    assert run.exit_code == 0, failure_text([run])
+    assert waits, "the API answered at once: the convergence policy was never exercised"
+
+
+def test_upgrade_goes_server_first_one_node_at_a_time(k3s_world: K3sWorld) -> None:
+    kw = k3s_world
+    assert kw.run("k3s.server", "k3s.agents", policies=WAIT, sleep=time.sleep).exit_code == 0
+    kw.set_version(V2)
+    (plan,) = kw.world.run("k3s.server", "k3s.agents", mode="plan")
+    reasons = [(r.step, r.reason) for r in plan.results]
+    assert reasons[0] == ("k3s.server", f"upgrade k3s {V1} -> {V2} (server; the server before the agents, "
+                                        "one node at a time)")
+    assert all("upgrade" in reason for _, reason in reasons)
+    run = kw.run("k3s.server", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
+    assert run.exit_code == 0, failure_text([run])
+    # One at a time: in the run log, every upload to one agent comes before any upload to the other.
+    log = next(kw.world.runs.rglob(f"{run.run_id}/run.log")).read_text().splitlines()
+    puts = [line.split()[1].rstrip(":") for line in log if " put " in line and "/usr/local/bin/k3s" in line]
+    assert puts[0] == SERVER and sorted(puts[1:]) == sorted([SLM, DATA]), puts
+    order = [line.split()[1].rstrip(":") for line in log if " put " in line and line.split()[1].rstrip(":") != SERVER]
+    assert order == sorted(order, key=order.index) and order[:3] == [order[0]] * 3, order  # no interleaving
+    versions = {c.name: c.found for c in run.results[-1].checks if c.name.endswith("version")}
+    assert set(versions.values()) == {V2}
+
+
+def test_missing_airgap_artifacts_stop_before_anything_changes(k3s_world: K3sWorld) -> None:
+    kw = k3s_world
+    (kw.artifacts / "k3s").unlink()
+    run = kw.run("k3s.server", "k3s.agents")
+    assert run.exit_code == 2
+    assert "lacks k3s" in run.error and str(kw.artifacts) in run.error
+    assert not (kw.roots[SERVER] / "etc/rancher/k3s/config.yaml").exists()
+    assert not kw.token_file.exists()
+
+
+def test_teardown_uninstalls_agents_then_server(k3s_world: K3sWorld) -> None:
+    kw = k3s_world
+    assert kw.run("k3s.server", "k3s.agents", policies=WAIT, sleep=time.sleep).exit_code == 0
+    refused = kw.run("k3s.agents.remove", "k3s.server.remove")
+    assert refused.exit_code == 2 and (kw.roots[SLM] / "usr/local/bin/k3s").exists()
+    gone = kw.run("k3s.agents.remove", "k3s.server.remove", flags={"yes": True})
+    assert gone.exit_code == 0, failure_text([gone])
+    assert [r.step for r in gone.results] == ["k3s.agents.remove", "k3s.agents.remove", "k3s.server.remove"]
+    for root in kw.roots.values():
+        assert not (root / "usr/local/bin/k3s").exists()
+        assert not (root / "etc/rancher/k3s").exists()
+        assert root_pids(root) == []
+    assert os.environ.get(ENV) is None
