@@ -42,11 +42,28 @@ if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
     for _ in $(seq 1 50); do [ -s "$LAB/sshd/sshd.pid" ] && break; sleep 0.1; done
 fi
 echo "[127.0.0.1]:2200 $(cut -d' ' -f1-2 "$LAB/sshd/ssh_host_ed25519_key.pub")" > "$LAB/ssh/known_hosts.hv"
-# Keep the VMs' recorded keys (accept-new) but always the current hypervisor key.
+# The VMs' keys were recorded on first use (accept-new); the tiny guests make new ones at each
+# boot, so they are kept only while lab VMs run. The hypervisor's key is always the current one.
 touch "$LAB/ssh/known_hosts"
-grep -v '^\[127.0.0.1\]:2200 ' "$LAB/ssh/known_hosts" > "$LAB/ssh/known_hosts.vms" || true
+if virsh -c qemu:///system list --name 2>/dev/null | grep -q '^lab-'; then
+    grep -v '^\[127.0.0.1\]:2200 ' "$LAB/ssh/known_hosts" > "$LAB/ssh/known_hosts.vms" || true
+else
+    : > "$LAB/ssh/known_hosts.vms"
+fi
 cat "$LAB/ssh/known_hosts.hv" "$LAB/ssh/known_hosts.vms" > "$LAB/ssh/known_hosts"
 rm -f "$LAB/ssh/known_hosts.hv" "$LAB/ssh/known_hosts.vms"
 
 [ -f "$LAB/images/base.qcow2" ] || qemu-img create -q -f qcow2 "$LAB/images/base.qcow2" 1G
+
+# No k3s binary can be downloaded here: the airgap artifacts folder gets the STAND-IN from
+# tests/k3s_standin (a busybox sh script that honours the installer's contract), never real k3s.
+version=$(awk '/^  version:/ {print $2}' "$here/../hosts/defaults.yaml")
+"$here/../.venv/bin/python" - "$LAB/k3s-artifacts" "$version" <<'PY'
+import sys
+from pathlib import Path
+sys.path.insert(0, ".")  # run from the repository root, as make demo does
+from tests.harness.k3s_standin import standin_artifacts
+standin_artifacts(Path(sys.argv[1]), sys.argv[2])
+PY
+echo "lab: k3s artifacts in $LAB/k3s-artifacts are the k3s STAND-IN $version (tests/k3s_standin), not real k3s"
 echo "lab: up (hypervisor ssh root@127.0.0.1:2200, key $LAB/ssh/id_ed25519, guest $LAB/guest)"

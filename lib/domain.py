@@ -134,9 +134,10 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
         # addr=0x10 keeps the NIC clear of the slots libvirt assigns to its own devices.
         nic = vm.user_nic
         # One word with '=': argparse would take a separate value starting with '-' for an option.
+        forwards = {nic.host_port: 22, **nic.forwards}
+        hostfwd = ",".join(f"hostfwd=tcp:{nic.listen}:{host}-:{guest}" for host, guest in forwards.items())
         args += ["--network", "none",
-                 f"--qemu-commandline=-netdev user,id=n0,hostfwd=tcp:{nic.listen}:{nic.host_port}-:22 "
-                 "-device virtio-net-pci,netdev=n0,addr=0x10"]
+                 f"--qemu-commandline=-netdev user,id=n0,{hostfwd} -device virtio-net-pci,netdev=n0,addr=0x10"]
     else:
         args += ["--network", f"bridge={vm.bridge_network_interface},model=virtio"]
     if vm.boot:

@@ -58,7 +58,7 @@ def server_address(host: Host) -> str:
 
 
 def server_url(host: Host) -> str:
-    return f"https://{server_address(host)}:{host.k3s.api_port}"
+    return host.k3s.server_url or f"https://{server_address(host)}:{host.k3s.api_port}"
 
 
 def node_config(host: Host, vm: VM, token: Secret) -> bytes:

@@ -83,7 +83,7 @@ class Engine:
             chosen, left_out = self._selection(loaded, run_id)
             if opts.mode == "apply":
                 locked = self._take_lock(pool.get(hv), loaded, run_id)
-            flags = dict(opts.flags)
+            flags = {**opts.flags, "mode": opts.mode}  # a step's plan may read how it will be used
             for step in chosen:
                 flags.update(step.host_options(loaded, opts.mode))
             for step in self.runbook.steps:

@@ -204,8 +204,12 @@ class UserNic(Model):
     """
 
     host_port: Annotated[int, Field(ge=1024, le=65535)]
-    # QEMU's user-mode stack gives the guest 10.0.2.15; only the forward is reachable from outside.
+    # QEMU's user-mode stack gives the guest 10.0.2.15; only the forwards are reachable from outside.
     listen: IPv4Address = IPv4Address("127.0.0.1")
+    # More forwards, host port -> guest port (the k3s API of the server VM, which the other guests
+    # reach as 10.0.2.2:<host port>).
+    forwards: dict[Annotated[int, Field(ge=1024, le=65535)], Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=dict)
 
 
 class VM(Model):
@@ -292,6 +296,9 @@ class K3sSettings(Model):
     # airgap: a local folder with install.sh, k3s and k3s-airgap-images-amd64.tar.zst of that version.
     artifacts_dir: Word | None = None
     api_port: Annotated[int, Field(ge=1, le=65535)] = 6443
+    # Where agents reach the API when it is not https://<server address>:<api_port> (a NAT or a
+    # port forward, as in the lab).
+    server_url: Word | None = None
     # A local path (never on a command line); {host} is the hypervisor's name. Kept outside the
     # repository, 0600; generated once per cluster when absent.
     token_file: str = "~/.config/numa-k3s/{host}.token"  # noqa: S105 - a path, not a secret

@@ -99,7 +99,11 @@ class DisksRemove(Step):
         assert target.vm is not None
         vm = target.vm
         delete, _keep = removable(vm, bool(target.options.get("include_data")))
-        if facts is not None and facts.domain != "not defined":
+        after_vms_remove: tuple[str, ...] = ()
+        if facts is not None and facts.domain != "not defined" and target.options.get("mode") == "plan":
+            # Planning the whole teardown: vms.remove runs first and undefines the domain.
+            after_vms_remove = (f"domain {vm.name} is {facts.domain}: these are deleted only after vms.remove",)
+        elif facts is not None and facts.domain != "not defined":
             raise StepMismatch([Check(f"domain {vm.name}", "not defined", facts.domain, False)], exit_code=4,
                                message=f"domain {vm.name} still uses its disks; remove it first: "
                                        f"invoke step vms.remove --host={target.loaded.name} --yes")
@@ -107,7 +111,7 @@ class DisksRemove(Step):
         if not present:
             return Plan(reason=f"nothing of {vm.name} left to delete")
         rm = sh("rm -f -- {paths}", paths=list[Value](present), why=f"delete {vm.name}'s disks")
-        return Plan((rm,), "delete " + ", ".join(present))
+        return Plan((rm,), "delete " + ", ".join(present), warnings=after_vms_remove)
 
     def verify(self, target: Target, facts: DiskFacts) -> list[Check]:
         assert target.vm is not None
