@@ -145,7 +145,7 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 
 def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command: Callable[[str], str],
-             **opts: Any) -> None:
+             after: Callable[[list[Any]], None] | None = None, **opts: Any) -> None:
     """Run a runbook over the selected hosts, print the recap, exit with the run's code."""
     from lib.output import Output, plan_text, recap
     from lib.retry import policies_from_config
@@ -171,6 +171,8 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
             for result in (r for r in run.results if r.checks):
                 print(f"\n{run.host} | {result.step} | {result.target}\n{verification_table(result)}")
     print(recap(runs, book.names))
+    if after:
+        after(runs)
     code = exit_code(runs)
     if code:
         raise Exit(failure_text(runs), code=code)
@@ -300,6 +302,94 @@ def verify_k3s(c: Context, host: str | None = None) -> None:
     _verify(c, host, "k3s.taints", "verify.k3s")
 
 
+def _book(name: str, *steps: str) -> Any:
+    from lib.runbook import Runbook
+    from lib.steps import REGISTRY
+
+    return Runbook(name, "", name, tuple(REGISTRY[s]() for s in steps))
+
+
+@task(help={"host": "hypervisor(s), comma-separated", "max-remote": "largest share of memory off the VM's "
+            "nodes, in percent (the spec: 1)", "interval": "seconds between samples (default 1)"})
+@_operator_errors
+def verify_numa(c: Context, host: str | None = None, max_remote: float = 1.0, interval: float = 1.0) -> None:
+    """Read-only: each VM's QEMU memory per node, the share off its nodeset, numatune strict."""
+    _execute(c, host, _book("verify-numa", "numa.check"), "verify", lambda h: f"invoke verify.numa --host={h}",
+             flags={"max_remote": max_remote / 100, "interval": interval})
+
+
+@task(help={"host": "hypervisor(s), comma-separated", "interval": "sampling interval in seconds (default 1)"})
+@_operator_errors
+def verify_emulator(c: Context, host: str | None = None, interval: float = 1.0) -> None:
+    """Read-only: each VM's emulator threads under 50% of their cpuset over an interval; the busiest named."""
+    _execute(c, host, _book("verify-emulator", "emulator.check"), "verify",
+             lambda h: f"invoke verify.emulator --host={h}", flags={"interval": interval}, after=_busiest_emulator)
+
+
+def _busiest_emulator(runs: list[Any]) -> None:
+    loads = {(run.host, r.target): c.found for run in runs for r in run.results for c in r.checks
+             if c.name == "emulator load"}
+    if loads:
+        (hv, vm), value = max(loads.items(), key=lambda kv: float(kv[1].rstrip("%")))
+        print(f"\nbusiest emulator: {vm} on {hv} ({value} of its emulator cpuset)")
+
+
+@task(help={"host": "hypervisor(s), comma-separated"})
+@_operator_errors
+def verify_all(c: Context, host: str | None = None) -> None:
+    """Read-only: every verification (bios, tuning, images, vms, k3s, numa, emulator) in one run."""
+    book = _book("verify-all", "bios.check", "host.tune", "images.clone", "cloudinit.build", "vms.define",
+                 "vms.start", "k3s.taints", "numa.check", "emulator.check")
+    _execute(c, host, book, "verify", lambda h: f"invoke verify.all --host={h}")
+
+
+@task(help={"host": "hypervisor", "interval": "seconds per sample (default 1)", "watch": "repeat until Ctrl-C",
+            "json": "print the metrics as JSON, for scripts"})
+@_operator_errors
+def monitor(c: Context, host: str | None = None, interval: float = 1.0, watch: bool = False,
+            json: bool = False) -> None:
+    """The spec's key metrics, one table per VM: vCPU use and wait, NUMA, emulator CPU, LLC."""
+    from lib.monitor.show import show_runs
+
+    while True:
+        runs = _run_quiet(c, host, _book("monitor", "monitor.sample"), {"interval": interval})
+        show_runs(runs, as_json=json)
+        if not watch:
+            break
+
+
+@task(help={"host": "hypervisor", "interval": "seconds per sample (default 1)"})
+@_operator_errors
+def doctor(c: Context, host: str | None = None, interval: float = 1.0) -> None:
+    """The spec's troubleshooting table as checks: each finding with its symptom, evidence and fix."""
+    from lib.monitor.show import show_findings
+
+    runs = _run_quiet(c, host, _book("doctor", "doctor"), {"interval": interval})
+    if show_findings(runs):
+        raise Exit(code=5)
+
+
+def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any]) -> Any:
+    """Verify mode without the per-step lines: the caller prints its own view of the checks."""
+    from lib.output import Output
+    from lib.retry import policies_from_config
+    from lib.runner import Engine, RunOptions, failure_text
+
+    inv = _inventory(c, host)
+    runs_dir = Path(c.config.runs_dir)
+    options = RunOptions(mode="verify", runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,
+                         policies=policies_from_config(c.config.get("retries")), flags=flags)
+    output = Output(io.StringIO(), tty=False)
+    try:
+        runs = Engine(book, options, output).run(list(inv.hosts.values()))
+    finally:
+        output.close()
+    broken = [r for r in runs if r.error]  # could not even sample: say so, as any failure
+    if broken:
+        raise Exit(failure_text(broken), code=max(r.exit_code for r in broken))
+    return runs
+
+
 inventory = Collection("inventory", check)
 verify = Collection("verify")
 verify.add_task(verify_bios, "bios")
@@ -307,5 +397,8 @@ verify.add_task(verify_tuning, "tuning")
 verify.add_task(verify_images, "images")
 verify.add_task(verify_vms, "vms")
 verify.add_task(verify_k3s, "k3s")
-ns = Collection(topology, pins, steps, provision, plan, step, teardown, inventory, verify)
+verify.add_task(verify_numa, "numa")
+verify.add_task(verify_emulator, "emulator")
+verify.add_task(verify_all, "all")
+ns = Collection(topology, pins, steps, provision, plan, step, teardown, monitor, doctor, inventory, verify)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})

@@ -1,0 +1,51 @@
+"""How monitor and doctor print: one table per VM (red where the spec's threshold is passed), or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from lib.results import HostRun
+from lib.shell import mask
+
+
+def metrics(runs: list[HostRun]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """{host: {vm: {metric: {value, threshold, ok}}}}: the shape --json prints."""
+    return {run.host: {r.target: {c.name: {"value": c.found, "threshold": c.expected, "ok": c.ok} for c in r.checks}
+                       for r in run.results} for run in runs}
+
+
+def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None = None) -> None:
+    stream = out or sys.stdout
+    if as_json:
+        stream.write(mask(json.dumps(metrics(runs), indent=2)) + "\n")
+        return
+    console = Console(file=stream, highlight=False)
+    for host, vms in metrics(runs).items():
+        for vm, rows in vms.items():
+            table = Table(title=f"{host} / {vm}", title_justify="left")
+            for column in ("metric", "value", "threshold"):
+                table.add_column(column)
+            for name, row in rows.items():
+                style = "" if row["ok"] else "bold red"
+                table.add_row(name, f"[{style}]{row['value']}[/]" if style else row["value"], row["threshold"])
+            console.print(table)
+
+
+def show_findings(runs: list[HostRun], out: TextIO | None = None) -> bool:
+    """Each finding: symptom, evidence, fix. Returns True when any finding is a problem."""
+    stream = out or sys.stdout
+    problems = 0
+    for run in runs:
+        for result in run.results:
+            for check in result.checks:
+                mark = "ok     " if check.ok else "PROBLEM"
+                stream.write(mask(f"{mark} {run.host}: {check.name}\n        evidence: {check.found}\n")
+                             + ("" if check.ok else mask(f"        fix: {check.expected}\n")))
+                problems += not check.ok
+    stream.write(f"\n{problems} problem(s) found\n" if problems else "\nno problems found\n")
+    return problems > 0

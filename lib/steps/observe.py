@@ -1,0 +1,317 @@
+"""Read-only observation of running VMs: numa.check, emulator.check, monitor.sample, doctor.
+
+They run on the hypervisor, one batched read per VM: the QEMU pid from libvirt's pid file, its
+numa_maps and `numastat -p`, two samples of its threads' /proc stat and of `virsh domstats --vcpu`
+an interval apart, the nodes' numastat counters, and `perf stat` for LLC loads/misses when perf
+can count them. The spec's thresholds: remote memory under 1 % (numa.check), emulator threads
+under 50 % of their cpuset (emulator.check). Parsing is lib/monitor/parse.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lib.cpuset import format_cpulist
+from lib.domain import live_domain
+from lib.facts.sysfs import section, split_sections
+from lib.inventory.model import VM
+from lib.monitor import parse as mp
+from lib.remote import CmdResult, Session
+from lib.results import Check
+from lib.shell import Command, root_prefix, sh
+from lib.steps.base import Plan, Step, Target
+
+DEFAULT_INTERVAL = 1.0
+# ps reports %CPU over a thread's life; an idle kernel or daemon thread that last ran on a pinned
+# CPU is not a neighbour worth reporting, a busy one is.
+INTRUDER_MIN_PCPU = 25.0
+
+
+@dataclass(frozen=True)
+class VmSample:
+    pid: int | None
+    numa_maps: mp.NumaMaps | None
+    numastat: mp.NumastatProcess | None
+    node_counters: dict[int, dict[str, int]]
+    threads_before: tuple[mp.TaskStat, ...]
+    threads_after: tuple[mp.TaskStat, ...]
+    domstats_before: mp.DomainVcpus | None
+    domstats_after: mp.DomainVcpus | None
+    llc: mp.LlcCounts | None  # None: perf not available here
+    interval: float
+    numa_mode: str  # live numatune mode from libvirt ("" when not running)
+
+
+def sample_command(vm: VM, sysroot: str, uri: str, interval: float) -> Command:
+    root = root_prefix(sysroot)
+    stats = f"cat {root}/proc/$pid/task/*/stat 2>/dev/null"
+    dom = "virsh -c {uri} domstats --vcpu {name} 2>/dev/null"
+    # perf's own `sleep` is the interval when perf can count; otherwise a plain sleep.
+    perf = (f"if command -v perf >/dev/null 2>&1; then {section('perf')}; "
+            "perf stat -x, -e LLC-loads,LLC-load-misses -p $pid -- sleep {interval} 2>&1; "
+            "else sleep {interval}; fi")
+    parts = [
+        "pid=$(cat /run/libvirt/qemu/{name}.pid 2>/dev/null)",
+        f"{section('pid')}; echo $pid",
+        '[ -n "$pid" ] || exit 0',
+        f"{section('numa_maps')}; cat {root}/proc/$pid/numa_maps 2>/dev/null",
+        f"{section('numastat')}; numastat -p $pid 2>/dev/null",
+        f"{section('nodes')}; for f in {root}/sys/devices/system/node/node*/numastat; do "
+        'n=${{f%/numastat}}; echo "== ${{n##*node}}"; cat "$f"; done',
+        f"{section('stat1')}; {stats}", f"{section('dom1')}; {dom}",
+        perf,
+        f"{section('stat2')}; {stats}", f"{section('dom2')}; {dom}", "true",
+    ]
+    return sh("; ".join(parts), name=vm.name, uri=uri, interval=f"{interval:g}", timeout=60 + interval,
+              sudo=True, why=f"sample {vm.name}'s QEMU process")
+
+
+def _node_files(text: str) -> dict[int, str]:
+    files: dict[int, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("== "):
+            current = files.setdefault(int(line[3:]), [])
+        elif current is not None:
+            current.append(line)
+    return {node: "\n".join(lines) for node, lines in files.items()}
+
+
+def parse_sample(stdout: str, interval: float, numa_mode: str) -> VmSample:
+    parts = split_sections(stdout)
+    pid_text = parts.get("pid", "").strip()
+    if not pid_text:
+        return VmSample(None, None, None, {}, (), (), None, None, None, interval, numa_mode)
+
+    def dom(key: str) -> mp.DomainVcpus | None:
+        found = mp.parse_domstats_vcpu(parts.get(key, ""))
+        return next(iter(found.values()), None)
+
+    numastat_text = parts.get("numastat", "")
+    perf = parts.get("perf")
+    llc = mp.llc_counts(mp.parse_perf_stat_csv(perf)) if perf is not None else None
+    return VmSample(
+        pid=int(pid_text), numa_maps=mp.parse_numa_maps(parts.get("numa_maps", "")),
+        numastat=mp.parse_numastat_process(numastat_text) if numastat_text.strip() else None,
+        node_counters=mp.parse_node_numastats(_node_files(parts.get("nodes", ""))),
+        threads_before=mp.parse_task_stats(parts.get("stat1", "")),
+        threads_after=mp.parse_task_stats(parts.get("stat2", "")),
+        domstats_before=dom("dom1"), domstats_after=dom("dom2"), llc=llc, interval=interval, numa_mode=numa_mode)
+
+
+class _VmObservation(Step):
+    """Shared by the read-only VM observations: gather = live numatune (libvirt) + one sample read."""
+
+    targets = "vms"
+
+    def facts_command(self, target: Target) -> Command:
+        assert target.vm is not None
+        host = target.loaded.host
+        return sample_command(target.vm, host.sysroot, host.libvirt_uri, self.interval(target))
+
+    def interval(self, target: Target) -> float:
+        return float(target.options.get("interval") or DEFAULT_INTERVAL)
+
+    def gather(self, target: Target, session: Session) -> VmSample:
+        assert target.vm is not None
+        live = live_domain(session.live_domain(target.loaded.host.libvirt_uri, target.vm.name))
+        mode = live.numa_mode if live else ""
+        return parse_sample(session.run(self.facts_command(target)).stdout, self.interval(target), mode)
+
+    def parse(self, target: Target, result: CmdResult | None) -> VmSample:
+        return parse_sample(result.stdout if result else "", self.interval(target), "")
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        return Plan(reason="read-only: observes the running VM, changes nothing")
+
+
+def _not_running(vm: VM) -> list[Check]:
+    return [Check(f"QEMU process of {vm.name}", "running", "not running", False)]
+
+
+def numa_checks(vm: VM, s: VmSample, limit: float) -> list[Check]:
+    if s.pid is None or s.numa_maps is None:
+        return _not_running(vm)
+    nodes = vm.tuning.numa_memory.nodes
+    checks = [Check("numatune mode", "strict", s.numa_mode or "unknown", s.numa_mode == "strict"),
+              mp.check_remote_memory(s.numa_maps.node_bytes, nodes, limit)]
+    if s.numastat is not None:
+        per_node = s.numastat.per_node_mb
+        checks.append(Check("memory per node (numastat -p)", f"on node(s) {format_cpulist(nodes)}",
+                            ", ".join(f"node{n} {mb:.0f} MB" for n, mb in sorted(per_node.items())) or "none",
+                            mp.remote_share(per_node, nodes) < limit))
+    counters = ", ".join(f"node{n} miss {c.get('numa_miss', 0)} foreign {c.get('numa_foreign', 0)}"
+                         for n, c in sorted(s.node_counters.items()))
+    checks.append(Check("host numa_miss / numa_foreign (since boot)", "reported", counters or "not available", True))
+    return checks
+
+
+def emulator_percents(s: VmSample) -> tuple[dict[int, float], mp.QemuThreads]:
+    percents = mp.thread_cpu_percent(s.threads_before, s.threads_after, s.interval)
+    return percents, mp.classify_qemu_threads(s.threads_after)
+
+
+def emulator_checks(vm: VM, s: VmSample, limit: float = mp.EMULATOR_SHARE_LIMIT) -> list[Check]:
+    if s.pid is None:
+        return _not_running(vm)
+    percents, threads = emulator_percents(s)
+    emulator = [percents.get(t.tid, 0.0) for t in threads.emulator]
+    check = mp.check_emulator_load(emulator, vm.tuning.emulator_cpus, limit)
+    busiest = max(threads.emulator, key=lambda t: percents.get(t.tid, 0.0), default=None)
+    shown = f"{busiest.comm} (tid {busiest.tid}) {percents.get(busiest.tid, 0.0):.1f}%" if busiest else "none"
+    return [check, Check("busiest emulator thread", "reported", shown, True),
+            Check("emulator threads", "reported", str(len(threads.emulator)), True)]
+
+
+class NumaCheck(_VmObservation):
+    name = "numa.check"
+    summary = "read-only: QEMU memory per node (numa_maps, numastat -p), remote share < 1%, numatune strict"
+
+    def verify(self, target: Target, facts: VmSample) -> list[Check]:
+        assert target.vm is not None
+        return numa_checks(target.vm, facts, float(target.options.get("max_remote") or mp.REMOTE_SHARE_LIMIT))
+
+
+class EmulatorCheck(_VmObservation):
+    name = "emulator.check"
+    summary = "read-only: emulator threads (non-vCPU QEMU threads) under 50% of their cpuset over an interval"
+
+    def verify(self, target: Target, facts: VmSample) -> list[Check]:
+        assert target.vm is not None
+        return emulator_checks(target.vm, facts)
+
+
+def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
+    """The spec's key metrics as rows; ok=False marks a value past the spec's threshold."""
+    if s.pid is None or s.numa_maps is None:
+        return _not_running(vm)
+    rows: list[Check] = []
+    if s.domstats_before and s.domstats_after:
+        util = mp.vcpu_utilisation(s.domstats_before, s.domstats_after, int(s.interval * 1e9))
+        delay = {i: (v.delay_ns or 0) - (s.domstats_before.vcpus[i].delay_ns or 0)
+                 for i, v in s.domstats_after.vcpus.items() if i in s.domstats_before.vcpus}
+        rows.append(Check("vCPU utilisation", "per vCPU", " ".join(f"{i}:{u:.0%}" for i, u in sorted(util.items())),
+                          True))
+        rows.append(Check("vCPU wait (run-queue delay)", "< 5% of the interval",
+                          " ".join(f"{i}:{d / 1e6:.1f}ms" for i, d in sorted(delay.items())),
+                          all(d < 0.05 * s.interval * 1e9 for d in delay.values())))
+    else:
+        rows.append(Check("vCPU utilisation", "per vCPU", "not available (virsh domstats)", True))
+    rows += [c for c in numa_checks(vm, s, mp.REMOTE_SHARE_LIMIT) if c.name in ("remote memory", "numatune mode")]
+    rows.append(emulator_checks(vm, s)[0])
+    if s.llc is None or s.llc.loads is None:
+        rows.append(Check("LLC loads / misses", "reported", "not available (perf cannot count LLC here)", True))
+    else:
+        ratio = s.llc.miss_ratio
+        rows.append(Check("LLC loads / misses", "reported", f"{s.llc.loads} / {s.llc.misses}"
+                          + (f" ({ratio:.1%} miss)" if ratio is not None else ""), True))
+    return rows
+
+
+class MonitorSample(_VmObservation):
+    name = "monitor.sample"
+    summary = "read-only: the spec's key metrics per VM (vCPU, NUMA, emulator, LLC) over an interval"
+
+    def verify(self, target: Target, facts: VmSample) -> list[Check]:
+        assert target.vm is not None
+        return monitor_checks(target.vm, facts)
+
+
+# -- doctor: the spec's troubleshooting table as checks ----------------------------------------------
+
+@dataclass(frozen=True)
+class Finding:
+    symptom: str
+    evidence: str
+    fix: str
+    ok: bool
+
+
+def doctor_findings(vm: VM, s: VmSample, ps: tuple[mp.PsThread, ...], qemu_pids: frozenset[int],
+                    governors: dict[int, str]) -> list[Finding]:
+    """Pure: each row of the spec's table for one VM, healthy or not, with its evidence and fix."""
+    if s.pid is None or s.numa_maps is None:
+        return [Finding(f"{vm.name}: not running", "no QEMU pid file", "invoke step vms.start", False)]
+    nodes = vm.tuning.numa_memory.nodes
+    share = mp.remote_share(s.numa_maps.node_bytes, nodes)
+    out = [Finding(
+        f"{vm.name}: high cross-NUMA traffic", f"numatune {s.numa_mode or 'unknown'}, {share:.2%} of memory off "
+        f"node(s) {format_cpulist(nodes)}",
+        "numatune mode strict on the VM's node (invoke provision --redefine); no remote memory requests",
+        s.numa_mode == "strict" and share < mp.REMOTE_SHARE_LIMIT)]
+    percents, threads = emulator_percents(s)
+    load = mp.cpuset_share([percents.get(t.tid, 0.0) for t in threads.emulator], vm.tuning.emulator_cpus)
+    out.append(Finding(
+        f"{vm.name}: emulator CPU bottleneck", f"emulator threads at {load:.0%} of CPUs "
+        f"{vm.tuning.emulator_cpuset}", "add a core to emulator_cpuset (the spec: over 50%, add another core)",
+        load < mp.EMULATOR_SHARE_LIMIT))
+    vcpu_cpus = frozenset(vm.pins)
+    not_perf = sorted(c for c in vcpu_cpus if governors.get(c, "performance") != "performance")
+    busy = [t for t in mp.threads_on_cpus(ps, vcpu_cpus, qemu_pids) if t.pcpu >= INTRUDER_MIN_PCPU]
+    overlap = vm.tuning.emulator_cpus & vcpu_cpus
+    evidence = []
+    if not_perf:
+        evidence.append(f"governor not performance on CPUs {format_cpulist(not_perf)}")
+    evidence += [f"{t.comm} pid {t.pid} on CPU {t.psr} ({t.pcpu:.0f}% CPU)" for t in busy]
+    if overlap:
+        evidence.append(f"emulator shares vCPU cores {format_cpulist(overlap)}")
+    out.append(Finding(
+        f"{vm.name}: vCPU scheduling delays", "; ".join(evidence) or
+        f"governor performance, no busy thread on CPUs {format_cpulist(vcpu_cpus)}, emulator apart",
+        "governor performance (invoke step host.tune); move or stop the listed processes (taskset, "
+        "or isolate the vCPU CPUs); keep the emulator off vCPU cores", not evidence))
+    return out
+
+
+def governors_command(sysroot: str) -> Command:
+    root = root_prefix(sysroot)
+    return sh(f"for f in {root}/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor; do "
+              '[ -e "$f" ] && echo "${{f%/cpufreq/*}} $(cat "$f")"; done; true', why="CPU governors")
+
+
+def parse_governors(text: str) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for line in text.splitlines():
+        path, _, gov = line.partition(" ")
+        cpu = path.rsplit("/cpu", 1)[-1]
+        if cpu.isdigit():
+            out[int(cpu)] = gov.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class DoctorFacts:
+    samples: dict[str, VmSample]
+    ps: tuple[mp.PsThread, ...]
+    governors: dict[int, str]
+
+
+class Doctor(Step):
+    name = "doctor"
+    summary = "read-only: the spec's troubleshooting table (cross-NUMA, emulator, vCPU delays) as findings"
+    targets = "hypervisor"
+
+    def gather(self, target: Target, session: Session) -> DoctorFacts:
+        host = target.loaded.host
+        interval = float(target.options.get("interval") or DEFAULT_INTERVAL)
+        samples = {}
+        for vm in host.vms:
+            live = live_domain(session.live_domain(host.libvirt_uri, vm.name))
+            out = session.run(sample_command(vm, host.sysroot, host.libvirt_uri, interval)).stdout
+            samples[vm.name] = parse_sample(out, interval, live.numa_mode if live else "")
+        ps = mp.parse_ps_threads(session.run(sh("ps -eLo pid,tid,psr,pcpu,comm", why="threads and their CPUs"))
+                                 .stdout)
+        governors = parse_governors(session.run(governors_command(host.sysroot)).stdout)
+        return DoctorFacts(samples, ps, governors)
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        return Plan(reason="read-only: diagnoses, changes nothing")
+
+    def verify(self, target: Target, facts: DoctorFacts) -> list[Check]:
+        host = target.loaded.host
+        qemu = frozenset(s.pid for s in facts.samples.values() if s.pid is not None)
+        findings = [f for vm in host.vms
+                    for f in doctor_findings(vm, facts.samples[vm.name], facts.ps, qemu, facts.governors)]
+        # A finding as a Check: the symptom is the row, the fix what is expected, the evidence what was found.
+        return [Check(f.symptom, f.fix, f.evidence, f.ok) for f in findings]
