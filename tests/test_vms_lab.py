@@ -135,32 +135,8 @@ def test_tiny_guests_start_pinned_answer_ssh_and_tear_down(lab: tuple[World, lis
     assert bad == [(b, f"virsh vcpupin {b} 0", "1", "0")]
     virsh("vcpupin", b, "0", "1", "--live")
 
-    # The spec's monitoring on the guests' real QEMU processes.
-    (seen,) = world.run("numa.check", "emulator.check", "monitor.sample", mode="verify", sleep=time.sleep)
-    assert seen.exit_code == 0, failure_text([seen])
-    numa = checks_of(seen, "numa.check", a)
-    assert numa["numatune mode"] == ("strict", "strict", True)
-    assert numa["remote memory"][1:] == ("0.00%", True)
-    assert numa["memory per node (numastat -p)"][1].startswith("node0 ")
-    emulator = checks_of(seen, "emulator.check", b)
-    assert emulator["emulator load"][2] and int(emulator["emulator threads"][1]) >= 2
-    metrics = checks_of(seen, "monitor.sample", a)
-    assert metrics["vCPU utilisation"][1].startswith("0:")
-    assert set(metrics) >= {"vCPU wait (run-queue delay)", "remote memory", "emulator load", "LLC loads / misses"}
-
-    # doctor finds a planted neighbour: a busy loop pinned onto the guests' vCPU CPU.
-    busy = subprocess.Popen(["taskset", "-c", "1", "sh", "-c", "while :; do :; done"])
-    try:
-        time.sleep(1.5)  # so ps sees it busy (its %CPU is over its lifetime)
-        (doc,) = world.run("doctor", mode="verify", sleep=time.sleep)
-    finally:
-        busy.kill()
-        busy.wait()
-    found = {c.name: c for c in doc.results[0].checks}
-    delays = found[f"{a}: vCPU scheduling delays"]
-    assert not delays.ok and f"pid {busy.pid} on CPU 1" in delays.found, delays.found
-    assert "taskset" in delays.expected
-    assert found[f"{a}: high cross-NUMA traffic"].ok and found[f"{b}: emulator CPU bottleneck"].ok
+    monitoring_reads_the_real_qemu_processes(world, a, b)
+    doctor_finds_a_planted_neighbour(world, a, b)
 
     # Teardown refuses without --yes and deletes nothing.
     images = tmp_path / "images"
@@ -181,6 +157,37 @@ def test_tiny_guests_start_pinned_answer_ssh_and_tear_down(lab: tuple[World, lis
     (data,) = world.run("disks.remove", flags={"yes": True, "include_data": True})
     assert data.exit_code == 0
     assert not (images / f"{a}-lake.qcow2").exists() and (images / "base.qcow2").exists()
+
+
+def monitoring_reads_the_real_qemu_processes(world: World, a: str, b: str) -> None:
+    # The spec's monitoring on the guests' real QEMU processes.
+    (seen,) = world.run("numa.check", "emulator.check", "monitor.sample", mode="verify", sleep=time.sleep)
+    assert seen.exit_code == 0, failure_text([seen])
+    numa = checks_of(seen, "numa.check", a)
+    assert numa["numatune mode"] == ("strict", "strict", True)
+    assert numa["remote memory"][1:] == ("0.00%", True)
+    assert numa["memory per node (numastat -p)"][1].startswith("node0 ")
+    emulator = checks_of(seen, "emulator.check", b)
+    assert emulator["emulator load"][2] and int(emulator["emulator threads"][1]) >= 2
+    metrics = checks_of(seen, "monitor.sample", a)
+    assert metrics["vCPU utilisation"][1].startswith("0:")
+    assert set(metrics) >= {"vCPU wait (run-queue delay)", "remote memory", "emulator load", "LLC loads / misses"}
+
+
+def doctor_finds_a_planted_neighbour(world: World, a: str, b: str) -> None:
+    # doctor finds a planted neighbour: a busy loop pinned onto the guests' vCPU CPU.
+    busy = subprocess.Popen(["taskset", "-c", "1", "sh", "-c", "while :; do :; done"])
+    try:
+        time.sleep(1.5)  # so ps sees it busy (its %CPU is over its lifetime)
+        (doc,) = world.run("doctor", mode="verify", sleep=time.sleep)
+    finally:
+        busy.kill()
+        busy.wait()
+    found = {c.name: c for c in doc.results[0].checks}
+    delays = found[f"{a}: vCPU scheduling delays"]
+    assert not delays.ok and f"pid {busy.pid} on CPU 1" in delays.found, delays.found
+    assert "taskset" in delays.expected
+    assert found[f"{a}: high cross-NUMA traffic"].ok and found[f"{b}: emulator CPU bottleneck"].ok
 
 
 def test_ssh_that_never_answers_fails_at_the_convergence_deadline(lab: tuple[World, list[str]]) -> None:
