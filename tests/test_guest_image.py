@@ -8,7 +8,6 @@ The guest prints its SSH host key on the serial console; the client checks the k
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
 import time
 import uuid
@@ -19,25 +18,16 @@ import paramiko
 import pytest
 import yaml
 
+from tests.harness.guest import build_guest, free_port
+
 URI = "qemu:///system"
-REPO = Path(__file__).resolve().parents[1]
-GUEST = Path("/var/lib/numa-k3s-lab/guest")  # built once per machine, shared with tests/test_vms_lab.py
 BOOT_TIMEOUT_S = 90.0
 HOSTNAME = "tiny1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def guest() -> Path:
-    done = subprocess.run(["bash", str(REPO / "lab/build-guest.sh"), str(GUEST)], capture_output=True, text=True,
-                          check=False, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return GUEST
+    return build_guest()
 
 
 def seed_iso(tmp_path: Path, pubkey: str) -> Path:

@@ -8,7 +8,6 @@ through the airgap path, so the upload and install code is the product's.
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from lib.runner import failure_text
 from lib.steps import REGISTRY
 from lib.token import ENV
 from tests.harness.chroot import busybox_root, chroot_host, new_roots_dir, remove_root, root_pids
+from tests.harness.guest import free_port
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.k3s_standin import standin_artifacts, stop_standin
 from tests.harness.sshd import SshdFarm
@@ -32,11 +32,6 @@ V1, V2 = "v1.31.4+k3s1", "v1.32.0+k3s1"
 SERVER, SLM, DATA = "k3s-server-tasks", "k3s-worker-slm", "k3s-worker-data"
 WAIT = replace(FAST, converge=replace(FAST.converge, wait_initial=1, wait_max=2, deadline=60))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

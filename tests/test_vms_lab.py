@@ -8,7 +8,6 @@ lab does. Live pins are read back from the running domains through libvirt's API
 from __future__ import annotations
 
 import hashlib
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import yaml
 
 from lib.runner import failure_text
 from lib.steps import REGISTRY
+from tests.harness.guest import build_guest, free_port
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm
 from tests.harness.world import FAST, World
@@ -28,8 +28,6 @@ from tests.harness.world import FAST, World
 URI = "qemu:///system"
 # Real guests take real time to boot under TCG (~8 s alone, more side by side on 2 CPUs).
 BOOT = replace(FAST, converge=replace(FAST.converge, wait_initial=1, wait_max=2, deadline=180))
-REPO = Path(__file__).resolve().parents[1]
-GUEST = Path("/var/lib/numa-k3s-lab/guest")
 # This machine's shape: one socket, two cores, one NUMA node.
 TOPOLOGY = {"sockets": 1, "cores_per_socket": 2, "threads_per_core": 1, "l3_cache_mb": 32,
             "nodes": [{"id": 0, "cpus": "0-1", "memory_mb": 2048}]}
@@ -39,11 +37,6 @@ def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=120)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -51,10 +44,7 @@ def sha(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def guest() -> Path:
-    done = subprocess.run(["bash", str(REPO / "lab/build-guest.sh"), str(GUEST)], capture_output=True, text=True,
-                          check=False, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return GUEST
+    return build_guest()
 
 
 def tiny_vm(name: str, images: Path, guest: Path, pubkey: Path, ssh: dict[str, Any], *,

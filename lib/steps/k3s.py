@@ -152,17 +152,17 @@ def node_checks(target: Target, facts: NodeFacts, nodes: dict[str, k3s.Node] | N
     return checks
 
 
-class K3sServer(Step):
-    name = "k3s.server"
-    summary = "config.yaml (0600) + k3s server at the pinned version (online or airgap); wait for the API and Ready"
-    targets = "server"
+class _K3sNode(Step):
+    """One k3s node per target: the server and the agents differ in their service and in who sees the node."""
+
     converge = True
+    service = "k3s"
 
     def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
         return k3s_options(loaded, mode)
 
     def facts_command(self, target: Target) -> Command:
-        return node_facts_command("k3s", with_nodes=True)
+        return node_facts_command(self.service, with_nodes=self.service == "k3s")
 
     def parse(self, target: Target, result: CmdResult | None) -> NodeFacts:
         return parse_node_facts(result.stdout if result else "")
@@ -174,23 +174,20 @@ class K3sServer(Step):
         return node_checks(target, facts, facts.nodes, facts.api_error)
 
 
-class K3sAgents(Step):
+class K3sServer(_K3sNode):
+    name = "k3s.server"
+    summary = "config.yaml (0600) + k3s server at the pinned version (online or airgap); wait for the API and Ready"
+    targets = "server"
+
+
+class K3sAgents(_K3sNode):
     name = "k3s.agents"
     summary = "config.yaml (server URL, token, taints) + k3s agent on every agent VM in parallel; each node Ready"
     targets = "agents"
-    converge = True
-
-    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
-        return k3s_options(loaded, mode)
-
-    def facts_command(self, target: Target) -> Command:
-        return node_facts_command("k3s-agent", with_nodes=False)
-
-    def parse(self, target: Target, result: CmdResult | None) -> NodeFacts:
-        return parse_node_facts(result.stdout if result else "")
+    service = "k3s-agent"
 
     def gather(self, target: Target, session: Session) -> NodeFacts:
-        facts = self.parse(target, session.run(node_facts_command("k3s-agent", with_nodes=False)))
+        facts = self.parse(target, session.run(self.facts_command(target)))
         if target.peer is None or session.pool is None:
             return facts
         try:  # the node must show up on the server, so ask the server too
@@ -200,12 +197,6 @@ class K3sAgents(Step):
         except (CommandError, ConnectError) as exc:
             nodes, error = None, str(exc).splitlines()[0]
         return NodeFacts(facts.version, facts.config_sha, facts.config_mode, facts.last_error, nodes, error)
-
-    def plan(self, target: Target, facts: NodeFacts | None) -> Plan:
-        return plan_node(target, facts)
-
-    def verify(self, target: Target, facts: NodeFacts) -> list[Check]:
-        return node_checks(target, facts, facts.nodes, facts.api_error)
 
 
 # -- taints ----------------------------------------------------------------------------------------
