@@ -36,6 +36,7 @@ def captured_stdout(numa_maps: str = "numa_maps.txt") -> str:
     """What sample_command prints, assembled from the files captured one command at a time."""
     parts = {
         "pid": "14219\n", "numa_maps": fixture(numa_maps), "numastat": fixture("numastat_p.txt"),
+        "meminfo": fixture("numastat_m.txt"),
         "nodes": "== 0\n" + fixture("node0_numastat.1.txt"),
         "stat1": fixture("task_stat.1.txt"), "dom1": fixture("domstats_vcpu.1.txt"),
         "perf": fixture("perf_stat_llc.txt"),
@@ -83,6 +84,7 @@ def test_monitor_rows_show_the_spinning_vcpu_and_llc_not_available(sample: VmSam
     util = dict(cell.split(":") for cell in rows["vCPU utilisation"].found.split())
     assert int(util["0"].rstrip("%")) >= 90 and util["1"] == "0%"  # vCPU 0 spins, vCPU 1 never started
     assert rows["LLC loads / misses"].found.startswith("not available")
+    assert rows["host memory per node (numastat -m)"].found.startswith("node0 ")
 
 
 def test_doctor_names_a_busy_neighbour_and_a_slow_governor(sample: VmSample) -> None:

@@ -39,6 +39,7 @@ class VmSample:
     domstats_before: mp.DomainVcpus | None
     domstats_after: mp.DomainVcpus | None
     llc: mp.LlcCounts | None  # None: perf not available here
+    node_memory: dict[int, mp.NodeMemInfo]  # the host's, per node (numastat -m)
     interval: float
     numa_mode: str  # live numatune mode from libvirt ("" when not running)
 
@@ -57,6 +58,7 @@ def sample_command(vm: VM, sysroot: str, uri: str, interval: float) -> Command:
         '[ -n "$pid" ] || exit 0',
         f"{section('numa_maps')}; cat {root}/proc/$pid/numa_maps 2>/dev/null",
         f"{section('numastat')}; numastat -p $pid 2>/dev/null",
+        f"{section('meminfo')}; numastat -m 2>/dev/null",
         f"{section('nodes')}; for f in {root}/sys/devices/system/node/node*/numastat; do "
         'n=${{f%/numastat}}; echo "== ${{n##*node}}"; cat "$f"; done',
         f"{section('stat1')}; {stats}", f"{section('dom1')}; {dom}",
@@ -82,7 +84,7 @@ def parse_sample(stdout: str, interval: float, numa_mode: str) -> VmSample:
     parts = split_sections(stdout)
     pid_text = parts.get("pid", "").strip()
     if not pid_text:
-        return VmSample(None, None, None, {}, (), (), None, None, None, interval, numa_mode)
+        return VmSample(None, None, None, {}, (), (), None, None, None, {}, interval, numa_mode)
 
     def dom(key: str) -> mp.DomainVcpus | None:
         found = mp.parse_domstats_vcpu(parts.get(key, ""))
@@ -97,7 +99,9 @@ def parse_sample(stdout: str, interval: float, numa_mode: str) -> VmSample:
         node_counters=mp.parse_node_numastats(_node_files(parts.get("nodes", ""))),
         threads_before=mp.parse_task_stats(parts.get("stat1", "")),
         threads_after=mp.parse_task_stats(parts.get("stat2", "")),
-        domstats_before=dom("dom1"), domstats_after=dom("dom2"), llc=llc, interval=interval, numa_mode=numa_mode)
+        domstats_before=dom("dom1"), domstats_after=dom("dom2"), llc=llc,
+        node_memory=mp.parse_numastat_meminfo(parts["meminfo"]) if parts.get("meminfo", "").strip() else {},
+        interval=interval, numa_mode=numa_mode)
 
 
 class _VmObservation(Step):
@@ -200,6 +204,8 @@ def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
         rows.append(Check("vCPU utilisation", "per vCPU", "not available (virsh domstats)", True))
     rows += [c for c in numa_checks(vm, s, mp.REMOTE_SHARE_LIMIT) if c.name in ("remote memory", "numatune mode")]
     rows.append(emulator_checks(vm, s)[0])
+    memory = ", ".join(f"node{n} {m.used_mb:.0f}/{m.total_mb:.0f} MB used" for n, m in sorted(s.node_memory.items()))
+    rows.append(Check("host memory per node (numastat -m)", "reported", memory or "not available", True))
     if s.llc is None or s.llc.loads is None:
         rows.append(Check("LLC loads / misses", "reported", "not available (perf cannot count LLC here)", True))
     else:
