@@ -199,3 +199,12 @@ def live_checks(vm: VM, live: LiveDomain) -> list[Check]:
                         f"{format_cpulist(live.numa_nodes) or '-'} {live.numa_mode or 'none'}",
                         live.numa_nodes == numa.nodes and live.numa_mode == numa.mode))
     return checks
+
+
+def parse_domifaddr(text: str) -> str | None:
+    """The first IPv4 address in `virsh domifaddr` output (its table: Name, MAC, Protocol, Address)."""
+    for line in text.splitlines():
+        cells = line.split()
+        if len(cells) >= 4 and cells[2] == "ipv4":
+            return cells[3].split("/", 1)[0]
+    return None

@@ -54,7 +54,7 @@ def server_address(host: Host) -> str:
     vm = server_vm(host)
     if vm.network:
         return str(vm.network.address.ip)
-    return vm.ssh.host if vm.ssh else vm.name
+    return vm.ssh.host if vm.ssh and vm.ssh.host else vm.name
 
 
 def server_url(host: Host) -> str:

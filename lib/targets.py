@@ -20,12 +20,13 @@ def hypervisor_endpoint(loaded: LoadedHost) -> Endpoint:
     return Endpoint(loaded.name, ssh.host, ssh.port, ssh.user, ssh.key_file, ssh.known_hosts)
 
 
-def vm_endpoint(loaded: LoadedHost, vm: VM) -> Endpoint:
-    if vm.ssh is None:
+def vm_endpoint(loaded: LoadedHost, vm: VM, *, discover: bool = False) -> Endpoint:
+    if vm.ssh is None or (vm.ssh.host is None and not discover):
         raise TargetError(f"{loaded.file}: vms[{loaded.host.vms.index(vm)}].ssh: {vm.name} has no SSH address; "
                           "steps that run inside VMs need vms[].ssh.host")
     hv = hypervisor_endpoint(loaded)
-    return Endpoint(vm.name, vm.ssh.host, vm.ssh.port, vm.ssh.user, vm.ssh.key_file or hv.key_file,
+    # host "" when discovered at run time (vms.start asks virsh domifaddr).
+    return Endpoint(vm.name, vm.ssh.host or "", vm.ssh.port, vm.ssh.user, vm.ssh.key_file or hv.key_file,
                     vm.ssh.known_hosts or hv.known_hosts, hv if vm.ssh.jump else None,
                     accept_new=vm.ssh.host_key == "accept-new")
 
@@ -36,7 +37,7 @@ def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None =
     if step.targets == "hypervisor":
         return [Target(loaded.name, "hypervisor", hv, loaded, None, opts)]
     if step.targets == "vms":  # one target per VM, commands run on the hypervisor (virsh, qemu-img)
-        return [Target(vm.name, "vm", hv, loaded, vm, opts, vm_endpoint(loaded, vm) if vm.ssh else None)
+        return [Target(vm.name, "vm", hv, loaded, vm, opts, vm_endpoint(loaded, vm, discover=True) if vm.ssh else None)
                 for vm in loaded.host.vms]
     vms = [vm for vm in loaded.host.vms if vm.k8s] if step.targets in ("server", "agents") else list(loaded.host.vms)
     if step.targets == "server":

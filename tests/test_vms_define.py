@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from lib.domain import parse_domifaddr
 from lib.steps import REGISTRY
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm
@@ -115,3 +116,13 @@ def test_spec_domains_define_with_every_pin_then_drift_is_reported_not_fixed(wor
     heavy_fixed = next(r for r in fixed.results if r.target == "k3s-worker-slm-heavy")
     assert heavy_fixed.status == "changed" and heavy_fixed.reason.startswith("redefine k3s-worker-slm-heavy")
     assert "<vcpupin vcpu='3' cpuset='37'/>" in virsh("dumpxml", "--inactive", "k3s-worker-slm-heavy").stdout
+
+
+def test_domifaddr_first_ipv4_address() -> None:
+    # The table `virsh domifaddr` prints (libvirt 9.0): header, rule, one row per address.
+    text = (" Name       MAC address          Protocol     Address\n"
+            "-------------------------------------------------------------------------------\n"
+            " vnet0      52:54:00:8c:2e:5e    ipv6         fe80::5054:ff:fe8c:2e5e/64\n"
+            " -          -                    ipv4         192.168.122.42/24\n")
+    assert parse_domifaddr(text) == "192.168.122.42"
+    assert parse_domifaddr(text.split("\n", 2)[0]) is None

@@ -196,3 +196,12 @@ def test_ssh_that_never_answers_fails_at_the_convergence_deadline(lab: tuple[Wor
     assert "resume: invoke provision --host=lab --resume" in text
     assert "ssh root@127.0.0.1" in text and "answers" in text
     assert sum(world.sleeps) >= 10  # waited with the convergence policy (injected sleep), then gave up
+
+    # No address in the inventory: vms.start asks libvirt (virsh domifaddr); a user-mode NIC has none.
+    del data["vms"][0]["ssh"]["host"]
+    host_file.write_text(yaml.safe_dump(data))
+    (unknown,) = world.run("vms.start")
+    assert unknown.exit_code == 4
+    rows = {c.name: c.found for c in unknown.results[0].checks if not c.ok}
+    assert rows[f"ssh root@(domifaddr):{data['vms'][0]['ssh']['port']}"] == (
+        "no address yet (virsh domifaddr: no lease, no ARP entry)")

@@ -174,7 +174,9 @@ class VmNetwork(Model):
 class VmSsh(Model):
     """How the tool reaches a VM over SSH once it runs (k3s steps, cloud-init wait)."""
 
-    host: Word
+    # Unset: vms.start waits for the address `virsh domifaddr` reports (DHCP lease, then ARP);
+    # the steps inside the VMs (k3s) need it set.
+    host: Word | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     user: UserName = "admin"
     # Unset: the hypervisor's ssh.key_file / known_hosts.

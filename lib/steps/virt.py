@@ -8,7 +8,7 @@ shut off (its disks are kept).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lib.domain import (
     DomainSpec,
@@ -17,6 +17,7 @@ from lib.domain import (
     live_checks,
     live_domain,
     parse_domain_xml,
+    parse_domifaddr,
     virt_install_args,
 )
 from lib.facts.sysfs import section, split_sections
@@ -111,7 +112,7 @@ _CLOUD_INIT = ("if command -v cloud-init >/dev/null 2>&1; then cloud-init status
 
 def guest_checks(vm: VM, reached: str | None, status_output: str) -> tuple[Check, ...]:
     """Pure: did SSH answer (reached is None when it did), and what cloud-init says."""
-    where = f"ssh {vm.ssh.user}@{vm.ssh.host}:{vm.ssh.port}" if vm.ssh else "ssh"
+    where = f"ssh {vm.ssh.user}@{vm.ssh.host or '(domifaddr)'}:{vm.ssh.port}" if vm.ssh else "ssh"
     if reached is not None:
         return (Check(where, "answers", reached, False), Check("cloud-init status", "done", "not reached", False))
     status = next((line.split(":", 1)[1].strip() for line in status_output.splitlines()
@@ -132,7 +133,18 @@ class VmsStart(Step):
         live = live_domain(session.live_domain(target.loaded.host.libvirt_uri, vm.name))
         if live is None or live.state != "running" or target.guest is None:
             return StartFacts(live)
-        probe = session.hop(target.guest)
+        guest = target.guest
+        if not guest.host:  # no address in the inventory: the one libvirt sees (DHCP lease, then ARP)
+            uri = target.loaded.host.libvirt_uri
+            found = session.run(sh("virsh -c {uri} domifaddr --source lease {name} 2>/dev/null; "
+                                   "virsh -c {uri} domifaddr --source arp {name} 2>/dev/null; true",
+                                   uri=uri, name=vm.name, why="the VM's address")).stdout
+            address = parse_domifaddr(found)
+            if address is None:
+                return StartFacts(live, guest_checks(vm, "no address yet (virsh domifaddr: no lease, no ARP entry)",
+                                                     ""))
+            guest = replace(guest, host=address)
+        probe = session.hop(guest)
         try:
             out = probe.run(sh(_CLOUD_INIT, timeout=30, why="is cloud-init done")).stdout
             return StartFacts(live, guest_checks(vm, None, out))
