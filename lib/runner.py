@@ -222,11 +222,13 @@ class Engine:
                         session.put(action.source or action.data, action.path, action.mode)
                     else:
                         session.run(action)
-                if step.converge:
+                # Fresh facts after a change; with nothing applied the facts just read are fresh, and
+                # a convergence step only waits when they do not already hold.
+                checks = [] if plan.actions else step.verify(target, facts)
+                if step.converge and (plan.actions or _failed(checks)):
                     checks = self._converge(step, target, session)
-                else:
-                    # Fresh facts after a change; with nothing applied the facts just read are fresh.
-                    checks = step.verify(target, step.gather(target, session) if plan.actions else facts)
+                elif plan.actions:
+                    checks = step.verify(target, step.gather(target, session))
             res = self._verdict(step, target, checks, result, changed=bool(plan.actions))
             return res if res.status == "failed" else _with(res, reason=plan.reason, warnings=plan.warnings)
         except _NotYet as late:
