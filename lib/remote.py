@@ -246,7 +246,7 @@ class Session:
             raise CommandError(self.endpoint.name,
                                CmdResult(f"virDomainLookupByName({name})", 1, "", str(exc), 0.0)) from None
         state, _reason = dom.state()
-        raw: dict[str, Any] = {"state": state, "autostart": bool(dom.autostart()), "cpus": conn.getInfo()[2]}
+        raw: dict[str, Any] = {"state": state, "autostart": bool(dom.autostart())}
         if state == libvirt.VIR_DOMAIN_RUNNING:
             live = libvirt.VIR_DOMAIN_AFFECT_LIVE
             raw.update(vcpu_pins=dom.vcpuPinInfo(live), emulator_pin=dom.emulatorPinInfo(live),
