@@ -39,11 +39,11 @@ def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None =
     if step.targets == "vms":  # one target per VM, commands run on the hypervisor (virsh, qemu-img)
         return [Target(vm.name, "vm", hv, loaded, vm, opts, vm_endpoint(loaded, vm, discover=True) if vm.ssh else None)
                 for vm in loaded.host.vms]
-    vms = [vm for vm in loaded.host.vms if vm.k8s] if step.targets in ("server", "agents") else list(loaded.host.vms)
+    servers = [vm for vm in loaded.host.vms if vm.k8s and vm.k8s.role == "server"]
+    vms = list(loaded.host.vms)
     if step.targets == "server":
-        vms = [vm for vm in vms if vm.k8s and vm.k8s.role == "server"]
+        vms = servers
     elif step.targets == "agents":
         vms = [vm for vm in vms if vm.k8s and vm.k8s.role == "agent"]
-    servers = [vm for vm in loaded.host.vms if vm.k8s and vm.k8s.role == "server"]
     peer = vm_endpoint(loaded, servers[0]) if step.targets == "agents" and servers else None
     return [Target(vm.name, "vm", vm_endpoint(loaded, vm), loaded, vm, opts, peer=peer) for vm in vms]
