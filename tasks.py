@@ -148,21 +148,13 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
              after: Callable[[list[Any]], None] | None = None, **opts: Any) -> None:
     """Run a runbook over the selected hosts, print the recap, exit with the run's code."""
     from lib.output import Output, plan_text, recap
-    from lib.retry import policies_from_config
-    from lib.runner import Engine, RunOptions, exit_code, failure_text
+    from lib.runner import exit_code, failure_text
 
-    inv = _inventory(c, host)
-    runs_dir = Path(c.config.runs_dir)
-    options = RunOptions(mode=mode, runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,  # type: ignore[arg-type]
-                         policies=policies_from_config(c.config.get("retries")), resume_command=resume_command,
-                         **opts)
     # Plan modes print the plan itself; per-step progress lines would only repeat it.
-    output = Output(io.StringIO(), tty=False) if mode in ("plan", "offline") else Output()
-    try:
-        runs = Engine(book, options, output).run(list(inv.hosts.values()))
-    finally:
-        output.close()
-    if mode in ("plan", "offline"):
+    quiet = mode in ("plan", "offline")
+    runs = _run(c, host, book, Output(io.StringIO(), tty=False) if quiet else Output(), mode=mode,
+                resume_command=resume_command, **opts)
+    if quiet:
         print(plan_text(runs))
     if mode == "verify":  # read-only checks: the evidence itself, one table per host, step and target
         from lib.output import verification_table
@@ -238,11 +230,10 @@ def teardown(c: Context, host: str | None = None, yes: bool = False, include_dat
     book = _runbook("teardown")
     flags = {"include_data": include_data}
     shown = " --include-data" if include_data else ""
+    _execute(c, host, book, "plan", lambda h: f"invoke teardown --host={h}{shown}", flags=flags)
     if not yes:
-        _execute(c, host, book, "plan", lambda h: f"invoke teardown --host={h}{shown}", flags=flags)
         print(f"Nothing was deleted. To delete the above: invoke teardown --host={host or '<host>'}{shown} --yes")
         return
-    _execute(c, host, book, "plan", lambda h: f"invoke teardown --host={h}{shown}", flags=flags)
     _execute(c, host, book, "apply", lambda h: f"invoke teardown --host={h}{shown} --yes",
              flags={**flags, "yes": True})
 
@@ -287,12 +278,8 @@ def verify_images(c: Context, host: str | None = None) -> None:
 @_operator_errors
 def verify_vms(c: Context, host: str | None = None) -> None:
     """Read-only: each domain's definition (pins, emulatorpin, numatune, disks) and live state and pins."""
-    from lib.runbook import Runbook
-    from lib.steps import REGISTRY
-
-    book = Runbook("verify-vms", "", "domain definitions and live pins",
-                   (REGISTRY["vms.define"](), REGISTRY["vms.start"]()))
-    _execute(c, host, book, "verify", lambda h: f"invoke verify.vms --host={h}")
+    _execute(c, host, _book("verify-vms", "vms.define", "vms.start"), "verify",
+             lambda h: f"invoke verify.vms --host={h}")
 
 
 @task(help={"host": "hypervisor(s), comma-separated"})
@@ -310,12 +297,12 @@ def _book(name: str, *steps: str) -> Any:
 
 
 @task(help={"host": "hypervisor(s), comma-separated", "max-remote": "largest share of memory off the VM's "
-            "nodes, in percent (the spec: 1)", "interval": "seconds between samples (default 1)"})
+            "nodes, in percent (the spec: 1)"})
 @_operator_errors
-def verify_numa(c: Context, host: str | None = None, max_remote: float = 1.0, interval: float = 1.0) -> None:
+def verify_numa(c: Context, host: str | None = None, max_remote: float = 1.0) -> None:
     """Read-only: each VM's QEMU memory per node, the share off its nodeset, numatune strict."""
     _execute(c, host, _book("verify-numa", "numa.check"), "verify", lambda h: f"invoke verify.numa --host={h}",
-             flags={"max_remote": max_remote / 100, "interval": interval})
+             flags={"max_remote": max_remote / 100})
 
 
 @task(help={"host": "hypervisor(s), comma-separated", "interval": "sampling interval in seconds (default 1)"})
@@ -369,21 +356,27 @@ def doctor(c: Context, host: str | None = None, interval: float = 1.0) -> None:
         raise Exit(code=5)
 
 
-def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any]) -> Any:
-    """Verify mode without the per-step lines: the caller prints its own view of the checks."""
-    from lib.output import Output
+def _run(c: Context, host: str | None, book: Any, output: Any, **opts: Any) -> Any:
+    """The Engine over the selected hosts with this checkout's runs dir and invoke.yaml's retries."""
     from lib.retry import policies_from_config
-    from lib.runner import Engine, RunOptions, failure_text
+    from lib.runner import Engine, RunOptions
 
     inv = _inventory(c, host)
     runs_dir = Path(c.config.runs_dir)
-    options = RunOptions(mode="verify", runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,
-                         policies=policies_from_config(c.config.get("retries")), flags=flags)
-    output = Output(io.StringIO(), tty=False)
+    options = RunOptions(runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,
+                         policies=policies_from_config(c.config.get("retries")), **opts)
     try:
-        runs = Engine(book, options, output).run(list(inv.hosts.values()))
+        return Engine(book, options, output).run(list(inv.hosts.values()))
     finally:
         output.close()
+
+
+def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any]) -> Any:
+    """Verify mode without the per-step lines: the caller prints its own view of the checks."""
+    from lib.output import Output
+    from lib.runner import failure_text
+
+    runs = _run(c, host, book, Output(io.StringIO(), tty=False), mode="verify", flags=flags)
     broken = [r for r in runs if r.error]  # could not even sample: say so, as any failure
     if broken:
         raise Exit(failure_text(broken), code=max(r.exit_code for r in broken))

@@ -172,6 +172,9 @@ class NumaCheck(_VmObservation):
     name = "numa.check"
     summary = "read-only: QEMU memory per node (numa_maps, numastat -p), remote share < 1%, numatune strict"
 
+    def interval(self, target: Target) -> float:
+        return 0.0  # memory placement and node counters are read once: nothing here needs two samples
+
     def verify(self, target: Target, facts: VmSample) -> list[Check]:
         assert target.vm is not None
         return numa_checks(target.vm, facts, float(target.options.get("max_remote") or mp.REMOTE_SHARE_LIMIT))
