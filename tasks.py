@@ -10,15 +10,19 @@
     invoke verify.bios|tuning|images --host  read-only checks
 
 Exit codes: 2 bad inventory or arguments, 3 host does not match the inventory (preflight),
-4 a step failed, 5 a verification failed, 6 another run holds the host lock.
+4 a step failed, 5 a verification failed, 6 another run holds the host lock, 130 stopped by Ctrl-C
+or SIGTERM (after the commands in flight finished; --resume redoes the step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -184,20 +188,19 @@ def steps(c: Context, runbook: str = "provision") -> None:
     "host": "hypervisor(s), comma-separated; they run at once",
     "resume": "continue after the last verified step of the last run",
     "from": "start at this step", "only": "run only these steps (comma-separated)",
-    "skip": "leave out these steps (comma-separated)", "break-lock": "break a stale host lock (never a live one)",
+    "skip": "leave out these steps (comma-separated)",
     "runbook": "runbook name under runbooks/ (default: provision)",
     "redefine": "replace a domain whose definition drifted from the spec (it must be shut off; disks kept)",
 })
 @_operator_errors
 def provision(c: Context, host: str | None = None, resume: bool = False, from_: str | None = None,
-              only: str | None = None, skip: str | None = None, break_lock: bool = False,
-              runbook: str = "provision", redefine: bool = False) -> None:
+              only: str | None = None, skip: str | None = None, runbook: str = "provision",
+              redefine: bool = False) -> None:
     """Run a runbook on the host(s): every step verified, records under .runs/<host>/<run-id>/."""
     book = _runbook(runbook)
     extra = ("" if runbook == "provision" else f" --runbook={runbook}") + (" --redefine" if redefine else "")
     _execute(c, host, book, "apply", lambda h: f"invoke provision --host={h}{extra} --resume",
-             resume=resume, from_step=from_, only=_split(only), skip=_split(skip), break_lock=break_lock,
-             flags={"redefine": redefine})
+             resume=resume, from_step=from_, only=_split(only), skip=_split(skip), flags={"redefine": redefine})
 
 
 @task(help={"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host",
@@ -208,17 +211,17 @@ def plan(c: Context, host: str | None = None, offline: bool = False, runbook: st
     _execute(c, host, _runbook(runbook), "offline" if offline else "plan", lambda h: f"invoke plan --host={h}")
 
 
-@task(help={"host": "hypervisor(s), comma-separated", "break-lock": "break a stale host lock (never a live one)",
+@task(help={"host": "hypervisor(s), comma-separated",
             "redefine": "vms.define: replace a drifted domain (shut off; disks kept)",
             "yes": "teardown steps: really delete", "include-data": "teardown steps: also delete the data disks"})
 @_operator_errors
-def step(c: Context, name: str, host: str | None = None, break_lock: bool = False, redefine: bool = False,
+def step(c: Context, name: str, host: str | None = None, redefine: bool = False,
          yes: bool = False, include_data: bool = False) -> None:
     """Run one step (and its verification) ad hoc, e.g. invoke step host.tune --host=hv1."""
     flags = {"redefine": redefine, "yes": yes, "include_data": include_data}
     shown = "".join(f" --{k.replace('_', '-')}" for k, v in flags.items() if v)
     _execute(c, host, _single(name), "apply", lambda h: f"invoke step {name} --host={h}{shown}",
-             break_lock=break_lock, flags=flags)
+             flags=flags)
 
 
 @task(help={"host": "hypervisor(s), comma-separated",
@@ -365,10 +368,37 @@ def _run(c: Context, host: str | None, book: Any, output: Any, **opts: Any) -> A
     runs_dir = Path(c.config.runs_dir)
     options = RunOptions(runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,
                          policies=policies_from_config(c.config.get("retries")), **opts)
+    engine = Engine(book, options, output)
     try:
-        return Engine(book, options, output).run(list(inv.hosts.values()))
+        with _stopped_by_signals(engine, output):
+            return engine.run(list(inv.hosts.values()))
     finally:
         output.close()
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(engine: Any, output: Any) -> Iterator[None]:
+    """Ctrl-C or SIGTERM: let the commands in flight finish, then stop and record where; again: abandon.
+
+    A command cut off halfway could leave a host half-changed; a run that stops between commands is
+    recorded as interrupted, releases its lock and prints the command that resumes it.
+    """
+    def first(signum: int, _frame: Any) -> None:
+        output.message(f"{signal.Signals(signum).name}: stopping after the commands in flight (again to abandon "
+                       "them at once; the next run breaks the stale lock and --resume redoes the step)")
+        engine.interrupt()
+        signal.signal(signal.SIGINT, again)
+        signal.signal(signal.SIGTERM, again)
+
+    def again(_signum: int, _frame: Any) -> None:
+        os._exit(130)  # worker threads would otherwise be joined: the operator asked to go now
+
+    saved = signal.signal(signal.SIGINT, first), signal.signal(signal.SIGTERM, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
 
 
 def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any]) -> Any:

@@ -19,8 +19,10 @@ from lib.errors import ToolError
 from lib.shell import Command, sh
 
 # Walk up from this shell to the sshd process serving the connection (sudo and sh may sit between).
-_SESSION = ('s=$$; while [ "$s" -gt 1 ] && [ "$(cat /proc/$s/comm 2>/dev/null)" != sshd ]; do '
-            "s=$(cut -d' ' -f4 /proc/$s/stat); done")
+# OpenSSH 9.8 and later serve connections from a separate `sshd-session` binary.
+_SSHD = "sshd|sshd-session"
+_SESSION = ('s=$$; while [ "$s" -gt 1 ]; do case "$(cat /proc/$s/comm 2>/dev/null)" in ' + _SSHD + ') break;; '
+            "esac; s=$(cut -d' ' -f4 /proc/$s/stat); done")
 
 
 class LockHeld(ToolError):
@@ -54,8 +56,8 @@ def acquire(path: str, info: str) -> Command:
         'if (set -C; printf "%s session=%s\\n" "$info" "$s" > "$lock") 2>/dev/null; then echo acquired; exit 0; fi; '
         'holder=$(cat "$lock" 2>/dev/null); '
         'hs=$(printf "%s\\n" "$holder" | sed -n "s/.*session=\\([0-9]*\\).*/\\1/p"); '
-        'if [ -n "$hs" ] && [ "$(cat /proc/$hs/comm 2>/dev/null)" = sshd ]; then echo "live $holder"; '
-        'else echo "stale $holder"; fi',
+        'case "$(cat /proc/${{hs:-0}}/comm 2>/dev/null)" in ' + _SSHD + ') echo "live $holder";; '
+        '*) echo "stale $holder";; esac',
         path=path, info=info, timeout=30, why="take the host lock")
 
 
@@ -71,6 +73,28 @@ def break_stale(path: str, holder: str) -> Command:
     """Remove the lock only if it still holds exactly the stale holder we saw (no race with a new run)."""
     return sh('lock={path}; [ "$(cat "$lock" 2>/dev/null)" = {holder} ] && rm -f "$lock"; true',
               path=path, holder=holder, timeout=30, why="break a stale host lock")
+
+
+def refresh(path: str, run_id: str) -> Command:
+    """After a reconnect: point our lock at the new sshd session, so it does not look stale.
+
+    Answers `refreshed`, or `lost <holder>` when the lock is no longer ours (someone broke it while
+    our connection was down): the run must then stop.
+    """
+    return sh('lock={path}; ' + _SESSION + '; if grep -q {mark} "$lock" 2>/dev/null; then '
+              'sed "s/ session=[0-9]*$/ session=$s/" "$lock" > "$lock.new.$$" && mv -f "$lock.new.$$" "$lock" && '
+              'echo refreshed; else echo "lost $(cat "$lock" 2>/dev/null)"; fi',
+              path=path, mark=f"run={run_id} ", timeout=30, why="re-take the host lock after a reconnect")
+
+
+def refreshed(stdout: str) -> LockState | None:
+    """None when refresh() kept the lock; else the lock's current holder (empty: no lock at all)."""
+    line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    if line == "refreshed":
+        return None
+    if not line.startswith("lost"):
+        raise ToolError(f"unexpected answer from the lock command: {line!r}")
+    return LockState("live", line.removeprefix("lost").strip())
 
 
 def release(path: str, run_id: str) -> Command:

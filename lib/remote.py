@@ -130,6 +130,8 @@ class Session:
         self._virt: Any = None  # libvirt connection, opened on first use
         # The run's pool, for a step that must also ask another machine (an agent asks the server).
         self.pool: SessionPool | None = None
+        # Called after a lost connection is re-established (the runner re-points its host lock).
+        self.on_reconnect: Callable[[Session], None] | None = None
         self._lock = threading.Lock()  # a session may be shared as a gateway by parallel VM targets
         # Fabric caches one SFTP client per connection and paramiko's SFTP client is not thread-safe:
         # parallel VM targets uploading through the same hypervisor session hung without this lock.
@@ -163,9 +165,16 @@ class Session:
 
     def connection(self) -> Any:
         """The open Fabric Connection, connecting with the ssh_connect policy on first use."""
+        conn, fresh = self._connect()
+        if fresh and self.connects > 1 and self.on_reconnect is not None:
+            self.on_reconnect(self)  # outside self._lock: the hook runs a command on this session
+        return conn
+
+    def _connect(self) -> tuple[Any, bool]:
+        """The connection, and whether it was opened just now."""
         with self._lock:
             if self._conn is not None and self._conn.is_connected:
-                return self._conn
+                return self._conn, False
             attempts = 0
 
             def attempt() -> Any:
@@ -188,7 +197,7 @@ class Session:
                 self._conn = retrying(self.policies.ssh_connect, _retry_connect, self.sleep, note)(attempt)
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 raise ConnectError(self.endpoint, _connect_reason(exc, self.endpoint), attempts) from None
-            return self._conn
+            return self._conn, True
 
     def close(self) -> None:
         with self._lock:

@@ -4,6 +4,10 @@ Hypervisors run in parallel, each in its own thread with its own SSH sessions, l
 one failing host never hides another's results. Within a host, steps run in runbook order and a
 step runs on all its targets at once. The first failure stops that host's run and names the
 command to resume.
+
+Stopping: `Engine.stop` (set by tasks.py on SIGINT/SIGTERM) lets the command in flight finish, then
+stops every host before its next command or wait; the step is recorded as interrupted (exit 130) and
+`--resume` redoes it. Nothing is left half-written because every write is a rename (see the steps).
 """
 
 from __future__ import annotations
@@ -41,12 +45,17 @@ class RunOptions:
     from_step: str | None = None
     only: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
-    break_lock: bool = False
     flags: dict[str, Any] = field(default_factory=dict)  # step options such as redefine, yes
     policies: Policies = field(default_factory=Policies)
     sleep: Sleep = time.sleep
     # How the operator runs this again from where it stopped, given the host name.
     resume_command: Callable[[str], str] = lambda host: f"invoke provision --host={host} --resume"
+
+
+class Interrupted(ToolError):
+    """The operator stopped the run (SIGINT/SIGTERM): raised before the next command or wait."""
+
+    exit_code = 130
 
 
 class _NotYet(Exception):
@@ -63,6 +72,19 @@ class Engine:
     def __init__(self, runbook: Runbook, options: RunOptions, output: Output | None = None) -> None:
         self.runbook, self.options = runbook, options
         self.output = output or Output()
+        self.stop = threading.Event()  # set by interrupt(): every host stops before its next command
+
+    def interrupt(self) -> None:
+        self.stop.set()
+
+    def _sleep(self, seconds: float) -> None:
+        """The policies' waits, cut short by interrupt()."""
+        if self.options.sleep is time.sleep:
+            self.stop.wait(seconds)
+        else:  # tests inject a sleep that does not really wait
+            self.options.sleep(seconds)
+        if self.stop.is_set():
+            raise Interrupted("interrupted by the operator while waiting")
 
     def run(self, hosts: list[LoadedHost]) -> list[HostRun]:
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
@@ -76,29 +98,14 @@ class Engine:
         run = HostRun(loaded.name, run_id, self.runbook.name, opts.mode, time.time())
         (records.dir / "run.json").write_text(json.dumps(
             {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode}))
-        pool = SessionPool(opts.policies, opts.sleep, records.log)
+        pool = SessionPool(opts.policies, self._sleep, records.log)
         hv = hypervisor_endpoint(loaded)
         locked = False
         try:
             chosen, left_out = self._selection(loaded, run_id)
             if opts.mode == "apply":
                 locked = self._take_lock(pool.get(hv), loaded, run_id)
-            flags = {**opts.flags, "mode": opts.mode}  # a step's plan may read how it will be used
-            for step in chosen:
-                flags.update(step.host_options(loaded, opts.mode))
-            for step in self.runbook.steps:
-                if step.name in left_out:
-                    self._record(records, run, self._skipped(loaded.name, step.name, left_out[step.name]))
-                    continue
-                if step not in chosen:
-                    continue
-                results = self._run_step(step, loaded, pool, flags)
-                for result in results:
-                    self._record(records, run, result)
-                failed = [r for r in results if r.status == "failed"]
-                if failed:
-                    run.exit_code = failed[0].exit_code
-                    break
+            self._run_steps(loaded, chosen, left_out, pool, records, run)
         except (ToolError, OSError) as exc:
             run.error = str(exc)
             run.exit_code = getattr(exc, "exit_code", 4)
@@ -114,6 +121,28 @@ class Engine:
                 run.resume_hint = opts.resume_command(loaded.name)
             records.finish(run)
         return run
+
+    def _run_steps(self, loaded: LoadedHost, chosen: list[Step], left_out: dict[str, str], pool: SessionPool,
+                   records: RunRecords, run: HostRun) -> None:
+        flags = {**self.options.flags, "mode": self.options.mode}  # a step's plan may read how it will be used
+        for step in chosen:
+            flags.update(step.host_options(loaded, self.options.mode))
+        for step in self.runbook.steps:
+            if step.name in left_out:
+                self._record(records, run, self._skipped(loaded.name, step.name, left_out[step.name]))
+                continue
+            if step not in chosen:
+                continue
+            if self.stop.is_set():
+                raise Interrupted(f"{loaded.name}: interrupted by the operator before step {step.name}, which "
+                                  "had not started")
+            results = self._run_step(step, loaded, pool, flags)
+            for result in results:
+                self._record(records, run, result)
+            failed = [r for r in results if r.status == "failed"]
+            if failed:
+                run.exit_code = failed[0].exit_code
+                return
 
     def _record(self, records: RunRecords, run: HostRun, result: StepResult) -> None:
         run.results.append(result)
@@ -161,16 +190,25 @@ class Engine:
     def _take_lock(self, session: Session, loaded: LoadedHost, run_id: str) -> bool:
         path = loaded.host.lock_path
         state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
-        if state.state == "stale" and self.options.break_lock:
-            session.run(lock.break_stale(path, state.holder))
-            self.output.message(f"{loaded.name}: broke a stale lock of {state.describe()}")
-            state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
-        if state.state == "live":
-            raise lock.LockHeld(f"{loaded.name}: another run holds the host lock {path}: {state.describe()}; "
-                                "wait for it to finish")
         if state.state == "stale":
-            raise lock.LockHeld(f"{loaded.name}: the host lock {path} is stale ({state.describe()}; its SSH "
-                                "session is gone); rerun with --break-lock to break it")
+            # Its holder's SSH session is gone, so that run is gone too (a run that reconnects points
+            # the lock at its new session at once: refresh()). Breaking it is what resume after a
+            # crash needs; the break only removes exactly the content seen, so it cannot race a new run.
+            session.run(lock.break_stale(path, state.holder))
+            self.output.message(f"{loaded.name}: broke a stale host lock of {state.describe()} (its SSH session "
+                                "is gone)")
+            state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
+        if state.state != "acquired":
+            raise lock.LockHeld(f"{loaded.name}: another run holds the host lock {path}: {state.describe()}; "
+                                "nothing was done: wait for it to finish")
+
+        def keep(again: Session) -> None:
+            lost = lock.refreshed(again.run(lock.refresh(path, run_id)).stdout)
+            if lost is not None:
+                raise lock.LockHeld(f"{loaded.name}: lost the host lock {path} while reconnecting; it is now held "
+                                    f"by {lost.describe() if lost.holder else 'nobody'}; stopped")
+
+        session.on_reconnect = keep
         return True
 
     # -- one step on its targets -------------------------------------------------------------
@@ -199,6 +237,7 @@ class Engine:
                           planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
         session = pool.get(target.endpoint)
         try:
+            self._check_stop()
             facts = step.gather(target, session)
             if mode == "verify":
                 checks = step.verify(target, facts)
@@ -216,12 +255,7 @@ class Engine:
                               error=f"{host}: {step.name} on {target.name} would delete: {plan.reason}; "
                                     "nothing was deleted: rerun with --yes to delete it")
             with one_at_a_time if plan.exclusive else contextlib.nullcontext():
-                for action in plan.actions:
-                    commands.append(_shown(action))
-                    if isinstance(action, Upload):
-                        session.put(action.source or action.data, action.path, action.mode)
-                    else:
-                        session.run(action)
+                self._apply(plan.actions, session, commands)
                 # Fresh facts after a change; with nothing applied the facts just read are fresh, and
                 # a convergence step only waits when they do not already hold.
                 checks = [] if plan.actions else step.verify(target, facts)
@@ -237,6 +271,24 @@ class Engine:
                                 f"{self.options.policies.converge.deadline:g} s")
         except (CommandError, ConnectError) as exc:
             return result("failed", exit_code=exc.exit_code, error=f"{host}: {step.name} on {target.name}: {exc}")
+        except Interrupted:
+            done = f"after {len(commands)} of its commands" if commands else "before any of its commands"
+            return result("failed", exit_code=Interrupted.exit_code,
+                          error=f"{host}: {step.name} on {target.name}: interrupted by the operator {done} (the "
+                                "command in flight finished); the step is redone on resume")
+
+    def _apply(self, actions: tuple[Any, ...], session: Session, commands: list[str]) -> None:
+        for action in actions:
+            self._check_stop()
+            commands.append(_shown(action))
+            if isinstance(action, Upload):
+                session.put(action.source or action.data, action.path, action.mode)
+            else:
+                session.run(action)
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted("interrupted by the operator")
 
     def _verdict(self, step: Step, target: Target, checks: list[Check], result: Callable[..., StepResult],
                  *, changed: bool) -> StepResult:
@@ -262,8 +314,7 @@ class Engine:
             return checks
 
         try:
-            return retrying(self.options.policies.converge, lambda e: isinstance(e, _NotYet), self.options.sleep)(
-                attempt)
+            return retrying(self.options.policies.converge, lambda e: isinstance(e, _NotYet), self._sleep)(attempt)
         except _NotYet:
             raise _NotYet(last) from None
 
@@ -279,7 +330,7 @@ def _with(result: StepResult, **changes: Any) -> StepResult:
 
 
 def exit_code(runs: list[HostRun]) -> int:
-    """The most fundamental failure wins: 2 inventory < 3 mismatch < 4 step < 5 verify < 6 lock."""
+    """The most fundamental failure wins: 2 inventory < 3 mismatch < 4 step < 5 verify < 6 lock < 130 stopped."""
     codes = [r.exit_code for r in runs if r.exit_code]
     return min(codes) if codes else 0
 

@@ -184,6 +184,55 @@ class Hangs(Step):
         return []
 
 
+class DropsConnection(Step):
+    """First try: kills the sshd session serving it, so the connection drops mid-step. Second try
+    (after the reconnect): records the host lock's content, to show the lock followed the new session."""
+
+    name = "test.dropconn"
+    summary = "drop the SSH connection once"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("cat {f} 2>/dev/null; true", f=_state(target, "lock-after"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> str:
+        return result.stdout if result else ""
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        if facts:
+            return Plan(reason="already dropped once")
+        walk = ('s=$$; while [ "$s" -gt 1 ] && [ "$(cat /proc/$s/comm)" != sshd ]; do '
+                "s=$(cut -d' ' -f4 /proc/$s/stat); done")
+        return Plan((sh('d={d}; if [ ! -e "$d" ]; then touch "$d"; ' + walk + '; kill -9 "$s"; sleep 5; fi; '
+                        'cat {lock} > {f}', d=_state(target, "dropped"), lock=target.loaded.host.lock_path,
+                        f=_state(target, "lock-after"), sudo=False),), "drop the connection, then record the lock")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("lock recorded", "yes", "yes" if facts else "no", bool(facts))]
+
+
+class TwoCommands(Step):
+    """A 1 s command, then a marker: an interrupt during the first must keep the second from running."""
+
+    name = "test.two"
+    summary = "sleep 1 s, then write a marker"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("test -e {f} && echo done; true", f=_state(target, "two"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> bool:
+        return bool(result and result.stdout.strip() == "done")
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        if facts:
+            return Plan(reason="marker present")
+        return Plan((sh("sleep 1; echo first >> {f}", f=_state(target, "two-log"), sudo=False),
+                     sh("touch {f}", f=_state(target, "two"), sudo=False)), "sleep, then mark")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("marker", "present", "present" if facts else "absent", bool(facts))]
+
+
 ALL: tuple[type[Step], ...] = (Flaky, Permanent, WrongValue, Sleepy, WithToken, WaitsForFile, Hangs,
+                               DropsConnection, TwoCommands,
                                mark_step("test.a"), mark_step("test.b"), mark_step("test.c"))
 REGISTRY: dict[str, type[Step]] = {s.name: s for s in ALL}

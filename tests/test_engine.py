@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,28 +205,76 @@ def test_lock_refuses_a_second_run_and_names_the_holder(world: World, hv: SshHos
     # A live holder: its session pid is an sshd process that is alive (here the test host's sshd).
     held = (f"user=alice client=ops-laptop pid=4242 started=2026-11-28T17:00:00Z run=R1 session={hv.pid}\n")
     lock.write_text(held)
-    (run,) = world.run("test.a", break_lock=True)  # the flag never breaks a live lock
+    (run,) = world.run("test.a")
     assert run.exit_code == 6 and run.results == []
-    assert "another run holds the host lock" in run.error
+    assert "another run holds the host lock" in run.error and "nothing was done" in run.error
     assert "user alice on ops-laptop (pid 4242), since 2026-11-28T17:00:00Z, run R1" in run.error
     assert lock.read_text() == held
     assert not world.state_file("hv1", "ran").exists()  # nothing ran
 
 
-def test_stale_lock_is_detected_and_broken_with_the_flag(world: World, hv: SshHost) -> None:
+def test_stale_lock_is_broken_with_a_message(world: World, hv: SshHost) -> None:
     lock = world.tmp / "locks" / "hv1.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
     lock.write_text(f"user=bob client=old-box pid=1 started=2026-11-01T00:00:00Z run=R0 session={dead.pid}\n")
-    (refused,) = world.run("test.a")
-    assert refused.exit_code == 6
-    assert "is stale" in refused.error and "--break-lock" in refused.error and "user bob" in refused.error
-    assert lock.exists() and not world.state_file("hv1", "ran").exists()
-    (run,) = world.run("test.a", break_lock=True)
+    (run,) = world.run("test.a")
     assert run.exit_code == 0 and run.results[0].status == "changed"
-    assert "broke a stale lock of user bob" in world.out.getvalue()
+    assert "broke a stale host lock of user bob on old-box (pid 1)" in world.out.getvalue()
+    assert "its SSH session is gone" in world.out.getvalue()
     assert not lock.exists()  # released at the end of the run
+
+
+def test_a_reconnecting_run_keeps_its_lock(world: World, hv: SshHost) -> None:
+    # The step kills the sshd session serving the run: the command is retried on a new connection,
+    # and the lock must name that new session, or a second run would see it stale and break it.
+    (run,) = world.run("test.a", "test.dropconn", "test.b")
+    assert run.exit_code == 0, [r.error for r in run.results]
+    seen = world.state_file("hv1", "lock-after").read_text()
+    assert f"run={run.run_id} " in seen
+    session = int(seen.rsplit("session=", 1)[1])
+    assert Path(f"/proc/{session}/comm").read_text().strip() == "sshd"  # the live, new session
+    log = (world.runs / "hv1" / run.run_id / "run.log").read_text()
+    assert "failed (connection lost); retrying" in log
+    assert 'sed "s/ session=[0-9]*$/ session=$s/"' in log  # lock.refresh() ran on the new connection
+
+
+def test_a_run_that_lost_its_lock_stops(world: World, hv: SshHost) -> None:
+    # While the connection is down another run breaks the (stale-looking) lock and takes it.
+    lock = world.tmp / "locks" / "hv1.lock"
+    taker = f"user=carol client=other pid=7 started=2026-11-29T00:00:00Z run=R9 session={hv.pid}\n"
+
+    def sleep(_seconds: float) -> None:
+        if lock.exists() and "run=R9" not in lock.read_text():
+            lock.write_text(taker)
+
+    (run,) = world.run("test.dropconn", "test.b", sleep=sleep)
+    assert run.exit_code == 6
+    assert "lost the host lock" in run.error and "user carol on other" in run.error
+    assert lock.read_text() == taker  # the other run's lock is left alone
+    assert not world.state_file("hv1", "ran").exists()  # test.b never ran
+
+
+def test_interrupt_finishes_the_command_in_flight_then_stops(world: World, hv: SshHost) -> None:
+    timers: list[threading.Timer] = []
+
+    def interrupt_soon(engine: Engine) -> None:
+        timers.append(threading.Timer(0.5, engine.interrupt))
+        timers[0].start()
+
+    (run,) = world.run("test.a", "test.two", "test.b", started=interrupt_soon)
+    assert run.exit_code == 130
+    assert statuses(run) == [("test.a", "hv1", "changed"), ("test.two", "hv1", "failed")]
+    assert "interrupted by the operator after 1 of its commands" in run.results[1].error
+    assert world.state_file("hv1", "two-log").read_text() == "first\n"  # the command in flight finished
+    assert not world.state_file("hv1", "two").exists()  # the next command never ran
+    assert run.resume_hint == "invoke provision --host=hv1 --resume"
+    assert not (world.tmp / "locks" / "hv1.lock").exists()  # released
+    (resumed,) = world.run("test.a", "test.two", "test.b", resume=True)
+    assert statuses(resumed) == [("test.a", "hv1", "skipped"), ("test.two", "hv1", "changed"),
+                                 ("test.b", "hv1", "changed")]
+    assert world.state_file("hv1", "ran").read_text().split() == ["test.a", "test.b"]
 
 
 def test_lock_is_released_after_a_run_and_taken_during_it(world: World, hv: SshHost) -> None:

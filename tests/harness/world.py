@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,17 @@ class World:
         inv = load_inventory(self.hosts, list(names) or None)
         return list(inv.hosts.values())
 
-    def run(self, *steps: str, hosts: tuple[str, ...] = (), sleep: Any = None, **opts: Any) -> list[HostRun]:
+    def run(self, *steps: str, hosts: tuple[str, ...] = (), sleep: Any = None,
+            started: Callable[[Engine], None] | None = None, **opts: Any) -> list[HostRun]:
+        """Run the steps; `started(engine)` is called before the run (to interrupt it from a timer)."""
         book = load_runbook(self.runbook(*steps), self.registry)
         options = RunOptions(runs_dir=self.runs, policies=opts.pop("policies", FAST), sleep=sleep or self.sleeps.append,
                              flags={"state": str(self.state), **opts.pop("flags", {})}, **opts)
         self.out = io.StringIO()
-        return Engine(book, options, Output(self.out, tty=False)).run(self.loaded(*hosts))
+        engine = Engine(book, options, Output(self.out, tty=False))
+        if started:
+            started(engine)
+        return engine.run(self.loaded(*hosts))
 
     def state_file(self, target: str, kind: str) -> Path:
         return self.state / f"{target}.{kind}"
