@@ -321,7 +321,9 @@ class Session:
         """Write data to a remote file, its mode set before any content lands (secrets stay private).
 
         The bytes go to a private temp file over SFTP (as the SSH user), then one command (under sudo
-        when the user is not root) moves it into place, so the destination never holds a partial file.
+        when the user is not root) moves it beside the destination and renames it into place: /tmp is
+        often another filesystem, where `mv` copies, so only the rename in the destination's own
+        directory is atomic. The destination never holds a partial file.
         """
         conn = self.connection()
         self.commands_run += 1
@@ -335,8 +337,10 @@ class Session:
             else:
                 handle.write(data)
         directory = remote_path.rsplit("/", 1)[0] or "/"
-        self.run(sh("mkdir -p {dir} && mv -f {tmp} {dest} && chmod {mode} {dest}", dir=directory, tmp=tmp,
-                    dest=remote_path, mode=f"{mode:o}", why="move the upload into place"))
+        beside = f"{directory.rstrip('/')}/.{remote_path.rsplit('/', 1)[-1]}.uploading"
+        self.run(sh("mkdir -p {dir} && mv -f {tmp} {beside} && chmod {mode} {beside} && mv -f {beside} {dest}",
+                    dir=directory, tmp=tmp, beside=beside, dest=remote_path, mode=f"{mode:o}",
+                    why="move the upload into place"))
         size = data.stat().st_size if isinstance(data, Path) else len(data)
         self.log(f"{self.endpoint.name}: put {size} bytes -> {remote_path} (mode {mode:o})")
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from lib.inventory.model import VM
+from lib.shell import Command
 from lib.steps import REGISTRY
 from lib.steps.base import StepMismatch
 from lib.steps.images import GIB, ImagesFacts, disks_of, parse_image, plan_images
@@ -139,10 +140,12 @@ def test_offline_plan_creates_all_three_data_vm_disks() -> None:
     plan = plan_images(spec_vm(), None)
     shown = [a.shown for a in plan.actions]
     assert len(shown) == 3
-    assert shown[0].endswith("qemu-img create -q -f qcow2 -b /var/lib/libvirt/images/base.qcow2 -F qcow2 "
-                             "/var/lib/libvirt/images/data.qcow2 40G")
-    assert shown[2].endswith("qemu-img create -q -f qcow2 /srv/hdd/data-lake.qcow2 8192G")
-    assert all("exists, not overwriting" in s for s in shown)
+    # Created under a temporary name, then linked to its own (never over an existing file).
+    assert ('t=/var/lib/libvirt/images/data.qcow2.creating.$$; if qemu-img create -q -f qcow2 -b '
+            '/var/lib/libvirt/images/base.qcow2 -F qcow2 "$t" 40G && ln "$t" /var/lib/libvirt/images/data.qcow2; '
+            ) in shown[0]
+    assert 'qemu-img create -q -f qcow2 "$t" 8192G && ln "$t" /srv/hdd/data-lake.qcow2;' in shown[2]
+    assert all("exists, not overwriting" in s and s.endswith('rm -f "$t"; exit $rc') for s in shown)
 
 
 def test_parse_real_qemu_img_output(tmp_path: Path) -> None:
@@ -171,3 +174,28 @@ def test_block_device_disk_must_exist_and_is_never_created() -> None:
     with pytest.raises(StepMismatch) as err:
         plan_images(vm, facts)
     assert [(c.name, c.found) for c in err.value.checks] == [("cold disk /dev/sdz", "missing")]
+
+
+def test_create_never_replaces_a_disk_that_appears_after_the_facts(tmp_path: Path) -> None:
+    # The facts said "missing"; by the time the create command runs, someone else made the file.
+    base = make_base(tmp_path)
+    vm = spec_vm().model_copy(update={"disk_path": str(tmp_path / "os.qcow2"), "base_image_path": str(base),
+                                      "disks": ()})
+    facts = ImagesFacts(parse_image("present\n" + json.dumps({"format": "qcow2", "virtual-size": 64 << 20})),
+                        {vm.disk_path: parse_image("")})
+    (create,) = plan_images(vm, facts).actions
+    assert isinstance(create, Command)
+    theirs = tmp_path / "os.qcow2"
+    theirs.write_bytes(b"somebody's data")
+    # Past the first guard too (it would catch this case earlier): only the link step stands between.
+    racing = create.real.replace(f"if [ -e {theirs} ]; then", "if false; then", 1)
+    done = subprocess.run(["sh", "-c", racing], capture_output=True, text=True, check=False)
+    assert done.returncode == 17 and f"{theirs} appeared meanwhile, not overwriting" in done.stderr
+    assert theirs.read_bytes() == b"somebody's data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.qcow2", "os.qcow2"]  # no temporary left
+
+    theirs.unlink()
+    done = subprocess.run(["sh", "-c", create.real], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert info(theirs)["full-backing-filename"] == str(base)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.qcow2", "os.qcow2"]

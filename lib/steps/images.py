@@ -132,10 +132,14 @@ def plan_images(vm: VM, facts: ImagesFacts | None) -> Plan:
             drift.append(Check(f"{disk.role} disk {disk.path}", "block device", "missing", False))
             continue
         backing = "-b {base} -F qcow2 " if disk.backing else ""
-        # The [ -e ] guard refuses to overwrite a file that appeared since the facts were read.
+        # Created under a temporary name, then hard-linked to its own: an interrupted create never
+        # leaves a partial image at the path, and `ln` (unlike mv) refuses to replace a file that
+        # appeared since the facts were read. The guard before says so before any work.
         actions.append(sh(
-            "mkdir -p {dir} && if [ -e {path} ]; then echo {path} exists, not overwriting >&2; exit 17; fi && "
-            f"qemu-img create -q -f qcow2 {backing}{{path}} {{size}}",
+            "mkdir -p {dir} || exit 1; if [ -e {path} ]; then echo {path} exists, not overwriting >&2; exit 17; fi; "
+            f"t={{path}}.creating.$$; if qemu-img create -q -f qcow2 {backing}\"$t\" {{size}} && ln \"$t\" {{path}}; "
+            "then rc=0; elif [ -e {path} ]; then echo {path} appeared meanwhile, not overwriting >&2; rc=17; "
+            'else rc=1; fi; rm -f "$t"; exit $rc',
             dir=disk.path.rsplit("/", 1)[0] or "/", path=disk.path, base=disk.backing or "",
             size=f"{disk.size_gb}G", why=f"create the {disk.role} disk"))
         created.append(f"{disk.role} {disk.path} ({disk.size_gb} GiB{', overlay on the base' if disk.backing else ''})")

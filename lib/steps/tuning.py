@@ -104,8 +104,9 @@ def plan_tuning(host: Host, facts: TuneFacts | None) -> Plan:
     for path, content, found in files:
         if found is None or not _same(found, content):
             directory = path.rsplit("/", 1)[0]
-            actions.append(sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}",
-                              content=content, why=f"persist in {path}"))
+            # Written beside, then renamed: an interrupted write never leaves half a file in place.
+            actions.append(sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}.tmp && "
+                              f"mv -f {root}{path}.tmp {root}{path}", content=content, why=f"persist in {path}"))
             changes.append(f"{'write' if not found else 'update'} {path}")
     if not actions:
         return Plan(reason="governor, numa_balancing, THP and the persisted files already as the spec says")
