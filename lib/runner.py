@@ -136,6 +136,7 @@ class Engine:
             if self.stop.is_set():
                 raise Interrupted(f"{loaded.name}: interrupted by the operator before step {step.name}, which "
                                   "had not started")
+            records.log(f"{loaded.name}: step {step.name} started")
             results = self._run_step(step, loaded, pool, flags)
             for result in results:
                 self._record(records, run, result)
