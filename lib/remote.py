@@ -2,13 +2,18 @@
 
 One Fabric Connection per endpoint per run, opened on first use and reused by every step; VMs can
 be reached through their hypervisor's connection as a jump host. Host keys are checked strictly
-against the inventory's known_hosts. Commands come in as lib.shell.Command values: what is run is
+against the inventory's known_hosts (never paramiko's AutoAddPolicy); `host_key: accept-new`
+records an unknown key on first contact and still refuses a changed one. Every command attempt is
+bounded by its timeout, also when the host stops answering altogether (a hung sshd).
+Commands come in as lib.shell.Command values: what is run is
 `Command.real`, what is logged or raised is `Command.shown`, and any output is masked for secrets.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -19,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import paramiko
 from fabric import Config, Connection
@@ -50,6 +55,8 @@ class Endpoint:
     known_hosts: str | None = None
     via: Endpoint | None = None
     accept_new: bool = False  # record an unknown host key on first use; a changed key is still refused
+    # How the operator opts in to accept-new for this endpoint, named in the refusal of an unknown key.
+    host_key_opt_in: str = "ssh.host_key: accept-new in hosts/<name>.yaml"
 
     def __str__(self) -> str:
         hop = f" via {self.via.name}" if self.via else ""
@@ -105,6 +112,56 @@ class _Transient(Exception):
         self.result, self.reason = result, reason
 
 
+# A command whose host stops answering altogether (a hung sshd, a frozen machine) gets no help from
+# invoke's timeout: that timer starts only once the channel is open, and paramiko waits up to an hour
+# for a channel and forever for an exec reply. A watchdog closes the connection this long after the
+# command's own timeout instead; a live host's timeout has long been handled by then.
+_WATCHDOG_GRACE_S = 2.0
+# Opening a channel (a command, SFTP) and each SFTP read or write: a host silent this long is hung.
+_CHANNEL_TIMEOUT_S = 30.0
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(f"Server {hostname!r} not found in known_hosts")
+        self.key = key
+
+
+class _RejectUnknown(paramiko.RejectPolicy):
+    """RejectPolicy that keeps the offered key, so the refusal can show its fingerprint."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> NoReturn:
+        raise _UnknownHostKey(hostname, key)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """As `ssh-keygen -lf` and ssh print it: SHA256:<base64 without padding>."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+class _Watchdog:
+    """Closes a connection whose command is still running `seconds` after it started."""
+
+    def __init__(self, conn: Any, seconds: float) -> None:
+        self.fired = False
+        self._conn = conn
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        transport = self._conn.transport
+        if transport is not None:
+            transport.close()  # wakes every wait on it: channel open, exec reply, reads
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
 def _permanent_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, paramiko.AuthenticationException | paramiko.BadHostKeyException) or (
         isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc))
@@ -152,15 +209,16 @@ class Session:
         gateway = self.gateway.connection() if self.gateway else None
         conn = Connection(ep.host, user=ep.user, port=ep.port, config=config, connect_kwargs=kwargs,
                           connect_timeout=int(self.connect_timeout), gateway=gateway)
-        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        # Fabric installs AutoAddPolicy (any key trusted); never keep it.
+        conn.client.set_missing_host_key_policy(_RejectUnknown())
+        known = Path(ep.known_hosts or "~/.ssh/known_hosts").expanduser()
         if ep.known_hosts:
-            known = Path(ep.known_hosts).expanduser()
             if known.exists():
                 conn.client.load_host_keys(str(known))
-            if ep.accept_new:
-                conn.client.set_missing_host_key_policy(_AcceptNew(known))
         else:
             conn.client.load_system_host_keys()
+        if ep.accept_new:
+            conn.client.set_missing_host_key_policy(_AcceptNew(known))
         return conn
 
     def connection(self) -> Any:
@@ -183,6 +241,8 @@ class Session:
                 conn = self._new_connection()
                 conn.open()
                 self.connects += 1
+                if conn.transport is not None:
+                    conn.transport.channel_timeout = _CHANNEL_TIMEOUT_S  # paramiko's default: an hour
                 sock = conn.transport.sock if conn.transport else None
                 if isinstance(sock, socket.socket):
                     # paramiko leaves Nagle on: every small exec would wait ~40 ms for a delayed ACK.
@@ -196,7 +256,8 @@ class Session:
             try:
                 self._conn = retrying(self.policies.ssh_connect, _retry_connect, self.sleep, note)(attempt)
             except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise ConnectError(self.endpoint, _connect_reason(exc, self.endpoint), attempts) from None
+                raise ConnectError(self.endpoint, _connect_reason(exc, self.endpoint, self.connect_timeout),
+                                   attempts) from None
             return self._conn, True
 
     def close(self) -> None:
@@ -280,17 +341,22 @@ class Session:
             nonlocal attempts
             attempts += 1
             start = time.monotonic()
+            timed_out = f"timed out after {cmd.timeout:g} s"
+            dog: _Watchdog | None = None
             try:
                 conn = self.connection()
                 self.commands_run += 1
-                raw = conn.run(self._wire(cmd, reveal=True), timeout=cmd.timeout)
+                with _Watchdog(conn, cmd.timeout + _WATCHDOG_GRACE_S) as dog:
+                    raw = conn.run(self._wire(cmd, reveal=True), timeout=cmd.timeout)
             except CommandTimedOut as exc:
                 result = CmdResult(shown, -1, mask(exc.result.stdout), mask(exc.result.stderr),
                                    time.monotonic() - start, attempts)
-                raise _Transient(result, f"timed out after {cmd.timeout:g} s") from None
+                raise _Transient(result, timed_out) from None
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 self.close()  # reconnect on the next attempt
                 result = CmdResult(shown, -1, "", mask(str(exc)), time.monotonic() - start, attempts)
+                if dog is not None and dog.fired:
+                    raise _Transient(result, f"{timed_out} (the host stopped answering; connection closed)") from None
                 raise _Transient(result, f"connection lost: {mask(str(exc)) or type(exc).__name__}") from None
             result = CmdResult(shown, raw.exited, mask(raw.stdout), mask(raw.stderr), time.monotonic() - start,
                                attempts)
@@ -298,8 +364,8 @@ class Session:
                 # No exit status: the channel was closed under the command. invoke's timeout timer
                 # may still be running its kill when the runner checks it, so a timeout can come
                 # back as a plain result instead of CommandTimedOut: tell them apart by the clock.
-                late = result.duration >= cmd.timeout
-                raise _Transient(result, f"timed out after {cmd.timeout:g} s" if late else "connection lost")
+                late = result.duration >= cmd.timeout or (dog is not None and dog.fired)
+                raise _Transient(result, timed_out if late else "connection lost")
             self.log(f"{self.endpoint.name}: $ {shown}  -> exit {result.exit_code} in {result.duration:.2f} s")
             if result.exit_code not in cmd.ok_codes and result.exit_code in transient_codes:
                 raise _Transient(result, f"exit code {result.exit_code} (transient)")
@@ -328,7 +394,7 @@ class Session:
         conn = self.connection()
         self.commands_run += 1
         tmp = f"/tmp/.numa-k3s-upload-{os.getpid()}-{time.monotonic_ns()}"
-        with self._sftp_lock, conn.sftp().open(tmp, "wb") as handle:
+        with self._sftp_lock, self._sftp(conn).open(tmp, "wb") as handle:
             handle.chmod(mode)
             if isinstance(data, Path):
                 handle.set_pipelined(True)
@@ -347,8 +413,17 @@ class Session:
     def get(self, remote_path: str) -> bytes:
         buf = io.BytesIO()
         with self._sftp_lock:
-            self.connection().get(remote_path, buf)
+            conn = self.connection()
+            self._sftp(conn)
+            conn.get(remote_path, buf)
         return buf.getvalue()
+
+    @staticmethod
+    def _sftp(conn: Any) -> Any:
+        """Fabric's cached SFTP client, its reads and writes bounded: a hung host raises socket.timeout."""
+        client = conn.sftp()
+        client.get_channel().settimeout(_CHANNEL_TIMEOUT_S)
+        return client
 
 
 def libvirt_uri(ep: Endpoint, local_uri: str) -> str:
@@ -357,9 +432,13 @@ def libvirt_uri(ep: Endpoint, local_uri: str) -> str:
     The libssh transport takes the key and known_hosts from the URI, so the inventory's SSH settings
     are the only ones used; the plain qemu+ssh transport runs the ssh binary, which reads
     ~/.ssh/config and the user's own known_hosts instead.
+
+    Host keys as for our own SSH connections: known_hosts_verify=normal would ask the user about an
+    unknown key, and with no_tty and no auth callback it refuses instead (strict); `auto` adds an
+    unknown key and refuses a changed one (accept-new). Never `ignore`.
     """
     driver, _, path = local_uri.partition(":///")
-    params = ["no_tty=1", "known_hosts_verify=normal"]
+    params = ["no_tty=1", f"known_hosts_verify={'auto' if ep.accept_new else 'normal'}"]
     if ep.key_file:
         params.insert(0, f"keyfile={Path(ep.key_file).expanduser()}")
     if ep.known_hosts:
@@ -392,16 +471,31 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
                 handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def _connect_reason(exc: BaseException, ep: Endpoint) -> str:
+def _connect_reason(exc: BaseException, ep: Endpoint, timeout: float) -> str:
     known = ep.known_hosts or "~/.ssh/known_hosts"
+    where = f"[{ep.host}]:{ep.port}" if ep.port != 22 else ep.host
     if isinstance(exc, paramiko.BadHostKeyException):
         # A VM rebuilt by teardown + provision has a new key; anything else may be an impostor.
-        return (f"host key of [{ep.host}]:{ep.port} differs from the one recorded in {known}; if the machine "
-                f"was rebuilt, forget the old key with: ssh-keygen -R '[{ep.host}]:{ep.port}' -f {known}")
+        return (f"HOST KEY CHANGED: {where} offered {exc.key.get_name()} {fingerprint(exc.key)}, not the key "
+                f"recorded in {known} ({fingerprint(exc.expected_key)}); this may be an impostor (a man in the "
+                "middle), so nothing was sent. If the machine was rebuilt or re-keyed on purpose, check the new "
+                f"fingerprint on its console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then forget the old key "
+                f"with: ssh-keygen -R '{where}' -f {known}")
     if "not found in known_hosts" in str(exc):
-        return f"host key of [{ep.host}]:{ep.port} is not in {known}; check the host, then add its key"
+        offered = f" offered {exc.key.get_name()} {fingerprint(exc.key)};" if isinstance(exc, _UnknownHostKey) else ""
+        port = f"-p {ep.port} " if ep.port != 22 else ""
+        return (f"unknown host key: {where} is not in {known};{offered} refused before logging in. Check the "
+                "fingerprint on the host's console (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then either "
+                f"set `{ep.host_key_opt_in}` for first contact (records the key; a changed key is still "
+                "refused), or add it yourself: "
+                f"ssh-keyscan {port}{ep.host} >> {known}")
     if isinstance(exc, paramiko.AuthenticationException):
         return f"authentication as {ep.user} failed with key {ep.key_file or '(agent/default keys)'}"
+    # The banner wait, or the handshake that paramiko gives up on silently and then reports as "No
+    # existing session" at authentication: TCP connected, sshd said nothing.
+    if "SSH protocol banner" in str(exc) or "No existing session" in str(exc):
+        return (f"no SSH handshake from {ep.host}:{ep.port} within {timeout:g} s: the port accepts connections "
+                "but sshd does not answer (hung or overloaded)")
     return str(exc) or type(exc).__name__
 
 

@@ -17,7 +17,9 @@ class TargetError(ToolError):
 
 def hypervisor_endpoint(loaded: LoadedHost) -> Endpoint:
     ssh = loaded.host.ssh
-    return Endpoint(loaded.name, ssh.host, ssh.port, ssh.user, ssh.key_file, ssh.known_hosts)
+    return Endpoint(loaded.name, ssh.host, ssh.port, ssh.user, ssh.key_file, ssh.known_hosts,
+                    accept_new=ssh.host_key == "accept-new",
+                    host_key_opt_in=f"ssh.host_key: accept-new in {loaded.file}")
 
 
 def vm_endpoint(loaded: LoadedHost, vm: VM, *, discover: bool = False) -> Endpoint:
@@ -28,7 +30,8 @@ def vm_endpoint(loaded: LoadedHost, vm: VM, *, discover: bool = False) -> Endpoi
     # host "" when discovered at run time (vms.start asks virsh domifaddr).
     return Endpoint(vm.name, vm.ssh.host or "", vm.ssh.port, vm.ssh.user, vm.ssh.key_file or hv.key_file,
                     vm.ssh.known_hosts or hv.known_hosts, hv if vm.ssh.jump else None,
-                    accept_new=vm.ssh.host_key == "accept-new")
+                    accept_new=vm.ssh.host_key == "accept-new",
+                    host_key_opt_in=f"vms[{loaded.host.vms.index(vm)}].ssh.host_key: accept-new in {loaded.file}")
 
 
 def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None = None) -> list[Target]:

@@ -60,7 +60,8 @@ def tiny_vm(name: str, images: Path, guest: Path, pubkey: Path, ssh: dict[str, A
         "boot": {"kernel": str(guest / "vmlinuz"), "initrd": str(guest / "initrd.img"),
                  "cmdline": "console=ttyS0 quiet"},
         "user_nic": {"host_port": port},
-        "ssh": ssh | {"port": port, "jump": True},
+        # accept-new: the guest makes its host key at first boot, so it cannot be known beforehand.
+        "ssh": ssh | {"port": port, "jump": True, "host_key": "accept-new"},
     }
     if data:
         vm["disks"] = [{"name": "cold", "tier": "hdd", "path": str(images / f"{name}-lake.qcow2"), "size_gb": 8,

@@ -184,10 +184,10 @@ class VmSsh(Model):
     known_hosts: Word | None = None
     # Reach the VM through the hypervisor's SSH connection (a jump host), as on a private bridge.
     jump: bool = True
-    # A VM this tool creates has a host key nobody knows yet: accept-new records it on first use
-    # and refuses a changed one later (OpenSSH's StrictHostKeyChecking=accept-new); strict needs
-    # the key in known_hosts beforehand.
-    host_key: Literal["accept-new", "strict"] = "accept-new"
+    # strict (the default): the VM's key must be in known_hosts already. A VM this tool creates has a
+    # key nobody knows yet: accept-new records it on first use and refuses a changed one later
+    # (OpenSSH's StrictHostKeyChecking=accept-new). An explicit opt-in, never the default.
+    host_key: Literal["accept-new", "strict"] = "strict"
 
 
 class DirectBoot(Model):
@@ -289,6 +289,10 @@ class SshSettings(Model):
     # Local paths; `~` is expanded on the operator's machine.
     key_file: Word | None = None
     known_hosts: Word | None = None
+    # strict (the default): the host's key must be in known_hosts; an unknown or changed key is
+    # refused before logging in. accept-new: the documented opt-in for first contact, records an
+    # unknown key in known_hosts, still refuses a changed one.
+    host_key: Literal["accept-new", "strict"] = "strict"
 
 
 class K3sSettings(Model):

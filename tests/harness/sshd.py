@@ -16,7 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -122,6 +122,14 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _state(pid: int) -> str:
+    """The process state letter from /proc/PID/stat ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return ""
+
+
 def _reaped(pid: int) -> bool:
     """True once pid is gone, or is a zombie already orphaned to PID 1: only PID 1 can reap it now."""
     try:
@@ -144,6 +152,7 @@ class SshdFarm:
         self.hosts: dict[str, SshHost] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._host_keys: dict[str, str] = {}
+        self._configs: dict[str, Path] = {}  # each host's sshd_config: a restart reuses port and key
         self._seq = 0
         if os.geteuid() == 0:  # privilege separation directory sshd insists on when run as root
             Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -178,6 +187,7 @@ class SshdFarm:
                 self.hosts[name] = host
                 self._procs[name] = proc
                 self._host_keys[name] = " ".join(Path(f"{host_key}.pub").read_text().split()[:2])
+                self._configs[name] = config
                 self._write_known_hosts()
                 return host
             self._kill_tree(proc)
@@ -187,10 +197,81 @@ class SshdFarm:
         raise RuntimeError(f"sshd for {name!r} did not start: {last_error}")
 
     def stop(self, name: str) -> None:
+        self.unpause(name)  # a stopped process would not act on SIGTERM
         proc = self._procs.pop(name)
-        del self.hosts[name], self._host_keys[name]
+        del self.hosts[name], self._host_keys[name], self._configs[name]
         self._write_known_hosts()
         self._kill_tree(proc)
+
+    # -- faults: a host's sshd dies, comes back, or freezes ------------------------------------
+    def kill(self, name: str) -> list[int]:
+        """SIGKILL the host's whole sshd tree: the listener and every per-connection process (and
+        the commands they run), so live connections really drop. The host stays known (its port,
+        key and known_hosts line): restart() brings it back as it was. Returns the killed PIDs:
+        orphans among them stay zombies until PID 1 reaps them (here: every ~2 s; a real init at once).
+
+        The tree is frozen first, then killed at once: killed one by one, a shell whose `sleep` died
+        first would go on to run the rest of its command line, which no crash does.
+        """
+        proc = self._procs[name]
+        self.pause(name)
+        pids = [proc.pid, *descendants(proc.pid)]  # frozen: nothing can fork any more
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while not all(_reaped(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return pids
+
+    def restart(self, name: str, *, new_host_key: bool = False) -> SshHost:
+        """Start a killed host again on the same port with the same host key, so known_hosts still
+        matches. new_host_key=True: a new key instead (the farm's known_hosts then has the new one;
+        a test that keeps a copy of the old file sees a changed key, as after a rebuild or an
+        impostor)."""
+        old, proc = self.hosts[name], self._procs[name]
+        if proc.poll() is None:
+            raise ValueError(f"host {name!r} is still running: kill() it first")
+        config = self._configs[name]
+        if new_host_key:
+            key = Path(next(line.split(None, 1)[1] for line in config.read_text().splitlines()
+                            if line.startswith("HostKey ")))
+            key.unlink()
+            Path(f"{key}.pub").unlink()
+            _keygen(key, f"sshd-farm-{name}-rekeyed")
+            self._host_keys[name] = " ".join(Path(f"{key}.pub").read_text().split()[:2])
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:  # the port was ours a moment ago; a connection's socket may still hold it briefly
+            proc = self._spawn(config, old.log_file)
+            error = self._wait_listening(proc, old.port, old.log_file, since=old.log_file.stat().st_size)
+            if error is None:
+                break
+            self._kill_tree(proc)
+            if "Address already in use" not in error or time.monotonic() > deadline:
+                raise RuntimeError(f"sshd for {name!r} did not restart: {error}")
+            time.sleep(0.1)
+        host = replace(old, pid=proc.pid)
+        self.hosts[name], self._procs[name] = host, proc
+        self._write_known_hosts()
+        return host
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP the host's whole sshd tree: TCP still connects (the kernel queues it) and open
+        connections stay up, but nothing answers: a hung host."""
+        pids = [self._procs[name].pid, *reversed(descendants(self._procs[name].pid))]  # parents first
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + STOP_TIMEOUT_S  # the signal is delivered asynchronously
+        while not all(_state(pid) in ("T", "Z", "X", "") for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def unpause(self, name: str) -> None:
+        """SIGCONT the tree pause() stopped."""
+        for pid in [*descendants(self._procs[name].pid), self._procs[name].pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def stop_all(self) -> None:
         for name in list(self._procs):
@@ -230,14 +311,17 @@ class SshdFarm:
             return subprocess.Popen([*prefix, _sshd_binary(), "-D", "-e", "-f", str(config), "-E", str(log)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
 
-    def _wait_listening(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> str | None:
-        """None once sshd logged that it listens on port and the port accepts TCP; else the error."""
+    def _wait_listening(self, proc: subprocess.Popen[bytes], port: int, log: Path, since: int = 0) -> str | None:
+        """None once sshd logged that it listens on port and the port accepts TCP; else the error.
+
+        since: where this sshd's lines start in the log (a restarted host appends to its old log).
+        """
         deadline = time.monotonic() + START_TIMEOUT_S
         marker = f"Server listening on 127.0.0.1 port {port}"  # proves it is our sshd on that port
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 return f"exited with {proc.returncode}; log tail:\n{_tail(log)}"
-            if marker in log.read_text(errors="replace"):
+            if marker in log.read_bytes()[since:].decode(errors="replace"):
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return None
             time.sleep(0.02)
@@ -272,6 +356,11 @@ class SshdFarm:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def start_hosts(farm: SshdFarm, prefix: str, n: int) -> list[SshHost]:
+    """n hosts named prefix0 .. prefix{n-1}, started one after another from the calling (main) thread."""
+    return [farm.start(f"{prefix}{i}") for i in range(n)]
 
 
 def _tail(path: Path, lines: int = 20) -> str:
