@@ -53,9 +53,11 @@ demo-clean: venv
 bench: venv
 	$(PY) bench/inventory_validate.py
 	$(PY) bench/peers.py
+	$(PY) bench/fanout.py
 
 bench-quick: venv
 	$(PY) bench/peers.py --quick
+	$(PY) bench/fanout.py --quick
 
 clean:
 	rm -rf $(VENV) .runs .mypy_cache .ruff_cache .pytest_cache

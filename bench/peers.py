@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.harness.inventory import write_host
-from tests.harness.sshd import SshdFarm, SshHost
+from tests.harness.sshd import SshdFarm, SshHost, start_hosts
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -104,7 +104,7 @@ def measure(counts: list[int], tools: list[str], runs: int) -> dict[int, dict[st
         for n in counts:
             work = Path(tmp) / f"n{n}"
             work.mkdir()
-            hosts = [farm.start(f"b{n}-{i}") for i in range(n)]
+            hosts = start_hosts(farm, f"b{n}-", n)
             write_world(work, hosts)
             samples: dict[str, list[float]] = {t: [] for t in tools}
             for t in tools:  # warm-up: first connections, ControlPersist masters, imports in page cache
