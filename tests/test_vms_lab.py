@@ -124,7 +124,13 @@ def test_tiny_guests_start_pinned_answer_ssh_and_tear_down(lab: tuple[World, lis
     assert check.exit_code == 5
     bad = [(r.target, c.name, c.expected, c.found) for r in check.results for c in r.checks if not c.ok]
     assert bad == [(b, f"virsh vcpupin {b} 0", "1", "0")]
-    virsh("vcpupin", b, "0", "1", "--live")
+    # vms.start puts the live pin back (the definition was right all along).
+    (fixed,) = world.run("vms.start")
+    assert fixed.exit_code == 0, failure_text([fixed])
+    repinned = next(r for r in fixed.results if r.target == b)
+    assert repinned.status == "changed" and repinned.commands == (
+        f"virsh -c {URI} vcpupin {b} 0 1 --live",), repinned.commands
+    assert checks_of(fixed, "vms.start", b)[f"virsh vcpupin {b} 0"] == ("1", "1", True)
 
     monitoring_reads_the_real_qemu_processes(world, a, b)
     doctor_finds_a_planted_neighbour(world, a, b)

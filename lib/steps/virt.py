@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from lib.cpuset import format_cpulist
 from lib.domain import (
     DomainSpec,
     LiveDomain,
@@ -121,6 +122,20 @@ def guest_checks(vm: VM, reached: str | None, status_output: str) -> tuple[Check
             Check("cloud-init status", "done", status, status in ("done", "not installed")))
 
 
+def repin(vm: VM, live: LiveDomain, uri: str) -> list[Command]:
+    """Put back live pins someone moved (virsh vcpupin/emulatorpin --live): the definition is right,
+    so only the running domain drifted. Memory binding cannot move live under strict mode; verify
+    reports it and a restart of the VM applies the definition."""
+    actions = [sh("virsh -c {uri} vcpupin {name} {vcpu} {cpu} --live", uri=uri, name=vm.name, vcpu=i, cpu=cpu,
+                  why=f"pin vCPU {i} back to CPU {cpu}")
+               for i, cpu in enumerate(vm.pins) if live.vcpu_pins.get(i) != frozenset({cpu})]
+    if live.emulator_cpus != vm.tuning.emulator_cpus:
+        cpus = format_cpulist(vm.tuning.emulator_cpus)
+        actions.append(sh("virsh -c {uri} emulatorpin {name} {cpus} --live", uri=uri, name=vm.name, cpus=cpus,
+                          why=f"pin the emulator threads back to {cpus}"))
+    return actions
+
+
 class VmsStart(Step):
     name = "vms.start"
     summary = "start + autostart each VM, wait for SSH and cloud-init, verify live pins via libvirt"
@@ -172,6 +187,8 @@ class VmsStart(Step):
             actions.append(start)
         if not facts.live.autostart:
             actions.append(auto)
+        if facts.live.state == "running":
+            actions += repin(vm, facts.live, uri)
         if not actions:
             return Plan(reason=f"{vm.name} is running and starts with the host")
         return Plan(tuple(actions), f"{vm.name} is {facts.live.state}: " + ", ".join(a.why for a in actions))
