@@ -56,8 +56,10 @@ def acquire(path: str, info: str) -> Command:
         'if (set -C; printf "%s session=%s\\n" "$info" "$s" > "$lock") 2>/dev/null; then echo acquired; exit 0; fi; '
         'holder=$(cat "$lock" 2>/dev/null); '
         'hs=$(printf "%s\\n" "$holder" | sed -n "s/.*session=\\([0-9]*\\).*/\\1/p"); '
-        'case "$(cat /proc/${{hs:-0}}/comm 2>/dev/null)" in ' + _SSHD + ') echo "live $holder";; '
-        '*) echo "stale $holder";; esac',
+        # A killed session not yet reaped is a zombie (state Z) whose comm still reads sshd: dead too.
+        'st=$(sed -n "s/.*) \\([A-Z]\\).*/\\1/p" /proc/${{hs:-0}}/stat 2>/dev/null); '
+        'case "$st:$(cat /proc/${{hs:-0}}/comm 2>/dev/null)" in Z:*|X:*|:*) echo "stale $holder";; '
+        '*:sshd|*:sshd-session) echo "live $holder";; *) echo "stale $holder";; esac',
         path=path, info=info, timeout=30, why="take the host lock")
 
 

@@ -101,13 +101,17 @@ class Engine:
         pool = SessionPool(opts.policies, self._sleep, records.log)
         hv = hypervisor_endpoint(loaded)
         locked = False
+        first = ""  # the step the run would start with: named when the host fails before it
         try:
             chosen, left_out = self._selection(loaded, run_id)
+            first = next((s.name for s in chosen if s.name not in left_out), "")
             if opts.mode == "apply":
                 locked = self._take_lock(pool.get(hv), loaded, run_id)
             self._run_steps(loaded, chosen, left_out, pool, records, run)
         except (ToolError, OSError) as exc:
             run.error = str(exc)
+            if isinstance(exc, ConnectError | CommandError) and not locked and first:
+                run.error = f"{loaded.name}: before step {first}, taking the host lock: {exc}"
             run.exit_code = getattr(exc, "exit_code", 4)
         finally:
             if locked:

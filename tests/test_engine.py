@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,17 +215,27 @@ def test_lock_refuses_a_second_run_and_names_the_holder(world: World, hv: SshHos
     assert not world.state_file("hv1", "ran").exists()  # nothing ran
 
 
-def test_stale_lock_is_broken_with_a_message(world: World, hv: SshHost) -> None:
+@pytest.mark.parametrize("holder", ["gone", "zombie"])
+def test_stale_lock_is_broken_with_a_message(world: World, hv: SshHost, holder: str) -> None:
     lock = world.tmp / "locks" / "hv1.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
+    # A killed sshd session that nobody has reaped yet is a zombie whose comm still reads "sshd".
+    sshd = world.tmp / "sshd"
+    shutil.copy("/bin/true", sshd)
+    dead = subprocess.Popen([str(sshd)])
+    if holder == "gone":
+        dead.wait()
+    else:
+        while Path(f"/proc/{dead.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            time.sleep(0.01)
+        assert Path(f"/proc/{dead.pid}/comm").read_text().strip() == "sshd"
     lock.write_text(f"user=bob client=old-box pid=1 started=2026-11-01T00:00:00Z run=R0 session={dead.pid}\n")
     (run,) = world.run("test.a")
     assert run.exit_code == 0 and run.results[0].status == "changed"
     assert "broke a stale host lock of user bob on old-box (pid 1)" in world.out.getvalue()
     assert "its SSH session is gone" in world.out.getvalue()
     assert not lock.exists()  # released at the end of the run
+    dead.wait()
 
 
 def test_a_reconnecting_run_keeps_its_lock(world: World, hv: SshHost) -> None:

@@ -90,6 +90,7 @@ def test_unknown_host_key_is_refused_before_anything_runs(host: SshHost, tmp_pat
     assert run.exit_code == 4
     text = failure_text([run])
     assert text.startswith("hv1: FAILED (exit 4)")
+    assert "hv1: before step test.a, taking the host lock: cannot connect to" in text  # host and step
     assert f"unknown host key: [127.0.0.1]:{host.port} is not in {known}" in text
     assert f"offered ssh-ed25519 {offered_fingerprint(host)}" in text
     assert "set `ssh.host_key: accept-new in " in text and "hosts/hv1.yaml` for first contact" in text
