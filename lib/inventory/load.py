@@ -25,6 +25,16 @@ from lib.pinplan import Core, PinRequest, PlanError, cores_from_layout, plan_pin
 
 DEFAULTS = "defaults.yaml"
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# No hosts file nests more than a handful of levels or holds more than a few thousand values; deeper
+# data would only exhaust Python's recursion in validation and error messages (a recursive alias is
+# infinitely deep), and aliases of aliases ("billion laughs") expand to more values than memory holds.
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+# libyaml's composer recurses on the C stack and crashes the process (SIGSEGV) near 40,000 levels.
+# Every collection starts with one of these characters, so their count bounds the nesting depth; a
+# file with more of them is parsed by the pure-Python loader, which raises RecursionError instead.
+_COLLECTION_CHARS = b"[{-?:"
+_C_LOADER_MAX_COLLECTIONS = 5000
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,13 @@ def _plan(host: Host, cores: list[Core], file: str, problems: list[Problem]) -> 
     todo = {vm.name for vm in host.vms if vm.tuning.vcpu_pins is None}
     if not todo:
         return host, frozenset()
+    nowhere = [i for i, vm in enumerate(host.vms) if vm.name in todo and not vm.tuning.numa_memory.nodes]
+    for i in nowhere:
+        problems.append(Problem("pins.plan", file, f"vms[{i}].tuning.numa_memory.nodeset",
+                                f"{host.vms[i].name} gives no vcpu_pins and an empty nodeset: nowhere to plan "
+                                "its pins; give a nodeset or the pins"))
+    if nowhere:
+        return host, frozenset()
     try:
         plan = plan_host(host, cores)
     except PlanError as exc:
@@ -139,13 +156,19 @@ def _read_key_files(host: Host, file: str, problems: list[Problem]) -> Host:
         for j, user in enumerate(vm.user_configs):
             keys = list(user.ssh_authorized_keys)
             for k, name in enumerate(user.ssh_authorized_key_files):
-                path = Path(name).expanduser()
+                where = f"vms[{i}].user_configs[{j}].ssh_authorized_key_files[{k}]"
                 try:
+                    path = Path(name).expanduser()  # RuntimeError: "~nobody/..." names no known user
+                    if path.exists() and not path.is_file():  # /dev/zero or a FIFO would never end
+                        raise ValueError("not a regular file")
                     keys += [line.strip() for line in path.read_text().splitlines() if line.strip()]
                 except OSError as exc:
-                    where = f"vms[{i}].user_configs[{j}].ssh_authorized_key_files[{k}]"
                     problems.append(Problem("key.file", file, where,
                                             f"{path}: {exc.strerror}; {vm.name} gets no key from it", "warning"))
+                except (RuntimeError, ValueError) as exc:  # unknown ~user, a NUL in the name, not UTF-8 text
+                    why = str(exc).rstrip(".")
+                    problems.append(Problem("key.file", file, where,
+                                            f"{name!r}: {why}; {vm.name} gets no key from it", "warning"))
             users.append(user.model_copy(update={"ssh_authorized_keys": tuple(dict.fromkeys(keys))}))
         vms.append(vm.model_copy(update={"user_configs": tuple(users)}))
     return host.model_copy(update={"vms": tuple(vms)})
@@ -153,20 +176,29 @@ def _read_key_files(host: Host, file: str, problems: list[Problem]) -> Host:
 
 def _read_yaml(file: Path, problems: list[Problem]) -> dict[str, Any] | None:
     try:
-        text = file.read_text()
+        text = file.read_bytes()  # bytes: YAML's reader detects the encoding and names a bad byte
     except FileNotFoundError:
         problems.append(Problem("file.missing", str(file), "", "file not found"))
         return None
     except OSError as exc:
         problems.append(Problem("file.unreadable", str(file), "", exc.strerror or str(exc)))
         return None
+    shallow = sum(text.count(c) for c in _COLLECTION_CHARS) <= _C_LOADER_MAX_COLLECTIONS
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_Loader if shallow else yaml.SafeLoader)  # noqa: S506 - SafeLoaders
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        position = getattr(exc, "position", None)  # a ReaderError: not text in a YAML encoding
+        where = (f"line {mark.line + 1}, column {mark.column + 1}" if mark
+                 else f"byte {position}" if isinstance(position, int) else "")
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         problems.append(Problem("yaml.syntax", str(file), where, f"could not parse YAML: {what}"))
+        return None
+    except RecursionError:
+        data = _TOO_DEEP
+    too_big = _too_big(data)
+    if too_big:
+        problems.append(Problem("yaml.too-big", str(file), "", too_big))
         return None
     if data is None:
         data = {}
@@ -175,6 +207,28 @@ def _read_yaml(file: Path, problems: list[Problem]) -> dict[str, Any] | None:
                                 f"the top level must be a mapping of keys, not a {type(data).__name__}"))
         return None
     return data
+
+
+_TOO_DEEP = object()
+_DEEP = (f"nested deeper than {MAX_DEPTH} levels (or a recursive alias); a hosts file needs only a few")
+
+
+def _too_big(data: Any) -> str:
+    """Why data is too deep or too large to validate, or "" (iterative: no recursion to exhaust)."""
+    if data is _TOO_DEEP:
+        return _DEEP
+    todo: list[tuple[Any, int]] = [(data, 0)]
+    seen = 0
+    while todo:
+        value, depth = todo.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return f"more than {MAX_VALUES} values once aliases are expanded; a hosts file needs only a few hundred"
+        if isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                return _DEEP
+            todo.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return ""
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,8 +255,17 @@ def _has_path(data: Any, loc: tuple[int | str, ...]) -> bool:
 def field_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _plain(str(part)):  # a key with a newline or control character stays on one line
+            out += f"[{str(part)!r}]"
+        else:
+            out += f".{part}" if out else str(part)
     return out
+
+
+def _plain(key: str) -> bool:
+    return bool(key) and key.isprintable() and not any(ch.isspace() for ch in key)
 
 
 def _schema_problem(err: ErrorDetails, file: str) -> Problem:
