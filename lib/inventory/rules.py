@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
 from lib.cpuset import format_cpulist
 from lib.errors import Severity
@@ -135,13 +136,14 @@ def check_shared_pins(host: Host, cores: list[Core]) -> Iterator[Finding]:
 
 
 def check_memory(host: Host) -> Iterator[Finding]:
-    demand: dict[int, float] = defaultdict(float)
+    # Exact fractions: a float overflows on a huge (mistyped) memory_mb instead of saying it does not fit.
+    demand: dict[int, Fraction] = defaultdict(Fraction)
     users: dict[int, list[str]] = defaultdict(list)
     for vm in host.vms:
         nodes = vm.tuning.numa_memory.nodes
         for node_id in nodes:
             # A VM bound to several nodes spreads its memory over them.
-            demand[node_id] += vm.memory_mb / len(nodes)
+            demand[node_id] += Fraction(vm.memory_mb, len(nodes))
             users[node_id].append(f"{vm.name} {vm.memory_mb // len(nodes)}")
     reserve = host.host_reserved_memory_mb
     for k, node in enumerate(host.topology.nodes):
@@ -170,6 +172,16 @@ def check_disks(host: Host) -> Iterator[Finding]:
                 b = bases[path]
                 yield Finding("disk.base-image", where,
                               f"{path} is the base image of {_vm(b, host.vms[b])}; it must never be a VM's own disk")
+        # virt-install reads ",name=value" inside --disk path=... and --boot kernel=... as another
+        # sub-option, and a bare ",part" as an unknown one; it has no escape for a comma.
+        given = list(paths)
+        given += [(f"vms[{i}].disks[{k}].device", d.device) for k, d in enumerate(vm.disks) if d.device]
+        if vm.boot:
+            given += [(f"vms[{i}].boot.kernel", vm.boot.kernel), (f"vms[{i}].boot.initrd", vm.boot.initrd)]
+        for where, path in given:
+            if "," in path:
+                yield Finding("path.comma", where, f"{path!r} contains ',', which virt-install would read as the "
+                                                   "start of another disk or boot option")
         targets: dict[str, int] = {}
         for k, d in enumerate(vm.disks):
             if d.target in targets:
