@@ -71,6 +71,9 @@ def _rel_path(value: str) -> str:
 
 
 def _cpulist(value: str) -> str:
+    if value != value.strip():  # parse_cpulist allows sysfs's trailing newline; a file value is one word
+        raise PydanticCustomError("cpulist.invalid", "{value}: no spaces or newlines around a cpulist",
+                                  {"value": repr(value)})
     try:
         parse_cpulist(value)
     except ValueError as exc:
