@@ -89,7 +89,13 @@ def sh(template: str, /, *, timeout: float = 120.0, sudo: bool = True, ok_codes:
     """Format template with each value shell-quoted ({name}); lists become several quoted words.
 
     The template itself is code, never data: operators' values only ever enter through **values.
+    A NUL byte cannot be part of any argv or command line (C strings end there), so a value holding
+    one is refused here, by name, rather than cut short somewhere on the way to the host.
     """
+    for key, val in values.items():
+        for item in val if isinstance(val, list) else [val]:
+            if "\0" in (item.reveal() if isinstance(item, Secret) else str(item)):
+                raise ValueError(f"sh(): the value for {{{key}}} contains a NUL byte, which no command line can carry")
 
     def render(reveal: bool) -> str:
         words = {
