@@ -28,8 +28,13 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def new_run_id(now: float | None = None) -> str:
-    """UTC timestamp plus 4 hex digits: sorts in time order, unique across parallel runs."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    """UTC time to the millisecond plus 4 hex digits: sorts in time order, unique across parallel runs.
+
+    Milliseconds, because an interrupted run and its resume can start within the same second, and
+    resume picks the last run by this order.
+    """
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     return f"{stamp}-{secrets.token_hex(2)}"
 
 

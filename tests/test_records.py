@@ -126,9 +126,9 @@ def test_junit_xml_survives_control_characters_in_stderr(tmp_path: Path) -> None
 
 
 def test_run_ids_sort_in_time_order_and_runs_of_lists_oldest_first(tmp_path: Path) -> None:
-    ids = [new_run_id(T0 + offset) for offset in (3600.0, 0.0, 59.0, 86400.0)]
-    assert re.fullmatch(r"20261128T185300Z-[0-9a-f]{4}", ids[0])
-    assert sorted(ids) == [ids[1], ids[2], ids[0], ids[3]]
+    ids = [new_run_id(T0 + offset) for offset in (3600.0, 0.0, 59.0, 86400.0, 0.25, 0.5)]
+    assert re.fullmatch(r"20261128T185300\.000Z-[0-9a-f]{4}", ids[0])
+    assert sorted(ids) == [ids[1], ids[4], ids[5], ids[2], ids[0], ids[3]]  # within a second too
     for run_id in ids:
         RunRecords(tmp_path, "hv1", run_id)
     (tmp_path / "hv1" / "stray.txt").write_text("not a run")
