@@ -9,7 +9,7 @@ APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt
 # xorriso builds reproducible seed ISOs; cloud-init is here only for `cloud-init schema` in tests;
 # cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 
-.PHONY: test services demo demo-clean bench bench-quick lint typecheck unit system venv clean
+.PHONY: test test-reliability services demo demo-clean bench bench-quick lint typecheck unit system venv clean
 
 # apt-get only when a package is missing, so repeated runs stay fast.
 system:
@@ -33,8 +33,13 @@ typecheck: venv
 services: system
 	bash lab/services.sh
 
+# The default run leaves out the tests marked slow (tests/reliability/test_lab_provision.py: the whole
+# provision on real guests, interrupted in every step); `make test-reliability` runs them, and CI runs both.
 test: venv lint typecheck services
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-reliability: venv services
+	$(PY) -m pytest -q -m slow
 
 # The lab: hosts/lab.yaml on this machine (a local sshd as the hypervisor, real libvirtd, tiny TCG
 # guests, the k3s STAND-IN through the airgap path), provisioned and verified for real.
