@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -88,7 +88,12 @@ class Engine:
 
     def run(self, hosts: list[LoadedHost]) -> list[HostRun]:
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-            return list(pool.map(self._run_host, hosts))
+            futures = [pool.submit(self._run_host, host) for host in hosts]
+            # Wake up now and then: a signal may be delivered to a worker thread, and Python runs
+            # its handler (Ctrl-C -> interrupt()) only when the main thread executes again.
+            while wait(futures, timeout=0.1).not_done:
+                pass
+            return [future.result() for future in futures]
 
     # -- one hypervisor ----------------------------------------------------------------------
     def _run_host(self, loaded: LoadedHost) -> HostRun:

@@ -8,7 +8,7 @@ stops before host.tune; a SIGKILL leaves a stale lock that the resume breaks.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -38,13 +38,23 @@ class Held:
 
     def release(self) -> None:
         # Open the FIFO (the blocked reader's open returns too), put a regular file at the path for
-        # every later read, then hand the blocked reader its content.
-        fd = os.open(self.path, os.O_WRONLY)
+        # every later read, then hand the blocked reader its content. A killed run may never have
+        # sent its read: with no reader (ENXIO), only the regular file goes in.
+        fd = None
+        deadline = time.monotonic() + 2.0
+        while fd is None and time.monotonic() < deadline:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.01)
         regular = self.path.with_name("cmdline.regular")
         regular.write_bytes(self.content)
         regular.replace(self.path)
-        os.write(fd, self.content)
-        os.close(fd)
+        if fd is not None:
+            os.write(fd, self.content)
+            os.close(fd)
 
 
 class Proc:
@@ -87,11 +97,8 @@ def held(cli: Cli) -> Iterator[tuple[Cli, Held]]:  # noqa: F811 - cli is the imp
     sysroot = cli.write(HostShape())
     hold = Held(sysroot)
     yield cli, hold
-    if hold.path.is_fifo():  # a failed test: unblock whatever still reads it (ENXIO: nobody does)
-        with contextlib.suppress(OSError):
-            fd = os.open(hold.path, os.O_WRONLY | os.O_NONBLOCK)
-            os.write(fd, hold.content)
-            os.close(fd)
+    if hold.path.is_fifo():  # a failed test: unblock whatever still reads it
+        hold.release()
 
 
 def test_two_provisions_at_once_one_runs_the_other_is_refused(held: tuple[Cli, Held]) -> None:
