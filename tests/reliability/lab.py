@@ -60,7 +60,9 @@ class Lab:
             d.mkdir(parents=True, exist_ok=True)
         self.token_file.write_text(token + "\n")
         self.token_file.chmod(0o600)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.images / "base.qcow2"), "64M"], check=True)
+        self.base = self.images / "base.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.base), "64M"], check=True)
+        self.base_sha = sha(self.base)  # before any provision: no run may ever change it
         self.sysroot = write_tree(tmp / "sysroot", HostShape(sockets=1, cores_per_socket=2, threads_per_core=1,
                                                              memory_mb_per_node=4096, l3_kb=32768))
         self.config = tmp / "invoke.yaml"

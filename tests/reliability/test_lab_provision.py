@@ -163,6 +163,7 @@ def test_drift_and_refused_teardown_touch_no_image(lab: Lab, baseline: dict[str,
     disks = sorted(p for p in lab.images.rglob("*.qcow2"))
     assert len(disks) == 5  # base, two OS overlays, the data VM's hot disk and its lake
     before = {p: sha(p) for p in disks}
+    assert before[lab.base] == lab.base_sha  # the full provision left the base image as it was
 
     # Drift an operator could cause: a VM's vCPU moved by hand, the lake given another size in the
     # inventory. Provision reports it and changes no image.
@@ -251,5 +252,6 @@ def test_interrupted_in_every_step_then_resumed_ends_as_a_clean_run(lab: Lab, ba
     (lab.tmp / f"outcomes-{signal.Signals(signum).name}.txt").write_text("\n".join(outcomes) + "\n")
     assert lab.end_state() == baseline["state"], "\n".join(outcomes)
     assert {p: sha(p) for p in data_disks} == data_disks  # the data disks survived teardown and re-provision
+    assert sha(lab.base) == lab.base_sha
     assert lab.leftovers() == []
     assert len(lab.domains()) == 2  # no duplicates
