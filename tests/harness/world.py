@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,12 @@ class World:
 
     def state_file(self, target: str, kind: str) -> Path:
         return self.state / f"{target}.{kind}"
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 60.0) -> None:
+    """Poll until condition() holds; past `limit` seconds (a safety net, not a timing assertion) fail."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)

@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lib.records import read_journal, runs_of
 from tests.harness.sysfs import HostShape
+from tests.harness.world import wait_for
 from tests.inventory_helpers import REPO
 from tests.test_cli_runbooks import Cli, cli  # noqa: F401 - the fixture, shared with the CLI tests
 
@@ -72,14 +73,6 @@ class Proc:
 
     def wait(self) -> int:
         return self.popen.wait(timeout=WAIT_S)
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 def held_in_bios_check(c: Cli) -> bool:
