@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import secrets
 import subprocess
 import sys
 import time
@@ -70,8 +72,10 @@ class Lab:
             "hosts_dir": str(self.hosts), "runs_dir": str(self.runs),
             # Tiny guests boot in seconds: poll every second or two instead of up to ten.
             "retries": {"converge": {"wait_initial": 1, "wait_max": 2, "deadline": 300}}}))
-        suffix = tmp.name[-6:].replace("_", "")
-        self.data_vm, self.server_vm = f"r{suffix}-data", f"r{suffix}-tasks"
+        # Random, not from the tmp dir's name: that repeats across pytest sessions, and a crashed
+        # session's domains would then be taken for this one's.
+        prefix = f"rl{secrets.token_hex(3)}"
+        self.data_vm, self.server_vm = f"{prefix}-data", f"{prefix}-tasks"
         self.ssh_ports: dict[str, int] = {}
         self._write_host(guest)
 
@@ -209,6 +213,21 @@ class Lab:
             found += [f"{vm}:{line}" for line in self.vm_shell(vm, "ls -a /etc/rancher/k3s").split()
                       if any(m in line for m in TEMP_MARKS)]
         return found
+
+
+def remove_crashed_labs() -> list[str]:
+    """Domains of earlier sessions that died before their teardown (their disks are gone with their
+    tmp dirs): they would hold memory and CPU for nothing."""
+    gone = []
+    for name in virsh("list", "--all", "--name").split():
+        if not re.fullmatch(r"rl[0-9a-f]{6}-(data|tasks)", name):
+            continue
+        disks = re.findall(r"<source file='([^']+)'", virsh("dumpxml", name, check=False))
+        if disks and not any(Path(d).exists() for d in disks):
+            virsh("destroy", name, check=False)
+            virsh("undefine", name, check=False)
+            gone.append(name)
+    return gone
 
 
 def wait_for_line(lab: Lab, proc: subprocess.Popen[str], after: str | None, texts: tuple[str, ...]) -> int | None:

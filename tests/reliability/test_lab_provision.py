@@ -21,7 +21,7 @@ import pytest
 from lib.records import read_journal
 from tests.harness.guest import build_guest
 from tests.harness.sshd import SshdFarm
-from tests.reliability.lab import HOST, Lab, sha, virsh, wait_for_line
+from tests.reliability.lab import HOST, Lab, remove_crashed_labs, sha, virsh, wait_for_line
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,7 @@ INTO_STEP_S = {"vms.define": 0.3, "vms.start": 3.0, "k3s.server": 1.0, "k3s.agen
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, sshd_farm: SshdFarm) -> Iterator[Lab]:
     guest = build_guest()
+    remove_crashed_labs()
     tmp = tmp_path_factory.mktemp("rlab")
     hv = sshd_farm.start(f"rlab-{tmp.name[-6:]}")
     token = f"K10reliability{secrets.token_hex(12)}"
