@@ -18,6 +18,11 @@ from lib.shell import Command, Secret, sh
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
 INSTALL_SCRIPT = "/var/lib/numa-k3s/install.sh"
+# Written by our install and restart commands once install.sh has (re)started the service: the
+# version and the config.yaml digest it started with. The binary and config.yaml are uploaded
+# before install.sh runs, so their presence alone does not say the service runs them: a run
+# interrupted between the uploads and install.sh left exactly that.
+STARTED = "/var/lib/numa-k3s/started"
 BINARY = "/usr/local/bin/k3s"
 IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
 IMAGES = "k3s-airgap-images-amd64.tar.zst"
@@ -96,12 +101,17 @@ def install_command(host: Host, vm: VM) -> Command:
     if k3s.install == "airgap":
         # The binary is replaced before install.sh runs, so its before/after hashes match and it
         # would skip the restart an upgrade needs: FORCE_RESTART (harmless on a first install).
-        return sh(f"INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_FORCE_RESTART=true {env} sh {{script}}",
-                  version=k3s.version, role=vm.k8s.role,
-                  script=INSTALL_SCRIPT, sudo=True, timeout=600, why=f"install k3s {k3s.version} ({vm.k8s.role})")
-    return sh(f"mkdir -p /var/lib/numa-k3s && curl -sfL https://get.k3s.io -o {{script}} && {env} sh {{script}}",
-              version=k3s.version, role=vm.k8s.role, script=INSTALL_SCRIPT, sudo=True, timeout=900,
-              why=f"install k3s {k3s.version} ({vm.k8s.role}, online)")
+        return sh(f"INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_FORCE_RESTART=true {env} sh {{script}} && "
+                  + _RECORD_STARTED, version=k3s.version, role=vm.k8s.role, script=INSTALL_SCRIPT, started=STARTED,
+                  config=CONFIG, sudo=True, timeout=600, why=f"install k3s {k3s.version} ({vm.k8s.role})")
+    return sh(f"mkdir -p /var/lib/numa-k3s && curl -sfL https://get.k3s.io -o {{script}} && {env} sh {{script}} && "
+              + _RECORD_STARTED, version=k3s.version, role=vm.k8s.role, script=INSTALL_SCRIPT, started=STARTED,
+              config=CONFIG, sudo=True, timeout=900, why=f"install k3s {k3s.version} ({vm.k8s.role}, online)")
+
+
+# After install.sh: record what the service was started with (written beside, then renamed).
+_RECORD_STARTED = ("printf '%s %s\\n' {version} \"$(sha256sum {config} | cut -d' ' -f1)\" > {started}.tmp && "
+                   "mv -f {started}.tmp {started}")
 
 
 def restart_command(host: Host, vm: VM) -> Command:
@@ -112,8 +122,9 @@ def restart_command(host: Host, vm: VM) -> Command:
     """
     assert vm.k8s is not None
     return sh("INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_FORCE_RESTART=true INSTALL_K3S_VERSION={version} "
-              "INSTALL_K3S_EXEC={role} sh {script}", version=host.k3s.version, role=vm.k8s.role,
-              script=INSTALL_SCRIPT, sudo=True, timeout=300, why=f"restart {service(vm)} to apply config.yaml")
+              "INSTALL_K3S_EXEC={role} sh {script} && " + _RECORD_STARTED, version=host.k3s.version,
+              role=vm.k8s.role, script=INSTALL_SCRIPT, started=STARTED, config=CONFIG, sudo=True, timeout=300,
+              why=f"restart {service(vm)} to apply config.yaml")
 
 
 def parse_version(text: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from lib.runner import failure_text
+from lib import k3s
+from lib.runner import Engine, failure_text
 from lib.steps import REGISTRY
 from lib.token import ENV
 from tests.harness.chroot import busybox_root, chroot_host, new_roots_dir, remove_root, root_pids
@@ -250,3 +251,54 @@ def test_teardown_uninstalls_agents_then_server(k3s_world: K3sWorld) -> None:
         assert not (root / "usr/local/bin/k3s").exists()
         assert not (root / "etc/rancher/k3s").exists()
         assert root_pids(root) == []
+
+
+def interrupt_after_upload(monkeypatch: pytest.MonkeyPatch, path: str) -> Callable[[Engine], None]:
+    """An engine hook: Ctrl-C right after the upload of `path`, before the step's next command."""
+    from lib.remote import Session
+
+    engines: list[Engine] = []
+    upload = Session.put
+
+    def put(self: Session, data: Any, remote_path: str, mode: int = 0o600) -> None:
+        upload(self, data, remote_path, mode)
+        if remote_path == path and engines:
+            engines.pop().interrupt()
+
+    monkeypatch.setattr(Session, "put", put)
+    return engines.append
+
+
+def test_a_run_stopped_between_the_uploads_and_the_installer_installs_next_time(
+        k3s_world: K3sWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The binary and config.yaml are in place but install.sh never ran: the next run must not take
+    # the binary's version for an installed, running k3s.
+    kw = k3s_world
+    stopped = kw.run("k3s.server", policies=WAIT, sleep=time.sleep,
+                     started=interrupt_after_upload(monkeypatch, k3s.INSTALL_SCRIPT))
+    assert stopped.exit_code == 130, failure_text([stopped])
+    assert (kw.roots[SERVER] / "usr/local/bin/k3s").exists()
+    assert not (kw.roots[SERVER] / "run/k3s-standin.pid").exists()  # never started
+
+    again = kw.run("k3s.server", policies=WAIT, sleep=time.sleep)
+    assert again.exit_code == 0, failure_text([again])
+    assert any("install.sh" in c for c in again.results[0].commands), again.results[0].commands
+    assert pid_of(kw.roots[SERVER])
+
+
+def test_a_run_stopped_between_config_and_restart_restarts_next_time(
+        k3s_world: K3sWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = k3s_world
+    assert kw.run("k3s.server", policies=WAIT, sleep=time.sleep).exit_code == 0
+    before = pid_of(kw.roots[SERVER])
+    path = kw.world.hosts / "lab.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["vms"][0]["k8s"]["taints"].append("extra=yes:NoSchedule")  # config.yaml changes
+    path.write_text(yaml.safe_dump(data))
+    stopped = kw.run("k3s.server", policies=WAIT, sleep=time.sleep,
+                     started=interrupt_after_upload(monkeypatch, k3s.CONFIG))
+    assert stopped.exit_code == 130 and pid_of(kw.roots[SERVER]) == before  # new file, old service
+
+    again = kw.run("k3s.server", policies=WAIT, sleep=time.sleep)
+    assert again.exit_code == 0, failure_text([again])
+    assert pid_of(kw.roots[SERVER]) != before  # restarted to read the new config.yaml

@@ -53,6 +53,7 @@ class NodeFacts:
     last_error: str
     nodes: dict[str, k3s.Node] | None  # as the server sees them; None: the API did not answer
     api_error: str = ""
+    started: tuple[str, str] = ("", "")  # version and config.yaml digest the service was last started with
 
 
 def _nodes_section() -> str:
@@ -65,7 +66,8 @@ def node_facts_command(svc: str, with_nodes: bool) -> Command:
     parts = [f"{section('version')}; k3s --version 2>/dev/null | head -n 1",
              f"{section('config')}; sha256sum {k3s.CONFIG} 2>/dev/null | cut -d' ' -f1; "
              f"stat -c %a {k3s.CONFIG} 2>/dev/null",
-             f"{section('errors')}; {logs}"]
+             f"{section('errors')}; {logs}",
+             f"{section('started')}; cat {k3s.STARTED} 2>/dev/null"]
     if with_nodes:
         parts.append(_nodes_section())
     return sh("; ".join(parts) + "; true", sudo=True, timeout=60, why="k3s version, config digest, node state")
@@ -82,8 +84,10 @@ def parse_node_facts(stdout: str) -> NodeFacts:
     parts = split_sections(stdout)
     config = parts.get("config", "").split()
     nodes, api_error = parse_nodes_output(parts["nodes"]) if "nodes" in parts else (None, "")
+    started = [*parts.get("started", "").split(), "", ""][:2]
     return NodeFacts(k3s.parse_version(parts.get("version", "")), config[0] if config else "",
-                     config[1] if len(config) > 1 else "", parts.get("errors", "").strip(), nodes, api_error)
+                     config[1] if len(config) > 1 else "", parts.get("errors", "").strip(), nodes, api_error,
+                     (started[0], started[1]))
 
 
 def _token(target: Target) -> Secret | None:
@@ -102,11 +106,15 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
         actions.append(Upload(k3s.CONFIG, b"", 0o600, what="config.yaml with a newly generated cluster token"))
     else:
         config = k3s.node_config(host, vm, token)
-        config_changed = facts is None or facts.config_sha != k3s.digest(config) or facts.config_mode != "600"
-        if config_changed:
+        want = k3s.digest(config)
+        if facts is None or facts.config_sha != want or facts.config_mode != "600":
             actions.append(Upload(k3s.CONFIG, config, 0o600, what="config.yaml (token ***)",
                                   why="node-name, taints, labels, server and token"))
-    installed = facts.version if facts else ""
+        # What the service runs with, not only what is on disk: a run stopped after writing
+        # config.yaml but before the restart left the new file and the old service.
+        config_changed = facts is None or facts.started[1] != want or bool(actions)
+    # Installed: the binary's version, once our install command has recorded that install.sh ran.
+    installed = facts.version if facts and facts.started[0] == facts.version else ""
     if installed != version:
         folder = target.options.get("k3s_artifacts")
         if host.k3s.install == "airgap" and isinstance(folder, Path):
@@ -196,7 +204,8 @@ class K3sAgents(_K3sNode):
             nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
         except (CommandError, ConnectError) as exc:
             nodes, error = None, str(exc).splitlines()[0]
-        return NodeFacts(facts.version, facts.config_sha, facts.config_mode, facts.last_error, nodes, error)
+        return NodeFacts(facts.version, facts.config_sha, facts.config_mode, facts.last_error, nodes, error,
+                         facts.started)
 
 
 # -- taints ----------------------------------------------------------------------------------------
@@ -280,8 +289,8 @@ class _K3sRemove(Step):
     def plan(self, target: Target, facts: str | None) -> Plan:
         if facts == "absent":
             return Plan(reason=f"k3s is not installed on {target.name}")
-        return Plan((sh("/usr/local/bin/{s}", s=self.script, sudo=True, timeout=300,
-                        why=f"uninstall k3s from {target.name}"),), f"run {self.script} on {target.name}")
+        return Plan((sh("/usr/local/bin/{s} && rm -f {started}", s=self.script, started=k3s.STARTED, sudo=True,
+                        timeout=300, why=f"uninstall k3s from {target.name}"),), f"run {self.script} on {target.name}")
 
     def verify(self, target: Target, facts: str) -> list[Check]:
         return [Check(f"{self.script} on {target.name}", "absent", facts, facts == "absent")]
