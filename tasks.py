@@ -369,8 +369,11 @@ def _run(c: Context, host: str | None, book: Any, output: Any, **opts: Any) -> A
     options = RunOptions(runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,
                          policies=policies_from_config(c.config.get("retries")), **opts)
     engine = Engine(book, options, output)
+    # Only a run that changes hosts stops between commands; a read-only one (verify, plan, monitor
+    # --watch) has nothing half-done to protect and ends at Ctrl-C as any command does.
+    stopping = _stopped_by_signals(engine, output) if options.mode == "apply" else contextlib.nullcontext()
     try:
-        with _stopped_by_signals(engine, output):
+        with stopping:
             return engine.run(list(inv.hosts.values()))
     finally:
         output.close()

@@ -159,3 +159,14 @@ def test_sigkill_leaves_a_stale_lock_that_resume_breaks(held: tuple[Cli, Held]) 
     assert "hv1 | bios.check | hv1 | ok |" in resumed.stdout
     assert (c.tmp / "sysroot/proc/sys/kernel/numa_balancing").read_text().strip() == "0"
     assert not lock_file(c).exists()
+
+
+def test_ctrl_c_ends_a_read_only_run_as_any_command(held: tuple[Cli, Held]) -> None:
+    # verify.* and monitor --watch change nothing: Ctrl-C ends them (invoke's exit 1), no graceful stop.
+    c, hold = held
+    run = Proc(c, "verify", "verify.bios", "--host=hv1")
+    wait_for(lambda: held_in_bios_check(c), "bios.check to start")
+    run.popen.send_signal(signal.SIGINT)
+    hold.release()  # the worker's read returns; the interrupted main thread then ends the command
+    assert run.wait() == 1, run.text()
+    assert "stopping after the commands in flight" not in run.text() and "Traceback" not in run.text()
