@@ -161,6 +161,18 @@ def test_sigkill_leaves_a_stale_lock_that_resume_breaks(held: tuple[Cli, Held]) 
     assert not lock_file(c).exists()
 
 
+@pytest.fixture
+def sigint_not_ignored() -> Iterator[None]:
+    """A shell starting a job in the background (make ... &) hands it SIGINT ignored, and children
+    inherit that: Python then installs no KeyboardInterrupt, which is right for such a job but not
+    for the terminal this test plays. Our own handler makes exec reset SIGINT to its default."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_not_ignored")
 def test_ctrl_c_ends_a_read_only_run_as_any_command(held: tuple[Cli, Held]) -> None:
     # verify.* and monitor --watch change nothing: Ctrl-C ends them (invoke's exit 1), no graceful stop.
     c, hold = held
