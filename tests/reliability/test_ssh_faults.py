@@ -8,6 +8,7 @@ ends in the command's timeout, or a connect's banner timeout, never in a hung ru
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -227,11 +228,23 @@ def test_run_past_the_deadline_stops_with_exit_4_and_the_resume_works(sshd_farm:
 
 # -- a hung sshd: bounded by the command timeout and the connect timeout --------------------------
 
-def test_hung_sshd_during_a_command_hits_its_timeout(sshd_farm: SshdFarm) -> None:
-    host = sshd_farm.start("hang-during")
+@contextlib.contextmanager
+def hung_host(farm: SshdFarm, name: str, *, connected: bool) -> Iterator[tuple[SshHost, Session]]:
+    """A host and a session to it (its connection opened, or not yet); thawed and stopped afterwards."""
+    host = farm.start(name)
     session = Session(endpoint(host), ONCE, connect_timeout=2)
     try:
-        session.run(sh("true", sudo=False, why="open the connection"))
+        if connected:
+            session.run(sh("true", sudo=False, why="open the connection"))
+        yield host, session
+    finally:
+        farm.unpause(host.name)
+        session.close()
+        farm.stop(host.name)
+
+
+def test_hung_sshd_during_a_command_hits_its_timeout(sshd_farm: SshdFarm) -> None:
+    with hung_host(sshd_farm, "hang-during", connected=True) as (host, session):
         timer = threading.Timer(0.3, sshd_farm.pause, args=(host.name,))  # signals only: any thread will do
         timer.start()
         with pytest.raises(CommandError) as err:
@@ -239,40 +252,23 @@ def test_hung_sshd_during_a_command_hits_its_timeout(sshd_farm: SshdFarm) -> Non
         timer.join()
         assert "timed out after 3 s" in str(err.value) and "after 1 attempt(s)" in str(err.value)
         assert err.value.exit_code == 4
-    finally:
-        sshd_farm.unpause(host.name)
-        session.close()
-        sshd_farm.stop(host.name)
 
 
 def test_hung_sshd_before_a_command_on_an_open_connection_hits_its_timeout(sshd_farm: SshdFarm) -> None:
     # paramiko waits up to an hour for a channel and forever for the exec reply, and invoke's timer
     # only starts once both are done: this hung until lib/remote.py's watchdog.
-    host = sshd_farm.start("hang-before")
-    session = Session(endpoint(host), ONCE, connect_timeout=2)
-    try:
-        session.run(sh("true", sudo=False, why="open the connection"))
+    with hung_host(sshd_farm, "hang-before", connected=True) as (host, session):
         sshd_farm.pause(host.name)
         with pytest.raises(CommandError) as err:
             session.run(sh("sleep 1; echo hi", timeout=3, sudo=False, why="never starts"))
         assert "timed out after 3 s (the host stopped answering; connection closed)" in str(err.value)
-    finally:
-        sshd_farm.unpause(host.name)
-        session.close()
-        sshd_farm.stop(host.name)
 
 
 def test_connect_to_a_hung_sshd_gives_up(sshd_farm: SshdFarm) -> None:
-    host = sshd_farm.start("hang-connect")
-    sshd_farm.pause(host.name)
-    session = Session(endpoint(host), ONCE, connect_timeout=2)
-    try:
+    with hung_host(sshd_farm, "hang-connect", connected=False) as (host, session):
+        sshd_farm.pause(host.name)
         with pytest.raises(ConnectError) as err:
             session.run(sh("echo hi", timeout=3, sudo=False, why="never connects"))
         assert f"no SSH handshake from 127.0.0.1:{host.port} within 2 s" in str(err.value)
         assert err.value.exit_code == 4
-    finally:
-        sshd_farm.unpause(host.name)
-        session.close()
-        sshd_farm.stop(host.name)
     assert count_auths(host) == 0
