@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -115,15 +114,18 @@ class Lab:
         return self.server_vm, self.data_vm
 
     # -- the operator's commands --------------------------------------------------------------
-    def popen(self, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
-        out = (log or self.tmp / "last.out").open("w")
-        return subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(REPO), "-f", str(self.config),
-                                 *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, env=dict(os.environ))
+    def _argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "invoke", "--search-root", str(REPO), "-f", str(self.config), *args]
+
+    def popen(self, *args: str, log: Path) -> subprocess.Popen[str]:
+        """Started in the background, its output (both streams) in log."""
+        with log.open("w") as out:
+            return subprocess.Popen(self._argv(*args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True)
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), "-f", str(self.config),
-                               *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=WAIT_S)
+        return subprocess.run(self._argv(*args), cwd=REPO, capture_output=True, text=True, check=False,
+                              timeout=WAIT_S)
 
     def forget_vm_keys(self) -> None:
         """After a teardown the guests come back with new host keys: what README says to do."""
