@@ -13,14 +13,45 @@ Status = Literal["ok", "changed", "failed", "skipped"]
 STATUSES: tuple[Status, ...] = ("ok", "changed", "failed", "skipped")
 
 
+# passed: found matches expected. failed: it does not (fails the step). warning: it differs in a way
+# that is accepted (TCG instead of KVM, no cpufreq, a guest without cloud-init); it never fails the
+# step but is never counted as passed. evidence: reported, not compared.
+Outcome = Literal["passed", "failed", "warning", "evidence"]
+OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "warning", "evidence")
+
+
 @dataclass(frozen=True)
 class Check:
-    """One piece of evidence a verification compared: what the spec wants and what the host has."""
+    """One piece of evidence a verification compared: what the spec wants and what the host has.
+
+    `ok` is False only for a failed check. `outcome` says which of the four kinds it is; left out, it
+    follows `ok` (passed or failed). Build warnings and evidence with `Check.warn` and `Check.evidence`.
+    """
 
     name: str
     expected: str
     found: str
     ok: bool
+    outcome: Outcome | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is None:
+            object.__setattr__(self, "outcome", "passed" if self.ok else "failed")
+        elif (self.outcome == "failed") == self.ok:
+            raise ValueError(f"check {self.name!r}: outcome {self.outcome} contradicts ok={self.ok}")
+
+    @property
+    def kind(self) -> Outcome:
+        assert self.outcome is not None  # set in __post_init__
+        return self.outcome
+
+    @classmethod
+    def warn(cls, name: str, expected: str, found: str) -> Check:
+        return cls(name, expected, found, True, "warning")
+
+    @classmethod
+    def evidence(cls, name: str, found: str, expected: str = "") -> Check:
+        return cls(name, expected, found, True, "evidence")
 
 
 @dataclass(frozen=True)
