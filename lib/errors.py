@@ -37,3 +37,17 @@ class InventoryError(ToolError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class FactError(ToolError):
+    """A fact source answered with something its parser cannot read: names the source and the value.
+
+    Raised instead of the parser's own ValueError/KeyError, so the operator sees which file or
+    command gave what, and the step fails (exit 4) instead of guessing.
+    """
+
+    exit_code = 4
+
+    def __init__(self, target: str, source: str, value: str, why: str) -> None:
+        self.target, self.source, self.value = target, source, value
+        super().__init__(f"{target}: cannot read {source}: {why} (value {value!r})")

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from lib.results import STATUSES, HostRun, StepResult
+from lib.results import OUTCOMES, STATUSES, Check, HostRun, StepResult
 from lib.shell import mask
 
 if TYPE_CHECKING:  # rich is only imported when a terminal is really driven
@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # rich is only imported when a terminal is really driven
 _RUNNING = "…"
 _MARKS = {"ok": "✓", "changed": "✓", "failed": "✗", "skipped": "-"}
 _STYLES = {"ok": "green", "changed": "yellow", "failed": "bold red", "skipped": "dim"}
+# A check's outcome as a text marker (never colour alone): what a log or a screen reader keeps.
+OUTCOME_MARKS = {"passed": "✓", "failed": "✗", "warning": "!", "evidence": "i"}
 
 
 @dataclass
@@ -145,8 +147,13 @@ def recap(runs: list[HostRun], step_order: list[str]) -> str:
         counts = run.counts()
         cells = "".join(f"{s}={counts[s]:<3}" for s in STATUSES)
         lines.append(f"{run.host:<{width}} : {cells} wall {max(run.ended - run.started, 0.0):.2f}s")
+        checks = run.check_counts()
+        if any(checks.values()):
+            lines.append(f"{'':<{width}}   checks: " + " ".join(f"{k}={checks[k]}" for k in OUTCOMES))
         if run.error:
             lines.append(f"{'':<{width}}   {_first_line(run.error)}")  # the whole error follows the recap
+        if run.records:
+            lines.append(f"{'':<{width}}   records: {run.records}")
     times: dict[str, float] = {}
     for run in runs:
         for result in run.results:
@@ -165,11 +172,18 @@ def _cell(text: str) -> str:
     return text.replace("\n", "\\n")  # one row per check, whatever the found value holds
 
 
+def _order(check: Check) -> int:
+    return ("failed", "warning", "passed", "evidence").index(check.kind)
+
+
 def verification_table(result: StepResult) -> str:
-    """Failed checks first (what to fix), then the ok ones, as fixed-width columns."""
-    checks = [c for c in result.checks if not c.ok] + [c for c in result.checks if c.ok]
+    """Failed checks first (what to fix), then warnings, passes and evidence, as fixed-width columns.
+
+    Markers: ✓ passed, ✗ failed, ! warning (differs in an accepted way), i evidence (reported only).
+    """
+    checks = sorted(result.checks, key=_order)
     rows = [(" ", "check", "expected", "found")]
-    rows += [("✓" if c.ok else "✗", _cell(c.name), _cell(c.expected), _cell(c.found)) for c in checks]
+    rows += [(OUTCOME_MARKS[c.kind], _cell(c.name), _cell(c.expected), _cell(c.found)) for c in checks]
     name_w = max(len(r[1]) for r in rows) + 2
     exp_w = max(len(r[2]) for r in rows) + 2
     return mask("\n".join(f"{m} {n:<{name_w}}{e:<{exp_w}}{f}".rstrip() for m, n, e, f in rows))

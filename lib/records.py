@@ -15,12 +15,16 @@ import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lib.results import HostRun, StepResult
 from lib.shell import mask
+
+if TYPE_CHECKING:
+    from lib.remote import CmdResult
 
 # XML 1.0 cannot carry most control characters (stderr with ANSI colours has them): ElementTree
 # would write them raw and CI would refuse the whole file.
@@ -81,6 +85,22 @@ class RunRecords:
         line = json.dumps(masked(result.to_json()), sort_keys=True, ensure_ascii=False)
         self._append("journal.jsonl", line + "\n")
 
+    def evidence_writer(self, step: str, target: str) -> Callable[[CmdResult], None]:
+        """Where a step's commands on one target keep their raw answers: evidence/<step>/<target>.txt.
+
+        Every command's stdout, stderr and exit code, masked, in the order they ran: the bytes a
+        failed (or passed) row was read from.
+        """
+        name = f"evidence/{_safe(step)}/{_safe(target)}.txt"
+
+        def keep(result: CmdResult) -> None:
+            (self.dir / name).parent.mkdir(parents=True, exist_ok=True)
+            self._append(name, f"$ {result.command}\nexit {result.exit_code} after {result.attempts} attempt(s), "
+                               f"{result.duration:.3f} s\n--- stdout\n{_ended(result.stdout)}--- stderr\n"
+                               f"{_ended(result.stderr)}\n")
+
+        return keep
+
     def log(self, line: str) -> None:
         # Every physical line gets the stamp, so a multi-line stderr stays greppable by time.
         stamp = iso(time.time())
@@ -91,6 +111,14 @@ class RunRecords:
         _write_atomic(self.dir / "junit.xml", junit_xml(run))
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+def _ended(text: str) -> str:
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
 def report(run: HostRun) -> dict[str, Any]:
     """The whole HostRun as JSON data, masked; epoch floats for programs, ISO times for people."""
     data: dict[str, Any] = masked({
@@ -98,7 +126,8 @@ def report(run: HostRun) -> dict[str, Any]:
         "started": run.started, "started_at": iso(run.started),
         "ended": run.ended, "ended_at": iso(run.ended),
         "exit_code": run.exit_code, "error": run.error, "resume_hint": run.resume_hint,
-        "counts": run.counts(), "results": [r.to_json() for r in run.results],
+        "records": run.records, "counts": run.counts(), "check_counts": run.check_counts(),
+        "results": [r.to_json() for r in run.results],
     })
     return data
 
@@ -136,11 +165,19 @@ def junit_xml(run: HostRun) -> str:
         for check in result.checks:
             case = _case(suite, classname, f"{result.target}: {check.name}", result.duration)
             counts["tests"] += 1
-            if not check.ok:
+            if check.kind == "failed":
                 failure = ET.SubElement(case, "failure",
                                         message=_text(f"expected {check.expected}, found {check.found}"))
                 failure.text = _text(f"expected: {check.expected}\nfound: {check.found}")
                 counts["failures"] += 1
+            elif check.kind in ("warning", "evidence"):
+                # Never a pass: a skipped case CI lists apart, its outcome and values as properties.
+                found = f"expected {check.expected}, found {check.found}" if check.kind == "warning" else check.found
+                ET.SubElement(case, "skipped", message=_text(f"{check.kind}: {found}"))
+                props = ET.SubElement(case, "properties")
+                for key, shown in (("outcome", check.kind), ("expected", check.expected), ("found", check.found)):
+                    ET.SubElement(props, "property", name=key, value=_text(shown))
+                counts["skipped"] += 1
         if result.status == "failed" and all(c.ok for c in result.checks):
             case = _case(suite, classname, f"{result.target}: {result.step}", result.duration)
             error = ET.SubElement(case, "error", message=_text(_first_line(result.error)))

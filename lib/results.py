@@ -69,6 +69,10 @@ class StepResult:
     exit_code: int = 0  # 3 mismatch, 4 step failed, 5 verification failed
     warnings: tuple[str, ...] = ()
     planned: tuple[str, ...] = ()  # plan mode: commands that would run
+    # The run whose verification this result stands on: this run for a step that verified here, an
+    # earlier run for a step --resume carried forward, "" for anything that did not verify (failed,
+    # skipped, planned). Resume reads this field, never the reason text.
+    verified_in: str = ""
 
     @property
     def duration(self) -> float:
@@ -76,7 +80,13 @@ class StepResult:
 
     @property
     def verified(self) -> bool:
-        return self.status in ("ok", "changed")
+        return bool(self.verified_in)
+
+    def outcomes(self) -> dict[Outcome, int]:
+        out: dict[Outcome, int] = dict.fromkeys(OUTCOMES, 0)
+        for check in self.checks:
+            out[check.kind] += 1
+        return out
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,12 +113,22 @@ class HostRun:
     started: float
     ended: float = 0.0
     results: list[StepResult] = field(default_factory=list)
-    error: str = ""  # a failure outside any step (lock refused, cannot connect)
+    error: str = ""  # a failure outside any step (lock refused, cannot connect); also a failed result
     exit_code: int = 0
-    resume_hint: str = ""
+    resume_hint: str = ""  # only for a run that changes hosts
+    records: str = ""  # absolute path of this run's records directory
 
     def counts(self) -> dict[str, int]:
+        """Per step and target: ok, changed, failed, skipped."""
         out: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for r in self.results:
             out[r.status] += 1
+        return out
+
+    def check_counts(self) -> dict[Outcome, int]:
+        """Per check: passed, failed, warning, evidence (a warning or evidence row is never a pass)."""
+        out: dict[Outcome, int] = dict.fromkeys(OUTCOMES, 0)
+        for r in self.results:
+            for kind, n in r.outcomes().items():
+                out[kind] += n
         return out

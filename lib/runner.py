@@ -2,8 +2,12 @@
 
 Hypervisors run in parallel, each in its own thread with its own SSH sessions, lock and run records;
 one failing host never hides another's results. Within a host, steps run in runbook order and a
-step runs on all its targets at once. The first failure stops that host's run and names the
-command to resume.
+step runs on all its targets at once. In a run that changes hosts the first failure stops that
+host's run and names the command to resume; a read-only run (verify, plan) goes on with every
+later step, so one run reports every difference.
+
+Nothing escapes: any exception in gather, parse, plan, apply or verify becomes that target's failed
+result (exit 4), its type and message on the terminal and in the records, its traceback in run.log.
 
 Stopping: `Engine.stop` (set by tasks.py on SIGINT/SIGTERM) lets the command in flight finish, then
 stops every host before its next command or wait; the step is recorded as interrupted (exit 130) and
@@ -16,22 +20,24 @@ import contextlib
 import json
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from lib import lock
 from lib.errors import ToolError
 from lib.inventory.load import LoadedHost
 from lib.output import Output
 from lib.records import RunRecords, new_run_id, read_journal, runs_of
-from lib.remote import CommandError, ConnectError, Session, SessionPool
-from lib.results import Check, HostRun, StepResult
+from lib.remote import CmdResult, CommandError, ConnectError, Session, SessionPool
+from lib.results import Check, HostRun, Status, StepResult
 from lib.retry import Policies, Sleep, retrying
 from lib.runbook import Runbook, RunbookError, select
-from lib.steps.base import Step, StepMismatch, Target, Upload
+from lib.shell import Command
+from lib.steps.base import Plan, Step, StepMismatch, Target, Upload
 from lib.targets import hypervisor_endpoint, targets_for
 
 Mode = Literal["apply", "plan", "offline", "verify"]
@@ -68,6 +74,76 @@ def _failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if not c.ok]
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as the operator reads it: our typed errors by their message, others by type too."""
+    if isinstance(exc, ToolError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@dataclass
+class _HostRun:
+    """What every target of one hypervisor's run shares."""
+
+    loaded: LoadedHost
+    run_id: str
+    pool: SessionPool
+    records: RunRecords
+    flags: dict[str, Any]
+    carried: dict[str, str] = field(default_factory=dict)  # --resume: step -> the run it verified in
+
+
+class _Recorded:
+    """A target's view of a session: every command's answer is kept as raw evidence for its step.
+
+    Sessions are shared (VM targets ride on the hypervisor's), so the recording is per target and
+    step, not per session; everything else is the session's own.
+    """
+
+    def __init__(self, session: Session, keep: Callable[[CmdResult], None]) -> None:
+        self._session, self._keep = session, keep
+
+    def run(self, cmd: Command) -> CmdResult:
+        try:
+            result = self._session.run(cmd)
+        except CommandError as exc:
+            self._keep(exc.result)
+            raise
+        self._keep(result)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+class _TargetRun:
+    """One step on one target: its clock, the commands it ran, and how its result is built."""
+
+    def __init__(self, step: Step, target: Target, host: _HostRun) -> None:
+        self.step, self.target, self.host = step, target, host
+        self.started = time.time()
+        self.commands: list[str] = []
+        self.where = f"{target.loaded.name}: {step.name} on {target.name}"
+
+    def result(self, status: Status, **kw: Any) -> StepResult:
+        verified = self.host.run_id if status in ("ok", "changed") and "planned" not in kw else ""
+        return StepResult(self.target.loaded.name, self.step.name, self.target.name, status, self.started,
+                          time.time(), commands=tuple(self.commands), verified_in=verified, **kw)
+
+    def failed(self, exit_code: int, error: str, **kw: Any) -> StepResult:
+        return self.result("failed", exit_code=exit_code, error=error, **kw)
+
+    def planned(self, plan: Plan) -> StepResult:
+        return self.result("changed" if plan.actions else "ok", reason=plan.reason,
+                           planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
+
+    def session(self) -> Session:
+        """The target's session, recording each command's raw answer under the run's evidence."""
+        session = self.host.pool.get(self.target.endpoint)
+        keep = self.host.records.evidence_writer(self.step.name, self.target.name)
+        return cast(Session, _Recorded(session, keep))
+
+
 class Engine:
     def __init__(self, runbook: Runbook, options: RunOptions, output: Output | None = None) -> None:
         self.runbook, self.options = runbook, options
@@ -86,6 +162,10 @@ class Engine:
         if self.stop.is_set():
             raise Interrupted("interrupted by the operator while waiting")
 
+    @property
+    def read_only(self) -> bool:
+        return self.options.mode != "apply"
+
     def run(self, hosts: list[LoadedHost]) -> list[HostRun]:
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
             futures = [pool.submit(self._run_host, host) for host in hosts]
@@ -93,88 +173,103 @@ class Engine:
             # its handler (Ctrl-C -> interrupt()) only when the main thread executes again.
             while wait(futures, timeout=0.1).not_done:
                 pass
-            return [future.result() for future in futures]
+            return [self._outcome(host, future.result) for host, future in zip(hosts, futures, strict=True)]
+
+    def _outcome(self, host: LoadedHost, result: Callable[[], HostRun]) -> HostRun:
+        try:
+            return result()
+        except Exception as exc:  # the records themselves could not be written (disk full, permissions)
+            now = time.time()
+            return HostRun(host.name, "", self.runbook.name, self.options.mode, now, now,
+                           error=f"{host.name}: the run could not keep its records: {describe(exc)}", exit_code=4)
 
     # -- one hypervisor ----------------------------------------------------------------------
     def _run_host(self, loaded: LoadedHost) -> HostRun:
         opts = self.options
         run_id = new_run_id()
         records = RunRecords(opts.runs_dir, loaded.name, run_id)
-        run = HostRun(loaded.name, run_id, self.runbook.name, opts.mode, time.time())
+        run = HostRun(loaded.name, run_id, self.runbook.name, opts.mode, time.time(),
+                      records=str(records.dir.resolve()))
         (records.dir / "run.json").write_text(json.dumps(
             {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode}))
         pool = SessionPool(opts.policies, self._sleep, records.log)
-        hv = hypervisor_endpoint(loaded)
+        ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode})
         locked = False
-        first = ""  # the step the run would start with: named when the host fails before it
+        current = ""  # the step the run is at: named when the host fails outside any target
         try:
-            chosen, left_out = self._selection(loaded, run_id)
-            first = next((s.name for s in chosen if s.name not in left_out), "")
+            chosen, left_out, ctx.carried = self._selection(loaded, run_id)
+            current = next((s.name for s in chosen if s.name not in left_out), "")
             if opts.mode == "apply":
-                locked = self._take_lock(pool.get(hv), loaded, run_id)
-            self._run_steps(loaded, chosen, left_out, pool, records, run)
-        except (ToolError, OSError) as exc:
-            run.error = str(exc)
-            if isinstance(exc, ConnectError | CommandError) and not locked and first:
-                run.error = f"{loaded.name}: before step {first}, taking the host lock: {exc}"
-            run.exit_code = getattr(exc, "exit_code", 4)
+                locked = self._take_lock(pool.get(hypervisor_endpoint(loaded)), loaded, run_id)
+            for step in chosen:
+                ctx.flags.update(step.host_options(loaded, opts.mode))
+            for step in self.runbook.steps:
+                if step.name in ctx.carried:
+                    verified = ctx.carried[step.name]
+                    self._record(records, run, self._skipped(loaded.name, step.name, f"verified in run {verified}",
+                                                             verified))
+                elif step.name in left_out:
+                    self._record(records, run, self._skipped(loaded.name, step.name, left_out[step.name]))
+                elif step in chosen:
+                    current = step.name
+                    if not self._run_step(step, ctx, run) and not self.read_only:
+                        break
+        except Exception as exc:
+            self._host_failed(run, records, exc, current, locked)
         finally:
             if locked:
                 try:
-                    pool.get(hv).run(lock.release(loaded.host.lock_path, run_id))
-                except ToolError as exc:
-                    records.log(f"could not release the lock: {exc}")
+                    pool.get(hypervisor_endpoint(loaded)).run(lock.release(loaded.host.lock_path, run_id))
+                except Exception as exc:
+                    records.log(f"could not release the lock: {describe(exc)}")
             pool.close_all()
             run.ended = time.time()
-            if run.exit_code:
+            failed = [r for r in run.results if r.status == "failed"]
+            run.exit_code = min(r.exit_code for r in failed) if failed else 0
+            if run.exit_code and opts.mode == "apply":  # only a run that changes hosts has a point to resume
                 run.resume_hint = opts.resume_command(loaded.name)
             records.finish(run)
         return run
 
-    def _run_steps(self, loaded: LoadedHost, chosen: list[Step], left_out: dict[str, str], pool: SessionPool,
-                   records: RunRecords, run: HostRun) -> None:
-        flags = {**self.options.flags, "mode": self.options.mode}  # a step's plan may read how it will be used
-        for step in chosen:
-            flags.update(step.host_options(loaded, self.options.mode))
-        for step in self.runbook.steps:
-            if step.name in left_out:
-                self._record(records, run, self._skipped(loaded.name, step.name, left_out[step.name]))
-                continue
-            if step not in chosen:
-                continue
-            if self.stop.is_set():
-                raise Interrupted(f"{loaded.name}: interrupted by the operator before step {step.name}, which "
-                                  "had not started")
-            records.log(f"{loaded.name}: step {step.name} started")
-            results = self._run_step(step, loaded, pool, flags)
-            for result in results:
-                self._record(records, run, result)
-            failed = [r for r in results if r.status == "failed"]
-            if failed:
-                run.exit_code = failed[0].exit_code
-                return
+    def _host_failed(self, run: HostRun, records: RunRecords, exc: Exception, step: str, locked: bool) -> None:
+        """A failure outside any target: journalled as a failed result, so every record shows it."""
+        host = run.host
+        records.log(f"{host}: {describe(exc)}\n{traceback.format_exc()}")
+        error = describe(exc)
+        if isinstance(exc, ConnectError | CommandError) and not locked and step and self.options.mode == "apply":
+            error = f"{host}: before step {step}, taking the host lock: {exc}"
+        elif not error.startswith(f"{host}:"):
+            error = f"{host}: {error}"
+        run.error = error
+        now = time.time()
+        self._record(records, run, StepResult(host, step or "(run)", host, "failed", now, now, error=error,
+                                              exit_code=getattr(exc, "exit_code", 4)))
 
     def _record(self, records: RunRecords, run: HostRun, result: StepResult) -> None:
         run.results.append(result)
         records.journal(result)
         self.output.step_done(result)
 
-    def _skipped(self, host: str, step: str, reason: str) -> StepResult:
+    def _skipped(self, host: str, step: str, reason: str, verified_in: str = "") -> StepResult:
         now = time.time()
-        return StepResult(host, step, host, "skipped", now, now, reason=reason)
+        return StepResult(host, step, host, "skipped", now, now, reason=reason, verified_in=verified_in)
 
-    def _selection(self, loaded: LoadedHost, run_id: str) -> tuple[list[Step], dict[str, str]]:
+    # -- which steps: --from, --only, --skip, --resume ---------------------------------------
+    def _selection(self, loaded: LoadedHost, run_id: str) -> tuple[list[Step], dict[str, str], dict[str, str]]:
         opts = self.options
         from_step = opts.from_step
         carried: dict[str, str] = {}
         if opts.resume:
             from_step, carried = self._resume_point(loaded.name, run_id)
         chosen, left_out = select(self.runbook, from_step=from_step, only=opts.only, skip=opts.skip)
-        left_out.update(carried)
-        return chosen, left_out
+        return chosen, left_out, carried
 
     def _resume_point(self, host: str, this_run: str) -> tuple[str | None, dict[str, str]]:
-        """Continue after the last verified step of the last run of this runbook on this host."""
+        """Start at the first step the last run of this runbook on this host did not verify.
+
+        Read from the journal's structured fields (status, verified_in), never from reason text: a
+        step that was skipped, failed or never reached is run again, whatever its reason says.
+        """
         for run_dir in reversed(runs_of(self.options.runs_dir, host)):
             meta_file = run_dir / "run.json"
             if run_dir.name == this_run or not meta_file.exists():
@@ -183,17 +278,16 @@ class Engine:
             if meta.get("runbook") != self.runbook.name or meta.get("mode") != "apply":
                 continue
             results = read_journal(run_dir)
-            verified: set[str] = set()
+            verified_in: dict[str, str] = {}
             for name in self.runbook.names:
-                mine = [r for r in results if r.step == name]
-                if mine and all(r.verified or r.reason.startswith("verified in run") for r in mine):
-                    verified.add(name)
-            last = max((i for i, n in enumerate(self.runbook.names) if n in verified), default=-1)
-            if last + 1 >= len(self.runbook.names):
+                runs = {r.verified_in for r in results if r.step == name}
+                if not runs or "" in runs:
+                    break
+                verified_in[name] = sorted(runs)[0]
+            if len(verified_in) == len(self.runbook.names):
                 raise RunbookError(f"{host}: every step of {self.runbook.name} was verified in run {run_dir.name}; "
                                    "nothing to resume (run without --resume to check again)")
-            carried = {n: f"verified in run {run_dir.name}" for n in self.runbook.names[:last + 1]}
-            return self.runbook.names[last + 1], carried
+            return self.runbook.names[len(verified_in)], verified_in
         raise RunbookError(f"{host}: no earlier run of {self.runbook.name} in {self.options.runs_dir} to resume; "
                            "run without --resume")
 
@@ -222,72 +316,83 @@ class Engine:
         return True
 
     # -- one step on its targets -------------------------------------------------------------
-    def _run_step(self, step: Step, loaded: LoadedHost, pool: SessionPool, flags: dict[str, Any]) -> list[StepResult]:
-        targets = targets_for(step, loaded, flags)
+    def _run_step(self, step: Step, ctx: _HostRun, run: HostRun) -> bool:
+        """Run one step on all its targets and record each result; False when any failed."""
+        host = ctx.loaded.name
+        if self.stop.is_set():
+            raise Interrupted(f"{host}: interrupted by the operator before step {step.name}, which had not started")
+        ctx.records.log(f"{host}: step {step.name} started")
+        targets = targets_for(step, ctx.loaded, ctx.flags)
         if not targets:
-            return [self._skipped(loaded.name, step.name, f"no {step.targets} targets on this host")]
-        one_at_a_time = threading.Lock()  # for plans marked exclusive
-        with ThreadPoolExecutor(max_workers=len(targets)) as threads:
-            return list(threads.map(lambda t: self._run_target(step, t, pool, one_at_a_time), targets))
+            results = [self._skipped(host, step.name, f"no {step.targets} targets on this host")]
+        else:
+            one_at_a_time = threading.Lock()  # for plans marked exclusive
+            with ThreadPoolExecutor(max_workers=len(targets)) as threads:
+                results = list(threads.map(lambda t: self._run_target(step, t, ctx, one_at_a_time), targets))
+        for result in results:
+            self._record(ctx.records, run, result)
+        return all(r.status != "failed" for r in results)
 
-    def _run_target(self, step: Step, target: Target, pool: SessionPool, one_at_a_time: threading.Lock) -> StepResult:
-        host = target.loaded.name
-        self.output.step_started(host, step.name, target.name)
-        started = time.time()
-        commands: list[str] = []
-
-        def result(status: Any, **kw: Any) -> StepResult:
-            return StepResult(host, step.name, target.name, status, started, time.time(),
-                              commands=tuple(commands), **kw)
-
-        mode = self.options.mode
-        if mode == "offline":
-            plan = step.plan(target, None)
-            return result("changed" if plan.actions else "ok", reason=plan.reason,
-                          planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
-        session = pool.get(target.endpoint)
+    def _run_target(self, step: Step, target: Target, ctx: _HostRun, one_at_a_time: threading.Lock) -> StepResult:
+        self.output.step_started(target.loaded.name, step.name, target.name)
+        job = _TargetRun(step, target, ctx)
+        modes: dict[Mode, Callable[[_TargetRun], StepResult]] = {
+            "offline": self._offline, "plan": self._plan, "verify": self._verify,
+            "apply": lambda j: self._apply(j, one_at_a_time),
+        }
         try:
-            self._check_stop()
-            facts = step.gather(target, session)
-            if mode == "verify":
-                checks = step.verify(target, facts)
-                return self._verdict(step, target, checks, result, changed=False)
-            try:
-                plan = step.plan(target, facts)
-            except StepMismatch as drift:
-                return result("failed", checks=tuple(drift.checks), exit_code=drift.exit_code,
-                              error=f"{host}: {step.name} on {target.name}: {drift.message}")
-            if mode == "plan":
-                return result("changed" if plan.actions else "ok", reason=plan.reason,
-                              planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
-            if step.destructive and plan.actions and not target.options.get("yes"):
-                return result("failed", exit_code=2, planned=tuple(_shown(a) for a in plan.actions),
-                              error=f"{host}: {step.name} on {target.name} would delete: {plan.reason}; "
-                                    "nothing was deleted: rerun with --yes to delete it")
-            with one_at_a_time if plan.exclusive else contextlib.nullcontext():
-                self._apply(plan.actions, session, commands)
-                # Fresh facts after a change; with nothing applied the facts just read are fresh, and
-                # a convergence step only waits when they do not already hold.
-                checks = [] if plan.actions else step.verify(target, facts)
-                if step.converge and (plan.actions or _failed(checks)):
-                    checks = self._converge(step, target, session)
-                elif plan.actions:
-                    checks = step.verify(target, step.gather(target, session))
-            res = self._verdict(step, target, checks, result, changed=bool(plan.actions))
-            return res if res.status == "failed" else _with(res, reason=plan.reason, warnings=plan.warnings)
+            return modes[self.options.mode](job)
+        except StepMismatch as drift:
+            return job.failed(drift.exit_code, f"{job.where}: {drift.message}", checks=tuple(drift.checks))
         except _NotYet as late:
-            return result("failed", checks=tuple(late.checks), exit_code=4,
-                          error=f"{host}: {step.name} on {target.name}: did not converge within "
-                                f"{self.options.policies.converge.deadline:g} s")
-        except (CommandError, ConnectError) as exc:
-            return result("failed", exit_code=exc.exit_code, error=f"{host}: {step.name} on {target.name}: {exc}")
+            return job.failed(4, f"{job.where}: did not converge within {self.options.policies.converge.deadline:g} s",
+                              checks=tuple(late.checks))
         except Interrupted:
-            done = f"after {len(commands)} of its commands" if commands else "before any of its commands"
-            return result("failed", exit_code=Interrupted.exit_code,
-                          error=f"{host}: {step.name} on {target.name}: interrupted by the operator {done} (the "
-                                "command in flight finished); the step is redone on resume")
+            done = f"after {len(job.commands)} of its commands" if job.commands else "before any of its commands"
+            return job.failed(Interrupted.exit_code, f"{job.where}: interrupted by the operator {done} (the command "
+                                                     "in flight finished); the step is redone on resume")
+        except Exception as exc:  # anything at all: this target failed, every other one goes on
+            ctx.records.log(f"{job.where}: {describe(exc)}\n{traceback.format_exc()}")
+            return job.failed(getattr(exc, "exit_code", 4) if isinstance(exc, ToolError) else 4,
+                              f"{job.where}: {describe(exc)}")
 
-    def _apply(self, actions: tuple[Any, ...], session: Session, commands: list[str]) -> None:
+    # -- the four modes, one function each --------------------------------------------------
+    def _offline(self, job: _TargetRun) -> StepResult:
+        return job.planned(job.step.plan(job.target, None))
+
+    def _plan(self, job: _TargetRun) -> StepResult:
+        self._check_stop()
+        return job.planned(job.step.plan(job.target, job.step.gather(job.target, job.session())))
+
+    def _verify(self, job: _TargetRun) -> StepResult:
+        self._check_stop()
+        facts = job.step.gather(job.target, job.session())
+        return self._verdict(job, job.step.verify(job.target, facts), changed=False)
+
+    def _apply(self, job: _TargetRun, one_at_a_time: threading.Lock) -> StepResult:
+        step, target = job.step, job.target
+        self._check_stop()
+        session = job.session()
+        facts = step.gather(target, session)
+        plan = step.plan(target, facts)
+        if step.destructive and plan.actions and not target.options.get("yes"):
+            return job.failed(2, f"{job.where} would delete: {plan.reason}; nothing was deleted: rerun with --yes "
+                                 "to delete it", planned=tuple(_shown(a) for a in plan.actions))
+        with one_at_a_time if plan.exclusive else contextlib.nullcontext():
+            self._do(plan.actions, session, job.commands)
+            checks = self._fresh_checks(step, target, session, facts, changed=bool(plan.actions))
+        result = self._verdict(job, checks, changed=bool(plan.actions))
+        return result if result.status == "failed" else replace(result, reason=plan.reason, warnings=plan.warnings)
+
+    def _fresh_checks(self, step: Step, target: Target, session: Session, facts: Any, *, changed: bool) -> list[Check]:
+        # Fresh facts after a change; with nothing applied the facts just read are fresh, and a
+        # convergence step only waits when they do not already hold.
+        checks = [] if changed else step.verify(target, facts)
+        if step.converge and (changed or _failed(checks)):
+            return self._converge(step, target, session)
+        return step.verify(target, step.gather(target, session)) if changed else checks
+
+    def _do(self, actions: tuple[Any, ...], session: Session, commands: list[str]) -> None:
         for action in actions:
             self._check_stop()
             commands.append(_shown(action))
@@ -300,14 +405,13 @@ class Engine:
         if self.stop.is_set():
             raise Interrupted("interrupted by the operator")
 
-    def _verdict(self, step: Step, target: Target, checks: list[Check], result: Callable[..., StepResult],
-                 *, changed: bool) -> StepResult:
+    def _verdict(self, job: _TargetRun, checks: list[Check], *, changed: bool) -> StepResult:
         bad = _failed(checks)
         if bad:
-            return result("failed", checks=tuple(checks), exit_code=step.mismatch_exit,
-                          error=f"{target.loaded.name}: verification of {step.name} failed on {target.name}: "
-                                f"{len(bad)} of {len(checks)} checks differ from the spec")
-        return result("changed" if changed else "ok", checks=tuple(checks))
+            return job.failed(job.step.mismatch_exit,
+                              f"{job.target.loaded.name}: verification of {job.step.name} failed on {job.target.name}: "
+                              f"{len(bad)} of {len(checks)} checks differ from the spec", checks=tuple(checks))
+        return job.result("changed" if changed else "ok", checks=tuple(checks))
 
     def _converge(self, step: Step, target: Target, session: Session) -> list[Check]:
         last: list[Check] = []
@@ -333,12 +437,6 @@ def _shown(action: Any) -> str:
     return str(action.shown)
 
 
-def _with(result: StepResult, **changes: Any) -> StepResult:
-    from dataclasses import replace
-
-    return replace(result, **changes)
-
-
 def exit_code(runs: list[HostRun]) -> int:
     """The most fundamental failure wins: 2 inventory < 3 mismatch < 4 step < 5 verify < 6 lock < 130 stopped."""
     codes = [r.exit_code for r in runs if r.exit_code]
@@ -353,17 +451,16 @@ def failure_text(runs: list[HostRun]) -> str:
     for run in runs:
         if not run.exit_code:
             continue
-        failed = next((r for r in run.results if r.status == "failed"), None)
         lines = [f"{run.host}: FAILED (exit {run.exit_code})"]
-        if failed is None:
-            lines.append(f"  {run.error}")
-        else:
+        for failed in (r for r in run.results if r.status == "failed"):
             lines.append(f"  step {failed.step} on {failed.target}")
             lines += [f"  {line}" for line in failed.error.splitlines()]
             if failed.checks:
                 lines.append(verification_table(failed))
+        if not any(r.status == "failed" for r in run.results):
+            lines.append(f"  {run.error}")
         if run.resume_hint and run.exit_code != 2:
             lines.append(f"  resume: {run.resume_hint}")
-        lines.append(f"  records: {run.host}/{run.run_id} under the runs directory")
+        lines.append(f"  records: {run.records}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -208,7 +208,9 @@ def test_lock_refuses_a_second_run_and_names_the_holder(world: World, hv: SshHos
     held = (f"user=alice client=ops-laptop pid=4242 started=2026-11-28T17:00:00Z run=R1 session={hv.pid}\n")
     lock.write_text(held)
     (run,) = world.run("test.a")
-    assert run.exit_code == 6 and run.results == []
+    # Journalled as the step it never started, so report.json, junit.xml and the recap all show it.
+    assert run.exit_code == 6 and statuses(run) == [("test.a", "hv1", "failed")]
+    assert run.results[0].commands == () and run.results[0].exit_code == 6
     assert "another run holds the host lock" in run.error and "nothing was done" in run.error
     assert "user alice on ops-laptop (pid 4242), since 2026-11-28T17:00:00Z, run R1" in run.error
     assert lock.read_text() == held
@@ -263,7 +265,8 @@ def test_a_run_that_lost_its_lock_stops(world: World, hv: SshHost) -> None:
 
     (run,) = world.run("test.dropconn", "test.b", sleep=sleep)
     assert run.exit_code == 6
-    assert "lost the host lock" in run.error and "user carol on other" in run.error
+    error = run.results[-1].error  # the step whose reconnect found the lock gone
+    assert "lost the host lock" in error and "user carol on other" in error
     assert lock.read_text() == taker  # the other run's lock is left alone
     assert not world.state_file("hv1", "ran").exists()  # test.b never ran
 

@@ -10,11 +10,13 @@ A step is a class with pure methods; the runner does all the I/O through a Sessi
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from lib.errors import FactError
 from lib.results import Check
 from lib.shell import Command
 
@@ -113,7 +115,11 @@ class Step(ABC):
 
     def gather(self, target: Target, session: Session) -> Any:
         cmd = self.facts_command(target)
-        return self.parse(target, session.run(cmd) if cmd else None)
+        result = session.run(cmd) if cmd else None
+        try:
+            return self.parse(target, result)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise unreadable(target, cmd, result, exc) from exc
 
     @abstractmethod
     def plan(self, target: Target, facts: Any | None) -> Plan:
@@ -122,3 +128,14 @@ class Step(ABC):
     @abstractmethod
     def verify(self, target: Target, facts: Any) -> list[Check]:
         """Pure: spec + fresh facts -> evidence. Any Check with ok=False fails the step."""
+
+
+def unreadable(target: Target, cmd: Command | None, result: CmdResult | None, exc: Exception) -> FactError:
+    """The parser's error as a FactError naming the file (a `path:value` line of grep -H) or command."""
+    text = str(exc)
+    quoted = re.search(r"'([^']*)'\s*$", text)
+    value = quoted[1] if quoted else text
+    lines = (result.stdout if result else "").splitlines()
+    files = [line.rsplit(":", 1)[0] for line in lines if quoted and line.endswith(f":{value}") and "/" in line]
+    source = files[0] if files else f"the output of `{cmd.shown if cmd else '(no command)'}`"
+    return FactError(target.name, source, value, f"{type(exc).__name__}: {text}")
