@@ -19,6 +19,7 @@ from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape
 from tests.harness.world import World
+from tests.test_engine import hv  # noqa: F401 - the fixture (usefixtures): one sshd host written as hv1
 
 MakeRoot = Callable[[HostShape], Path]
 
@@ -39,6 +40,10 @@ def two(sshd_farm: SshdFarm, world: World) -> Iterator[tuple[SshHost, SshHost]]:
 
 def statuses(run: HostRun) -> list[tuple[str, str, str]]:
     return [(r.step, r.target, r.status) for r in run.results]
+
+
+def junit_suite(text: str) -> ET.Element:
+    return ET.fromstring(text)[0]  # noqa: S314 - our own file, written by the code under test
 
 
 def records(world: World, run: HostRun) -> Path:
@@ -71,7 +76,7 @@ def test_garbage_sysfs_value_on_one_of_two_hosts_fails_that_host_only(
     assert report["exit_code"] == 4 and report["counts"]["failed"] == 1
     journal = [json.loads(line) for line in (records(world, runs["hvb"]) / "journal.jsonl").read_text().splitlines()]
     assert [(j["step"], j["status"], j["exit_code"]) for j in journal] == [("bios.check", "failed", 4)]
-    suite = ET.parse(records(world, runs["hvb"]) / "junit.xml").getroot()[0]
+    suite = junit_suite((records(world, runs["hvb"]) / "junit.xml").read_text())
     assert suite.get("errors") == "1"
     # The recap covers both hosts, and names the records by their absolute path.
     text = recap(list(runs.values()), ["bios.check", "test.a"])
@@ -86,81 +91,65 @@ def test_a_host_that_fails_before_any_step_is_journalled_and_in_junit(world: Wor
     (run,) = world.run("test.a", "test.b", mode="verify")
     assert run.exit_code == 4
     assert run.counts()["failed"] >= 1  # never failed=0 next to a failed host
-    suite = ET.parse(records(world, run) / "junit.xml").getroot()[0]
+    suite = junit_suite((records(world, run) / "junit.xml").read_text())
     assert int(suite.get("errors") or 0) + int(suite.get("failures") or 0) >= 1
     assert run.resume_hint == ""  # a read-only run has nothing to resume
 
 
-def test_verify_reports_every_drift_not_only_the_first(world: World, sshd_farm: SshdFarm) -> None:
-    host = sshd_farm.start(f"drift-{world.tmp.name[-10:]}")
-    try:
-        write_host(world.hosts, "hv1", host)
-        world.state_file("hv1", "value").write_text("1\n")  # drift one: numa_balancing 1, spec 0
-        world.state_file("hv1", "ran").write_text("test.a\n")  # test.a is in place, test.b is not: drift two
-        (run,) = world.run("test.wrong", "test.a", "test.b", mode="verify")
-        assert statuses(run) == [("test.wrong", "hv1", "failed"), ("test.a", "hv1", "ok"),
-                                 ("test.b", "hv1", "failed")]
-        assert run.exit_code == 5
-        assert run.check_counts() == {"passed": 1, "failed": 2, "warning": 0, "evidence": 0}
-        text = failure_text([run])
-        assert "step test.wrong on hv1" in text and "step test.b on hv1" in text
-        assert "resume:" not in text  # nothing to resume in a read-only run
-    finally:
-        sshd_farm.stop(host.name)
+@pytest.mark.usefixtures("hv")
+def test_verify_reports_every_drift_not_only_the_first(world: World) -> None:
+    world.state_file("hv1", "value").write_text("1\n")  # drift one: numa_balancing 1, spec 0
+    world.state_file("hv1", "ran").write_text("test.a\n")  # test.a is in place, test.b is not: drift two
+    (run,) = world.run("test.wrong", "test.a", "test.b", mode="verify")
+    assert statuses(run) == [("test.wrong", "hv1", "failed"), ("test.a", "hv1", "ok"),
+                             ("test.b", "hv1", "failed")]
+    assert run.exit_code == 5
+    assert run.check_counts() == {"passed": 1, "failed": 2, "warning": 0, "evidence": 0}
+    text = failure_text([run])
+    assert "step test.wrong on hv1" in text and "step test.b on hv1" in text
+    assert "resume:" not in text  # nothing to resume in a read-only run
 
 
-def test_skipped_step_is_never_carried_as_verified_by_resume(world: World, sshd_farm: SshdFarm) -> None:
-    host = sshd_farm.start(f"skip-{world.tmp.name[-10:]}")
-    try:
-        write_host(world.hosts, "hv1", host)
-        steps = ("test.a", "test.b", "test.c", "test.permanent")
-        (first,) = world.run(*steps, skip=("test.b",))
-        assert statuses(first) == [("test.a", "hv1", "changed"), ("test.b", "hv1", "skipped"),
-                                   ("test.c", "hv1", "changed"), ("test.permanent", "hv1", "failed")]
-        assert first.results[1].verified_in == "" and first.results[0].verified_in == first.run_id
-        (second,) = world.run(*steps, resume=True)
-        # test.a carried (it verified in the first run); test.b never ran, so it runs now, and so
-        # does everything after it (test.c finds its marker and only verifies).
-        assert statuses(second) == [("test.a", "hv1", "skipped"), ("test.b", "hv1", "changed"),
-                                    ("test.c", "hv1", "ok"), ("test.permanent", "hv1", "failed")]
-        assert second.results[0].verified_in == first.run_id
-        journal = [json.loads(line) for line in (records(world, second) / "journal.jsonl").read_text().splitlines()]
-        by_step = {j["step"]: j for j in journal}
-        assert by_step["test.b"]["verified_in"] == second.run_id
-        assert world.state_file("hv1", "ran").read_text().split() == ["test.a", "test.c", "test.b"]
-    finally:
-        sshd_farm.stop(host.name)
+@pytest.mark.usefixtures("hv")
+def test_skipped_step_is_never_carried_as_verified_by_resume(world: World) -> None:
+    steps = ("test.a", "test.b", "test.c", "test.permanent")
+    (first,) = world.run(*steps, skip=("test.b",))
+    assert statuses(first) == [("test.a", "hv1", "changed"), ("test.b", "hv1", "skipped"),
+                               ("test.c", "hv1", "changed"), ("test.permanent", "hv1", "failed")]
+    assert first.results[1].verified_in == "" and first.results[0].verified_in == first.run_id
+    (second,) = world.run(*steps, resume=True)
+    # test.a carried (it verified in the first run); test.b never ran, so it runs now, and so
+    # does everything after it (test.c finds its marker and only verifies).
+    assert statuses(second) == [("test.a", "hv1", "skipped"), ("test.b", "hv1", "changed"),
+                                ("test.c", "hv1", "ok"), ("test.permanent", "hv1", "failed")]
+    assert second.results[0].verified_in == first.run_id
+    journal = [json.loads(line) for line in (records(world, second) / "journal.jsonl").read_text().splitlines()]
+    by_step = {j["step"]: j for j in journal}
+    assert by_step["test.b"]["verified_in"] == second.run_id
+    assert world.state_file("hv1", "ran").read_text().split() == ["test.a", "test.c", "test.b"]
 
 
-def test_resume_ignores_reason_text(world: World, sshd_farm: SshdFarm) -> None:
-    host = sshd_farm.start(f"rsn-{world.tmp.name[-10:]}")
-    try:
-        write_host(world.hosts, "hv1", host)
-        (first,) = world.run("test.a", "test.permanent", "test.b")
-        # Someone's journal line claims test.permanent "verified in run ..." in its reason only.
-        journal = records(world, first) / "journal.jsonl"
-        lines = [json.loads(line) for line in journal.read_text().splitlines()]
-        for line in lines:
-            if line["step"] == "test.permanent":
-                line.update(status="skipped", reason=f"verified in run {first.run_id}")
-        journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        (second,) = world.run("test.a", "test.permanent", "test.b", resume=True)
-        assert ("test.permanent", "hv1", "failed") in statuses(second)  # run again, not carried
-    finally:
-        sshd_farm.stop(host.name)
+@pytest.mark.usefixtures("hv")
+def test_resume_ignores_reason_text(world: World) -> None:
+    (first,) = world.run("test.a", "test.permanent", "test.b")
+    # Someone's journal line claims test.permanent "verified in run ..." in its reason only.
+    journal = records(world, first) / "journal.jsonl"
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    for line in lines:
+        if line["step"] == "test.permanent":
+            line.update(status="skipped", reason=f"verified in run {first.run_id}")
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (second,) = world.run("test.a", "test.permanent", "test.b", resume=True)
+    assert ("test.permanent", "hv1", "failed") in statuses(second)  # run again, not carried
 
 
-def test_every_fact_command_keeps_its_raw_answer(world: World, sshd_farm: SshdFarm) -> None:
-    host = sshd_farm.start(f"raw-{world.tmp.name[-10:]}")
-    try:
-        write_host(world.hosts, "hv1", host)
-        world.state_file("hv1", "value").write_text("1\n")
-        (run,) = world.run("test.wrong", mode="verify")
-        kept = (records(world, run) / "evidence" / "test.wrong" / "hv1.txt").read_text()
-        assert f"$ cat {world.state_file('hv1', 'value')}" in kept
-        assert "exit 0 after 1 attempt(s)" in kept and "--- stdout\n1\n--- stderr\n" in kept
-    finally:
-        sshd_farm.stop(host.name)
+@pytest.mark.usefixtures("hv")
+def test_every_fact_command_keeps_its_raw_answer(world: World) -> None:
+    world.state_file("hv1", "value").write_text("1\n")
+    (run,) = world.run("test.wrong", mode="verify")
+    kept = (records(world, run) / "evidence" / "test.wrong" / "hv1.txt").read_text()
+    assert f"$ cat {world.state_file('hv1', 'value')}" in kept
+    assert "exit 0 after 1 attempt(s)" in kept and "--- stdout\n1\n--- stderr\n" in kept
 
 
 # -- pure: outcomes in the table, the recap, report and junit -------------------------------------
@@ -187,7 +176,7 @@ def test_junit_never_counts_a_warning_or_evidence_as_a_pass(tmp_path: Path) -> N
     from lib.records import junit_xml, report
 
     run = _run_with_outcomes()
-    suite = ET.fromstring(junit_xml(run))[0]
+    suite = junit_suite(junit_xml(run))
     cases = {c.get("name"): c for c in suite}
     assert cases["hv1: CPU governor"].find("skipped") is not None
     assert cases["hv1: BIOS"].find("skipped") is not None
