@@ -390,33 +390,80 @@ class Session:
         when the user is not root) moves it beside the destination and renames it into place: /tmp is
         often another filesystem, where `mv` copies, so only the rename in the destination's own
         directory is atomic. The destination never holds a partial file.
+
+        A dropped connection is retried under the transient policy, like a command. Whatever fails,
+        the pieces are removed: the temp file in /tmp (on the next connection, when this one died)
+        and the `.NAME.uploading` copy beside the destination (by the move command itself).
         """
-        conn = self.connection()
-        self.commands_run += 1
-        tmp = f"/tmp/.numa-k3s-upload-{os.getpid()}-{time.monotonic_ns()}"
-        with self._sftp_lock, self._sftp(conn).open(tmp, "wb") as handle:
-            handle.chmod(mode)
-            if isinstance(data, Path):
-                handle.set_pipelined(True)
-                with data.open("rb") as src:
-                    shutil.copyfileobj(src, handle, 1 << 20)
-            else:
-                handle.write(data)
-        directory = remote_path.rsplit("/", 1)[0] or "/"
-        beside = f"{directory.rstrip('/')}/.{remote_path.rsplit('/', 1)[-1]}.uploading"
-        self.run(sh("mkdir -p {dir} && mv -f {tmp} {beside} && chmod {mode} {beside} && mv -f {beside} {dest}",
-                    dir=directory, tmp=tmp, beside=beside, dest=remote_path, mode=f"{mode:o}",
-                    why="move the upload into place"))
         size = data.stat().st_size if isinstance(data, Path) else len(data)
+        left: list[str] = []  # temp files an attempt may have left in /tmp
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            self._discard(left)  # an earlier attempt's temp file, now that the connection is back
+            tmp = f"/tmp/.numa-k3s-upload-{os.getpid()}-{time.monotonic_ns()}"
+            left.append(tmp)
+            self._transfer(lambda sftp: _write(sftp, tmp, data, mode), f"upload to {remote_path}", attempts)
+            self.run(_move_into_place(tmp, remote_path, mode))
+            left.remove(tmp)
+
+        def note(state: Any) -> None:
+            self.log(f"{self.endpoint.name}: upload attempt {state.attempt_number} to {remote_path} failed "
+                     f"({state.outcome.exception()}); retrying")
+
+        try:
+            retrying(self.policies.transient, lambda e: isinstance(e, _Transient), self.sleep, note)(attempt)
+        except _Transient as exc:
+            raise CommandError(self.endpoint.name, exc.result, exc.reason) from None
+        finally:
+            self._discard(left)
         self.log(f"{self.endpoint.name}: put {size} bytes -> {remote_path} (mode {mode:o})")
 
     def get(self, remote_path: str) -> bytes:
-        buf = io.BytesIO()
-        with self._sftp_lock:
-            conn = self.connection()
-            self._sftp(conn)
-            conn.get(remote_path, buf)
-        return buf.getvalue()
+        """Read a remote file over SFTP; a dropped connection is retried under the transient policy."""
+        attempts = 0
+
+        def attempt() -> bytes:
+            nonlocal attempts
+            attempts += 1
+            buf = io.BytesIO()
+            self._transfer(lambda sftp: sftp.getfo(remote_path, buf), f"download of {remote_path}", attempts)
+            return buf.getvalue()
+
+        try:
+            return retrying(self.policies.transient, lambda e: isinstance(e, _Transient), self.sleep)(attempt)
+        except _Transient as exc:
+            raise CommandError(self.endpoint.name, exc.result, exc.reason) from None
+
+    def _transfer(self, work: Callable[[Any], object], what: str, attempts: int) -> None:
+        """One SFTP exchange: a lost connection is _Transient (retried); any other failure is final."""
+        start = time.monotonic()
+        conn = self.connection()
+        self.commands_run += 1
+        try:
+            with self._sftp_lock:
+                work(self._sftp(conn))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            dead = conn.transport is None or not conn.transport.is_active()
+            lost = dead or isinstance(exc, EOFError | socket.timeout)
+            reason = mask(str(exc)) or type(exc).__name__
+            result = CmdResult(f"sftp {what}", -1, "", reason, time.monotonic() - start, attempts)
+            if lost:
+                self.close()  # the next attempt reconnects
+                raise _Transient(result, f"connection lost during the {what}: {reason}") from None
+            raise CommandError(self.endpoint.name, result, f"{what} failed: {reason}") from None
+
+    def _discard(self, paths: list[str]) -> None:
+        """Best effort: remove temp files an interrupted upload left in /tmp (the host may be gone)."""
+        if not paths:
+            return
+        try:
+            self.run(sh("rm -f {paths}", paths=list(paths), sudo=False, timeout=30, why="remove upload temp files"))
+            paths.clear()
+        except ToolError as exc:
+            self.log(f"{self.endpoint.name}: could not remove upload temp files {' '.join(paths)}: {exc}")
 
     @staticmethod
     def _sftp(conn: Any) -> Any:
@@ -424,6 +471,27 @@ class Session:
         client = conn.sftp()
         client.get_channel().settimeout(_CHANNEL_TIMEOUT_S)
         return client
+
+
+def _write(sftp: Any, tmp: str, data: bytes | Path, mode: int) -> None:
+    with sftp.open(tmp, "wb") as handle:
+        handle.chmod(mode)
+        if isinstance(data, Path):
+            handle.set_pipelined(True)
+            with data.open("rb") as src:
+                shutil.copyfileobj(src, handle, 1 << 20)
+        else:
+            handle.write(data)
+
+
+def _move_into_place(tmp: str, dest: str, mode: int) -> Command:
+    """mv beside the destination (a copy across filesystems), chmod, rename; on any failure (a full
+    disk) remove both the temp file and the partial copy, and keep the exit code."""
+    directory = dest.rsplit("/", 1)[0] or "/"
+    beside = f"{directory.rstrip('/')}/.{dest.rsplit('/', 1)[-1]}.uploading"
+    return sh("mkdir -p {dir} && mv -f {tmp} {beside} && chmod {mode} {beside} && mv -f {beside} {dest} "
+              "|| (rc=$?; rm -f {tmp} {beside}; exit $rc)",
+              dir=directory, tmp=tmp, beside=beside, dest=dest, mode=f"{mode:o}", why="move the upload into place")
 
 
 def libvirt_uri(ep: Endpoint, local_uri: str) -> str:
