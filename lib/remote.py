@@ -181,6 +181,11 @@ class Session:
         self.gateway = gateway
         self.log = log or (lambda line: None)
         self.connect_timeout = connect_timeout
+        # A read-only run sets this: once the host did not answer after every ssh_connect attempt,
+        # later steps get the same error at once instead of waiting through the policy again.
+        self.remember_failure = False
+        self._gave_up: ConnectError | None = None
+        self._virt_gave_up: ConnectError | None = None
         self.commands_run = 0
         self.connects = 0
         self._conn: Any = None
@@ -233,6 +238,8 @@ class Session:
         with self._lock:
             if self._conn is not None and self._conn.is_connected:
                 return self._conn, False
+            if self._gave_up is not None:
+                raise self._gave_up
             attempts = 0
 
             def attempt() -> Any:
@@ -256,8 +263,10 @@ class Session:
             try:
                 self._conn = retrying(self.policies.ssh_connect, _retry_connect, self.sleep, note)(attempt)
             except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise ConnectError(self.endpoint, _connect_reason(exc, self.endpoint, self.connect_timeout),
-                                   attempts) from None
+                error = ConnectError(self.endpoint, _connect_reason(exc, self.endpoint, self.connect_timeout), attempts)
+                if self.remember_failure:
+                    self._gave_up = error
+                raise error from None
             return self._conn, True
 
     def close(self) -> None:
@@ -292,10 +301,15 @@ class Session:
             def attempt() -> Any:
                 return libvirt.open(uri)
 
+            if self._virt_gave_up is not None:
+                raise self._virt_gave_up
             try:
                 self._virt = retrying(self.policies.ssh_connect, _retry_libvirt, self.sleep)(attempt)
             except libvirt.libvirtError as exc:
-                raise ConnectError(self.endpoint, f"libvirt at {uri}: {exc}", 1) from None
+                error = ConnectError(self.endpoint, f"libvirt at {uri} did not answer: {exc}", 1)
+                if self.remember_failure:
+                    self._virt_gave_up = error
+                raise error from None
             self.log(f"{self.endpoint.name}: libvirt connected ({uri})")
             return self._virt
 
@@ -574,22 +588,21 @@ class SessionPool:
     policies: Policies
     sleep: Sleep = time.sleep
     log: Log | None = None
+    remember_failure: bool = False  # see Session.remember_failure
     sessions: dict[str, Session] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, endpoint: Endpoint) -> Session:
         with self._lock:
-            key = f"{endpoint.name}@{endpoint}"
-            if key not in self.sessions:
-                gateway = self.get_unlocked(endpoint.via) if endpoint.via else None
-                self.sessions[key] = Session(endpoint, self.policies, sleep=self.sleep, log=self.log, gateway=gateway)
-                self.sessions[key].pool = self
-            return self.sessions[key]
+            return self._get(endpoint)
 
-    def get_unlocked(self, endpoint: Endpoint) -> Session:
+    def _get(self, endpoint: Endpoint) -> Session:
         key = f"{endpoint.name}@{endpoint}"
         if key not in self.sessions:
-            self.sessions[key] = Session(endpoint, self.policies, sleep=self.sleep, log=self.log)
+            gateway = self._get(endpoint.via) if endpoint.via else None
+            session = Session(endpoint, self.policies, sleep=self.sleep, log=self.log, gateway=gateway)
+            session.pool, session.remember_failure = self, self.remember_failure
+            self.sessions[key] = session
         return self.sessions[key]
 
     def close_all(self) -> None:

@@ -91,6 +91,8 @@ class _HostRun:
     records: RunRecords
     flags: dict[str, Any]
     carried: dict[str, str] = field(default_factory=dict)  # --resume: step -> the run it verified in
+    current: str = ""  # the step the run is at: named when the host fails outside any target
+    locked: bool = False
 
 
 class _Recorded:
@@ -192,58 +194,70 @@ class Engine:
                       records=str(records.dir.resolve()))
         (records.dir / "run.json").write_text(json.dumps(
             {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode}))
-        pool = SessionPool(opts.policies, self._sleep, records.log)
+        pool = SessionPool(opts.policies, self._sleep, records.log, remember_failure=self.read_only)
         ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode})
-        locked = False
-        current = ""  # the step the run is at: named when the host fails outside any target
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
-            current = next((s.name for s in chosen if s.name not in left_out), "")
+            ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
             if opts.mode == "apply":
-                locked = self._take_lock(pool.get(hypervisor_endpoint(loaded)), loaded, run_id)
+                ctx.locked = self._take_lock(pool.get(hypervisor_endpoint(loaded)), loaded, run_id)
             for step in chosen:
                 ctx.flags.update(step.host_options(loaded, opts.mode))
-            for step in self.runbook.steps:
-                if step.name in ctx.carried:
-                    verified = ctx.carried[step.name]
-                    self._record(records, run, self._skipped(loaded.name, step.name, f"verified in run {verified}",
-                                                             verified))
-                elif step.name in left_out:
-                    self._record(records, run, self._skipped(loaded.name, step.name, left_out[step.name]))
-                elif step in chosen:
-                    current = step.name
-                    if not self._run_step(step, ctx, run) and not self.read_only:
-                        break
+            self._run_steps(ctx, run, chosen, left_out)
         except Exception as exc:
-            self._host_failed(run, records, exc, current, locked)
+            self._host_failed(ctx, run, exc)
         finally:
-            if locked:
-                try:
-                    pool.get(hypervisor_endpoint(loaded)).run(lock.release(loaded.host.lock_path, run_id))
-                except Exception as exc:
-                    records.log(f"could not release the lock: {describe(exc)}")
-            pool.close_all()
-            run.ended = time.time()
-            failed = [r for r in run.results if r.status == "failed"]
-            run.exit_code = min(r.exit_code for r in failed) if failed else 0
-            if run.exit_code and opts.mode == "apply":  # only a run that changes hosts has a point to resume
-                run.resume_hint = opts.resume_command(loaded.name)
-            records.finish(run)
+            self._finish(ctx, run)
         return run
 
-    def _host_failed(self, run: HostRun, records: RunRecords, exc: Exception, step: str, locked: bool) -> None:
+    def _run_steps(self, ctx: _HostRun, run: HostRun, chosen: list[Step], left_out: dict[str, str]) -> None:
+        """Every step in runbook order; a run that changes hosts stops at its first failure."""
+        host = ctx.loaded.name
+        for step in self.runbook.steps:
+            if step.name in ctx.carried:
+                verified = ctx.carried[step.name]
+                self._record(ctx.records, run, self._skipped(host, step.name, f"verified in run {verified}", verified))
+            elif step.name in left_out:
+                self._record(ctx.records, run, self._skipped(host, step.name, left_out[step.name]))
+            elif step in chosen:
+                ctx.current = step.name
+                try:
+                    ok = self._run_step(step, ctx, run)
+                except Interrupted:
+                    raise
+                except Exception as exc:  # outside its targets (choosing them, say): this step failed
+                    self._host_failed(ctx, run, exc)
+                    ok = False
+                if not ok and not self.read_only:
+                    return
+
+    def _finish(self, ctx: _HostRun, run: HostRun) -> None:
+        if ctx.locked:
+            try:
+                ctx.pool.get(hypervisor_endpoint(ctx.loaded)).run(lock.release(ctx.loaded.host.lock_path, ctx.run_id))
+            except Exception as exc:
+                ctx.records.log(f"could not release the lock: {describe(exc)}")
+        ctx.pool.close_all()
+        run.ended = time.time()
+        failed = [r for r in run.results if r.status == "failed"]
+        run.exit_code = min(r.exit_code for r in failed) if failed else 0
+        if run.exit_code and self.options.mode == "apply":  # only a run that changes hosts has a point to resume
+            run.resume_hint = self.options.resume_command(ctx.loaded.name)
+        ctx.records.finish(run)
+
+    def _host_failed(self, ctx: _HostRun, run: HostRun, exc: Exception) -> None:
         """A failure outside any target: journalled as a failed result, so every record shows it."""
-        host = run.host
-        records.log(f"{host}: {describe(exc)}\n{traceback.format_exc()}")
+        host, step = run.host, ctx.current
+        ctx.records.log(f"{host}: {describe(exc)}\n{traceback.format_exc()}")
         error = describe(exc)
-        if isinstance(exc, ConnectError | CommandError) and not locked and step and self.options.mode == "apply":
+        if isinstance(exc, ConnectError | CommandError) and not ctx.locked and step and self.options.mode == "apply":
             error = f"{host}: before step {step}, taking the host lock: {exc}"
         elif not error.startswith(f"{host}:"):
             error = f"{host}: {error}"
         run.error = error
         now = time.time()
-        self._record(records, run, StepResult(host, step or "(run)", host, "failed", now, now, error=error,
-                                              exit_code=getattr(exc, "exit_code", 4)))
+        self._record(ctx.records, run, StepResult(host, step or "(run)", host, "failed", now, now, error=error,
+                                                  exit_code=getattr(exc, "exit_code", 4)))
 
     def _record(self, records: RunRecords, run: HostRun, result: StepResult) -> None:
         run.results.append(result)

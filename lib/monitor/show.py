@@ -9,14 +9,33 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from lib.results import HostRun
+from lib.results import HostRun, StepResult
 from lib.shell import mask
 
 
+def unread(runs: list[HostRun]) -> list[StepResult]:
+    """Targets that could not be read at all (host unreachable, libvirt down): failed with no checks."""
+    return [r for run in runs for r in run.results if r.status == "failed" and not r.checks]
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0]
+
+
 def metrics(runs: list[HostRun]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """{host: {vm: {metric: {value, threshold, ok}}}}: the shape --json prints."""
-    return {run.host: {r.target: {c.name: {"value": c.found, "threshold": c.expected, "ok": c.ok} for c in r.checks}
-                       for r in run.results} for run in runs}
+    """{host: {vm: {metric: {value, threshold, ok}}}}: the shape --json prints.
+
+    A target that could not be read has one metric, "error", whose value says why (never a silent {}).
+    """
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for run in runs:
+        host = out.setdefault(run.host, {})
+        for r in run.results:
+            rows = {c.name: {"value": c.found, "threshold": c.expected, "ok": c.ok} for c in r.checks}
+            if r.status == "failed" and not r.checks:
+                rows = {"error": {"value": _first_line(r.error), "threshold": "readable", "ok": False}}
+            host.setdefault(r.target, {}).update(rows)
+    return out
 
 
 def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None = None) -> None:
@@ -37,9 +56,13 @@ def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None 
 
 
 def show_findings(runs: list[HostRun], out: TextIO | None = None) -> bool:
-    """Each finding: symptom, evidence, fix. Returns True when any finding is a problem."""
+    """Each finding: symptom, evidence, fix. Returns True when any finding is a problem or any host or
+    target could not be examined (never "no problems found" for a host that was not reached)."""
     stream = out or sys.stdout
     problems = 0
+    missed = unread(runs)
+    for result in missed:
+        stream.write(mask(f"NOT EXAMINED {result.host} ({result.target}): {_first_line(result.error)}\n"))
     for run in runs:
         for result in run.results:
             for check in result.checks:
@@ -47,5 +70,8 @@ def show_findings(runs: list[HostRun], out: TextIO | None = None) -> bool:
                 stream.write(mask(f"{mark} {run.host}: {check.name}\n        evidence: {check.found}\n")
                              + ("" if check.ok else mask(f"        fix: {check.expected}\n")))
                 problems += not check.ok
-    stream.write(f"\n{problems} problem(s) found\n" if problems else "\nno problems found\n")
-    return problems > 0
+    if missed:
+        stream.write(f"\n{problems} problem(s) found; {len(missed)} target(s) not examined, so there may be more\n")
+    else:
+        stream.write(f"\n{problems} problem(s) found\n" if problems else "\nno problems found\n")
+    return problems > 0 or bool(missed)
