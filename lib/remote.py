@@ -519,12 +519,14 @@ def libvirt_uri(ep: Endpoint, local_uri: str) -> str:
     unknown key, and with no_tty and no auth callback it refuses instead (strict); `auto` adds an
     unknown key and refuses a changed one (accept-new). Never `ignore`.
     """
-    driver, _, path = local_uri.partition(":///")
+    driver, _, rest = local_uri.partition(":///")
+    path, _, query = rest.partition("?")  # the local URI's own parameters (socket=...) are kept
     params = ["no_tty=1", f"known_hosts_verify={'auto' if ep.accept_new else 'normal'}"]
     if ep.key_file:
         params.insert(0, f"keyfile={Path(ep.key_file).expanduser()}")
     if ep.known_hosts:
         params.insert(1, f"known_hosts={Path(ep.known_hosts).expanduser()}")
+    params += [q for q in query.split("&") if q]
     return f"{driver}+libssh://{ep.user}@{ep.host}:{ep.port}/{path}?{'&'.join(params)}"
 
 

@@ -117,3 +117,15 @@ def rooted(sysroot: str, path: str) -> str:
     if sysroot in ("", "/"):
         return path
     return str(PurePosixPath(sysroot) / path.lstrip("/"))
+
+
+def seq(*parts: Command | str, timeout: float = 120.0, sudo: bool = True, ok_codes: tuple[int, ...] = (0,),
+        why: str = "") -> Command:
+    """Commands and literal shell code joined by `; ` into one command, by composition, not formatting.
+
+    A Command part keeps its own quoting (and its shown/real renderings); a str part is code and is
+    used as it is: no str.format pass, so shell braces (`{ ...; }`, `${v%x}`) need no doubling.
+    """
+    shown = "; ".join(p.shown if isinstance(p, Command) else p for p in parts)
+    real = "; ".join(p.real if isinstance(p, Command) else p for p in parts)
+    return Command(shown, real, timeout, sudo, ok_codes, why)

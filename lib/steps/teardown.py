@@ -10,16 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lib.facts import libvirt as libvirt_facts
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
 from lib.remote import CmdResult
 from lib.results import Check
-from lib.shell import Command, Value, sh
+from lib.shell import Command, Value, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
 
 
-def _domstate(vm: VM, uri: str) -> str:
-    return sh("virsh -c {uri} domstate {name} 2>/dev/null || echo 'not defined'", uri=uri, name=vm.name).real
+def _domstate(vm: VM, uri: str) -> Command:
+    """Prints the state or 'not defined'; fails when libvirt does not answer (never read as absent)."""
+    return seq(libvirt_facts.domstate(uri, vm.name), libvirt_facts.PRINT_STATE)
 
 
 class VmsRemove(Step):
@@ -30,7 +32,7 @@ class VmsRemove(Step):
 
     def facts_command(self, target: Target) -> Command:
         assert target.vm is not None
-        return sh(_domstate(target.vm, target.loaded.host.libvirt_uri), why="is the domain defined")
+        return seq(_domstate(target.vm, target.loaded.host.libvirt_uri), why="is the domain defined")
 
     def parse(self, target: Target, result: CmdResult | None) -> str:
         return (result.stdout.strip() if result else "") or "not defined"
@@ -86,9 +88,9 @@ class DisksRemove(Step):
         paths = sorted(set(delete + keep))
         checks = " ".join(f"{{p{i}}}" for i in range(len(paths)))
         values: dict[str, Any] = {f"p{i}": p for i, p in enumerate(paths)}
-        return sh(f"{section('domain')}; {_domstate(vm, target.loaded.host.libvirt_uri)}; {section('present')}; "
-                  f"for p in {checks}; do if [ -e \"$p\" ]; then echo \"$p\"; fi; done",
-                  why="which disks exist", **values)
+        present = sh(f"for p in {checks}; do if [ -e \"$p\" ]; then echo \"$p\"; fi; done", **values)
+        return seq(section("domain"), _domstate(vm, target.loaded.host.libvirt_uri), section("present"), present,
+                   why="which disks exist")
 
     def parse(self, target: Target, result: CmdResult | None) -> DiskFacts:
         parts = split_sections(result.stdout if result else "")

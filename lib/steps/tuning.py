@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lib.cpuset import format_cpulist
+from lib.facts.read import cat_if_present
 from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, split_sections
 from lib.inventory.model import Host
 from lib.remote import CmdResult
@@ -58,8 +59,9 @@ def tune_facts_command(sysroot: str) -> Command:
     script = "; ".join([
         "r={root}", section("values"),
         f'grep -Hs . "$r"{GOVERNORS} "$r"{NUMA_BALANCING} "$r"{THP_ENABLED} "$r"{THP_DEFRAG}',
-        section("sysctl"), f'cat "$r"{SYSCTL_FILE} 2>/dev/null',
-        section("tmpfiles"), f'cat "$r"{TMPFILES_FILE} 2>/dev/null', "true",
+        # An unreadable persisted file fails the read (named), so nothing is planned over it.
+        section("sysctl"), cat_if_present(f'"$r"{SYSCTL_FILE}'),
+        section("tmpfiles"), cat_if_present(f'"$r"{TMPFILES_FILE}'), "true",
     ])
     return sh(script, root=_root(sysroot), sudo=False, timeout=60, why="read governors, NUMA balancing, THP")
 

@@ -21,11 +21,12 @@ from lib.domain import (
     parse_domifaddr,
     virt_install_args,
 )
+from lib.facts import libvirt as libvirt_facts
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
 from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
-from lib.shell import Command, sh
+from lib.shell import Command, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
 
 
@@ -36,15 +37,19 @@ class DomainFacts:
 
 
 def domain_facts_command(vm: VM, uri: str) -> Command:
-    return sh(f"if virsh -c {{uri}} domstate {{name}} >/dev/null 2>&1; then {section('xml')}; "
-              f"virsh -c {{uri}} dumpxml --inactive {{name}}; {section('state')}; virsh -c {{uri}} domstate {{name}}; "
-              "fi; true", uri=uri, name=vm.name, timeout=60, why="read the domain definition")
+    # libvirt not answering fails the read (exit 1, virsh's message): never reported as "not defined".
+    dumpxml = sh('if [ "$state" != {absent} ]; then ' + section("xml") + "; "
+                 "virsh -c {uri} dumpxml --inactive {name} || exit 1; fi", absent=libvirt_facts.ABSENT, uri=uri,
+                 name=vm.name)
+    return seq(libvirt_facts.domstate(uri, vm.name), section("state"), libvirt_facts.PRINT_STATE, dumpxml,
+               timeout=60, why="read the domain definition")
 
 
 def parse_domain_facts(stdout: str) -> DomainFacts:
     parts = split_sections(stdout)
     xml = parts.get("xml", "").strip()
-    return DomainFacts(parse_domain_xml(xml) if xml else None, parts.get("state", "").strip())
+    state = parts.get("state", "").strip()
+    return DomainFacts(parse_domain_xml(xml) if xml else None, "" if state == libvirt_facts.ABSENT else state)
 
 
 def define_command(vm: VM, uri: str, virt_type: str) -> Command:

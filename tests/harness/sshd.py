@@ -153,6 +153,7 @@ class SshdFarm:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._host_keys: dict[str, str] = {}
         self._configs: dict[str, Path] = {}  # each host's sshd_config: a restart reuses port and key
+        self._wraps: dict[str, tuple[str, ...]] = {}  # a command sshd runs under (start(wrap=...))
         self._seq = 0
         if os.geteuid() == 0:  # privilege separation directory sshd insists on when run as root
             Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -164,8 +165,13 @@ class SshdFarm:
                  tb: TracebackType | None) -> None:
         self.stop_all()
 
-    def start(self, name: str, *, sysroot: Path | None = None, extra_config: Sequence[str] = ()) -> SshHost:
-        """Start one sshd; extra_config lines are appended to its sshd_config (e.g. "MaxStartups 1")."""
+    def start(self, name: str, *, sysroot: Path | None = None, extra_config: Sequence[str] = (),
+              wrap: Sequence[str] = ()) -> SshHost:
+        """Start one sshd; extra_config lines are appended to its sshd_config (e.g. "MaxStartups 1").
+
+        wrap: a command line sshd is exec'd under, ending in one that runs its arguments (e.g. an
+        `unshare -m ... sh -c '...; exec "$@"' sh` that changes what only this host sees).
+        """
         if name in self.hosts:
             raise ValueError(f"host {name!r} is already running")
         self._seq += 1
@@ -179,7 +185,7 @@ class SshdFarm:
             log = hostdir / f"sshd-{port}.log"
             config = hostdir / "sshd_config"
             config.write_text(self._config(port, host_key, hostdir, extra_config))
-            proc = self._spawn(config, log)
+            proc = self._spawn(config, log, tuple(wrap))
             error = self._wait_listening(proc, port, log)
             if error is None:
                 host = SshHost(name, "127.0.0.1", port, self.user, self.client_key, self.known_hosts, log,
@@ -188,6 +194,7 @@ class SshdFarm:
                 self._procs[name] = proc
                 self._host_keys[name] = " ".join(Path(f"{host_key}.pub").read_text().split()[:2])
                 self._configs[name] = config
+                self._wraps[name] = tuple(wrap)
                 self._write_known_hosts()
                 return host
             self._kill_tree(proc)
@@ -200,6 +207,7 @@ class SshdFarm:
         self.unpause(name)  # a stopped process would not act on SIGTERM
         proc = self._procs.pop(name)
         del self.hosts[name], self._host_keys[name], self._configs[name]
+        self._wraps.pop(name, None)
         self._write_known_hosts()
         self._kill_tree(proc)
 
@@ -243,7 +251,7 @@ class SshdFarm:
             self._host_keys[name] = " ".join(Path(f"{key}.pub").read_text().split()[:2])
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:  # the port was ours a moment ago; a connection's socket may still hold it briefly
-            proc = self._spawn(config, old.log_file)
+            proc = self._spawn(config, old.log_file, self._wraps.get(name, ()))
             error = self._wait_listening(proc, old.port, old.log_file, since=old.log_file.stat().st_size)
             if error is None:
                 break
@@ -301,14 +309,14 @@ class SshdFarm:
         ]
         return "\n".join(lines) + "\n"
 
-    def _spawn(self, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    def _spawn(self, config: Path, log: Path, wrap: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         # setpriv (util-linux) execs sshd with PR_SET_PDEATHSIG: if pytest is SIGKILLed, the listener
         # gets SIGTERM instead of leaking. (preexec_fn could do it, but is unsafe with paramiko threads.)
         # The death signal follows the *thread* that forks: start hosts from the main thread.
         prefix = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
         # stdout/stderr also go to the log: errors printed before sshd opens -E land there too.
         with log.open("ab") as out:
-            return subprocess.Popen([*prefix, _sshd_binary(), "-D", "-e", "-f", str(config), "-E", str(log)],
+            return subprocess.Popen([*prefix, *wrap, _sshd_binary(), "-D", "-e", "-f", str(config), "-E", str(log)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
 
     def _wait_listening(self, proc: subprocess.Popen[bytes], port: int, log: Path, since: int = 0) -> str | None:
