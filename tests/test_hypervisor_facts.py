@@ -94,6 +94,7 @@ def test_missing_vmx_is_a_warning_under_tcg(hv1: Host) -> None:
     tcg = hv1.model_copy(update={"virt_type": "qemu"})
     tcg_checks = {c.name: c for c in topology_checks(tcg, no_virt)}
     assert tcg_checks["virtualization flag"].ok and "TCG: warning" in tcg_checks["virtualization flag"].found
+    assert tcg_checks["virtualization flag"].kind == "warning"  # accepted, never counted as passed
     assert virtualization_warnings(tcg, no_virt) == [
         "VT-x/AMD-V flag and /dev/kvm missing: fine for TCG guests (virt_type: qemu), far too slow for production"]
     assert virtualization_warnings(hv1, no_virt) == []
@@ -152,6 +153,7 @@ def test_no_cpufreq_is_not_available_not_failed(hv1: Host) -> None:
     facts = parse_tune_facts(fixture("tune-amd-1x8x2-nocpufreq.txt"), "/")
     (gov, *_) = tuning_checks(hv1, facts)
     assert gov.ok and gov.found == "not available (no cpufreq on this host)"
+    assert gov.kind == "warning"
 
 
 def test_offline_plan_writes_everything(hv1: Host) -> None:

@@ -134,6 +134,7 @@ def test_tune_without_cpufreq_reports_not_available(world: World, hv: SshHost, r
     (result,) = run.results
     assert result.status == "changed"
     assert result.checks[0].found == "not available (no cpufreq on this host)" and result.checks[0].ok
+    assert result.checks[0].kind == "warning"
 
 
 def test_bios_and_tuning_verification_cost_one_command_each(hv: SshHost, root: MakeRoot) -> None:

@@ -159,15 +159,22 @@ def test_tiny_guests_start_pinned_answer_ssh_and_tear_down(lab: tuple[World, lis
 def monitoring_reads_the_real_qemu_processes(world: World, a: str, b: str) -> None:
     # The spec's monitoring on the guests' real QEMU processes.
     (seen,) = world.run("numa.check", "emulator.check", "monitor.sample", mode="verify", sleep=time.sleep)
-    assert seen.exit_code == 0, failure_text([seen])
+    # Every target was read; whether a load threshold passes depends on this machine's other work,
+    # so the rows are checked against their own threshold below instead of being asserted to pass.
+    assert all(r.checks for r in seen.results), failure_text([seen])
+    assert seen.exit_code in (0, 5), failure_text([seen])
     numa = checks_of(seen, "numa.check", a)
     assert numa["numatune mode"] == ("strict", "strict", True)
     assert numa["remote memory"][1:] == ("0.00%", True)
     assert numa["memory per node (numastat -p)"][1].startswith("node0 ")
     emulator = checks_of(seen, "emulator.check", b)
-    assert emulator["emulator load"][2] and int(emulator["emulator threads"][1]) >= 2
+    assert_threshold_kept(emulator["emulator load"], 50.0)
+    assert int(emulator["emulator threads"][1]) >= 2
     metrics = checks_of(seen, "monitor.sample", a)
     assert metrics["vCPU utilisation"][1].startswith("0:")
+    # "0:1.2ms": the delay of each vCPU over the 1 s interval, passing only under 5% of it (50 ms).
+    waits = [float(part.split(":")[1].removesuffix("ms")) for part in metrics["vCPU wait (run-queue delay)"][1].split()]
+    assert waits and metrics["vCPU wait (run-queue delay)"][2] == all(w < 50.0 for w in waits)
     assert set(metrics) >= {"vCPU wait (run-queue delay)", "remote memory", "emulator load", "LLC loads / misses"}
 
 
@@ -184,7 +191,20 @@ def doctor_finds_a_planted_neighbour(world: World, a: str, b: str) -> None:
     delays = found[f"{a}: vCPU scheduling delays"]
     assert not delays.ok and f"pid {busy.pid} on CPU 1" in delays.found, delays.found
     assert "taskset" in delays.expected
-    assert found[f"{a}: high cross-NUMA traffic"].ok and found[f"{b}: emulator CPU bottleneck"].ok
+    assert found[f"{a}: high cross-NUMA traffic"].ok  # memory placement: not a matter of load
+    bottleneck = found[f"{b}: emulator CPU bottleneck"]  # load: its own threshold, whatever this machine does
+    load = bottleneck.found.split(" at ")[1].split("%")[0]
+    assert_threshold_kept((bottleneck.expected, f"{load}%", bottleneck.ok), 50.0)
+
+
+def assert_threshold_kept(row: tuple[str, str, bool], limit_percent: float) -> None:
+    """A measured percentage row (expected, found, ok) passes exactly when it is under its limit.
+
+    The value shown is rounded: within a point of the limit either verdict matches what is shown.
+    """
+    value = float(row[1].rstrip("%"))
+    if abs(value - limit_percent) >= 1.0:
+        assert row[2] == (value < limit_percent), row
 
 
 def test_ssh_that_never_answers_fails_at_the_convergence_deadline(lab: tuple[World, list[str]]) -> None:

@@ -37,10 +37,8 @@ def topology_checks(host: Host, facts: HostFacts) -> list[Check]:
     topo = host.topology
     tcg = host.virt_type == "qemu"
     checks = [
-        Check("virtualization flag", "vmx or svm", " ".join(facts.virt_flags) or "missing" + (" (TCG: warning)"
-              if tcg else ""), bool(facts.virt_flags) or tcg),
-        Check("/dev/kvm", "present", "present" if facts.kvm else "missing" + (" (TCG: warning)" if tcg else ""),
-              facts.kvm or tcg),
+        _virt_check("virtualization flag", "vmx or svm", " ".join(facts.virt_flags), tcg),
+        _virt_check("/dev/kvm", "present", "present" if facts.kvm else "", tcg),
         Check("sockets", str(topo.sockets), str(facts.sockets), facts.sockets == topo.sockets),
         Check("cores per socket", str(topo.cores_per_socket), str(facts.cores_per_socket),
               facts.cores_per_socket == topo.cores_per_socket),
@@ -69,11 +67,20 @@ def topology_checks(host: Host, facts: HostFacts) -> list[Check]:
                             "missing" if kb is None else f"{kb / 1024:g} MB", kb == want_l3))
     # Evidence, not requirements: the spec needs no device passthrough.
     iommu = ", ".join(facts.iommu) or ("on in kernel cmdline" if facts.iommu_enabled else "not enabled")
-    checks.append(Check("IOMMU", "(reported)", iommu, True))
+    checks.append(Check.evidence("IOMMU", iommu))
     dmi = facts.dmi
-    checks.append(Check("BIOS", "(reported)", f"{dmi.get('bios_vendor') or '?'} {dmi.get('bios_version') or '?'} "
-                        f"({dmi.get('bios_date') or '?'}), {dmi.get('product_name') or '?'}", True))
+    checks.append(Check.evidence("BIOS", f"{dmi.get('bios_vendor') or '?'} {dmi.get('bios_version') or '?'} "
+                                 f"({dmi.get('bios_date') or '?'}), {dmi.get('product_name') or '?'}"))
     return checks
+
+
+def _virt_check(name: str, expected: str, found: str, tcg: bool) -> Check:
+    """Present: passed. Missing: failed, or under TCG (virt_type: qemu) a warning, never a pass."""
+    if found:
+        return Check(name, expected, found, True)
+    if tcg:
+        return Check.warn(name, expected, "missing (TCG: warning)")
+    return Check(name, expected, "missing", False)
 
 
 class BiosCheck(Step):

@@ -147,7 +147,7 @@ def numa_checks(vm: VM, s: VmSample, limit: float) -> list[Check]:
                             mp.remote_share(per_node, nodes) < limit))
     counters = ", ".join(f"node{n} miss {c.get('numa_miss', 0)} foreign {c.get('numa_foreign', 0)}"
                          for n, c in sorted(s.node_counters.items()))
-    checks.append(Check("host numa_miss / numa_foreign (since boot)", "reported", counters or "not available", True))
+    checks.append(Check.evidence("host numa_miss / numa_foreign (since boot)", counters or "not available"))
     return checks
 
 
@@ -164,8 +164,8 @@ def emulator_checks(vm: VM, s: VmSample, limit: float = mp.EMULATOR_SHARE_LIMIT)
     check = mp.check_emulator_load(emulator, vm.tuning.emulator_cpus, limit)
     busiest = max(threads.emulator, key=lambda t: percents.get(t.tid, 0.0), default=None)
     shown = f"{busiest.comm} (tid {busiest.tid}) {percents.get(busiest.tid, 0.0):.1f}%" if busiest else "none"
-    return [check, Check("busiest emulator thread", "reported", shown, True),
-            Check("emulator threads", "reported", str(len(threads.emulator)), True)]
+    return [check, Check.evidence("busiest emulator thread", shown),
+            Check.evidence("emulator threads", str(len(threads.emulator)))]
 
 
 class NumaCheck(_VmObservation):
@@ -204,17 +204,17 @@ def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
                           " ".join(f"{i}:{d / 1e6:.1f}ms" for i, d in sorted(delay.items())),
                           all(d < 0.05 * s.interval * 1e9 for d in delay.values())))
     else:
-        rows.append(Check("vCPU utilisation", "per vCPU", "not available (virsh domstats)", True))
+        rows.append(Check.warn("vCPU utilisation", "per vCPU", "not available (virsh domstats)"))
     rows += [c for c in numa_checks(vm, s, mp.REMOTE_SHARE_LIMIT) if c.name in ("remote memory", "numatune mode")]
     rows.append(emulator_checks(vm, s)[0])
     memory = ", ".join(f"node{n} {m.used_mb:.0f}/{m.total_mb:.0f} MB used" for n, m in sorted(s.node_memory.items()))
-    rows.append(Check("host memory per node (numastat -m)", "reported", memory or "not available", True))
+    rows.append(Check.evidence("host memory per node (numastat -m)", memory or "not available"))
     if s.llc is None or s.llc.loads is None:
-        rows.append(Check("LLC loads / misses", "reported", "not available (perf cannot count LLC here)", True))
+        rows.append(Check.warn("LLC loads / misses", "counted", "not available (perf cannot count LLC here)"))
     else:
         ratio = s.llc.miss_ratio
-        rows.append(Check("LLC loads / misses", "reported", f"{s.llc.loads} / {s.llc.misses}"
-                          + (f" ({ratio:.1%} miss)" if ratio is not None else ""), True))
+        rows.append(Check.evidence("LLC loads / misses", f"{s.llc.loads} / {s.llc.misses}"
+                                   + (f" ({ratio:.1%} miss)" if ratio is not None else "")))
     return rows
 
 
@@ -265,9 +265,13 @@ def doctor_findings(vm: VM, s: VmSample, ps: tuple[mp.PsThread, ...], qemu_pids:
     evidence += [f"{t.comm} pid {t.pid} on CPU {t.psr} ({t.pcpu:.0f}% CPU)" for t in busy]
     if overlap:
         evidence.append(f"emulator shares vCPU cores {format_cpulist(overlap)}")
+    # A CPU without cpufreq has no governor at all: said so, never shown as "performance".
+    no_freq = sorted(c for c in vcpu_cpus if c not in governors)
+    governor = (f"governor not available (no cpufreq) on CPUs {format_cpulist(no_freq)}" if no_freq
+                else "governor performance")
     out.append(Finding(
         f"{vm.name}: vCPU scheduling delays", "; ".join(evidence) or
-        f"governor performance, no busy thread on CPUs {format_cpulist(vcpu_cpus)}, emulator apart",
+        f"{governor}, no busy thread on CPUs {format_cpulist(vcpu_cpus)}, emulator apart",
         "governor performance (invoke step host.tune); move or stop the listed processes (taskset, "
         "or isolate the vCPU CPUs); keep the emulator off vCPU cores", not evidence))
     return out

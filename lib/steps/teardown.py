@@ -121,6 +121,6 @@ class DisksRemove(Step):
         checks = [Check(f"deleted {p}", "absent", "present" if p in facts.present else "absent",
                         p not in facts.present) for p in delete]
         # What was kept is shown too, so the report proves the base and the data disks survived.
-        checks += [Check(f"kept {p}", "untouched", "present" if p in facts.present else "absent", True)
+        checks += [Check.evidence(f"kept {p}", "present" if p in facts.present else "absent", "untouched")
                    for p in keep]
         return checks

@@ -125,7 +125,7 @@ def tuning_checks(host: Host, facts: TuneFacts) -> list[Check]:
                  f"{facts.governors[off[0]]} on CPUs {format_cpulist(off)}")
         gov = Check("CPU governor", f"{t.cpu_governor} on every CPU with cpufreq", found, not off)
     else:
-        gov = Check("CPU governor", t.cpu_governor, "not available (no cpufreq on this host)", True)
+        gov = Check.warn("CPU governor", t.cpu_governor, "not available (no cpufreq on this host)")
     return [
         gov,
         Check("kernel.numa_balancing", str(t.numa_balancing), facts.numa_balancing,

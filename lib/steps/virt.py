@@ -123,8 +123,9 @@ def guest_checks(vm: VM, reached: str | None, status_output: str) -> tuple[Check
         return (Check(where, "answers", reached, False), Check("cloud-init status", "done", "not reached", False))
     status = next((line.split(":", 1)[1].strip() for line in status_output.splitlines()
                    if line.startswith("status:")), status_output.strip() or "no answer")
-    return (Check(where, "answers", "answers", True),
-            Check("cloud-init status", "done", status, status in ("done", "not installed")))
+    if status == "not installed":  # a guest without cloud-init (the tiny test guests): accepted, not passed
+        return (Check(where, "answers", "answers", True), Check.warn("cloud-init status", "done", status))
+    return (Check(where, "answers", "answers", True), Check("cloud-init status", "done", status, status == "done"))
 
 
 def repin(vm: VM, live: LiveDomain, uri: str) -> list[Command]:
@@ -204,5 +205,5 @@ class VmsStart(Step):
             return [Check(f"domain {target.vm.name}", "defined", "not defined", False)]
         checks = live_checks(target.vm, facts.live) + list(facts.guest)
         if facts.live.state == "running" and target.guest is None:
-            checks.append(Check("ssh", "answers", "not checked: the inventory gives no vms[].ssh", True))
+            checks.append(Check.warn("ssh", "answers", "not checked: the inventory gives no vms[].ssh"))
         return checks
