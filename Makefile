@@ -9,7 +9,7 @@ APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt
 # xorriso builds reproducible seed ISOs; cloud-init is here only for `cloud-init schema` in tests;
 # cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 
-.PHONY: test test-reliability services demo demo-clean bench bench-quick lint typecheck unit system venv clean
+.PHONY: test test-reliability services demo demo-clean bench bench-noop bench-quick lint typecheck unit system venv clean
 
 # apt-get only when a package is missing, so repeated runs stay fast.
 system:
@@ -59,6 +59,12 @@ bench: venv
 	$(PY) bench/inventory_validate.py
 	$(PY) bench/peers.py
 	$(PY) bench/fanout.py
+	$(PY) bench/noop.py
+
+# The no-op provision and verify.all on the converged lab against their floor (bench/noop.py).
+# The lab has fixed names: run as `flock /tmp/numa-k3s-demo.lock make bench-noop`, after `make demo`.
+bench-noop: venv
+	$(PY) bench/noop.py
 
 bench-quick: venv
 	$(PY) bench/peers.py --quick

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lib.errors import ToolError
-from lib.shell import Command, sh
+from lib.shell import Command, seq, sh
 
 # Walk up from this shell to the sshd process serving the connection (sudo and sh may sit between).
 # OpenSSH 9.8 and later serve connections from a separate `sshd-session` binary.
@@ -50,17 +50,22 @@ def holder_info(run_id: str) -> str:
     return f"user={getpass.getuser()} client={socket.gethostname()} pid={os.getpid()} started={started} run={run_id}"
 
 
+# Shell code after `lock=...; info=...` and _SESSION: composed with shell.seq, never str.format-ed,
+# so its braces are the shell's own.
+_ACQUIRE = (
+    'mkdir -p "$(dirname "$lock")" && '
+    'if (set -C; printf "%s session=%s\\n" "$info" "$s" > "$lock") 2>/dev/null; then echo acquired; exit 0; fi; '
+    'holder=$(cat "$lock" 2>/dev/null); '
+    'hs=$(printf "%s\\n" "$holder" | sed -n "s/.*session=\\([0-9]*\\).*/\\1/p"); '
+    # A killed session not yet reaped is a zombie (state Z) whose comm still reads sshd: dead too.
+    'st=$(sed -n "s/.*) \\([A-Z]\\).*/\\1/p" /proc/${hs:-0}/stat 2>/dev/null); '
+    'case "$st:$(cat /proc/${hs:-0}/comm 2>/dev/null)" in Z:*|X:*|:*) echo "stale $holder";; '
+    '*:sshd|*:sshd-session) echo "live $holder";; *) echo "stale $holder";; esac')
+
+
 def acquire(path: str, info: str) -> Command:
-    return sh(
-        'lock={path}; info={info}; ' + _SESSION + '; mkdir -p "$(dirname "$lock")" && '
-        'if (set -C; printf "%s session=%s\\n" "$info" "$s" > "$lock") 2>/dev/null; then echo acquired; exit 0; fi; '
-        'holder=$(cat "$lock" 2>/dev/null); '
-        'hs=$(printf "%s\\n" "$holder" | sed -n "s/.*session=\\([0-9]*\\).*/\\1/p"); '
-        # A killed session not yet reaped is a zombie (state Z) whose comm still reads sshd: dead too.
-        'st=$(sed -n "s/.*) \\([A-Z]\\).*/\\1/p" /proc/${{hs:-0}}/stat 2>/dev/null); '
-        'case "$st:$(cat /proc/${{hs:-0}}/comm 2>/dev/null)" in Z:*|X:*|:*) echo "stale $holder";; '
-        '*:sshd|*:sshd-session) echo "live $holder";; *) echo "stale $holder";; esac',
-        path=path, info=info, timeout=30, why="take the host lock")
+    return seq(sh("lock={path}; info={info}", path=path, info=info), _SESSION, _ACQUIRE, timeout=30,
+               why="take the host lock")
 
 
 def parse(stdout: str) -> LockState:

@@ -1,4 +1,7 @@
-"""The only module that opens SSH connections or runs processes.
+"""SSH sessions: the only module that opens SSH connections and runs commands on hosts.
+
+The libvirt client of an endpoint is lib/virtclient.py (a session lends it the endpoint); processes
+on the operator's machine (the seed ISO builder) are lib/local.py, re-exported here.
 
 One Fabric Connection per endpoint per run, opened on first use and reused by every step; VMs can
 be reached through their hypervisor's connection as a jump host. Host keys are checked strictly
@@ -181,23 +184,29 @@ class Session:
         self.gateway = gateway
         self.log = log or (lambda line: None)
         self.connect_timeout = connect_timeout
-        # A read-only run sets this: once the host did not answer after every ssh_connect attempt,
-        # later steps get the same error at once instead of waiting through the policy again.
-        self.remember_failure = False
         self._gave_up: ConnectError | None = None
-        self._virt_gave_up: ConnectError | None = None
         self.commands_run = 0
         self.connects = 0
         self._conn: Any = None
-        self._virt: Any = None  # libvirt connection, opened on first use
-        # The run's pool, for a step that must also ask another machine (an agent asks the server).
-        self.pool: SessionPool | None = None
+        from lib.virtclient import LibvirtClient  # it imports this module's errors
+
+        self._virt_client = LibvirtClient(endpoint, policies, sleep, self.log)
         # Called after a lost connection is re-established (the runner re-points its host lock).
         self.on_reconnect: Callable[[Session], None] | None = None
         self._lock = threading.Lock()  # a session may be shared as a gateway by parallel VM targets
         # Fabric caches one SFTP client per connection and paramiko's SFTP client is not thread-safe:
         # parallel VM targets uploading through the same hypervisor session hung without this lock.
         self._sftp_lock = threading.Lock()
+
+    @property
+    def remember_failure(self) -> bool:
+        """A read-only run sets this: once the host (or its libvirt) did not answer after every
+        ssh_connect attempt, later steps get the same error at once instead of waiting again."""
+        return self._virt_client.remember_failure
+
+    @remember_failure.setter
+    def remember_failure(self, value: bool) -> None:
+        self._virt_client.remember_failure = value
 
     # -- connection -------------------------------------------------------------------------
     def _new_connection(self) -> Any:
@@ -272,11 +281,16 @@ class Session:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
+                # A dead connection cannot even say goodbye (its SFTP channel's close raises EOFError).
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    self._conn.close()
                 self._conn = None
-            if self._virt is not None:
-                self._virt.close()
-                self._virt = None
+        self._virt_client.close()
+
+    def peer(self, endpoint: Endpoint) -> Session:
+        """Another target's session, for a step that must also ask another machine (an agent asks the
+        server). The runner lends each target's step this (lib/runner.py); a bare session has none."""
+        raise ConnectError(endpoint, f"no run lends {self.endpoint.name}'s session its peers", 0)
 
     def hop(self, endpoint: Endpoint) -> Session:
         """A new session to a VM, through this one when the VM's endpoint says so: one connect attempt.
@@ -287,55 +301,15 @@ class Session:
         return Session(endpoint, once, sleep=self.sleep, log=self.log, gateway=self if endpoint.via else None,
                        connect_timeout=self.connect_timeout)
 
-    # -- libvirt ------------------------------------------------------------------------------
+    # -- libvirt (the client lives in lib/virtclient.py; a session only lends it its endpoint) ---
     def libvirt(self, local_uri: str) -> Any:
         """A libvirt connection to this endpoint's daemon, opened once, over SSH (libvirt_uri())."""
-        import libvirt
-
-        with self._lock:
-            if self._virt is not None:
-                return self._virt
-            uri = libvirt_uri(self.endpoint, local_uri)
-            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
-
-            def attempt() -> Any:
-                return libvirt.open(uri)
-
-            if self._virt_gave_up is not None:
-                raise self._virt_gave_up
-            try:
-                self._virt = retrying(self.policies.ssh_connect, _retry_libvirt, self.sleep)(attempt)
-            except libvirt.libvirtError as exc:
-                error = ConnectError(self.endpoint, f"libvirt at {uri} did not answer: {exc}", 1)
-                if self.remember_failure:
-                    self._virt_gave_up = error
-                raise error from None
-            self.log(f"{self.endpoint.name}: libvirt connected ({uri})")
-            return self._virt
+        return self._virt_client.connect(local_uri)
 
     def live_domain(self, local_uri: str, name: str) -> dict[str, Any] | None:
-        """Live state of one domain as libvirt's API reports it (None: not defined).
-
-        The raw values go to lib/domain.py's pure live_domain() for checking.
-        """
-        import libvirt
-
-        conn = self.libvirt(local_uri)
+        """Live state of one domain as libvirt's API reports it (None: not defined)."""
         self.commands_run += 1
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise CommandError(self.endpoint.name,
-                               CmdResult(f"virDomainLookupByName({name})", 1, "", str(exc), 0.0)) from None
-        state, _reason = dom.state()
-        raw: dict[str, Any] = {"state": state, "autostart": bool(dom.autostart())}
-        if state == libvirt.VIR_DOMAIN_RUNNING:
-            live = libvirt.VIR_DOMAIN_AFFECT_LIVE
-            raw.update(vcpu_pins=dom.vcpuPinInfo(live), emulator_pin=dom.emulatorPinInfo(live),
-                       numa=dom.numaParameters(live))
-        return raw
+        return self._virt_client.live_domain(local_uri, name)
 
     # -- commands ---------------------------------------------------------------------------
     def _wire(self, cmd: Command, reveal: bool) -> str:
@@ -508,34 +482,6 @@ def _move_into_place(tmp: str, dest: str, mode: int) -> Command:
               dir=directory, tmp=tmp, beside=beside, dest=dest, mode=f"{mode:o}", why="move the upload into place")
 
 
-def libvirt_uri(ep: Endpoint, local_uri: str) -> str:
-    """qemu:///system on the hypervisor -> qemu+libssh://user@host:port/system?keyfile=..&known_hosts=..
-
-    The libssh transport takes the key and known_hosts from the URI, so the inventory's SSH settings
-    are the only ones used; the plain qemu+ssh transport runs the ssh binary, which reads
-    ~/.ssh/config and the user's own known_hosts instead.
-
-    Host keys as for our own SSH connections: known_hosts_verify=normal would ask the user about an
-    unknown key, and with no_tty and no auth callback it refuses instead (strict); `auto` adds an
-    unknown key and refuses a changed one (accept-new). Never `ignore`.
-    """
-    driver, _, rest = local_uri.partition(":///")
-    path, _, query = rest.partition("?")  # the local URI's own parameters (socket=...) are kept
-    params = ["no_tty=1", f"known_hosts_verify={'auto' if ep.accept_new else 'normal'}"]
-    if ep.key_file:
-        params.insert(0, f"keyfile={Path(ep.key_file).expanduser()}")
-    if ep.known_hosts:
-        params.insert(1, f"known_hosts={Path(ep.known_hosts).expanduser()}")
-    params += [q for q in query.split("&") if q]
-    return f"{driver}+libssh://{ep.user}@{ep.host}:{ep.port}/{path}?{'&'.join(params)}"
-
-
-def _retry_libvirt(exc: BaseException) -> bool:
-    # Refused or reset while the daemon or sshd starts: retry. Auth and host key errors: never.
-    text = str(exc).lower()
-    return "connection refused" in text or "connection reset" in text or "timed out" in text
-
-
 _KNOWN_HOSTS_LOCK = threading.Lock()
 
 
@@ -603,7 +549,7 @@ class SessionPool:
         if key not in self.sessions:
             gateway = self._get(endpoint.via) if endpoint.via else None
             session = Session(endpoint, self.policies, sleep=self.sleep, log=self.log, gateway=gateway)
-            session.pool, session.remember_failure = self, self.remember_failure
+            session.remember_failure = self.remember_failure
             self.sessions[key] = session
         return self.sessions[key]
 
@@ -614,38 +560,8 @@ class SessionPool:
                 session.close()
 
 
-# -- local processes -----------------------------------------------------------------------------
+# Re-exported: steps and tests import the seed ISO builder from here (it runs locally: lib/local.py).
+from lib.local import SEED_EPOCH, LocalToolError, build_seed_iso  # noqa: E402
 
-class LocalToolError(ToolError):
-    exit_code = 4
-
-
-# Fixed timestamps make the seed ISO reproducible: the same seed files give the same bytes, so
-# verification can compare content hashes. 2000-01-01T00:00:00Z.
-SEED_EPOCH = 946684800
-
-
-def build_seed_iso(files: dict[str, str]) -> bytes:
-    """A NoCloud seed ISO (volume label cidata, Joliet + Rock Ridge) built on this machine with xorriso."""
-    import shutil
-    import subprocess
-    import tempfile
-
-    xorriso = shutil.which("xorriso")
-    if xorriso is None:
-        raise LocalToolError("xorriso is not installed on this machine (apt-get install xorriso); it builds the "
-                             "cloud-init seed ISOs reproducibly")
-    with tempfile.TemporaryDirectory(prefix="seed-") as tmp:
-        names = sorted(files)
-        for name in names:
-            path = Path(tmp) / name
-            path.write_text(files[name])
-            os.utime(path, (SEED_EPOCH, SEED_EPOCH))
-        out = Path(tmp) / "seed.iso"
-        env = dict(os.environ, SOURCE_DATE_EPOCH=str(SEED_EPOCH), TZ="UTC")
-        done = subprocess.run([xorriso, "-as", "mkisofs", "-quiet", "-o", str(out), "-V", "cidata", "-J", "-R",
-                               *[str(Path(tmp) / n) for n in names]], capture_output=True, text=True, env=env,
-                              check=False, timeout=60)
-        if done.returncode != 0:
-            raise LocalToolError(f"xorriso failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-        return out.read_bytes()
+__all__ = ["SEED_EPOCH", "CmdResult", "CommandError", "ConnectError", "Endpoint", "LocalToolError", "Session",
+           "SessionPool", "build_seed_iso", "fingerprint"]

@@ -32,7 +32,7 @@ from lib.errors import ToolError
 from lib.inventory.load import LoadedHost
 from lib.output import Output
 from lib.records import RunRecords, new_run_id, read_journal, runs_of
-from lib.remote import CmdResult, CommandError, ConnectError, Session, SessionPool
+from lib.remote import CmdResult, CommandError, ConnectError, Endpoint, Session, SessionPool
 from lib.results import Check, HostRun, Status, StepResult
 from lib.retry import Policies, Sleep, retrying
 from lib.runbook import Runbook, RunbookError, select
@@ -102,8 +102,12 @@ class _Recorded:
     step, not per session; everything else is the session's own.
     """
 
-    def __init__(self, session: Session, keep: Callable[[CmdResult], None]) -> None:
-        self._session, self._keep = session, keep
+    def __init__(self, session: Session, keep: Callable[[CmdResult], None], pool: SessionPool) -> None:
+        self._session, self._keep, self._pool = session, keep, pool
+
+    def peer(self, endpoint: Endpoint) -> Session:
+        """Another target's session, lent by the run: its answers are kept as this step's evidence."""
+        return cast(Session, _Recorded(self._pool.get(endpoint), self._keep, self._pool))
 
     def run(self, cmd: Command) -> CmdResult:
         try:
@@ -143,7 +147,7 @@ class _TargetRun:
         """The target's session, recording each command's raw answer under the run's evidence."""
         session = self.host.pool.get(self.target.endpoint)
         keep = self.host.records.evidence_writer(self.step.name, self.target.name)
-        return cast(Session, _Recorded(session, keep))
+        return cast(Session, _Recorded(session, keep, self.host.pool))
 
 
 class Engine:

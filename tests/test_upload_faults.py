@@ -4,6 +4,7 @@ way no temp file is left, neither beside the destination nor in /tmp."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import subprocess
@@ -48,8 +49,11 @@ def test_upload_cut_by_killing_sshd_is_retried_and_leaves_no_temp_file(
         killed.set()
 
     def sleep(_seconds: float) -> None:  # the transient policy's wait: bring the host back
-        if killed.wait(timeout=60) and not restarted:
-            restarted.append(sshd_farm.restart(host.name))
+        for _try in range(3):  # a start may miss the harness's 5 s on a loaded machine: try again
+            if not killed.wait(timeout=60) or restarted:
+                return
+            with contextlib.suppress(RuntimeError):
+                restarted.append(sshd_farm.restart(host.name))
 
     restarted: list[SshHost] = []
 

@@ -17,7 +17,7 @@ from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
 from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
-from lib.shell import Command, Secret, sh
+from lib.shell import Command, Secret, seq, sh
 from lib.steps.base import Action, Plan, Step, StepMismatch, Target, Upload
 from lib.token import cluster_token
 
@@ -61,7 +61,8 @@ def _nodes_section() -> str:
 
 
 def node_facts_command(svc: str, with_nodes: bool) -> Command:
-    logs = (f"{{{{ journalctl -u {svc} -n 50 --no-pager 2>/dev/null; tail -n 50 /var/log/{svc}.log 2>/dev/null; }}}} "
+    # Composed (shell.seq), not formatted: the shell's own braces need no doubling.
+    logs = (f"{{ journalctl -u {svc} -n 50 --no-pager 2>/dev/null; tail -n 50 /var/log/{svc}.log 2>/dev/null; }} "
             "| grep -E 'level=(error|fatal)' | tail -n 1")
     parts = [f"{section('version')}; k3s --version 2>/dev/null | head -n 1",
              f"{section('config')}; sha256sum {k3s.CONFIG} 2>/dev/null | cut -d' ' -f1; "
@@ -70,7 +71,7 @@ def node_facts_command(svc: str, with_nodes: bool) -> Command:
              f"{section('started')}; cat {k3s.STARTED} 2>/dev/null"]
     if with_nodes:
         parts.append(_nodes_section())
-    return sh("; ".join(parts) + "; true", sudo=True, timeout=60, why="k3s version, config digest, node state")
+    return seq(*parts, "true", sudo=True, timeout=60, why="k3s version, config digest, node state")
 
 
 def parse_nodes_output(text: str) -> tuple[dict[str, k3s.Node] | None, str]:
@@ -196,11 +197,11 @@ class K3sAgents(_K3sNode):
 
     def gather(self, target: Target, session: Session) -> NodeFacts:
         facts = self.parse(target, session.run(self.facts_command(target)))
-        if target.peer is None or session.pool is None:
+        if target.peer is None:
             return facts
-        try:  # the node must show up on the server, so ask the server too
-            out = session.pool.get(target.peer).run(sh(_nodes_section(), sudo=True, timeout=60,
-                                                         why="nodes as the server sees them")).stdout
+        try:  # the node must show up on the server, so ask the server too (a session the run lends)
+            out = session.peer(target.peer).run(sh(_nodes_section(), sudo=True, timeout=60,
+                                                     why="nodes as the server sees them")).stdout
             nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
         except (CommandError, ConnectError) as exc:
             nodes, error = None, str(exc).splitlines()[0]
