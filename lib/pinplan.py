@@ -208,14 +208,17 @@ def layout_problems(cores: Sequence[tuple[int, ...]], node_cpus: Mapping[int, fr
     if homeless:
         problems.append(LayoutProblem("topology.layout-node", f"CPU {homeless[0]} is in no NUMA node"
                                       + (f" (nor are CPUs {format_cpulist(homeless[1:])})" if homeless[1:] else "")))
-    for k, threads in enumerate(cores):
+    split = [(k, threads) for k, threads in enumerate(cores)
+             if len({node_of[cpu] for cpu in threads if cpu in node_of}) > 1]
+    if split:  # one problem naming the first core: a wrong layout splits dozens of them
+        k, threads = split[0]
         nodes = {node_of[cpu] for cpu in threads if cpu in node_of}
-        if len(nodes) > 1:
-            where = ", ".join(f"CPU {cpu} node {node_of[cpu]}" for cpu in threads if cpu in node_of)
-            problems.append(LayoutProblem(
-                "topology.core-nodes",
-                f"core {k} (CPUs {format_cpulist(threads)}) spans nodes {format_cpulist(nodes)}: {where}; "
-                "a core's threads share one node on every real host, so the layout or a node's cpus is wrong"))
+        where = ", ".join(f"CPU {cpu} node {node_of[cpu]}" for cpu in threads if cpu in node_of)
+        more = f" ({len(split) - 1} more cores do too)" if len(split) > 1 else ""
+        problems.append(LayoutProblem(
+            "topology.core-nodes",
+            f"core {k} (CPUs {format_cpulist(threads)}) spans nodes {format_cpulist(nodes)}: {where}{more}; "
+            "a core's threads share one node on every real host, so the layout or a node's cpus is wrong"))
     return problems
 
 

@@ -13,7 +13,7 @@ from lib.cpuset import format_cpulist
 from lib.facts.host import HostFacts, host_facts_command, parse_host_facts
 from lib.inventory.model import Host
 from lib.inventory.rules import inventory_threads
-from lib.pinplan import LAYOUTS, LayoutError, layout_threads
+from lib.pinplan import LAYOUTS, layout_threads
 from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command
@@ -59,14 +59,15 @@ def count_checks(host: Host, facts: HostFacts, cores_agree: bool) -> list[Check]
     return checks
 
 
-def _kernel_layout(facts: HostFacts) -> str:
-    """Which named layout the kernel's cores follow ("listed" when neither), for the mismatch hint."""
+def _kernel_layout(host: Host, facts: HostFacts, online: frozenset[int]) -> str:
+    """Which named layout, at the inventory's counts, the kernel's cores follow ("listed" when neither).
+
+    Only for the mismatch hint; offline CPUs are left out of each core as the kernel leaves them out.
+    """
+    topo = host.topology
     for layout in LAYOUTS:
-        try:
-            threads = layout_threads(facts.sockets, facts.cores_per_socket, facts.threads_per_core, layout)
-        except LayoutError:
-            return "listed"
-        if {frozenset(t) for t in threads} == facts.cores:
+        threads = layout_threads(topo.sockets, topo.cores_per_socket, topo.threads_per_core, layout)
+        if {frozenset(t) & online for t in threads} - {frozenset()} == facts.cores:
             return layout
     return "listed"
 
@@ -89,7 +90,7 @@ def core_checks(host: Host, facts: HostFacts) -> list[Check]:
         cores = {c for c in differ if kernel.get(c) is not None and min(kernel[c]) == c}
         more = len(cores - {min(theirs)} if theirs else cores)
         hint = f"; {more} more cores differ" if more else ""
-        layout = _kernel_layout(facts)
+        layout = _kernel_layout(host, facts, online)
         fix = f"sibling_layout: {layout}" if layout != "listed" else "sibling_layout: listed with sibling_sets"
         checks.append(Check(f"core of CPU {cpu}", format_cpulist(mine) if mine else "not in the inventory",
                             (format_cpulist(theirs) if theirs else "no topology read")

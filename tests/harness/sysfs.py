@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 THP_ENABLED_CHOICES = ["always", "madvise", "never"]
 THP_DEFRAG_CHOICES = ["always", "defer", "defer+madvise", "madvise", "never"]
@@ -564,3 +564,24 @@ SHAPES: dict[str, HostShape] = {
     # Spread within each socket (socket 0: 0-7 + 8-15): neither spread nor adjacent, so listed.
     "socket-spread-2x8x2": HostShape(cores_per_socket=8, siblings="socket-spread", l3_kb=20480),
 }
+
+
+def inventory_topology(shape: HostShape, sibling_layout: str | None = None) -> dict[str, Any]:
+    """The inventory `topology:` that tells the truth about a generated tree (from the generator's own
+    Layout, not from the project's parser). sibling_layout overrides the true one, to write a lie."""
+    lay = layout(shape)
+    true_layout = shape.siblings if shape.siblings != "socket-spread" else "listed"
+    chosen = sibling_layout or true_layout
+    per_l3 = shape.ccx_cores or shape.cores_per_socket
+    topo: dict[str, Any] = {
+        "sockets": shape.sockets, "cores_per_socket": shape.cores_per_socket,
+        "threads_per_core": shape.threads_per_core, "sibling_layout": chosen,
+    }
+    if chosen == "listed":
+        topo["sibling_sets"] = [format_cpulist(core) for core in lay.cores()]
+    if shape.l3_kb:
+        topo["l3_cache_mb"] = shape.l3_kb * (shape.cores_per_socket // per_l3) // 1024
+    # Every present CPU of a node, offline ones too: the inventory describes the hardware.
+    topo["nodes"] = [{"id": n, "cpus": format_cpulist(lay.node_cpus[n]), "memory_mb": shape.memory_mb_per_node}
+                     for n in lay.nodes_written]
+    return topo

@@ -1,0 +1,234 @@
+"""Every real machine shape of tests/harness/sysfs.SHAPES, read over real SSH and judged by lscpu.
+
+lscpu (util-linux) is a parser nobody here wrote: for each generated tree the project's facts must
+agree with `lscpu --sysroot TREE -p=CPU,CORE,SOCKET,NODE`, `-p=CPU,SOCKET,CACHE` and `--caches`.
+Then bios.check runs over SSH with three inventories of the same tree: its true shape (passes), the
+other sibling layout (refused, naming the first differing core) and hv1's (refused, naming the rows
+that differ, with the values lscpu sees).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lib.cpuset import format_cpulist
+from lib.errors import InventoryError
+from lib.facts.host import HostFacts, host_facts_command, parse_host_facts
+from lib.remote import Endpoint, Session
+from lib.retry import Policies
+from lib.steps import REGISTRY
+from tests.harness.inventory import write_host
+from tests.harness.sshd import SshdFarm, SshHost
+from tests.harness.sysfs import SHAPES, fast_tmp_dir, inventory_topology, write_tree
+from tests.harness.world import World
+from tests.inventory_helpers import HOSTS
+
+LSCPU = shutil.which("lscpu") or "/usr/bin/lscpu"  # util-linux is essential on Debian
+HV1_TOPOLOGY: dict[str, Any] = yaml.safe_load((HOSTS / "hv1.yaml").read_text())["topology"]
+# Shapes whose true inventory is hv1's own topology: hv1 passes there.
+HV1_SHAPES = {"intel-2x18x2-spread", "offline-cpus-5-41-70"}
+OTHER = {"spread": "adjacent", "adjacent": "spread", "socket-spread": "spread"}
+
+
+@pytest.fixture(scope="module")
+def hv(sshd_farm: SshdFarm) -> Iterator[SshHost]:
+    host = sshd_farm.start("hv-topo16")
+    yield host
+    sshd_farm.stop(host.name)
+
+
+@pytest.fixture(scope="module")
+def trees() -> Iterator[dict[str, Path]]:
+    """One tree per shape for the whole module (read-only to every test here), on tmpfs."""
+    base = Path(tempfile.mkdtemp(prefix="shapes16-", dir=fast_tmp_dir()))
+    yield {name: write_tree(base / name, shape) for name, shape in SHAPES.items()}
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def read_facts(hv: SshHost, root: Path) -> HostFacts:
+    session = Session(Endpoint("hv", hv.host, hv.port, hv.user, str(hv.key_file), str(hv.known_hosts)), Policies())
+    try:
+        return parse_host_facts(session.run(host_facts_command(str(root))).stdout, str(root))
+    finally:
+        session.close()
+
+
+def lscpu_rows(root: Path, columns: str) -> list[list[str]]:
+    out = subprocess.run([LSCPU, "--sysroot", str(root), f"-p={columns}"], capture_output=True, text=True,
+                         check=True).stdout
+    return [line.split(",") for line in out.splitlines() if not line.startswith("#")]
+
+
+def lscpu_summary(root: Path) -> dict[str, str]:
+    out = subprocess.run([LSCPU, "--sysroot", str(root), "-J"], capture_output=True, text=True, check=True).stdout
+    return {f["field"].rstrip(":"): f.get("data") for f in json.loads(out)["lscpu"]}
+
+
+def lscpu_l3(root: Path) -> tuple[int, dict[int, set[str]]]:
+    """(one L3 instance in bytes, or 0 when none; {socket: its distinct L3 ids}) as lscpu reads them."""
+    out = subprocess.run([LSCPU, "--sysroot", str(root), "--caches", "-B", "-J"], capture_output=True, text=True,
+                         check=True).stdout
+    l3 = [c for c in json.loads(out)["caches"] if c["name"] == "L3"]
+    if not l3:
+        return 0, {}
+    ids: dict[int, set[str]] = defaultdict(set)
+    for row in lscpu_rows(root, "CPU,SOCKET,CACHE"):
+        ids[int(row[1])].add(row[-1])  # CACHE expands to ",L1d,L1i,L2,L3": L3 is the last field
+    (cache,) = l3
+    assert int(cache["all-size"]) == int(cache["one-size"]) * sum(len(v) for v in ids.values())
+    return int(cache["one-size"]), dict(ids)
+
+
+def lscpu_topology(root: Path) -> tuple[dict[int, frozenset[int]], dict[int, frozenset[int]], dict[int, int]]:
+    """(CPU -> its core's CPUs, node -> CPUs, CPU -> socket) from lscpu's parsable output."""
+    rows = [(int(c), int(core), int(sock), node) for c, core, sock, node in lscpu_rows(root, "CPU,CORE,SOCKET,NODE")]
+    by_core: dict[int, set[int]] = defaultdict(set)
+    nodes: dict[int, set[int]] = defaultdict(set)
+    for cpu, core, _, node in rows:
+        by_core[core].add(cpu)
+        if node:
+            nodes[int(node)].add(cpu)
+    core_of = {cpu: frozenset(by_core[core]) for cpu, core, _, _ in rows}
+    return core_of, {n: frozenset(c) for n, c in nodes.items()}, {cpu: sock for cpu, _, sock, _ in rows}
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_facts_agree_with_lscpu(name: str, hv: SshHost, trees: dict[str, Path]) -> None:
+    root = trees[name]
+    facts = read_facts(hv, root)
+    assert facts.unreadable == ()
+    core_of, nodes, socket_of = lscpu_topology(root)
+    summary = lscpu_summary(root)
+    assert set(facts.cpus) == set(core_of) == facts.online  # lscpu -p lists the online CPUs
+    assert {cpu: c.siblings for cpu, c in facts.cpus.items()} == core_of
+    assert {cpu: c.package for cpu, c in facts.cpus.items()} == socket_of
+    assert facts.nodes == nodes
+    assert len(facts.nodes) == int(summary["NUMA node(s)"])
+    assert facts.sockets == int(summary["Socket(s)"])
+    assert facts.cores_per_socket == int(summary["Core(s) per socket"])
+    assert facts.threads_per_core == int(summary["Thread(s) per core"])
+    assert facts.online == _cpulist(summary["On-line CPU(s) list"])
+    assert facts.offline == _cpulist(summary.get("Off-line CPU(s) list") or "")
+    one, ids = lscpu_l3(root)
+    assert facts.l3_kb == {s: one * len(v) // 1024 for s, v in ids.items()}
+    assert facts.l3_instances == {s: len(v) for s, v in ids.items()}
+    assert facts.smt_active is (int(summary["Thread(s) per core"]) > 1)
+
+
+def _cpulist(text: str) -> frozenset[int]:
+    from lib.cpuset import parse_cpulist
+
+    return parse_cpulist(text)
+
+
+def test_the_shapes_cover_what_real_machines_do() -> None:
+    """The list the issue asks for, so a shape cannot quietly drop out of SHAPES."""
+    shapes = SHAPES.values()
+    assert any(s.node_count == 8 and s.sockets == 2 and s.ccx_cores == 3 for s in shapes)
+    assert any(s.sockets == 4 and s.node_ids == [0, 2, 3] and s.socket_interleave for s in shapes)
+    assert any(s.possible_cpus == 80 and s.sockets * s.cores_per_socket * s.threads_per_core == 64 for s in shapes)
+    assert any(s.offline for s in shapes) and any(s.old_kernel for s in shapes)
+    assert any(s.l3_kb == 0 for s in shapes)
+    assert {s.siblings for s in shapes} == {"spread", "adjacent", "socket-spread"}
+
+
+def _bad(run: Any) -> dict[str, Any]:
+    (result,) = run.results
+    return {c.name: c for c in result.checks if not c.ok}
+
+
+def bios_check(tmp: Path, hv: SshHost, root: Path, topology: dict[str, Any]) -> Any:
+    world = World(tmp, REGISTRY)
+    write_host(world.hosts, "hv1", hv, sysroot=root, topology=topology)
+    (run,) = world.run("bios.check")
+    return run
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_true_shape_passes_bios_check(name: str, hv: SshHost, trees: dict[str, Path], tmp_path: Path) -> None:
+    shape, root = SHAPES[name], trees[name]
+    run = bios_check(tmp_path, hv, root, inventory_topology(shape))
+    assert run.exit_code == 0 and not _bad(run), _bad(run)
+    warned = {c.name: c.found for c in run.results[0].checks if c.kind == "warning"}
+    _, nodes, _ = lscpu_topology(root)
+    expect_warned: set[str] = set()
+    if shape.old_kernel:  # no nodeN/meminfo: unknown, never a number
+        expect_warned |= {f"node {n} memory" for n in nodes}
+        assert all(warned[f"node {n} memory"].startswith("unknown") for n in nodes)
+    if shape.offline:  # offline CPUs no VM uses; the kernel's core count leaves their core out
+        expect_warned |= {"CPUs online", "cores per socket"}
+        assert warned["CPUs online"].startswith(f"CPUs {format_cpulist(shape.offline)} offline; no VM is pinned")
+    assert set(warned) == expect_warned
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_other_sibling_layout_is_refused(name: str, hv: SshHost, trees: dict[str, Path], tmp_path: Path) -> None:
+    """Refused by inventory.check where the lie's cores cross the nodes, else by bios.check's core row."""
+    shape, root = SHAPES[name], trees[name]
+    lie = inventory_topology(shape, OTHER[shape.siblings])
+    try:
+        run = bios_check(tmp_path, hv, root, lie)
+    except InventoryError as err:
+        assert err.exit_code == 2
+        assert [p.rule for p in err.problems] == ["topology.core-nodes"]
+        return
+    assert run.exit_code == 3
+    (row,) = [c for n, c in _bad(run).items() if n.startswith("core of CPU ")]
+    cpu = int(row.name.removeprefix("core of CPU "))
+    core_of, _, _ = lscpu_topology(root)
+    kernel = format_cpulist(core_of[cpu])
+    assert row.found.startswith((f"{kernel} ", f"{kernel};")) and row.expected != kernel
+    fix = "listed with sibling_sets" if shape.siblings == "socket-spread" else shape.siblings
+    assert row.found.endswith(f"(this host needs sibling_layout: {fix})")
+
+
+def test_both_refusals_are_exercised() -> None:
+    """Some lies fail inventory.check (cores across nodes), others only bios.check: both paths are tested."""
+    from lib.inventory.model import Topology
+    from lib.inventory.rules import inventory_threads
+    from lib.pinplan import layout_problems
+
+    crosses = set()
+    for name, shape in SHAPES.items():
+        topo = Topology.model_validate(inventory_topology(shape, OTHER[shape.siblings]))
+        if layout_problems(inventory_threads(topo), {n.id: n.cpu_set for n in topo.nodes}, "x"):
+            crosses.add(name)
+    assert crosses and crosses != set(SHAPES)
+
+
+@pytest.mark.parametrize("name", sorted(set(SHAPES) - HV1_SHAPES))
+def test_hv1_is_refused_row_by_row(name: str, hv: SshHost, trees: dict[str, Path], tmp_path: Path) -> None:
+    """Every row where lscpu's view differs from hv1's inventory fails, showing what lscpu sees."""
+    root = trees[name]
+    run = bios_check(tmp_path, hv, root, HV1_TOPOLOGY)
+    assert run.exit_code == 3
+    bad = _bad(run)
+    summary = lscpu_summary(root)
+    for row_name, key, lscpu_field in (("sockets", "sockets", "Socket(s)"),
+                                       ("cores per socket", "cores_per_socket", "Core(s) per socket"),
+                                       ("threads per core", "threads_per_core", "Thread(s) per core")):
+        if summary[lscpu_field] != str(HV1_TOPOLOGY[key]):
+            assert bad[row_name].found == summary[lscpu_field]
+    _, nodes, _ = lscpu_topology(root)
+    for node in HV1_TOPOLOGY["nodes"]:
+        if nodes.get(node["id"]) != _cpulist(node["cpus"]):
+            shown = bad[f"node {node['id']} CPUs"].found
+            assert shown == (format_cpulist(nodes[node["id"]]) if node["id"] in nodes else "missing")
+    for node_id in set(nodes) - {n["id"] for n in HV1_TOPOLOGY["nodes"]}:
+        assert bad[f"node {node_id} CPUs"].expected == "not in the inventory"
+    one, ids = lscpu_l3(root)
+    for socket, l3_ids in ids.items():
+        if one * len(l3_ids) != HV1_TOPOLOGY["l3_cache_mb"] << 20:
+            assert bad[f"socket {socket} L3"].found.startswith(f"{one * len(l3_ids) / 2**20:g} MB")
+    if not ids:
+        assert bad["socket 0 L3"].found == "none reported"
