@@ -27,9 +27,9 @@ from lib.facts.host import HostFacts, host_facts_command, parse_host_facts
 from lib.remote import Endpoint, Session
 from lib.retry import Policies
 from lib.steps import REGISTRY
-from tests.harness.inventory import write_host
+from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost
-from tests.harness.sysfs import SHAPES, fast_tmp_dir, inventory_topology, write_tree
+from tests.harness.sysfs import SHAPES, HostShape, fast_tmp_dir, inventory_topology, layout, write_tree
 from tests.harness.world import World
 from tests.inventory_helpers import HOSTS
 
@@ -232,3 +232,101 @@ def test_hv1_is_refused_row_by_row(name: str, hv: SshHost, trees: dict[str, Path
             assert bad[f"socket {socket} L3"].found.startswith(f"{one * len(l3_ids) / 2**20:g} MB")
     if not ids:
         assert bad["socket 0 L3"].found == "none reported"
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def test_unreadable_values_fail_by_file_and_value(hv: SshHost, tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "root", HostShape())
+    cpu, node = root / "sys/devices/system/cpu", root / "sys/devices/system/node"
+    (cpu / "cpu3/topology/core_id").write_text("three\n")
+    (node / "node1/cpulist").write_text("18-35,54-\n")  # truncated
+    (cpu / "cpu40/cache/index3/size").write_text("45 MiB\n")
+    before = snapshot(root)
+    run = bios_check(tmp_path, hv, root, inventory_topology(HostShape()))
+    assert run.exit_code == 3
+    (result,) = run.results
+    assert result.status == "failed" and "checks differ from the spec" in (result.error or "")  # not a crash
+    bad = _bad(run)
+    rows = {name: (c.expected, c.found) for name, c in bad.items() if name.startswith("unreadable ")}
+    assert rows == {
+        "unreadable /sys/devices/system/cpu/cpu3/topology/core_id": ("a number", "'three'"),
+        "unreadable /sys/devices/system/node/node1/cpulist": ("a cpulist", "'18-35,54-'"),
+        "unreadable /sys/devices/system/cpu/cpu40/cache/index3/size": ("a size like 45056K", "'45 MiB'"),
+    }
+    assert bad["node 1 CPUs"].found == "missing"  # never a guess
+    assert snapshot(root) == before
+
+
+def test_vm_pinned_to_an_offline_cpu_fails(hv: SshHost, tmp_path: Path) -> None:
+    shape = SHAPES["offline-cpus-5-41-70"]
+    vm = small_vm("vm-off", 0)
+    del vm["k8s"]
+    vm["tuning"]["vcpu_pins"] = ["4", "5"]
+    world = World(tmp_path, REGISTRY)
+    write_host(world.hosts, "hv1", hv, sysroot=write_tree(tmp_path / "root", shape),
+               topology=inventory_topology(shape), vms=[vm])
+    (run,) = world.run("bios.check")
+    assert run.exit_code == 3
+    assert _bad(run)["CPUs online"].found == "CPUs 5,41,70 offline; vm-off is pinned to CPU 5"
+
+
+def _vm(name: str, index: int, vcpus: int, nodeset: str, emulator: list[int]) -> dict[str, Any]:
+    vm = small_vm(name, index)
+    del vm["k8s"]
+    vm["vcpu_count"] = vcpus
+    vm["tuning"] = {"emulator_cpuset": format_cpulist(emulator), "numa_memory": {"nodeset": nodeset, "mode": "strict"}}
+    return vm
+
+
+@pytest.mark.parametrize("name", ["epyc-2x24x2-8node-ccx", "epyc-2x24x2-8node-ccx-spread"])
+def test_planner_on_eight_nodes_keeps_whole_kernel_cores(name: str, hv: SshHost, trees: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    shape, root = SHAPES[name], trees[name]
+    lay = layout(shape)
+    node_cores = {n: [c for c in lay.cores() if lay.cpus[c[0]].node == n] for n in lay.nodes_written}
+    host_cpus = node_cores[0][0]  # the host keeps node 0's first core; each VM's emulator its node's last
+    vms = [_vm("vm-a", 0, 8, "0", node_cores[0][-1]), _vm("vm-b", 1, 9, "1", node_cores[1][-1]),
+           _vm("vm-big", 2, 11, "2", node_cores[2][-1]), _vm("vm-d", 3, 10, "3", node_cores[3][-1]),
+           _vm("vm-e", 4, 16, "6-7", node_cores[6][-1])]
+    extra = {"topology": inventory_topology(shape), "host_reserved_cpus": format_cpulist(host_cpus)}
+    world = World(tmp_path, REGISTRY)
+    write_host(world.hosts, "hv1", hv, sysroot=root, vms=vms, **extra)
+    # Node 2 has 12 threads, 2 of them its emulator's: 11 vCPUs do not fit; exactly that VM is refused.
+    with pytest.raises(InventoryError) as err:
+        world.loaded()
+    assert [(p.rule, p.path, p.message) for p in err.value.problems] == [
+        ("pins.plan", "vms[2].vcpu_count", "could not fit 11 vCPUs of vm-big on node 2: 10 free threads")]
+
+    vms[2]["vcpu_count"] = 10
+    write_host(world.hosts, "hv1", hv, sysroot=root, vms=vms, **extra)
+    (loaded,) = world.loaded()
+    facts = read_facts(hv, root)  # the kernel's siblings and nodes, over SSH
+    kept = set(host_cpus).union(*(node_cores[n][-1] for n in (0, 1, 2, 3, 6)))
+    for vm in loaded.host.vms:
+        pins = vm.pins
+        assert len(pins) == vm.vcpu_count and kept.isdisjoint(pins), vm.name
+        allowed = frozenset().union(*(facts.nodes[n] for n in vm.tuning.numa_memory.nodes))
+        assert set(pins) <= allowed, vm.name
+        # vCPUs 2k and 2k+1 are the two threads of one kernel core; an odd count ends on one thread.
+        pairs = [pins[i:i + 2] for i in range(0, len(pins) - 1, 2)]
+        assert all(facts.cpus[a].siblings == {a, b} for a, b in pairs), (vm.name, pins)
+        whole = [core for core in facts.cores if core <= set(pins)]
+        assert len(whole) == vm.vcpu_count // 2, vm.name
+    (run,) = world.run("bios.check")
+    assert run.exit_code == 0, _bad(run)
+
+
+def test_this_machines_own_sys_agrees_with_lscpu(hv: SshHost) -> None:
+    """The real kernel's /sys (sysroot /), read over SSH, against lscpu on the same files."""
+    root = Path("/")
+    facts = read_facts(hv, root)
+    core_of, nodes, socket_of = lscpu_topology(root)
+    assert facts.unreadable == ()
+    assert {cpu: c.siblings for cpu, c in facts.cpus.items()} == core_of
+    assert {cpu: c.package for cpu, c in facts.cpus.items()} == socket_of
+    assert facts.nodes == nodes
+    one, ids = lscpu_l3(root)
+    assert facts.l3_kb == {s: one * len(v) // 1024 for s, v in ids.items()}
