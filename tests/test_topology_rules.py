@@ -5,6 +5,7 @@ Also the planner's refusals: exactly the VM that cannot be placed, never a false
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lib.errors import InventoryError
 from lib.inventory.load import load_inventory
@@ -128,3 +131,33 @@ def test_layout_conflict_through_the_cli_is_exit_2_without_traceback(tmp_path: P
     assert out.returncode == 2, out.stderr
     assert f"ERROR [topology.core-nodes] {hosts}/hv1.yaml: topology.sibling_layout: core 17 (CPUs 17,53)" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sockets=st.integers(1, 3), cores=st.integers(1, 5), threads=st.integers(1, 3),
+       layout=st.sampled_from(["spread", "adjacent", "listed"]), cuts=st.lists(st.integers(0, 50), max_size=3),
+       sets=st.none() | st.lists(st.sets(st.integers(0, 50), min_size=1, max_size=3), max_size=16))
+def test_any_topology_loads_or_is_exit_2(tmp_path: Path, sockets: int, cores: int, threads: int, layout: str,
+                                         cuts: list[int], sets: list[set[int]] | None) -> None:
+    """Any counts, layout, listed sets and node split: a loaded host or rule findings, never a traceback."""
+    total = sockets * cores * threads
+    bounds = sorted({0, total, *(c for c in cuts if c < total)})
+    nodes = [{"id": i, "cpus": f"{lo}-{hi - 1}", "memory_mb": 8192}
+             for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]
+
+    def apply(d: dict[str, Any]) -> None:
+        d["topology"] = {"sockets": sockets, "cores_per_socket": cores, "threads_per_core": threads,
+                         "sibling_layout": layout, "l3_cache_mb": 8, "nodes": nodes}
+        if sets is not None:
+            d["topology"]["sibling_sets"] = [",".join(map(str, sorted(s))) for s in sets]
+        d["vms"] = []
+
+    try:
+        loaded = load_inventory(write_inventory(tmp_path, mutated(apply))).hosts["hv1"]
+    except InventoryError as err:
+        assert err.exit_code == 2 and err.problems
+        return
+    node_of = {cpu: n["id"] for n in nodes for cpu in range(int(n["cpus"].split("-")[0]),
+                                                           int(n["cpus"].split("-")[1]) + 1)}
+    assert sorted(t for core in loaded.cores for t in core.threads) == list(range(total))
+    assert all(node_of[t] == core.node for core in loaded.cores for t in core.threads)

@@ -99,7 +99,9 @@ def check_layout(host: Host) -> Iterator[Finding]:
     topo = host.topology
     listed = list(check_sibling_sets(topo))
     yield from listed
-    if listed:
+    # With the wrong number of CPUs check_topology has said so; a mistyped "sockets: 100000" must
+    # not build millions of cores to say more.
+    if listed or len(topo.all_cpus) != topo.cpu_count:
         return
     try:
         threads = inventory_threads(topo)
