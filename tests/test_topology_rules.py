@@ -157,7 +157,6 @@ def test_any_topology_loads_or_is_exit_2(tmp_path: Path, sockets: int, cores: in
     except InventoryError as err:
         assert err.exit_code == 2 and err.problems
         return
-    node_of = {cpu: n["id"] for n in nodes for cpu in range(int(n["cpus"].split("-")[0]),
-                                                           int(n["cpus"].split("-")[1]) + 1)}
+    node_of = {cpu: i for i, (lo, hi) in enumerate(itertools.pairwise(bounds)) for cpu in range(lo, hi)}
     assert sorted(t for core in loaded.cores for t in core.threads) == list(range(total))
     assert all(node_of[t] == core.node for core in loaded.cores for t in core.threads)

@@ -169,6 +169,15 @@ def test_true_shape_passes_bios_check(name: str, hv: SshHost, trees: dict[str, P
         expect_warned |= {"CPUs online", "cores per socket"}
         assert warned["CPUs online"].startswith(f"CPUs {format_cpulist(shape.offline)} offline; no VM is pinned")
     assert set(warned) == expect_warned
+    evidence = {c.name: c.found for c in run.results[0].checks if c.kind == "evidence"}
+    if shape.possible_cpus:
+        assert evidence["CPUs possible"] == f"0-{shape.possible_cpus - 1} (present 0-{len(lay_cpus(shape)) - 1})"
+    else:
+        assert "CPUs possible" not in evidence
+
+
+def lay_cpus(shape: HostShape) -> list[int]:
+    return list(layout(shape).cpus)
 
 
 @pytest.mark.parametrize("name", list(SHAPES))

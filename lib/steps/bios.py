@@ -111,8 +111,12 @@ def core_checks(host: Host, facts: HostFacts) -> list[Check]:
 def offline_checks(host: Host, facts: HostFacts) -> list[Check]:
     """Offline CPUs: fine (a warning) while no VM is pinned there; pinning one fails the check."""
     offline = facts.offline & host.topology.all_cpus
+    checks = []
+    if facts.possible - facts.present and facts.present:  # room for hot-added CPUs: the kernel's word only
+        checks.append(Check.evidence("CPUs possible", f"{format_cpulist(facts.possible)} (present "
+                                     f"{format_cpulist(facts.present)})", "(reported)"))
     if not offline and host.topology.all_cpus <= facts.online:
-        return [Check("CPUs online", format_cpulist(host.topology.all_cpus), "all", True)]
+        return [*checks, Check("CPUs online", format_cpulist(host.topology.all_cpus), "all", True)]
     used = {cpu: vm.name for vm in host.vms for cpu in (*vm.pins, *sorted(vm.tuning.emulator_cpus))}
     pinned = sorted(cpu for cpu in offline if cpu in used)
     absent = host.topology.all_cpus - facts.online - offline
@@ -122,9 +126,10 @@ def offline_checks(host: Host, facts: HostFacts) -> list[Check]:
     if pinned or absent:
         if pinned:
             found += f"; {used[pinned[0]]} is pinned to CPU {pinned[0]}"
-        return [Check("CPUs online", format_cpulist(host.topology.all_cpus), found, False)]
-    return [Check.warn("CPUs online", format_cpulist(host.topology.all_cpus),
-                       f"{found}; no VM is pinned there (put them in host_reserved_cpus so the planner skips them)")]
+        return [*checks, Check("CPUs online", format_cpulist(host.topology.all_cpus), found, False)]
+    return [*checks, Check.warn("CPUs online", format_cpulist(host.topology.all_cpus),
+                                f"{found}; no VM is pinned there (put them in host_reserved_cpus so the planner "
+                                "skips them)")]
 
 
 def node_checks(host: Host, facts: HostFacts) -> list[Check]:
