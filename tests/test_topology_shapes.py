@@ -339,3 +339,17 @@ def test_this_machines_own_sys_agrees_with_lscpu(hv: SshHost) -> None:
     assert facts.nodes == nodes
     one, ids = lscpu_l3(root)
     assert facts.l3_kb == {s: one * len(v) // 1024 for s, v in ids.items()}
+
+
+def test_spread_inventory_on_an_adjacent_host_with_the_same_nodes_is_refused(hv: SshHost, tmp_path: Path) -> None:
+    """The issue's worst case: every node row agrees with hv1, only the siblings differ (N and N+1)."""
+    shape = HostShape(siblings="adjacent", node_cpus_override={0: "0-17,36-53", 1: "18-35,54-71"})
+    root = write_tree(tmp_path / "root", shape)
+    core_of, nodes, _ = lscpu_topology(root)
+    assert core_of[1] == {0, 1} and nodes == {0: _cpulist("0-17,36-53"), 1: _cpulist("18-35,54-71")}
+    run = bios_check(tmp_path, hv, root, HV1_TOPOLOGY)
+    assert run.exit_code == 3
+    bad = _bad(run)
+    assert list(bad) == ["core of CPU 0"]
+    assert (bad["core of CPU 0"].expected, bad["core of CPU 0"].found) == (
+        "0,36", "0-1; 35 more cores differ (this host needs sibling_layout: adjacent)")
