@@ -235,6 +235,10 @@ def test_hv1_is_refused_row_by_row(name: str, hv: SshHost, trees: dict[str, Path
             assert shown == (format_cpulist(nodes[node["id"]]) if node["id"] in nodes else "missing")
     for node_id in set(nodes) - {n["id"] for n in HV1_TOPOLOGY["nodes"]}:
         assert bad[f"node {node_id} CPUs"].expected == "not in the inventory"
+    core_rows = [c for n, c in bad.items() if n.startswith("core of CPU ")]
+    if SHAPES[name].siblings != "spread":  # hv1 says spread: the row names the layout the host has
+        fix = "listed with sibling_sets" if SHAPES[name].siblings == "socket-spread" else SHAPES[name].siblings
+        assert core_rows and core_rows[0].found.endswith(f"(this host needs sibling_layout: {fix})")
     one, ids = lscpu_l3(root)
     for socket, l3_ids in ids.items():
         if one * len(l3_ids) != HV1_TOPOLOGY["l3_cache_mb"] << 20:

@@ -60,15 +60,21 @@ def count_checks(host: Host, facts: HostFacts, cores_agree: bool) -> list[Check]
 
 
 def _kernel_layout(host: Host, facts: HostFacts, online: frozenset[int]) -> str:
-    """Which named layout, at the inventory's counts, the kernel's cores follow ("listed" when neither).
+    """Which named layout the kernel's cores follow ("listed" when neither), for the mismatch hint.
 
-    Only for the mismatch hint; offline CPUs are left out of each core as the kernel leaves them out.
+    Tried at the inventory's counts (offline CPUs left out of each core, as the kernel leaves them
+    out) and at the kernel's own, so a host whose counts differ too still gets the right name.
     """
     topo = host.topology
-    for layout in LAYOUTS:
-        threads = layout_threads(topo.sockets, topo.cores_per_socket, topo.threads_per_core, layout)
-        if {frozenset(t) & online for t in threads} - {frozenset()} == facts.cores:
-            return layout
+    counts = {(topo.sockets, topo.cores_per_socket, topo.threads_per_core),
+              (facts.sockets, facts.cores_per_socket, facts.threads_per_core)}
+    for sockets, cores, threads in sorted(counts):
+        if min(sockets, cores, threads) < 1:
+            continue
+        for layout in LAYOUTS:
+            sets = {frozenset(t) & online for t in layout_threads(sockets, cores, threads, layout)}
+            if sets - {frozenset()} == facts.cores:
+                return layout
     return "listed"
 
 
