@@ -7,13 +7,14 @@ generator writes is one the kernel would print.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.facts.host import parse_cpumask, parse_host_facts
 from tests.harness.sysfs import format_cpumask
 
 
+@settings(deadline=None)
 @given(st.sets(st.integers(0, 200)), st.integers(0, 56))
 def test_cpumask_round_trip(ids: set[int], spare: int) -> None:
     nbits = max(ids, default=0) + 1 + spare
