@@ -357,3 +357,15 @@ def test_spread_inventory_on_an_adjacent_host_with_the_same_nodes_is_refused(hv:
     assert list(bad) == ["core of CPU 0"]
     assert (bad["core of CPU 0"].expected, bad["core of CPU 0"].found) == (
         "0,36", "0-1; 35 more cores differ (this host needs sibling_layout: adjacent)")
+
+
+def test_kernel_core_across_two_nodes_is_its_own_row(hv: SshHost, tmp_path: Path) -> None:
+    """A firmware that puts CPU 53 (CPU 17's sibling) on node 1: the core is split, whatever the inventory says."""
+    shape = HostShape(node_cpus_override={0: "0-17,36-52", 1: "18-35,53-71"})
+    root = write_tree(tmp_path / "root", shape)
+    _, nodes, _ = lscpu_topology(root)
+    assert 53 in nodes[1] and 17 in nodes[0]
+    bad = _bad(bios_check(tmp_path, hv, root, HV1_TOPOLOGY))
+    assert (bad["core of CPU 17 on one node"].expected, bad["core of CPU 17 on one node"].found) == (
+        "every thread on one node", "CPU 17 on node 0, CPU 53 on node 1")
+    assert bad["node 1 CPUs"].found == "18-35,53-71"
