@@ -62,10 +62,24 @@ def free_threads(cores: Sequence[Core], taken: frozenset[int]) -> dict[int, int]
 def plan_pins(
     cores: Sequence[Core], requests: Sequence[PinRequest], reserved: frozenset[int]
 ) -> dict[str, tuple[int, ...]]:
-    """VM name -> pins (vCPU i runs on pins[i]), in request order.
+    """VM name -> pins (vCPU i runs on pins[i]), in request order; PlanError if any VM does not fit.
 
     Given pins are claimed first, so a planned VM avoids them wherever it sits in the list; the
     rest are planned in request order, each skipping reserved (emulator/host) CPUs and earlier pins.
+    """
+    plan, refused = plan_what_fits(cores, requests, reserved)
+    if refused:
+        raise refused[0]
+    return plan
+
+
+def plan_what_fits(
+    cores: Sequence[Core], requests: Sequence[PinRequest], reserved: frozenset[int]
+) -> tuple[dict[str, tuple[int, ...]], list[PlanError]]:
+    """Like plan_pins, but a VM that does not fit is refused alone: the others are still planned.
+
+    So an inventory check names exactly the VM that cannot be placed, and every VM after it still
+    gets its pins (and its own checks) instead of a false "no pins" error.
     """
     names = [req.name for req in requests]
     if len(set(names)) != len(names):
@@ -92,11 +106,16 @@ def plan_pins(
         plan[req.name] = req.pins
 
     taken = set(reserved) | owner.keys()
+    refused: list[PlanError] = []
     for req in requests:
         if req.pins is None:
-            plan[req.name] = _plan_one(cores, req, frozenset(taken))
+            try:
+                plan[req.name] = _plan_one(cores, req, frozenset(taken))
+            except PlanError as exc:
+                refused.append(exc)
+                continue
             taken.update(plan[req.name])
-    return {name: plan[name] for name in names}
+    return {name: plan[name] for name in names if name in plan}, refused
 
 
 def _plan_one(cores: Sequence[Core], req: PinRequest, taken: frozenset[int]) -> tuple[int, ...]:
@@ -133,6 +152,86 @@ def _plan_one(cores: Sequence[Core], req: PinRequest, taken: frozenset[int]) -> 
     return tuple(picked)
 
 
+LAYOUTS = ("spread", "adjacent")
+
+
+@dataclass(frozen=True)
+class LayoutProblem:
+    """Why a layout, its sibling sets and the nodes' cpulists cannot describe one host."""
+
+    rule: str
+    message: str
+
+
+class LayoutError(ValueError):
+    def __init__(self, problems: Sequence[LayoutProblem]) -> None:
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = tuple(problems)
+
+
+def layout_threads(sockets: int, cores_per_socket: int, threads_per_core: int, layout: str) -> list[tuple[int, ...]]:
+    """Every core's CPUs under a named layout, in core order.
+
+    "spread" is Linux's Intel enumeration: thread t of global core k is CPU k + t * total_cores,
+    so siblings are (0, 36) on a 2x18x2 host. "adjacent" puts siblings on consecutive ids,
+    core k = CPUs k*T .. k*T+T-1, as many AMD hosts enumerate.
+    """
+    if min(sockets, cores_per_socket, threads_per_core) < 1:
+        raise LayoutError([LayoutProblem("topology.layout",
+                                         f"bad topology {sockets}x{cores_per_socket}x{threads_per_core}")])
+    if layout not in LAYOUTS:
+        raise LayoutError([LayoutProblem("topology.layout",
+                                         f"unknown layout {layout!r}: expected 'spread' or 'adjacent'")])
+    total = sockets * cores_per_socket
+    if layout == "spread":
+        return [tuple(k + t * total for t in range(threads_per_core)) for k in range(total)]
+    return [tuple(k * threads_per_core + t for t in range(threads_per_core)) for k in range(total)]
+
+
+def layout_problems(cores: Sequence[tuple[int, ...]], node_cpus: Mapping[int, frozenset[int]],
+                    shape: str) -> list[LayoutProblem]:
+    """Every way the cores' CPUs and the nodes' cpulists disagree (shape names the host, e.g. 2x18x2)."""
+    problems: list[LayoutProblem] = []
+    node_of: dict[int, int] = {}
+    for node, cpus in sorted(node_cpus.items()):
+        for cpu in sorted(cpus):
+            if cpu in node_of:
+                problems.append(LayoutProblem("topology.cpus",
+                                              f"CPU {cpu} is in both node {node_of[cpu]} and node {node}"))
+            node_of.setdefault(cpu, node)
+    known = {cpu for threads in cores for cpu in threads}
+    stray = [cpu for cpu in node_of if cpu not in known]
+    if stray:
+        problems.append(LayoutProblem("topology.layout-cpus", f"nodes list CPUs {format_cpulist(stray)} that a "
+                                      f"{shape} host does not have"))
+    homeless = sorted(cpu for cpu in known if cpu not in node_of)
+    if homeless:
+        problems.append(LayoutProblem("topology.layout-node", f"CPU {homeless[0]} is in no NUMA node"
+                                      + (f" (nor are CPUs {format_cpulist(homeless[1:])})" if homeless[1:] else "")))
+    split = [(k, threads) for k, threads in enumerate(cores)
+             if len({node_of[cpu] for cpu in threads if cpu in node_of}) > 1]
+    if split:  # one problem naming the first core: a wrong layout splits dozens of them
+        k, threads = split[0]
+        nodes = {node_of[cpu] for cpu in threads if cpu in node_of}
+        where = ", ".join(f"CPU {cpu} node {node_of[cpu]}" for cpu in threads if cpu in node_of)
+        more = f" ({len(split) - 1} more cores do too)" if len(split) > 1 else ""
+        problems.append(LayoutProblem(
+            "topology.core-nodes",
+            f"core {k} (CPUs {format_cpulist(threads)}) spans nodes {format_cpulist(nodes)}: {where}{more}; "
+            "a core's threads share one node on every real host, so the layout or a node's cpus is wrong"))
+    return problems
+
+
+def cores_from_threads(cores: Sequence[tuple[int, ...]], node_cpus: Mapping[int, frozenset[int]],
+                       shape: str) -> list[Core]:
+    """Cores with their nodes: each core belongs to the node of its threads (LayoutError if unclear)."""
+    problems = layout_problems(cores, node_cpus, shape)
+    if problems:
+        raise LayoutError(problems)
+    node_of = {cpu: node for node, cpus in node_cpus.items() for cpu in cpus}
+    return [Core(node_of[threads[0]], tuple(threads)) for threads in cores]
+
+
 def cores_from_layout(
     sockets: int,
     cores_per_socket: int,
@@ -142,42 +241,9 @@ def cores_from_layout(
 ) -> list[Core]:
     """Build the core list from a uniform topology and the nodes' cpulists.
 
-    "spread" is Linux's Intel enumeration: thread t of global core k is CPU k + t * total_cores,
-    so siblings are (0, 36) on a 2x18x2 host. "adjacent" puts siblings on consecutive ids,
-    core k = CPUs k*T .. k*T+T-1, as many AMD hosts enumerate. Each core belongs to the node of its
-    first thread; a core split across nodes or a CPU in no node (e.g. offline) is a ValueError,
-    because either means the layout given does not describe this host.
+    A core split across nodes or a CPU in no node (e.g. offline) is a LayoutError, because either
+    means the layout given does not describe this host; inventory rules report the same problems
+    by rule id (lib/inventory/rules.py check_layout) before this is ever called on a loaded host.
     """
-    if min(sockets, cores_per_socket, threads_per_core) < 1:
-        raise ValueError(f"bad topology {sockets}x{cores_per_socket}x{threads_per_core}")
-    if layout not in ("spread", "adjacent"):
-        raise ValueError(f"unknown layout {layout!r}: expected 'spread' or 'adjacent'")
-    total = sockets * cores_per_socket
-
-    node_of: dict[int, int] = {}
-    for node, cpus in sorted(node_cpus.items()):
-        for cpu in sorted(cpus):
-            if cpu in node_of:
-                raise ValueError(f"CPU {cpu} is in both node {node_of[cpu]} and node {node}")
-            node_of[cpu] = node
-    stray = [cpu for cpu in node_of if not 0 <= cpu < total * threads_per_core]
-    if stray:
-        raise ValueError(
-            f"nodes list CPUs {format_cpulist(stray)} that a {sockets}x{cores_per_socket}x"
-            f"{threads_per_core} host does not have"
-        )
-
-    cores: list[Core] = []
-    for k in range(total):
-        if layout == "spread":
-            threads = tuple(k + t * total for t in range(threads_per_core))
-        else:
-            threads = tuple(k * threads_per_core + t for t in range(threads_per_core))
-        homeless = [cpu for cpu in threads if cpu not in node_of]
-        if homeless:
-            raise ValueError(f"CPU {homeless[0]} is in no NUMA node")
-        nodes = {node_of[cpu] for cpu in threads}
-        if len(nodes) > 1:
-            raise ValueError(f"core {k} (CPUs {format_cpulist(threads)}) spans nodes {format_cpulist(nodes)}")
-        cores.append(Core(node_of[threads[0]], threads))
-    return cores
+    threads = layout_threads(sockets, cores_per_socket, threads_per_core, layout)
+    return cores_from_threads(threads, node_cpus, f"{sockets}x{cores_per_socket}x{threads_per_core}")

@@ -106,7 +106,7 @@ def topology_picture(loaded: LoadedHost) -> RenderableType:
             for row in range(0, len(here), _COLUMNS):
                 grid.add_row(*(_core_cell(k, core.threads, owners) for k, core in here[row:row + _COLUMNS]))
             title = (f"socket {socket} · NUMA node {node_id} · CPUs {node.cpus} · "
-                     f"L3 {topo.l3_cache_mb} MB")
+                     + (f"L3 {topo.l3_cache_mb} MB" if topo.l3_cache_mb else "no L3 reported"))
             panels.append(Panel(Group(grid, Text(), _memory_line(loaded, node_id, node.memory_mb)),
                                 title=title, title_align="left", expand=False))
     legend = Table(title=f"{loaded.name}: {topo.sockets} sockets x {topo.cores_per_socket} cores x "

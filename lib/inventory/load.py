@@ -20,8 +20,8 @@ from pydantic_core import ErrorDetails
 
 from lib.errors import InventoryError, Problem
 from lib.inventory.model import Host
-from lib.inventory.rules import check_host, check_topology
-from lib.pinplan import Core, PinRequest, PlanError, cores_from_layout, plan_pins
+from lib.inventory.rules import check_host, check_topology, inventory_threads, shape_name
+from lib.pinplan import Core, PinRequest, PlanError, cores_from_threads, plan_pins, plan_what_fits
 
 DEFAULTS = "defaults.yaml"
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -101,8 +101,8 @@ def _load_host(name: str, file: Path, defaults: dict[str, Any], defaults_file: s
         problems.extend(Problem(f.rule, here, f.path, f.message, f.severity) for f in findings)
         return None
     topo = host.topology
-    cores = cores_from_layout(topo.sockets, topo.cores_per_socket, topo.threads_per_core,
-                              {n.id: n.cpu_set for n in topo.nodes}, topo.sibling_layout)
+    # check_topology has reported every layout problem by rule, so this cannot raise here.
+    cores = cores_from_threads(inventory_threads(topo), {n.id: n.cpu_set for n in topo.nodes}, shape_name(topo))
     host, planned = _plan(host, cores, here, problems)
     host = _read_key_files(host, here, problems)
     problems.extend(Problem(f.rule, here, f.path, f.message, f.severity) for f in check_host(host, cores))
@@ -111,14 +111,20 @@ def _load_host(name: str, file: Path, defaults: dict[str, Any], defaults_file: s
 
 def plan_host(host: Host, cores: Sequence[Core], *, replan: bool = False) -> dict[str, tuple[int, ...]]:
     """Pins per VM: given pins kept, the rest planned; with replan, every VM planned from its counts."""
-    reserved = host.reserved_cpus.union(*(vm.tuning.emulator_cpus for vm in host.vms))
+    return plan_pins(cores, _requests(host, replan), _reserved(host))
+
+
+def _reserved(host: Host) -> frozenset[int]:
+    return host.reserved_cpus.union(*(vm.tuning.emulator_cpus for vm in host.vms))
+
+
+def _requests(host: Host, replan: bool, skip: frozenset[str] = frozenset()) -> list[PinRequest]:
     # Given pins are claimed as a set: their count and duplicates are rules.py's to report.
-    requests = [
+    return [
         PinRequest(vm.name, vm.vcpu_count, vm.tuning.numa_memory.nodes) if replan or vm.tuning.vcpu_pins is None
         else PinRequest(vm.name, len(set(vm.pins)), frozenset(), tuple(dict.fromkeys(vm.pins)))
-        for vm in host.vms
+        for vm in host.vms if vm.name not in skip
     ]
-    return plan_pins(cores, requests, reserved)
 
 
 def _plan(host: Host, cores: list[Core], file: str, problems: list[Problem]) -> tuple[Host, frozenset[str]]:
@@ -131,21 +137,24 @@ def _plan(host: Host, cores: list[Core], file: str, problems: list[Problem]) -> 
         problems.append(Problem("pins.plan", file, f"vms[{i}].tuning.numa_memory.nodeset",
                                 f"{host.vms[i].name} gives no vcpu_pins and an empty nodeset: nowhere to plan "
                                 "its pins; give a nodeset or the pins"))
-    if nowhere:
-        return host, frozenset()
+    # Only the VMs that really cannot be placed are refused; the rest are planned and checked.
     try:
-        plan = plan_host(host, cores)
-    except PlanError as exc:
-        index = next((i for i, vm in enumerate(host.vms) if vm.name == exc.vm), None)
-        path = f"vms[{index}].vcpu_count" if index is not None else "vms"
-        problems.append(Problem("pins.plan", file, path, str(exc)))
+        plan, refused = plan_what_fits(cores, _requests(host, False, frozenset(host.vms[i].name for i in nowhere)),
+                                       _reserved(host))
+    except PlanError as exc:  # duplicate names or clashing given pins: nothing can be planned
+        problems.append(Problem("pins.plan", file, "vms", str(exc)))
         return host, frozenset()
+    for refusal in refused:
+        index = next((i for i, vm in enumerate(host.vms) if vm.name == refusal.vm), None)
+        path = f"vms[{index}].vcpu_count" if index is not None else "vms"
+        problems.append(Problem("pins.plan", file, path, str(refusal)))
+    placed = frozenset(name for name in todo if name in plan)
     vms = tuple(
         vm.model_copy(update={"tuning": vm.tuning.model_copy(update={"vcpu_pins": plan[vm.name]})})
-        if vm.name in todo else vm
+        if vm.name in placed else vm
         for vm in host.vms
     )
-    return host.model_copy(update={"vms": vms}), frozenset(todo)
+    return host.model_copy(update={"vms": vms}), placed
 
 
 def _read_key_files(host: Host, file: str, problems: list[Problem]) -> Host:

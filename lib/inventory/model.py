@@ -260,9 +260,13 @@ class Topology(Model):
     cores_per_socket: PositiveInt
     threads_per_core: PositiveInt
     # "spread": Linux's usual Intel numbering (cpu k and k + all cores are siblings);
-    # "adjacent": siblings have consecutive ids (common on AMD).
-    sibling_layout: Literal["spread", "adjacent"] = "spread"
-    l3_cache_mb: PositiveInt
+    # "adjacent": siblings have consecutive ids (common on AMD); "listed": neither, the cores are
+    # sibling_sets (one cpulist per core, as the host's core_cpus_list shows them).
+    sibling_layout: Literal["spread", "adjacent", "listed"] = "spread"
+    sibling_sets: tuple[Cpulist, ...] | None = None
+    # Per socket: the sum of the socket's distinct L3 instances (8 CCXs x 8 MB = 64 on an EPYC
+    # 7401). None: the host reports no L3 (some virtual machines).
+    l3_cache_mb: PositiveInt | None = None
     nodes: tuple[NumaNode, ...] = Field(min_length=1)
 
     @property

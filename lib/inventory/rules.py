@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
-from lib.cpuset import format_cpulist
+from lib.cpuset import format_cpulist, parse_cpulist
 from lib.errors import Severity
-from lib.inventory.model import VM, Host
-from lib.pinplan import Core
+from lib.inventory.model import VM, Host, Topology
+from lib.pinplan import Core, LayoutError, layout_problems, layout_threads
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,68 @@ def check_topology(host: Host) -> Iterator[Finding]:
     if unknown:
         yield Finding("pins.unknown-cpu", "host_reserved_cpus",
                       f"CPUs {format_cpulist(unknown)} do not exist on this host ({format_cpulist(topo.all_cpus)})")
+    yield from check_layout(host)
+
+
+def shape_name(topo: Topology) -> str:
+    return f"{topo.sockets}x{topo.cores_per_socket}x{topo.threads_per_core}"
+
+
+def inventory_threads(topo: Topology) -> list[tuple[int, ...]]:
+    """The inventory's cores, each as its CPUs: from the named layout or the listed sibling sets."""
+    if topo.sibling_layout == "listed":
+        return [tuple(sorted(parse_cpulist(text))) for text in topo.sibling_sets or ()]
+    return layout_threads(topo.sockets, topo.cores_per_socket, topo.threads_per_core, topo.sibling_layout)
+
+
+def check_sibling_sets(topo: Topology) -> Iterator[Finding]:
+    where = "topology.sibling_sets"
+    if topo.sibling_layout != "listed":
+        if topo.sibling_sets is not None:
+            yield Finding("topology.sibling-sets", where, f"sibling_sets are read only with sibling_layout: listed, "
+                          f"but the layout is {topo.sibling_layout}; drop them or say listed")
+        return
+    if not topo.sibling_sets:
+        yield Finding("topology.sibling-sets", where, "sibling_layout: listed needs sibling_sets, one cpulist per "
+                      "core (as cpuN/topology/core_cpus_list shows them)")
+        return
+    want = topo.sockets * topo.cores_per_socket
+    if len(topo.sibling_sets) != want:
+        yield Finding("topology.sibling-sets", where, f"{len(topo.sibling_sets)} sibling sets, but "
+                      f"{topo.sockets} sockets x {topo.cores_per_socket} cores = {want} cores")
+    first: dict[int, int] = {}
+    for k, text in enumerate(topo.sibling_sets):
+        cpus = parse_cpulist(text)
+        if len(cpus) != topo.threads_per_core:
+            yield Finding("topology.sibling-sets", f"{where}[{k}]", f"core {text!r} has {len(cpus)} threads, but "
+                          f"threads_per_core is {topo.threads_per_core}")
+        for cpu in sorted(cpus):
+            if cpu in first:
+                yield Finding("topology.sibling-sets", f"{where}[{k}]",
+                              f"CPU {cpu} is in sibling set {first[cpu]} and sibling set {k}")
+            first.setdefault(cpu, k)
+
+
+def check_layout(host: Host) -> Iterator[Finding]:
+    """The cores the layout (or the listed sibling sets) makes must fit the nodes' cpulists."""
+    topo = host.topology
+    listed = list(check_sibling_sets(topo))
+    yield from listed
+    # With the wrong number of CPUs check_topology has said so; a mistyped "sockets: 100000" must
+    # not build millions of cores to say more.
+    if listed or len(topo.all_cpus) != topo.cpu_count:
+        return
+    try:
+        threads = inventory_threads(topo)
+    except LayoutError as exc:  # unreachable through the schema (Literal layouts, positive counts)
+        yield from (Finding(p.rule, "topology", p.message) for p in exc.problems)
+        return
+    path = "topology.sibling_sets" if topo.sibling_layout == "listed" else "topology.sibling_layout"
+    for problem in layout_problems(threads, {n.id: n.cpu_set for n in topo.nodes}, shape_name(topo)):
+        if problem.rule != "topology.cpus":  # a CPU in two nodes: check_topology has said it
+            yield Finding(problem.rule, path if problem.rule == "topology.core-nodes" else "topology.nodes",
+                          problem.message + ("" if problem.rule != "topology.core-nodes"
+                                             else f" (sibling_layout: {topo.sibling_layout})"))
 
 
 def check_vm_pins(host: Host) -> Iterator[Finding]:
@@ -61,7 +123,8 @@ def check_vm_pins(host: Host) -> Iterator[Finding]:
     for i, vm in enumerate(host.vms):
         base = f"vms[{i}].tuning"
         pins = vm.pins
-        if len(pins) != vm.vcpu_count:
+        # No pins at all means the planner refused this VM: its pins.plan error says why.
+        if vm.tuning.vcpu_pins is not None and len(pins) != vm.vcpu_count:
             yield Finding("pins.count", f"{base}.vcpu_pins",
                           f"vcpu_count is {vm.vcpu_count} but {len(pins)} pins are given; "
                           "every vCPU needs exactly one pin")

@@ -4,8 +4,11 @@ Every value file ends in a newline and uses the kernel's own formatting (cpulist
 padded meminfo columns, tab-aligned cpuinfo keys), so a parser that works here works on a real
 host. Tests in tests/test_harness.py check the formatters against this machine's real files.
 
-CPU numbering is Linux's usual Intel/AMD enumeration: first threads of every core of every
-socket, then the second threads: id(socket s, core c, thread t) = t*S*C + s*C + c.
+CPU numbering (HostShape.siblings) is one of the enumerations real firmware and kernels produce:
+"spread" (Linux's usual Intel/AMD order: first threads of every core of every socket, then the
+second threads, id = t*S*C + k), "adjacent" (siblings consecutive, id = k*T + t) or "socket-spread"
+(spread inside each socket: id = s*C*T + t*C + c), where k is the global core index s*C + c, or
+c*S + s when socket_interleave numbers the sockets round-robin (node CPUs every S-th id).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 THP_ENABLED_CHOICES = ["always", "madvise", "never"]
 THP_DEFRAG_CHOICES = ["always", "defer", "defer+madvise", "madvise", "never"]
@@ -51,6 +55,16 @@ class HostShape:
     dmi: dict[str, str] = field(default_factory=_default_dmi)
     drop_nodes: tuple[int, ...] = ()  # nodeN dir omitted; its CPUs stay online but belong to no node
     node_cpus_override: dict[int, str] | None = None  # {node: cpulist}; CPUs in no node are absent
+    siblings: Literal["spread", "adjacent", "socket-spread"] = "spread"
+    socket_interleave: bool = False  # sockets numbered round-robin: socket s holds CPUs s, s+S, ...
+    socket_nodes: tuple[int, ...] | None = None  # node id of each socket, e.g. (0, 0, 2, 3): ids with gaps
+    ccx_cores: int | None = None  # cores per L3 instance (AMD CCX); None: one L3 per socket
+    # l3_kb above is the size of one L3 instance; 0 writes no L3 at all (as some virtual machines).
+    possible_cpus: int | None = None  # CPUs the kernel could hot-add: possible 0..N-1 beyond present
+    offline: tuple[int, ...] = ()  # present CPUs taken offline (echo 0 > cpuN/online)
+    # A kernel before 4.19/5.x: no smt/ dir, no core_cpus*, no cache id, nodes with cpumap only and no
+    # meminfo (RHEL 7's 3.10 has meminfo, but the parser must not depend on it).
+    old_kernel: bool = False
 
     def __post_init__(self) -> None:
         if min(self.sockets, self.cores_per_socket, self.threads_per_core) < 1:
@@ -65,13 +79,28 @@ class HostShape:
             raise ValueError("thp_enabled/thp_defrag must be one of the kernel's choices")
         if self.governor not in GOVERNORS:
             raise ValueError(f"governor must be one of {GOVERNORS}")
-        bad = [n for n in (*self.drop_nodes, *(self.node_cpus_override or {})) if n >= self.node_count]
+        bad = [n for n in (*self.drop_nodes, *(self.node_cpus_override or {})) if n not in self.node_ids]
         if bad:
             raise ValueError(f"node ids {bad} out of range for {self.node_count} nodes")
+        if self.socket_nodes is not None and len(self.socket_nodes) != self.sockets:
+            raise ValueError("socket_nodes needs one node id per socket")
+        if self.ccx_cores is not None and self.cores_per_socket % self.ccx_cores:
+            raise ValueError("ccx_cores must divide cores_per_socket")
+        present = self.sockets * self.cores_per_socket * self.threads_per_core
+        if self.possible_cpus is not None and self.possible_cpus < present:
+            raise ValueError(f"possible_cpus must be at least the {present} present CPUs")
+        if 0 in self.offline or any(not 0 < c < present for c in self.offline):
+            raise ValueError("offline CPUs must be present and not CPU 0 (x86 cannot offline it)")
 
     @property
     def node_count(self) -> int:
+        if self.socket_nodes is not None:
+            return len(set(self.socket_nodes))
         return self.sockets if self.nodes is None else self.nodes
+
+    @property
+    def node_ids(self) -> list[int]:
+        return sorted(set(self.socket_nodes)) if self.socket_nodes is not None else list(range(self.node_count))
 
     @property
     def smt_on(self) -> bool:
@@ -102,28 +131,44 @@ class Layout:
         return [c.id for c in self.cpus.values() if c.online]
 
     @property
-    def nr_cpu_ids(self) -> int:  # width of every %*pb mask
-        return max(self.cpus) + 1
+    def nr_cpu_ids(self) -> int:  # width of every %*pb mask: the kernel sizes them by possible CPUs
+        return self.shape.possible_cpus or max(self.cpus) + 1
 
     def node_socket(self, node: int) -> int:
         shape = self.shape
+        if shape.socket_nodes is not None:
+            return shape.socket_nodes.index(node)
         return (node * shape.sockets * shape.cores_per_socket // shape.node_count) // shape.cores_per_socket
+
+    def cores(self) -> list[list[int]]:
+        """Every core's CPUs (siblings), in the order of their first CPU id: the truth the tree encodes."""
+        by_core: dict[tuple[int, int], list[int]] = {}
+        for cpu in self.cpus.values():
+            by_core.setdefault((cpu.socket, cpu.core), []).append(cpu.id)
+        return sorted((sorted(ids) for ids in by_core.values()), key=lambda ids: ids[0])
 
 
 def cpu_id(shape: HostShape, socket: int, core: int, thread: int) -> int:
-    total_cores = shape.sockets * shape.cores_per_socket
-    return thread * total_cores + socket * shape.cores_per_socket + core
+    s_n, c_n, t_n = shape.sockets, shape.cores_per_socket, shape.threads_per_core
+    k = core * s_n + socket if shape.socket_interleave else socket * c_n + core
+    if shape.siblings == "adjacent":
+        return k * t_n + thread
+    if shape.siblings == "socket-spread":
+        return socket * c_n * t_n + thread * c_n + core
+    return thread * s_n * c_n + k
 
 
 def layout(shape: HostShape) -> Layout:
     s_n, c_n, t_n = shape.sockets, shape.cores_per_socket, shape.threads_per_core
     total_cores = s_n * c_n
     where: dict[int, tuple[int, int, int]] = {}
-    node_cpus: dict[int, list[int]] = {n: [] for n in range(shape.node_count)}
+    node_cpus: dict[int, list[int]] = {n: [] for n in shape.node_ids}
     for s in range(s_n):
         for c in range(c_n):
             # Cores split evenly over nodes: covers 1 node per socket, SNC (more) and interleave (fewer).
             node = (s * c_n + c) * shape.node_count // total_cores
+            if shape.socket_nodes is not None:
+                node = shape.socket_nodes[s]
             for t in range(t_n):
                 cid = cpu_id(shape, s, c, t)
                 where[cid] = (s, c, t)
@@ -143,7 +188,8 @@ def layout(shape: HostShape) -> Layout:
     for cid in sorted(seen):
         s, c, t = where[cid]
         node = seen[cid]
-        cpus[cid] = Cpu(cid, s, c, t, None if node in shape.drop_nodes else node, t == 0 or shape.smt_on)
+        online = (t == 0 or shape.smt_on) and cid not in shape.offline
+        cpus[cid] = Cpu(cid, s, c, t, None if node in shape.drop_nodes else node, online)
     written = [n for n in node_cpus if n not in shape.drop_nodes]
     return Layout(shape, cpus, {n: sorted(v) for n, v in node_cpus.items()}, written)
 
@@ -291,60 +337,83 @@ def write_tree(root: Path, shape: HostShape) -> Path:
 def _write_cpus(tree: _Tree, lay: Layout) -> None:
     shape, nbits, online = lay.shape, lay.nr_cpu_ids, set(lay.online)
     base = "sys/devices/system/cpu"
-    tree.put(f"{base}/possible", format_cpulist(lay.cpus))
+    tree.put(f"{base}/possible", format_cpulist(range(nbits)))
     tree.put(f"{base}/present", format_cpulist(lay.cpus))
     tree.put(f"{base}/online", format_cpulist(online))
-    tree.put(f"{base}/offline", format_cpulist(set(lay.cpus) - online))
+    tree.put(f"{base}/offline", format_cpulist(set(range(nbits)) - online))
     tree.put(f"{base}/isolated", "")
     tree.put(f"{base}/kernel_max", 8191)
-    tree.put(f"{base}/smt/active", int(shape.smt_on))
-    tree.put(f"{base}/smt/control",
-             "notsupported" if shape.threads_per_core == 1 else ("on" if shape.smt_on else "off"))
+    if not shape.old_kernel:  # smt/ arrived in 4.19
+        tree.put(f"{base}/smt/active", int(shape.smt_on))
+        tree.put(f"{base}/smt/control",
+                 "notsupported" if shape.threads_per_core == 1 else ("on" if shape.smt_on else "off"))
     # cpuidle sits next to cpuN: naive "cpu*" globs must not count it (nor cpufreq) as CPUs.
     tree.put(f"{base}/cpuidle/current_driver", "intel_idle" if shape.vendor_flag != "svm" else "acpi_idle")
-    l3 = {s: [c.id for c in lay.cpus.values() if c.online and c.socket == s] for s in range(shape.sockets)}
+    per_l3 = shape.ccx_cores or shape.cores_per_socket
+    l3_ids = {cpu.id: cpu.socket * (shape.cores_per_socket // per_l3) + cpu.core // per_l3
+              for cpu in lay.cpus.values()}
+    l3 = {i: [c for c in online if l3_ids[c] == i] for i in set(l3_ids.values())}
+    package = {s: [c.id for c in lay.cpus.values() if c.online and c.socket == s] for s in range(shape.sockets)}
     for cpu in lay.cpus.values():
         d = f"{base}/cpu{cpu.id}"
         if cpu.id != 0:  # x86 cpu0 has no "online" file; other CPUs do
             tree.put(f"{d}/online", int(cpu.online))
+        if cpu.node is not None:  # the node link stays while a CPU is offline: it is made at registration
+            tree.link(f"{d}/node{cpu.node}", f"../../node/node{cpu.node}")
         if not cpu.online:  # the kernel removes topology/ and cache/ of an offline CPU
             continue
-        if cpu.node is not None:
-            tree.link(f"{d}/node{cpu.node}", f"../../node/node{cpu.node}")
         threads = [o.id for o in lay.cpus.values()
                    if o.online and (o.socket, o.core) == (cpu.socket, cpu.core)]
-        package = l3[cpu.socket]
+        mates = package[cpu.socket]
         tree.put(f"{d}/topology/physical_package_id", cpu.socket)
-        tree.put(f"{d}/topology/die_id", 0)
         tree.put(f"{d}/topology/core_id", cpu.core)
-        for name, ids in (("thread_siblings", threads), ("core_cpus", threads), ("core_siblings", package),
-                          ("package_cpus", package), ("die_cpus", package)):
+        lists = [("thread_siblings", threads), ("core_siblings", mates)]
+        if not shape.old_kernel:  # die_id, core_cpus, package_cpus and die_cpus arrived in 5.x
+            tree.put(f"{d}/topology/die_id", 0)
+            lists += [("core_cpus", threads), ("package_cpus", mates), ("die_cpus", mates)]
+        for name, ids in lists:
             tree.put(f"{d}/topology/{name}", format_cpumask(ids, nbits))
             tree.put(f"{d}/topology/{name}_list", format_cpulist(ids))
-        caches = (("1", "Data", "32K", threads), ("1", "Instruction", "32K", threads),
-                  ("2", "Unified", "256K", threads), ("3", "Unified", f"{shape.l3_kb}K", package))
-        for index, (level, kind, size, ids) in enumerate(caches):
-            c = f"{d}/cache/index{index}"
-            tree.put(f"{c}/level", level)
-            tree.put(f"{c}/type", kind)
-            tree.put(f"{c}/size", size)
-            tree.put(f"{c}/shared_cpu_list", format_cpulist(ids))
-            tree.put(f"{c}/shared_cpu_map", format_cpumask(ids, nbits))
-        if shape.cpufreq:  # one policy per CPU (intel_pstate); cpuN/cpufreq is a symlink to it
-            p = f"{base}/cpufreq/policy{cpu.id}"
-            tree.put(f"{p}/scaling_governor", shape.governor)
-            tree.put(f"{p}/scaling_available_governors", " ".join(GOVERNORS))
-            tree.put(f"{p}/scaling_driver", "intel_pstate" if shape.vendor_flag != "svm" else "acpi-cpufreq")
-            tree.put(f"{p}/affected_cpus", cpu.id)
-            tree.put(f"{p}/related_cpus", cpu.id)
-            tree.link(f"{d}/cpufreq", f"../cpufreq/policy{cpu.id}")
+        core_index = cpu.socket * shape.cores_per_socket + cpu.core
+        caches = [("1", "Data", "32K", threads, core_index), ("1", "Instruction", "32K", threads, core_index),
+                  ("2", "Unified", "256K" if shape.vendor_flag != "svm" else "512K", threads, core_index)]
+        if shape.l3_kb:
+            caches.append(("3", "Unified", f"{shape.l3_kb}K", l3[l3_ids[cpu.id]], l3_ids[cpu.id]))
+        _write_caches(tree, f"{d}/cache", caches, nbits, with_id=not shape.old_kernel)
+        if shape.cpufreq:
+            _write_cpufreq(tree, lay, cpu.id)
+
+
+def _write_caches(tree: _Tree, base: str, caches: list[tuple[str, str, str, list[int], int]], nbits: int, *,
+                  with_id: bool) -> None:
+    for index, (level, kind, size, ids, cache_id) in enumerate(caches):
+        c = f"{base}/index{index}"
+        tree.put(f"{c}/level", level)
+        tree.put(f"{c}/type", kind)
+        tree.put(f"{c}/size", size)
+        tree.put(f"{c}/shared_cpu_list", format_cpulist(ids))
+        tree.put(f"{c}/shared_cpu_map", format_cpumask(ids, nbits))
+        if with_id:  # cache ids arrived in 4.11
+            tree.put(f"{c}/id", cache_id)
+
+
+def _write_cpufreq(tree: _Tree, lay: Layout, cpu: int) -> None:
+    """One policy per CPU (intel_pstate); cpuN/cpufreq is a symlink to it."""
+    shape = lay.shape
+    p = f"sys/devices/system/cpu/cpufreq/policy{cpu}"
+    tree.put(f"{p}/scaling_governor", shape.governor)
+    tree.put(f"{p}/scaling_available_governors", " ".join(GOVERNORS))
+    tree.put(f"{p}/scaling_driver", "intel_pstate" if shape.vendor_flag != "svm" else "acpi-cpufreq")
+    tree.put(f"{p}/affected_cpus", cpu)
+    tree.put(f"{p}/related_cpus", cpu)
+    tree.link(f"sys/devices/system/cpu/cpu{cpu}/cpufreq", f"../cpufreq/policy{cpu}")
 
 
 def _write_nodes(tree: _Tree, lay: Layout) -> None:
     shape, online = lay.shape, set(lay.online)
     base = "sys/devices/system/node"
     written = lay.nodes_written
-    tree.put(f"{base}/possible", format_cpulist(range(shape.node_count)))
+    tree.put(f"{base}/possible", format_cpulist(range(max(shape.node_ids) + 1)))
     tree.put(f"{base}/online", format_cpulist(written))
     tree.put(f"{base}/has_cpu", format_cpulist(n for n in written if set(lay.node_cpus[n]) & online))
     tree.put(f"{base}/has_memory", format_cpulist(written if shape.memory_mb_per_node else []))
@@ -352,17 +421,21 @@ def _write_nodes(tree: _Tree, lay: Layout) -> None:
     used_kb = total_kb // 32
     for n in written:
         d = f"{base}/node{n}"
+        # x86 drops an offline CPU from its node's mask, but keeps the nodeN/cpuM link made when the
+        # CPU was registered.
         cpus = [c for c in lay.node_cpus[n] if c in online]
-        tree.put(f"{d}/cpulist", format_cpulist(cpus))
+        if not shape.old_kernel:  # cpulist arrived in 2.6.2x; old RHEL trees in the field lack it
+            tree.put(f"{d}/cpulist", format_cpulist(cpus))
         tree.put(f"{d}/cpumap", format_cpumask(cpus, lay.nr_cpu_ids))
-        for c in cpus:
+        for c in lay.node_cpus[n]:
             tree.link(f"{d}/cpu{c}", f"../../cpu/cpu{c}")
         dist = [10 if m == n else 11 if lay.node_socket(m) == lay.node_socket(n) else 21 for m in written]
         tree.put(f"{d}/distance", " ".join(map(str, dist)))
-        values = {"MemTotal": total_kb, "MemFree": total_kb - used_kb, "MemUsed": used_kb,
-                  "FilePages": used_kb // 2, "Slab": used_kb // 8}
-        meminfo = [node_meminfo_line(n, k, values.get(k, 0)) + "\n" for k in _NODE_MEMINFO]
-        tree.raw(f"{d}/meminfo", "".join(meminfo))
+        if not shape.old_kernel:
+            values = {"MemTotal": total_kb, "MemFree": total_kb - used_kb, "MemUsed": used_kb,
+                      "FilePages": used_kb // 2, "Slab": used_kb // 8}
+            meminfo = [node_meminfo_line(n, k, values.get(k, 0)) + "\n" for k in _NODE_MEMINFO]
+            tree.raw(f"{d}/meminfo", "".join(meminfo))
         hits = 1_000_000 * (n + 1)
         numastat = {"numa_hit": hits, "numa_miss": 0, "numa_foreign": 0, "interleave_hit": 1142,
                     "local_node": hits, "other_node": 0}
@@ -433,7 +506,8 @@ def _cpuinfo(lay: Layout) -> str:
         fields = [
             ("processor", str(cpu.id)), ("vendor_id", vendor), ("cpu family", family), ("model", model),
             ("model name", name), ("stepping", stepping), ("microcode", microcode), ("cpu MHz", mhz),
-            ("cache size", "512 KB" if amd else f"{shape.l3_kb} KB"), ("physical id", str(cpu.socket)),
+            ("cache size", "512 KB" if amd or not shape.l3_kb else f"{shape.l3_kb} KB"),
+            ("physical id", str(cpu.socket)),
             ("siblings", str(len(mates))), ("core id", str(cpu.core)),
             ("cpu cores", str(len({o.core for o in mates}))), ("apicid", str(apicid)),
             ("initial apicid", str(apicid)), ("fpu", "yes"), ("fpu_exception", "yes"), ("cpuid level", level),
@@ -467,3 +541,47 @@ def _write_misc(tree: _Tree, lay: Layout) -> None:
 
 NODE_DIR = re.compile(r"^node(\d+)$")
 CPU_DIR = re.compile(r"^cpu(\d+)$")
+
+
+# Shapes real machines have, each one a way the project's topology facts once went wrong (issue 16).
+# tests/test_topology_shapes.py reads every one over SSH and checks the facts against lscpu.
+SHAPES: dict[str, HostShape] = {
+    "intel-2x18x2-spread": HostShape(),
+    "intel-2x18x2-adjacent": HostShape(siblings="adjacent"),
+    # EPYC 7401-like: 4 dies per socket, each its own NUMA node (NPS4), L3 8 MB per 3-core CCX.
+    "epyc-2x24x2-8node-ccx": HostShape(cores_per_socket=24, nodes=8, ccx_cores=3, l3_kb=8192,
+                                       vendor_flag="svm", siblings="adjacent"),
+    "epyc-2x24x2-8node-ccx-spread": HostShape(cores_per_socket=24, nodes=8, ccx_cores=3, l3_kb=8192,
+                                              vendor_flag="svm"),
+    # Socket 1's memory unpopulated: its CPUs join node 0 and node 1 never appears; round-robin numbering.
+    "quad-4x6x2-nodes-0-2-3-interleaved": HostShape(sockets=4, cores_per_socket=6, socket_nodes=(0, 0, 2, 3),
+                                                    socket_interleave=True, memory_mb_per_node=65536),
+    "hotplug-possible-0-79-present-64": HostShape(cores_per_socket=16, possible_cpus=80),
+    "offline-cpus-5-41-70": HostShape(offline=(5, 41, 70)),
+    "old-kernel-2x8x2": HostShape(cores_per_socket=8, old_kernel=True, l3_kb=20480),
+    "vm-1x4x2-no-l3": HostShape(sockets=1, cores_per_socket=4, l3_kb=0, siblings="adjacent", iommu=False,
+                                cpufreq=False, memory_mb_per_node=16384),
+    # Spread within each socket (socket 0: 0-7 + 8-15): neither spread nor adjacent, so listed.
+    "socket-spread-2x8x2": HostShape(cores_per_socket=8, siblings="socket-spread", l3_kb=20480),
+}
+
+
+def inventory_topology(shape: HostShape, sibling_layout: str | None = None) -> dict[str, Any]:
+    """The inventory `topology:` that tells the truth about a generated tree (from the generator's own
+    Layout, not from the project's parser). sibling_layout overrides the true one, to write a lie."""
+    lay = layout(shape)
+    true_layout = shape.siblings if shape.siblings != "socket-spread" else "listed"
+    chosen = sibling_layout or true_layout
+    per_l3 = shape.ccx_cores or shape.cores_per_socket
+    topo: dict[str, Any] = {
+        "sockets": shape.sockets, "cores_per_socket": shape.cores_per_socket,
+        "threads_per_core": shape.threads_per_core, "sibling_layout": chosen,
+    }
+    if chosen == "listed":
+        topo["sibling_sets"] = [format_cpulist(core) for core in lay.cores()]
+    if shape.l3_kb:
+        topo["l3_cache_mb"] = shape.l3_kb * (shape.cores_per_socket // per_l3) // 1024
+    # Every present CPU of a node, offline ones too: the inventory describes the hardware.
+    topo["nodes"] = [{"id": n, "cpus": format_cpulist(lay.node_cpus[n]), "memory_mb": shape.memory_mb_per_node}
+                     for n in lay.nodes_written]
+    return topo
