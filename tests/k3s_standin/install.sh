@@ -267,7 +267,12 @@ until [ -s "$PIDFILE" ]; do
 done
 # Type=notify: systemctl returns once k3s reports ready. The stand-in waits for the server's API,
 # except when tests ask for a slow API (standin-ready-after), which the caller must then wait out.
-if [ "$CMD_K3S" = server ] && [ ! -s "$READY_AFTER_FILE" ]; then
+if [ "$CMD_K3S" = server ] && [ -s "$READY_AFTER_FILE" ]; then
+    # A slow API still has its kubeconfig written first (k3s writes it before waiting for the API):
+    # a client run right after install.sh meets "refused" at the server's address, not localhost:8080.
+    i=0
+    while [ ! -f /etc/rancher/k3s/k3s.yaml ] && [ $i -lt 100 ]; do running || failed; i=$((i + 1)); sleep 0.1; done
+elif [ "$CMD_K3S" = server ]; then
     i=0
     until [ -f "$API_UP" ]; do
         running || failed
