@@ -114,6 +114,9 @@ def pid_of(root: Path) -> int:
 
 def test_cluster_up_taints_exact_token_private_then_nothing_changes(k3s_world: K3sWorld) -> None:
     kw = k3s_world
+    (plan,) = kw.world.run("k3s.server", "k3s.addons", mode="plan")  # no cluster yet: planned, not an error
+    assert [(r.step, r.status) for r in plan.results] == [("k3s.server", "changed"), ("k3s.addons", "changed")]
+    assert "does not answer yet" in plan.results[1].reason and "kube-system tolerates" in plan.results[1].reason
     run = kw.run("k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
     assert run.exit_code == 0, failure_text([run])
     assert [(r.step, r.status) for r in run.results if r.step != "k3s.taints"] == [

@@ -262,10 +262,9 @@ class K3sAddons(Step):
             return Plan(reason="k3s.addon_node unset or its taints tolerated as k3s ships: kube-system left as is")
         if facts is None:
             return Plan(reason="offline: kube-system is compared with the cluster when it answers")
-        if facts.tolerations is None or facts.pods is None:
-            raise StepMismatch([Check("k3s API", "answers", facts.error, False)], exit_code=4,
-                               message=f"the k3s API on {target.name} did not answer: {facts.error}; run: "
-                                       f"invoke step k3s.server --host={target.loaded.name}")
+        if facts.tolerations is None or facts.pods is None:  # a plan before k3s.server installed the cluster
+            command = k3s.annotate_command(wanted)
+            return Plan((command,), f"the k3s API does not answer yet ({facts.error}): {command.why}")
         if facts.tolerations != tuple(sorted(wanted)):
             command = k3s.annotate_command(wanted)
         elif k3s.stale_pending(facts.pods, wanted):
