@@ -1,4 +1,4 @@
-"""k3s.server, k3s.agents, k3s.taints, and their teardown: inside the VMs, over each VM's own SSH.
+"""k3s.server, k3s.addons, k3s.agents, k3s.taints, and their teardown: inside the VMs, over each VM's own SSH.
 
 Idempotent by evidence: the installed version (`k3s --version`) and the sha256 of config.yaml.
 Same version and config: nothing runs, no restart. A version change upgrades (server step first
@@ -201,7 +201,7 @@ class _K3sNode(Step):
 class K3sServer(_K3sNode):
     name = "k3s.server"
     summary = ("config.yaml (0600) + k3s server at the pinned version (online or airgap); wait for the API and Ready; "
-               "kube-system tolerates the server's taints when no node takes the add-ons")
+               "with k3s.addon_node set, the PodTolerationRestriction admission plugin")
     targets = "server"
 
 
