@@ -50,7 +50,9 @@ demo: venv services
 	$(INV) verify.all --host=lab
 	$(INV) monitor --host=lab
 	$(INV) topology --host=lab
-	@echo "demo: the k3s on these VMs is the STAND-IN from tests/k3s_standin (no k3s can be downloaded here)"
+	$(INV) verify.k3s --host=lab
+	@echo "demo: the k3s on these VMs is the STAND-IN from tests/k3s_standin (no k3s can be downloaded here);"
+	@echo "demo: its add-on pods are scheduled by the stand-in's taint/toleration model, not by a real kube-scheduler"
 
 demo-clean: venv
 	bash lab/down.sh

@@ -288,8 +288,9 @@ def verify_vms(c: Context, host: str | None = None) -> None:
 @task(help={"host": "hypervisor(s), comma-separated"})
 @_operator_errors
 def verify_k3s(c: Context, host: str | None = None) -> None:
-    """Read-only: every node Ready, its role, its taints exactly as the inventory says, its k3s version."""
-    _verify(c, host, "k3s.taints", "verify.k3s")
+    """Read-only: every node Ready, its role, taints, version; it takes pods tolerating its taints; the add-ons run."""
+    _execute(c, host, _book("verify-k3s", "k3s.addons", "k3s.taints"), "verify",
+             lambda h: f"invoke verify.k3s --host={h}")
 
 
 def _book(name: str, *steps: str) -> Any:
@@ -326,7 +327,8 @@ def _busiest_emulator(runs: list[Any]) -> None:
 
 # Every read-only verification there is, in runbook order; verify.all runs each even after a failure.
 VERIFY_ALL = ("preflight.access", "bios.check", "host.tune", "images.clone", "cloudinit.build", "vms.define",
-              "vms.start", "k3s.server", "k3s.agents", "k3s.taints", "numa.check", "emulator.check")
+              "vms.start", "k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", "numa.check",
+              "emulator.check")
 
 
 @task(help={"host": "hypervisor(s), comma-separated"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,11 @@ def node_config(host: Host, vm: VM, token: Secret) -> bytes:
         config["node-taint"] = list(vm.k8s.taints)
     if vm.k8s.labels:
         config["node-label"] = [f"{k}={v}" for k, v in sorted(vm.k8s.labels.items())]
+    if vm.k8s.role == "server":
+        if host.k3s.disable:
+            config["disable"] = list(host.k3s.disable)
+        if addon_tolerations(host):  # see annotate_command: kube-system's default tolerations
+            config["kube-apiserver-arg"] = [ADMISSION_ARG]
     return yaml.safe_dump(config, sort_keys=False).encode()
 
 
@@ -104,9 +110,15 @@ def install_command(host: Host, vm: VM) -> Command:
         return sh(f"INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_FORCE_RESTART=true {env} sh {{script}} && "
                   + _RECORD_STARTED, version=k3s.version, role=vm.k8s.role, script=INSTALL_SCRIPT, started=STARTED,
                   config=CONFIG, sudo=True, timeout=600, why=f"install k3s {k3s.version} ({vm.k8s.role})")
-    return sh(f"mkdir -p /var/lib/numa-k3s && curl -sfL https://get.k3s.io -o {{script}} && {env} sh {{script}} && "
-              + _RECORD_STARTED, version=k3s.version, role=vm.k8s.role, script=INSTALL_SCRIPT, started=STARTED,
-              config=CONFIG, sudo=True, timeout=900, why=f"install k3s {k3s.version} ({vm.k8s.role}, online)")
+    fetch = "{{{{ curl -sfL -o {out} {url} || wget -qO {out} {url}; }}}}"  # whichever the guest has
+    steps = ["mkdir -p /var/lib/numa-k3s {images}", fetch.format(out="{script}", url="{script_url}")]
+    if k3s.download_url:  # a mirror of the release: the images tarball from there as well
+        steps.append(fetch.format(out="{images}/" + IMAGES, url="{download_url}/download/{version}/" + IMAGES))
+        env = "GITHUB_URL={download_url} " + env
+    return sh(" && ".join(steps) + f" && {env} sh {{script}} && " + _RECORD_STARTED, version=k3s.version,
+              role=vm.k8s.role, script=INSTALL_SCRIPT, started=STARTED, config=CONFIG, images=IMAGES_DIR,
+              script_url=k3s.install_script_url, download_url=k3s.download_url or "", sudo=True, timeout=900,
+              why=f"install k3s {k3s.version} ({vm.k8s.role}, online from {k3s.download_url or 'GitHub'})")
 
 
 # After install.sh: record what the service was started with (written beside, then renamed).
@@ -183,3 +195,165 @@ def taint_commands(vm: VM, node: Node, managed: frozenset[str]) -> list[Command]
 
 def shown_taints(taints: frozenset[Taint] | set[Taint]) -> str:
     return ", ".join(str(t) for t in sorted(taints)) or "none"
+
+
+# -- the packaged add-ons against the nodes' taints --------------------------------------------------
+# k3s deploys coredns, local-storage (local-path-provisioner), metrics-server and traefik from
+# manifests it rewrites on every start; all of them, and the Traefik chart's helm-install jobs,
+# tolerate exactly these taints (k3s manifests/*.yaml, the chart values k3s passes).
+ADDONS = ("coredns", "local-storage", "metrics-server", "traefik")
+# The controllers whose pods show an add-on works: a Deployment's pod Running and Ready, a Job's Succeeded.
+ADDON_WORKLOADS = {"coredns": ("coredns",), "local-storage": ("local-path-provisioner",),
+                   "metrics-server": ("metrics-server",),
+                   "traefik": ("helm-install-traefik-crd", "helm-install-traefik", "traefik")}
+DEFAULT_TOLERATIONS = "scheduler.alpha.kubernetes.io/defaultTolerations"
+# k3s runs kube-apiserver with enable-admission-plugins=NodeRestriction; a kube-apiserver-arg for the
+# same flag replaces it, so ours keeps NodeRestriction.
+ADMISSION_ARG = "enable-admission-plugins=NodeRestriction,PodTolerationRestriction"
+_SCHEDULING = ("NoSchedule", "NoExecute")  # PreferNoSchedule never keeps a pod off a node
+
+
+@dataclass(frozen=True, order=True)
+class Toleration:
+    key: str
+    operator: str  # Exists | Equal
+    value: str = ""
+    effect: str = ""  # empty: every effect
+
+    def tolerates(self, taint: Taint) -> bool:
+        """Kubernetes' ToleratesTaint."""
+        if self.effect and self.effect != taint.effect:
+            return False
+        if self.operator == "Exists":
+            return not self.key or self.key == taint.key
+        return self.key == taint.key and self.value == taint.value
+
+    def as_json(self) -> dict[str, str]:
+        out = {"key": self.key, "operator": self.operator, "effect": self.effect, "value": self.value}
+        return {k: v for k, v in out.items() if v}
+
+
+PACKAGED_TOLERATIONS = (Toleration("CriticalAddonsOnly", "Exists"),
+                        Toleration("node-role.kubernetes.io/control-plane", "Exists", "", "NoSchedule"),
+                        Toleration("node-role.kubernetes.io/master", "Exists", "", "NoSchedule"))
+
+
+def untolerated(taints: Iterable[Taint], tolerations: Iterable[Toleration]) -> list[Taint]:
+    """The taints that keep a pod with these tolerations off the node (in the node's order)."""
+    tols = tuple(tolerations)
+    return [t for t in taints if t.effect in _SCHEDULING and not any(tol.tolerates(t) for tol in tols)]
+
+
+def enabled_addons(host: Host) -> tuple[str, ...]:
+    return tuple(a for a in ADDONS if a not in host.k3s.disable)
+
+
+def addon_nodes(host: Host) -> list[VM]:
+    """The k3s VMs where the packaged add-ons schedule as k3s ships them."""
+    return [vm for vm in host.vms if vm.k8s and not untolerated(
+        [parse_taint(t) for t in vm.k8s.taints], PACKAGED_TOLERATIONS)]
+
+
+def addon_tolerations(host: Host) -> tuple[Toleration, ...]:
+    """What kube-system tolerates besides k3s's own list: the taints of k3s.addon_node that k3s's
+    list does not cover, each exactly (key, value, effect), so the add-ons may run there too."""
+    node = next((vm for vm in host.vms if vm.k8s and vm.name == host.k3s.addon_node), None)
+    if node is None or node.k8s is None or not enabled_addons(host):
+        return ()
+    return tuple(Toleration(t.key, "Equal", t.value, t.effect) for t in
+                 untolerated([parse_taint(t) for t in node.k8s.taints], PACKAGED_TOLERATIONS))
+
+
+def tolerations_annotation(tolerations: Iterable[Toleration]) -> str:
+    return json.dumps([t.as_json() for t in tolerations], separators=(",", ":"), sort_keys=True)
+
+
+def annotate_command(tolerations: tuple[Toleration, ...]) -> Command:
+    """kube-system's default tolerations, then a fresh start for the add-on pods created before them.
+
+    PodTolerationRestriction merges the annotation into a pod when the pod is created, so pods
+    already Pending keep their old tolerations: deleting them lets their ReplicaSet or Job create
+    them again.
+    """
+    value = f"{DEFAULT_TOLERATIONS}={tolerations_annotation(tolerations)}"
+    return sh("k3s kubectl annotate namespace kube-system {value} --overwrite && "
+              "k3s kubectl delete pods -n kube-system --field-selector=status.phase=Pending", value=value,
+              sudo=True, timeout=120, why="kube-system tolerates " + ", ".join(
+                  str(Taint(t.key, t.value, t.effect)) for t in tolerations) + " (k3s.addon_node's taints); "
+              "restart its Pending pods")
+
+
+def restart_pending_command() -> Command:
+    return sh("k3s kubectl delete pods -n kube-system --field-selector=status.phase=Pending", sudo=True,
+              timeout=120, why="restart kube-system pods created before its default tolerations")
+
+
+def parse_namespace_tolerations(text: str) -> tuple[Toleration, ...] | None:
+    """`kubectl get namespace kube-system -o json` -> its default tolerations; None if not JSON."""
+    try:
+        value = json.loads(text).get("metadata", {}).get("annotations", {}).get(DEFAULT_TOLERATIONS)
+        items = json.loads(value) if value else []
+        return tuple(sorted(Toleration(i.get("key", ""), i.get("operator", "Equal"), i.get("value", ""),
+                                       i.get("effect", "")) for i in items))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    controller: str  # the Deployment or Job behind it
+    phase: str
+    ready: bool
+    node: str
+    message: str  # the scheduler's, when Pending
+    tolerations: tuple[Toleration, ...]
+
+    def works(self) -> bool:
+        return self.phase == "Succeeded" or (self.phase == "Running" and self.ready)
+
+    def shown(self) -> str:
+        if self.works():
+            return f"{'Completed' if self.phase == 'Succeeded' else 'Running'} on {self.node}"
+        return f"{self.phase}: {self.message}" if self.message else f"{self.phase} on {self.node or 'no node'}"
+
+
+def _controller(meta: dict[str, Any]) -> str:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            name = str(ref.get("name", ""))
+            # A ReplicaSet is <deployment>-<pod-template-hash>.
+            return name.rsplit("-", 1)[0] if ref.get("kind") == "ReplicaSet" else name
+    return str(meta.get("name", ""))
+
+
+def parse_pods(text: str) -> list[Pod]:
+    """`kubectl get pods -o json` (a v1 List of Pods). Raises ValueError if not JSON."""
+    pods = []
+    for item in json.loads(text).get("items", []):
+        meta, spec, status = item.get("metadata", {}), item.get("spec", {}), item.get("status", {})
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        scheduled = conditions.get("PodScheduled", {})
+        message = scheduled.get("message", "") if scheduled.get("status") == "False" else ""
+        tolerations = tuple(Toleration(t.get("key", ""), t.get("operator", "Equal"), t.get("value", ""),
+                                       t.get("effect", "")) for t in spec.get("tolerations") or [])
+        pods.append(Pod(meta.get("name", ""), _controller(meta), status.get("phase", ""),
+                        conditions.get("Ready", {}).get("status") == "True", spec.get("nodeName", ""), message,
+                        tolerations))
+    return pods
+
+
+def addon_rows(host: Host, pods: list[Pod]) -> list[tuple[str, bool, str]]:
+    """(workload, works, what was found) for every workload of the enabled add-ons."""
+    rows = []
+    for addon in enabled_addons(host):
+        for workload in ADDON_WORKLOADS[addon]:
+            mine = [p for p in pods if p.controller == workload]
+            best = next((p for p in mine if p.works()), mine[0] if mine else None)
+            rows.append((workload, best is not None and best.works(), best.shown() if best else "no pod"))
+    return rows
+
+
+def stale_pending(pods: list[Pod], wanted: tuple[Toleration, ...]) -> list[Pod]:
+    """Pending pods created before kube-system's default tolerations (so without them)."""
+    return [p for p in pods if p.phase == "Pending" and not set(wanted) <= set(p.tolerations)]

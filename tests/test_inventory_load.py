@@ -70,7 +70,7 @@ def test_planner_reproduces_the_spec_pins_from_counts_and_nodes(tmp_path: Path) 
 def test_host_file_overrides_defaults_key_by_key(tmp_path: Path) -> None:
     data = hv1()
     data["ssh"] = {"host": "10.0.0.5", "port": 2222}
-    data["k3s"] = {"version": "v1.30.9+k3s1"}
+    data["k3s"] = {"version": "v1.30.9+k3s1", "addon_node": "k3s-server-tasks"}
     defaults = {"ssh": {"user": "ops", "port": 22, "key_file": "~/.ssh/hv"},
                 "k3s": {"version": "v1.31.4+k3s1", "install": "airgap"}}
     host = load_inventory(write_inventory(tmp_path, data, defaults=defaults)).hosts["hv1"].host
@@ -118,7 +118,8 @@ def test_missing_inventory_directory(tmp_path: Path) -> None:
 
 
 def test_defaults_are_optional(tmp_path: Path) -> None:
-    hosts = write_inventory(tmp_path, hv1() | {"ssh": {"host": "h"}, "k3s": {"version": "v1.31.4+k3s1"}})
+    hosts = write_inventory(tmp_path, hv1() | {"ssh": {"host": "h"}, "k3s": {"version": "v1.31.4+k3s1",
+                                                                          "addon_node": "k3s-server-tasks"}})
     (hosts / "defaults.yaml").unlink()
     host = load_inventory(hosts).hosts["hv1"].host
     assert host.ssh.user == "root"

@@ -34,6 +34,14 @@ def _set(path: str, value: Any) -> Mutation:
     return apply
 
 
+def _both(first: Mutation, second: Mutation) -> Mutation:
+    def apply(d: dict[str, Any]) -> None:
+        first(d)
+        second(d)
+
+    return apply
+
+
 def _delete(path: str) -> Mutation:
     def apply(d: dict[str, Any]) -> None:
         parts = path.split(".")
@@ -130,6 +138,14 @@ BROKEN: list[tuple[str, Mutation, str, str, str]] = [
     ("no server", _servers(), "k3s.server-count", "vms", "found none"),
     ("two servers", _servers(2, 3), "k3s.server-count", "vms",
      "found 2 (k3s-worker-slm, k3s-server-tasks)"),
+    ("three servers: HA is not built", _servers(0, 2, 3), "k3s.server-count", "vms",
+     "Several servers (HA, embedded etcd) are not built"),
+    ("every node tainted, no addon_node", _delete("k3s.addon_node"), "k3s.addons-no-node", "vms",
+     "k3s-worker-data has workload=data:NoSchedule; k3s-worker-slm has workload=slm:NoSchedule; "
+     "k3s-server-tasks has workload=tasks:NoSchedule; they would stay Pending and cluster DNS would not answer. "
+     "Resolve: set k3s.addon_node: k3s-server-tasks"),
+    ("addon_node is no k3s VM", _set("k3s.addon_node", "elsewhere"), "k3s.addon-node", "k3s.addon_node",
+     "'elsewhere' is not a k3s VM of this host"),
     ("bad taint effect", _set("vms.0.k8s.taints", ["workload=slm:NoScheduel"]), "k3s.taint-format",
      "vms[0].k8s.taints[0]", "key[=value]:Effect"),
     ("taint without effect", _set("vms.0.k8s.taints", ["workload=slm"]), "k3s.taint-format",
@@ -175,7 +191,10 @@ def test_real_hv1_passes_every_rule(tmp_path: Path) -> None:
 
 # Cases that sit right at a rule's edge and must pass.
 EDGES: list[tuple[str, Mutation]] = [
-    ("three servers is an odd HA set", _servers(0, 2, 3)),
+    ("one node without custom taints takes the add-ons", _both(_delete("k3s.addon_node"),
+                                                               _set("vms.1.k8s.taints", []))),
+    ("add-ons disabled: no node needed", _both(_delete("k3s.addon_node"), _set(
+        "k3s.disable", ["coredns", "local-storage", "metrics-server", "traefik"]))),
     ("a VM outside the cluster", _delete("vms.0.k8s")),
     ("taint without value", _set("vms.0.k8s.taints", ["dedicated:PreferNoSchedule"])),
     ("memory fills the node to the MB", _set("vms.0.memory_mb", 131072 - 4096)),

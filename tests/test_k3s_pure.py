@@ -33,6 +33,8 @@ def test_server_config_has_token_taints_san_and_private_kubeconfig(hv1: Host) ->
         "token": "s3cr3t-token-value", "node-name": "k3s-server-tasks", "tls-san": ["10.0.0.14"],
         "write-kubeconfig-mode": "0600",
         "node-taint": ["node-role.kubernetes.io/control-plane:NoSchedule", "workload=tasks:NoSchedule"],
+        # k3s.addon_node: kube-system's default tolerations take effect through this admission plugin.
+        "kube-apiserver-arg": ["enable-admission-plugins=NodeRestriction,PodTolerationRestriction"],
     }
 
 
@@ -139,3 +141,74 @@ def test_a_token_file_inside_the_repository_is_refused() -> None:
     with pytest.raises(TokenError, match="inside the repository"):
         cluster_token(str(REPO / ".runs" / "{host}.token"), "hv1", create=True, environ={})
     assert not (REPO / ".runs" / "hv1.token").exists()
+
+
+# -- add-ons against taints ------------------------------------------------------------------------
+
+def test_tolerations_match_as_kubernetes_matches_them() -> None:
+    taint = k3s.Taint("workload", "tasks", "NoSchedule")
+    assert k3s.Toleration("workload", "Equal", "tasks", "NoSchedule").tolerates(taint)
+    assert k3s.Toleration("workload", "Exists").tolerates(taint)  # no effect: every effect
+    assert k3s.Toleration("", "Exists").tolerates(taint)  # no key with Exists: every taint
+    assert not k3s.Toleration("workload", "Equal", "slm", "NoSchedule").tolerates(taint)
+    assert not k3s.Toleration("workload", "Equal", "tasks", "NoExecute").tolerates(taint)
+    assert not k3s.Toleration("CriticalAddonsOnly", "Exists").tolerates(taint)
+    prefer = k3s.Taint("dedicated", "", "PreferNoSchedule")  # never keeps a pod off a node
+    assert k3s.untolerated([prefer, taint], k3s.PACKAGED_TOLERATIONS) == [taint]
+
+
+def test_hv1_add_ons_tolerate_exactly_the_servers_own_taint(hv1: Host) -> None:
+    assert k3s.addon_nodes(hv1) == []  # the spec taints every node
+    assert k3s.addon_tolerations(hv1) == (k3s.Toleration("workload", "Equal", "tasks", "NoSchedule"),)
+    assert k3s.tolerations_annotation(k3s.addon_tolerations(hv1)) == (
+        '[{"effect":"NoSchedule","key":"workload","operator":"Equal","value":"tasks"}]')
+    command = k3s.annotate_command(k3s.addon_tolerations(hv1)).real
+    assert "annotate namespace kube-system" in command and "--overwrite" in command
+    assert "scheduler.alpha.kubernetes.io/defaultTolerations=" in command
+
+
+def test_disabled_add_ons_reach_config_and_leave_the_checks(hv1: Host) -> None:
+    host = hv1.model_copy(update={"k3s": hv1.k3s.model_copy(update={"disable": ("traefik",)})})
+    config = yaml.safe_load(k3s.node_config(host, vm(host, "k3s-server-tasks"), Secret("t0ken-value-xx")))
+    assert config["disable"] == ["traefik"]
+    assert [name for name, _, _ in k3s.addon_rows(host, [])] == ["coredns", "local-path-provisioner",
+                                                                 "metrics-server"]
+    agent = yaml.safe_load(k3s.node_config(host, vm(host, "k3s-worker-data"), Secret("t0ken-value-xx")))
+    assert "disable" not in agent and "kube-apiserver-arg" not in agent
+
+
+PENDING_POD = {  # the shape the API server returns for an unschedulable Deployment pod
+    "apiVersion": "v1", "kind": "Pod",
+    "metadata": {"name": "coredns-ccb96694c-x2vq7", "namespace": "kube-system",
+                 "ownerReferences": [{"apiVersion": "apps/v1", "blockOwnerDeletion": True, "controller": True,
+                                      "kind": "ReplicaSet", "name": "coredns-ccb96694c", "uid": "u1"}]},
+    "spec": {"tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                             {"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                              "tolerationSeconds": 300}]},
+    "status": {"conditions": [{"lastProbeTime": None, "lastTransitionTime": "2026-01-01T00:00:00Z",
+                               "message": "0/4 nodes are available: 4 node(s) had untolerated taint {workload: slm}. "
+                                          "preemption: 0/4 nodes are available: 4 Preemption is not helpful for "
+                                          "scheduling.",
+                               "reason": "Unschedulable", "status": "False", "type": "PodScheduled"}],
+               "phase": "Pending", "qosClass": "Burstable"},
+}
+DONE_JOB_POD = {
+    "metadata": {"name": "helm-install-traefik-8xk2l",
+                 "ownerReferences": [{"controller": True, "kind": "Job", "name": "helm-install-traefik"}]},
+    "spec": {"nodeName": "k3s-server-tasks"},
+    "status": {"phase": "Succeeded", "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}]},
+}
+
+
+def test_pods_name_their_workload_and_the_schedulers_reason(hv1: Host) -> None:
+    pods = k3s.parse_pods(json.dumps({"apiVersion": "v1", "kind": "List", "items": [PENDING_POD, DONE_JOB_POD]}))
+    assert [(p.controller, p.phase, p.works()) for p in pods] == [
+        ("coredns", "Pending", False), ("helm-install-traefik", "Succeeded", True)]
+    rows = {name: (ok, found) for name, ok, found in k3s.addon_rows(hv1, pods)}
+    assert rows["coredns"] == (False, "Pending: " + PENDING_POD["status"]["conditions"][0]["message"])  # type: ignore[index]
+    assert rows["helm-install-traefik"] == (True, "Completed on k3s-server-tasks")
+    assert rows["metrics-server"] == (False, "no pod")
+    # Created before kube-system's default tolerations: restarted by k3s.server.
+    assert k3s.stale_pending(pods, k3s.addon_tolerations(hv1)) == pods[:1]
+    with pytest.raises(ValueError):
+        k3s.parse_pods("The connection to the server 127.0.0.1:6443 was refused")

@@ -357,13 +357,68 @@ def test_reinstall_without_change_keeps_the_daemon(cluster: Cluster) -> None:
 
 def test_installer_refuses_download_and_version_mismatch(cluster: Cluster) -> None:
     pid = cluster.server.daemon_pid()
-    online = cluster.server.run("sh /tmp/install.sh", check=False, INSTALL_K3S_VERSION=V1)
+    # Online, from a release mirror that does not answer (never the real GitHub from a test).
+    online = cluster.server.run("sh /tmp/install.sh", check=False, INSTALL_K3S_VERSION=V1,
+                                GITHUB_URL=f"http://127.0.0.1:{free_port()}")
     assert online.rc == 1
     assert online.err.strip().endswith("[ERROR]  Download failed")
+    assert "[INFO]  Downloading hash http://127.0.0.1:" in online.out
     mismatch = cluster.server.install(check=False, INSTALL_K3S_VERSION=V2)
     assert mismatch.rc == 1
     assert "[ERROR]" in mismatch.err and "version mismatch" in mismatch.err
     assert cluster.server.daemon_pid() == pid
+
+
+def pods(vm: Vm) -> dict[str, dict[str, Any]]:
+    """kube-system's pods by controller (the ReplicaSet's Deployment, or the Job)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pod in json.loads(vm.run("k3s kubectl get pods -A -o json").out)["items"]:
+        ref = pod["metadata"]["ownerReferences"][0]
+        out[ref["name"].rsplit("-", 1)[0] if ref["kind"] == "ReplicaSet" else ref["name"]] = pod
+    return out
+
+
+def test_add_on_pods_follow_taints_and_tolerations(cluster: Cluster) -> None:
+    server = cluster.server
+    # The data worker is the only node without a custom taint: k3s's add-ons run there.
+    found = pods(server)
+    assert set(found) == {"coredns", "local-path-provisioner", "metrics-server", "helm-install-traefik-crd",
+                          "helm-install-traefik", "traefik"}
+    assert {p["spec"].get("nodeName") for p in found.values()} == {DATA}
+    assert found["helm-install-traefik"]["status"]["phase"] == "Succeeded"
+    coredns = found["coredns"]
+    assert coredns["status"]["phase"] == "Running" and coredns["metadata"]["namespace"] == "kube-system"
+    assert {"key": "CriticalAddonsOnly", "operator": "Exists"} in coredns["spec"]["tolerations"]
+
+    # A NoSchedule taint evicts nothing; a pod created afterwards finds no node.
+    server.run(f"k3s kubectl taint nodes {DATA} workload=data:NoSchedule")
+    assert pods(server)["coredns"]["spec"]["nodeName"] == DATA
+    deleted = server.run(f"k3s kubectl delete pod {coredns['metadata']['name']} -n kube-system").out
+    assert deleted == f'pod "{coredns["metadata"]["name"]}" deleted\n'
+    again = pods(server)["coredns"]
+    assert again["metadata"]["name"] != coredns["metadata"]["name"] and "nodeName" not in again["spec"]
+    (condition,) = again["status"]["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == ("PodScheduled", "False", "Unschedulable")
+    assert condition["message"] == (
+        "0/3 nodes are available: 1 node(s) had untolerated taint {workload: data}, 1 node(s) had untolerated "
+        "taint {workload: slm}, 1 node(s) had untolerated taint {workload: tasks}. preemption: 0/3 nodes are "
+        "available: 3 Preemption is not helpful for scheduling.")
+
+    # kube-system's default tolerations do nothing without the PodTolerationRestriction plugin.
+    annotation = ('scheduler.alpha.kubernetes.io/defaultTolerations=[{"effect":"NoSchedule","key":"workload",'
+                  '"operator":"Equal","value":"data"}]')
+    assert server.run(f"k3s kubectl annotate namespace kube-system '{annotation}'").out == \
+        "namespace/kube-system annotated\n"
+    namespace = json.loads(server.run("k3s kubectl get namespace kube-system -o json").out)
+    assert namespace["metadata"]["annotations"] == {annotation.split("=", 1)[0]: annotation.split("=", 1)[1]}
+    refused = server.run(f"k3s kubectl annotate namespace kube-system '{annotation.replace('data', 'slm')}'",
+                         check=False)
+    assert refused.rc == 1 and "--overwrite is false" in refused.err
+    server.run("k3s kubectl delete pods -n kube-system --field-selector=status.phase=Pending")
+    assert "nodeName" not in pods(server)["coredns"]["spec"]
+
+    server.run(f"k3s kubectl taint nodes {DATA} workload:NoSchedule-")
+    assert pods(server)["coredns"]["spec"]["nodeName"] == DATA  # scheduled as soon as a node fits
 
 
 def test_uninstall_removes_everything_and_stops_the_daemons(cluster: Cluster) -> None:

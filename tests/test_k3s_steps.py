@@ -7,8 +7,11 @@ through the airgap path, so the upload and install code is the product's.
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -111,10 +114,13 @@ def pid_of(root: Path) -> int:
 
 def test_cluster_up_taints_exact_token_private_then_nothing_changes(k3s_world: K3sWorld) -> None:
     kw = k3s_world
-    run = kw.run("k3s.server", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
+    (plan,) = kw.world.run("k3s.server", "k3s.addons", mode="plan")  # no cluster yet: planned, not an error
+    assert [(r.step, r.status) for r in plan.results] == [("k3s.server", "changed"), ("k3s.addons", "changed")]
+    assert "does not answer yet" in plan.results[1].reason and "kube-system tolerates" in plan.results[1].reason
+    run = kw.run("k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
     assert run.exit_code == 0, failure_text([run])
     assert [(r.step, r.status) for r in run.results if r.step != "k3s.taints"] == [
-        ("k3s.server", "changed"), ("k3s.agents", "changed"), ("k3s.agents", "changed")]
+        ("k3s.server", "changed"), ("k3s.addons", "changed"), ("k3s.agents", "changed"), ("k3s.agents", "changed")]
     # Taints from config.yaml applied at registration: nothing left for k3s.taints to do.
     taints = next(r for r in run.results if r.step == "k3s.taints")
     assert taints.status == "ok", taints.reason
@@ -134,18 +140,29 @@ def test_cluster_up_taints_exact_token_private_then_nothing_changes(k3s_world: K
     assert token not in records_text(kw.world)  # journal, report, junit, log, progress output
 
     pids = {name: pid_of(root) for name, root in kw.roots.items()}
-    again = kw.run("k3s.server", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
+    again = kw.run("k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
     assert again.exit_code == 0 and {r.status for r in again.results} == {"ok"}, failure_text([again])
     assert "no reinstall, no restart" in again.results[0].reason
     assert {name: pid_of(root) for name, root in kw.roots.items()} == pids  # no service restarted
 
     verify = kw.run("k3s.taints", mode="verify")
-    assert verify.exit_code == 0 and len(verify.results[0].checks) == 12  # 3 nodes x Ready/role/taints/version
+    assert kw.run("k3s.addons", mode="verify").results[0].status == "ok"
+    # 3 nodes x Ready/role/taints/version/takes a pod tolerating its taints, then the add-ons' workloads.
+    assert verify.exit_code == 0 and len(verify.results[0].checks) == 21
+    rows = {c.name: c.found for c in verify.results[0].checks}
+    assert rows[f"{SLM} takes a pod tolerating workload=slm:NoSchedule"] == "yes"
+    # Every node is tainted: the add-ons run on the server, whose taints kube-system now tolerates.
+    assert {rows[f"kube-system {w}"] for w in ("coredns", "local-path-provisioner", "metrics-server", "traefik")} == {
+        f"Running on {SERVER}"}
+    assert rows["kube-system helm-install-traefik"] == f"Completed on {SERVER}"
+    server = yaml.safe_load((kw.roots[SERVER] / "etc/rancher/k3s/config.yaml").read_text())
+    assert server["node-taint"] == ["node-role.kubernetes.io/control-plane:NoSchedule", "workload=tasks:NoSchedule"]
+    assert server["kube-apiserver-arg"] == ["enable-admission-plugins=NodeRestriction,PodTolerationRestriction"]
 
 
 def test_stale_taint_is_reconciled_and_foreign_taints_kept(k3s_world: K3sWorld) -> None:
     kw = k3s_world
-    assert kw.run("k3s.server", "k3s.agents", policies=WAIT, sleep=time.sleep).exit_code == 0
+    assert kw.run("k3s.server", "k3s.addons", "k3s.agents", policies=WAIT, sleep=time.sleep).exit_code == 0
     # Registered earlier with other taints: one stale under our key, one wrong value, one not ours.
     def on_server(*args: str) -> None:
         done = subprocess.run(["chroot", str(kw.roots[SERVER]), "/usr/local/bin/k3s", "kubectl", *args],
@@ -157,8 +174,10 @@ def test_stale_taint_is_reconciled_and_foreign_taints_kept(k3s_world: K3sWorld) 
     on_server("taint", "nodes", DATA, "example.com/maintenance=yes:NoSchedule")
     drift = kw.run("k3s.taints", mode="verify")
     assert drift.exit_code == 5
+    fits = f"{DATA} takes a pod tolerating workload=data:NoSchedule"
     assert [(c.name, c.found) for c in drift.results[0].checks if not c.ok] == [
-        (f"{DATA} taints", "workload=data:NoExecute, workload=old:NoSchedule")]
+        (f"{DATA} taints", "workload=data:NoExecute, workload=old:NoSchedule"),
+        (fits, "no: untolerated taint {example.com/maintenance: yes}, {workload: data}, {workload: old}")]
 
     fixed = kw.run("k3s.taints", policies=WAIT)
     assert fixed.exit_code == 0, failure_text([fixed])
@@ -167,6 +186,10 @@ def test_stale_taint_is_reconciled_and_foreign_taints_kept(k3s_world: K3sWorld) 
         f"nodes {DATA} workload=data:NoSchedule --overwrite", f"nodes {DATA} workload:NoExecute-"]
     node = kw.run("k3s.taints", mode="verify").results[0]
     assert node.status == "ok"
+    # Someone else's NoSchedule taint still keeps our pods off the node: said, accepted, not ours to remove.
+    (warned,) = [c for c in node.checks if c.kind == "warning"]
+    assert (warned.name, warned.found) == (fits, "no: untolerated taint {example.com/maintenance: yes} "
+                                                 "(not a taint this tool manages)")
     listing = (kw.roots[SERVER] / "var/lib/rancher/k3s/server/standin/nodes").rglob("*")
     assert any("example.com/maintenance" in p.read_text() for p in listing if p.is_file())  # not ours: kept
 
@@ -210,14 +233,16 @@ def test_server_not_ready_for_a_while_is_waited_for(k3s_world: K3sWorld) -> None
 
 def test_upgrade_goes_server_first_one_node_at_a_time(k3s_world: K3sWorld) -> None:
     kw = k3s_world
-    assert kw.run("k3s.server", "k3s.agents", policies=WAIT, sleep=time.sleep).exit_code == 0
+    assert kw.run("k3s.server", "k3s.addons", "k3s.agents", policies=WAIT, sleep=time.sleep).exit_code == 0
+    pods = kw.roots[SERVER] / "var/lib/rancher/k3s/server/standin/pods"
+    before = {p.name for p in pods.iterdir()}
     kw.set_version(V2)
     (plan,) = kw.world.run("k3s.server", "k3s.agents", mode="plan")
     reasons = [(r.step, r.reason) for r in plan.results]
     assert reasons[0] == ("k3s.server", f"upgrade k3s {V1} -> {V2} (server; the server before the agents, "
                                         "one node at a time)")
     assert all("upgrade" in reason for _, reason in reasons)
-    run = kw.run("k3s.server", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
+    run = kw.run("k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
     assert run.exit_code == 0, failure_text([run])
     # One at a time: in the run log, every upload to one agent comes before any upload to the other.
     log = next(kw.world.runs.rglob(f"{run.run_id}/run.log")).read_text().splitlines()
@@ -227,6 +252,11 @@ def test_upgrade_goes_server_first_one_node_at_a_time(k3s_world: K3sWorld) -> No
     assert order == sorted(order, key=order.index) and order[:3] == [order[0]] * 3, order  # no interleaving
     versions = {c.name: c.found for c in run.results[-1].checks if c.name.endswith("version")}
     assert set(versions.values()) == {V2}
+    # The new release's manifests rolled the add-ons out: new pods, admitted with kube-system's
+    # tolerations, so the resolution survives the upgrade with nothing to redo.
+    assert before and not before & {p.name for p in pods.iterdir()}
+    assert next(r for r in run.results if r.step == "k3s.addons").status == "ok"
+    assert {c.name: c.found for c in run.results[-1].checks}["kube-system coredns"] == f"Running on {SERVER}"
 
 
 def test_missing_airgap_artifacts_stop_before_anything_changes(k3s_world: K3sWorld) -> None:
@@ -302,3 +332,94 @@ def test_a_run_stopped_between_config_and_restart_restarts_next_time(
     again = kw.run("k3s.server", policies=WAIT, sleep=time.sleep)
     assert again.exit_code == 0, failure_text([again])
     assert pid_of(kw.roots[SERVER]) != before  # restarted to read the new config.yaml
+
+
+def test_add_ons_stay_pending_with_the_schedulers_reason_when_nothing_tolerates_the_taints(
+        k3s_world: K3sWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the resolution (kube-system tolerating the server's taints), the spec's taints leave
+    # the packaged add-ons no node: the step must fail and say what the scheduler said.
+    kw = k3s_world
+    monkeypatch.setattr(k3s, "addon_tolerations", lambda host: ())
+    assert kw.run("k3s.server", "k3s.agents", policies=WAIT, sleep=time.sleep).exit_code == 0
+    run = kw.run("k3s.taints")  # FAST: the convergence deadline passes on the injected sleep
+    assert run.exit_code == 4
+    (taints,) = run.results
+    rows = {c.name: c.found for c in taints.checks if not c.ok}
+    assert rows["kube-system coredns"] == (
+        "Pending: 0/3 nodes are available: 1 node(s) had untolerated taint {workload: data}, "
+        "1 node(s) had untolerated taint {workload: slm}, 1 node(s) had untolerated taint {workload: tasks}. "
+        "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.")
+    assert set(rows) == {f"kube-system {w}" for w in ("coredns", "local-path-provisioner", "metrics-server",
+                                                        "helm-install-traefik-crd", "helm-install-traefik",
+                                                        "traefik")}
+    assert "did not converge" in taints.error and f"step k3s.taints on {SERVER}" in failure_text([run])
+
+    monkeypatch.undo()  # the resolution, on the same cluster: the Pending pods are started again
+    fixed = kw.run("k3s.server", "k3s.addons", "k3s.taints", policies=WAIT, sleep=time.sleep)
+    assert fixed.exit_code == 0, failure_text([fixed])
+    assert fixed.results[0].status == "changed"  # config.yaml gained the admission plugin: restarted
+    assert [c.split("&& ")[-1] for c in fixed.results[1].commands] == [
+        "k3s kubectl delete pods -n kube-system --field-selector=status.phase=Pending"]
+    assert all(c.ok for c in fixed.results[-1].checks)
+
+
+class ReleaseMirror:
+    """install.sh and k3s releases over HTTP on 127.0.0.1, laid out as get.k3s.io and GitHub serve them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.paths: list[str] = []
+        root.mkdir(parents=True)
+        mirror = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                mirror.paths.append(self.path)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def publish(self, version: str) -> None:
+        artifacts = standin_artifacts(self.root / "src" / version, version)
+        (self.root / "install.sh").write_bytes((artifacts / "install.sh").read_bytes())
+        release = self.root / "download" / version
+        release.mkdir(parents=True)
+        for name in ("k3s", k3s.IMAGES):
+            (release / name).write_bytes((artifacts / name).read_bytes())
+        digest = hashlib.sha256((release / "k3s").read_bytes()).hexdigest()
+        (release / "sha256sum-amd64.txt").write_text(f"{digest}  k3s\n")
+
+
+def test_online_install_from_a_mirror_pins_the_version_and_upgrades(k3s_world: K3sWorld, tmp_path: Path) -> None:
+    kw = k3s_world
+    mirror = ReleaseMirror(tmp_path / "mirror")
+    try:
+        mirror.publish(V1)
+        mirror.publish(V2)  # the newest release is there too: the pin, not "latest", decides
+        path = kw.world.hosts / "lab.yaml"
+        data = yaml.safe_load(path.read_text())
+        data["k3s"] |= {"install": "online", "install_script_url": f"{mirror.url}/install.sh",
+                        "download_url": mirror.url}
+        del data["k3s"]["artifacts_dir"]
+        path.write_text(yaml.safe_dump(data))
+        steps = ("k3s.server", "k3s.addons", "k3s.agents", "k3s.taints")
+        run = kw.run(*steps, policies=WAIT, sleep=time.sleep)
+        assert run.exit_code == 0, failure_text([run])
+        assert {c.found for c in run.results[-1].checks if c.name.endswith(" version")} == {V1}
+        assert mirror.paths.count(f"/download/{V1}/k3s") == 3 and f"/download/{V2}/k3s" not in mirror.paths
+        assert mirror.paths.count(f"/download/{V1}/{k3s.IMAGES}") == 3
+        assert (kw.roots[DATA] / "var/lib/rancher/k3s/agent/images" / k3s.IMAGES).is_file()
+
+        data["k3s"]["version"] = V2
+        path.write_text(yaml.safe_dump(data))
+        upgrade = kw.run(*steps, policies=WAIT, sleep=time.sleep)
+        assert upgrade.exit_code == 0, failure_text([upgrade])
+        assert {c.found for c in upgrade.results[-1].checks if c.name.endswith(" version")} == {V2}
+        assert mirror.paths.count(f"/download/{V2}/k3s") == 3
+        assert all(c.ok for c in upgrade.results[-1].checks)  # add-ons still available after the upgrade
+    finally:
+        mirror.server.shutdown()

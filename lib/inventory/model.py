@@ -306,6 +306,11 @@ class K3sSettings(Model):
     version: Annotated[str, AfterValidator(_pattern("k3s.version", re.compile(r"v\d+\.\d+\.\d+\+k3s\d+"),
                                                      "k3s version (like v1.31.4+k3s1)"))]
     install: Literal["online", "airgap"] = "online"
+    # online: where install.sh comes from, and (k3s's GITHUB_URL) the release it downloads the binary
+    # and sha256sum-amd64.txt from, as <download_url>/download/<version>/. With download_url set (a
+    # mirror), the images tarball of the release comes from there too; without, containerd pulls images.
+    install_script_url: Word = "https://get.k3s.io"
+    download_url: Word | None = None
     # airgap: a local folder with install.sh, k3s and k3s-airgap-images-amd64.tar.zst of that version.
     artifacts_dir: Word | None = None
     api_port: Annotated[int, Field(ge=1, le=65535)] = 6443
@@ -315,6 +320,12 @@ class K3sSettings(Model):
     # A local path (never on a command line); {host} is the hypervisor's name. Kept outside the
     # repository, 0600; generated once per cluster when absent.
     token_file: str = "~/.config/numa-k3s/{host}.token"  # noqa: S105 - a path, not a secret
+    # The k3s VM whose taints kube-system tolerates, so that k3s's packaged add-ons (CoreDNS,
+    # metrics-server, local-path-provisioner, Traefik) run there when no node takes them as k3s
+    # ships them (README: "Add-ons and the spec's taints"). The taints themselves stay as written.
+    addon_node: Name | None = None
+    # k3s's own --disable: packaged components not deployed (and not checked by verify.k3s).
+    disable: tuple[Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server"], ...] = ()
 
 
 class Host(Model):

@@ -266,10 +266,40 @@ def check_k3s(host: Host) -> Iterator[Finding]:
     if not members:
         return
     servers = [vm.name for vm in members if vm.k8s and vm.k8s.role == "server"]
-    if len(servers) % 2 == 0:
+    if len(servers) != 1:
         found = f"{len(servers)} ({', '.join(servers)})" if servers else "none"
         yield Finding("k3s.server-count", "vms",
-                      f"a k3s cluster needs exactly one server, or an odd number for HA; found {found}")
+                      f"a k3s cluster here has exactly one server; found {found}. Several servers (HA, embedded "
+                      "etcd) are not built: every VM runs on this one hypervisor, so more servers add no failure "
+                      "domain, only etcd quorum to lose; make one VM the server and the others agents")
+    yield from check_addon_node(host, members)
+
+
+def check_addon_node(host: Host, members: list[VM]) -> Iterator[Finding]:
+    """k3s's packaged add-ons need a node whose taints they tolerate (k3s ships them tolerating only
+    CriticalAddonsOnly and the control-plane/master taints), else CoreDNS and the rest stay Pending."""
+    from lib import k3s  # lib.k3s imports the model, as this module does
+
+    named = host.k3s.addon_node
+    if named is not None and named not in {vm.name for vm in members}:
+        yield Finding("k3s.addon-node", "k3s.addon_node",
+                      f"{named!r} is not a k3s VM of this host (one of: {', '.join(vm.name for vm in members)})")
+        return
+    if named is not None or not k3s.enabled_addons(host) or k3s.addon_nodes(host):
+        return
+    blocking = []
+    for vm in members:
+        assert vm.k8s is not None
+        first = k3s.untolerated([k3s.parse_taint(t) for t in vm.k8s.taints], k3s.PACKAGED_TOLERATIONS)[0]
+        blocking.append(f"{vm.name} has {first}")
+    server = next((vm.name for vm in members if vm.k8s and vm.k8s.role == "server"), members[0].name)
+    yield Finding("k3s.addons-no-node", "vms",
+                  "no node takes k3s's packaged add-ons (CoreDNS, metrics-server, local-path-provisioner, "
+                  "Traefik): they tolerate only CriticalAddonsOnly and the control-plane taint, and "
+                  f"{'; '.join(blocking)}; "
+                  f"they would stay Pending and cluster DNS would not answer. Resolve: set k3s.addon_node: {server} "
+                  "(kube-system then tolerates that node's taints; the taints stay as written), or list the add-ons "
+                  "under k3s.disable and deploy your own")
 
 
 def check_host(host: Host, cores: list[Core]) -> Iterator[Finding]:

@@ -6,7 +6,7 @@ from lib.steps.base import Step
 from lib.steps.bios import BiosCheck
 from lib.steps.cloudinit import CloudinitBuild
 from lib.steps.images import ImagesClone
-from lib.steps.k3s import K3sAgents, K3sAgentsRemove, K3sServer, K3sServerRemove, K3sTaints
+from lib.steps.k3s import K3sAddons, K3sAgents, K3sAgentsRemove, K3sServer, K3sServerRemove, K3sTaints
 from lib.steps.observe import Doctor, EmulatorCheck, MonitorSample, NumaCheck
 from lib.steps.preflight import PreflightAccess
 from lib.steps.teardown import DisksRemove, VmsRemove
@@ -14,7 +14,7 @@ from lib.steps.tuning import HostTune
 from lib.steps.virt import VmsDefine, VmsStart
 
 STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild,
-                                   VmsDefine, VmsStart, K3sServer, K3sAgents, K3sTaints, K3sAgentsRemove,
+                                   VmsDefine, VmsStart, K3sServer, K3sAddons, K3sAgents, K3sTaints, K3sAgentsRemove,
                                    K3sServerRemove, VmsRemove, DisksRemove, NumaCheck, EmulatorCheck, MonitorSample,
                                    Doctor)
 REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}

@@ -1,4 +1,4 @@
-"""k3s.server, k3s.agents, k3s.taints, and their teardown: inside the VMs, over each VM's own SSH.
+"""k3s.server, k3s.addons, k3s.agents, k3s.taints, and their teardown: inside the VMs, over each VM's own SSH.
 
 Idempotent by evidence: the installed version (`k3s --version`) and the sha256 of config.yaml.
 Same version and config: nothing runs, no restart. A version change upgrades (server step first
@@ -7,7 +7,7 @@ in the runbook, then agents one at a time). The token only travels inside config
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from lib import k3s
 from lib.errors import ToolError
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
+from lib.inventory.model import VM, Host
 from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
 from lib.shell import Command, Secret, seq, sh
@@ -58,6 +59,21 @@ class NodeFacts:
 
 def _nodes_section() -> str:
     return f"{section('nodes')}; k3s kubectl get nodes -o json 2>&1 || true"
+
+
+def _pods_section() -> str:
+    return f"{section('pods')}; k3s kubectl get pods -n kube-system -o json 2>&1 || true"
+
+
+def _kube_system_section() -> str:
+    return f"{section('namespace')}; k3s kubectl get namespace kube-system -o json 2>&1 || true"
+
+
+def parse_pods_output(text: str) -> list[k3s.Pod] | None:
+    try:
+        return k3s.parse_pods(text)
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def node_facts_command(svc: str, with_nodes: bool) -> Command:
@@ -185,7 +201,8 @@ class _K3sNode(Step):
 
 class K3sServer(_K3sNode):
     name = "k3s.server"
-    summary = "config.yaml (0600) + k3s server at the pinned version (online or airgap); wait for the API and Ready"
+    summary = ("config.yaml (0600) + k3s server at the pinned version (online or airgap); wait for the API and Ready; "
+               "with k3s.addon_node set, the PodTolerationRestriction admission plugin")
     targets = "server"
 
 
@@ -205,8 +222,70 @@ class K3sAgents(_K3sNode):
             nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
         except (CommandError, ConnectError) as exc:
             nodes, error = None, str(exc).splitlines()[0]
-        return NodeFacts(facts.version, facts.config_sha, facts.config_mode, facts.last_error, nodes, error,
-                         facts.started)
+        return replace(facts, nodes=nodes, api_error=error)
+
+
+# -- add-ons: kube-system tolerates k3s.addon_node's taints ----------------------------------------
+
+@dataclass(frozen=True)
+class KubeSystemFacts:
+    tolerations: tuple[k3s.Toleration, ...] | None  # None: the API did not answer
+    pods: list[k3s.Pod] | None
+    error: str
+
+
+class K3sAddons(Step):
+    """The API half of the add-on resolution (k3s.server writes the admission plugin into config.yaml).
+
+    A step of its own, right after k3s.server: it needs the API, which k3s.server's convergence
+    waits for, and PodTolerationRestriction applies the annotation only to pods created after it.
+    """
+
+    name = "k3s.addons"
+    summary = ("kube-system's default tolerations = k3s.addon_node's taints (PodTolerationRestriction); "
+               "its Pending pods created before them started again")
+    targets = "server"
+    converge = True
+
+    def facts_command(self, target: Target) -> Command:
+        return sh(f"{_kube_system_section()}; {_pods_section()}", sudo=True, timeout=60,
+                  why="kube-system's default tolerations and pods")
+
+    def parse(self, target: Target, result: CmdResult | None) -> KubeSystemFacts:
+        parts = split_sections(result.stdout if result else "")
+        text = parts.get("namespace", "")
+        return KubeSystemFacts(k3s.parse_namespace_tolerations(text), parse_pods_output(parts.get("pods", "")),
+                               (text.strip().splitlines() or ["no answer"])[-1])
+
+    def plan(self, target: Target, facts: KubeSystemFacts | None) -> Plan:
+        wanted = k3s.addon_tolerations(target.loaded.host)
+        if not wanted:
+            return Plan(reason="k3s.addon_node unset or its taints tolerated as k3s ships: kube-system left as is")
+        if facts is None:
+            return Plan(reason="offline: kube-system is compared with the cluster when it answers")
+        if facts.tolerations is None or facts.pods is None:  # a plan before k3s.server installed the cluster
+            command = k3s.annotate_command(wanted)
+            return Plan((command,), f"the k3s API does not answer yet ({facts.error}): {command.why}")
+        if facts.tolerations != tuple(sorted(wanted)):
+            command = k3s.annotate_command(wanted)
+        elif k3s.stale_pending(facts.pods, wanted):
+            command = k3s.restart_pending_command()
+        else:
+            return Plan(reason="kube-system tolerates k3s.addon_node's taints; no pod created before that")
+        return Plan((command,), command.why)
+
+    def verify(self, target: Target, facts: KubeSystemFacts) -> list[Check]:
+        wanted = k3s.addon_tolerations(target.loaded.host)
+        if not wanted:
+            return []
+        want = k3s.tolerations_annotation(sorted(wanted))
+        found = f"API: {facts.error}" if facts.tolerations is None else k3s.tolerations_annotation(facts.tolerations)
+        checks = [Check("kube-system default tolerations", want, found, found == want)]
+        if facts.pods is not None:
+            stale = k3s.stale_pending(facts.pods, wanted)
+            checks.append(Check("kube-system Pending pods without them", "none",
+                                ", ".join(p.name for p in stale) or "none", not stale))
+        return checks
 
 
 # -- taints ----------------------------------------------------------------------------------------
@@ -215,20 +294,48 @@ class K3sAgents(_K3sNode):
 class ClusterFacts:
     nodes: dict[str, k3s.Node] | None
     error: str
+    pods: list[k3s.Pod] | None = None  # kube-system's; None: no answer
+
+
+def addon_checks(host: Host, pods: list[k3s.Pod] | None) -> list[Check]:
+    """Each enabled add-on's workloads available; a Pending pod shows the scheduler's reason."""
+    if pods is None:
+        return [Check("kube-system pods", "listed", "API: no answer", False)]
+    return [Check(f"kube-system {name}", "Completed" if name.startswith("helm-install") else "Running", found, ok)
+            for name, ok, found in k3s.addon_rows(host, pods)]
+
+
+def fit_check(vm: VM, node: k3s.Node, managed: frozenset[str]) -> Check:
+    """A pod that tolerates the node's inventory taints would schedule there: the taints the node
+    really carries (someone else's, unreachable) and its readiness decide, as for the scheduler.
+    Another operator's taint (kept on purpose, see taint_commands) is an accepted difference."""
+    tolerating = [k3s.Toleration(t.key, "Equal", t.value, t.effect) for t in k3s.wanted_taints(vm)]
+    blocking = k3s.untolerated(sorted(node.taints), tolerating)
+    name = f"{vm.name} takes a pod tolerating {k3s.shown_taints(k3s.wanted_taints(vm))}"
+    if node.ready and not blocking:
+        return Check(name, "yes", "yes", True)
+    found = ("no: untolerated taint " + ", ".join(f"{{{t.key}: {t.value}}}" for t in blocking)) if blocking else \
+        "no: NotReady"
+    if node.ready and all(t.key not in managed and not t.key.startswith("node.kubernetes.io/") for t in blocking):
+        return Check.warn(name, "yes", found + " (not a taint this tool manages)")
+    return Check(name, "yes", found, False)
 
 
 class K3sTaints(Step):
     name = "k3s.taints"
-    summary = "reconcile every node's taints to the inventory (kubectl taint --overwrite, stale ones removed)"
+    summary = ("reconcile every node's taints to the inventory (kubectl taint --overwrite, stale ones removed); "
+               "each node takes pods tolerating its taints; the packaged add-ons available")
     targets = "server"
     converge = True
 
     def facts_command(self, target: Target) -> Command:
-        return sh(_nodes_section(), sudo=True, timeout=60, why="every node's taints, readiness, version")
+        return sh(f"{_nodes_section()}; {_pods_section()}", sudo=True, timeout=60,
+                  why="every node's taints, readiness, version; the kube-system pods")
 
     def parse(self, target: Target, result: CmdResult | None) -> ClusterFacts:
-        nodes, error = parse_nodes_output(split_sections(result.stdout if result else "").get("nodes", ""))
-        return ClusterFacts(nodes, error)
+        parts = split_sections(result.stdout if result else "")
+        nodes, error = parse_nodes_output(parts.get("nodes", ""))
+        return ClusterFacts(nodes, error, parse_pods_output(parts.get("pods", "")))
 
     def plan(self, target: Target, facts: ClusterFacts | None) -> Plan:
         host = target.loaded.host
@@ -270,8 +377,9 @@ class K3sTaints(Step):
                 Check(f"{vm.name} role", role, found_role, role == found_role),
                 Check(f"{vm.name} taints", k3s.shown_taints(want), k3s.shown_taints(have), want == have),
                 Check(f"{vm.name} version", host.k3s.version, node.version, node.version == host.k3s.version),
+                fit_check(vm, node, managed),
             ]
-        return checks
+        return checks + addon_checks(host, facts.pods)
 
 
 # -- teardown --------------------------------------------------------------------------------------

@@ -51,6 +51,10 @@ def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None
         "k3s": {"version": "v1.31.4+k3s1"},
         "vms": vms or [],
     } | extra
+    # Every VM small_vm() writes is tainted: the packaged add-ons need a node (rule k3s.addons-no-node).
+    servers = [vm["name"] for vm in data["vms"] if vm.get("k8s", {}).get("role") == "server"]
+    if servers and "addon_node" not in data["k3s"]:
+        data["k3s"] = {**data["k3s"], "addon_node": servers[0]}
     path = hosts_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

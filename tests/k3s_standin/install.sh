@@ -1,10 +1,10 @@
 #!/bin/sh
-# STAND-IN for the k3s install script (get.k3s.io), AIRGAP mode only. Tests only: NEVER shipped.
+# STAND-IN for the k3s install script (get.k3s.io): airgap, or online from GITHUB_URL. Tests only: NEVER shipped.
 # Runs under busybox sh. Honours the installer's contract closely enough for the product's
 # upload/install/verify code to run against tests/k3s_standin/k3s; see README.md beside it.
 #
-#   INSTALL_K3S_SKIP_DOWNLOAD=true   required: there is no network, so anything else fails like the
-#                                    real script does when its download fails
+#   INSTALL_K3S_SKIP_DOWNLOAD=true   airgap: the binary must be in place; otherwise it is downloaded
+#                                    from GITHUB_URL/download/<version>/ (k3s, sha256sum-amd64.txt)
 #   INSTALL_K3S_VERSION              must equal what /usr/local/bin/k3s --version reports
 #   INSTALL_K3S_EXEC / arguments     "server" (default), "agent" (default when K3S_URL is set), flags
 #   K3S_URL, K3S_TOKEN, K3S_*        kept in the service's environment file, as the real script does
@@ -71,22 +71,43 @@ KILLALL_K3S_SH=$BIN_DIR/k3s-killall.sh
 installed_hashes() { sha256sum "$BIN_DIR/k3s" "$FILE_K3S_SERVICE" "$FILE_K3S_ENV" 2>&1 || true; }
 PRE_INSTALL_HASHES=$(installed_hashes)
 
-# --- download: impossible here; the airgap path checks the binary the operator put in place ---
+# --- download: from GITHUB_URL (a mirror on 127.0.0.1 in tests), or the airgap binary in place ---
+GITHUB_URL=${GITHUB_URL:-https://github.com/k3s-io/k3s/releases}
+download() {  # OUT URL: curl or wget, as the real script picks its downloader
+    if command -v curl >/dev/null 2>&1; then curl -o "$1" -sfL "$2"; else wget -qO "$1" "$2"; fi || fatal 'Download failed'
+}
 case ${INSTALL_K3S_SKIP_DOWNLOAD:-} in
-    true|binary) ;;
+    true|binary) info 'Skipping k3s download and verify' ;;
     *)
         if [ -n "${INSTALL_K3S_VERSION:-}" ]; then
             VERSION_K3S=$INSTALL_K3S_VERSION
         else
+            # The real script asks update.k3s.io for the channel's release: no network for that here.
             info "Finding release for channel ${INSTALL_K3S_CHANNEL:-stable}"
             fatal 'Download failed'
         fi
         info "Using ${VERSION_K3S} as release"
-        info "Downloading hash https://github.com/k3s-io/k3s/releases/download/${VERSION_K3S}/sha256sum-amd64.txt"
-        fatal 'Download failed'
+        TMP_DIR=$(mktemp -d -t k3s-install.XXXXXXXXXX)
+        trap 'rm -rf "$TMP_DIR"' EXIT
+        HASH_URL=${GITHUB_URL}/download/${VERSION_K3S}/sha256sum-amd64.txt
+        info "Downloading hash ${HASH_URL}"
+        download "$TMP_DIR/k3s.hash" "$HASH_URL"
+        HASH_EXPECTED=$(grep ' k3s$' "$TMP_DIR/k3s.hash" | awk '{ print $1 }')
+        HASH_INSTALLED=$(sha256sum "$BIN_DIR/k3s" 2>/dev/null | awk '{ print $1 }')
+        if [ -n "$HASH_EXPECTED" ] && [ "$HASH_EXPECTED" = "$HASH_INSTALLED" ]; then
+            info 'Skipping binary downloaded, installed k3s matches hash'
+        else
+            BIN_URL=${GITHUB_URL}/download/${VERSION_K3S}/k3s
+            info "Downloading binary ${BIN_URL}"
+            download "$TMP_DIR/k3s.bin" "$BIN_URL"
+            HASH_BIN=$(sha256sum "$TMP_DIR/k3s.bin" | awk '{ print $1 }')
+            [ "$HASH_EXPECTED" = "$HASH_BIN" ] || fatal "Download sha256 does not match ${HASH_EXPECTED}, got ${HASH_BIN}"
+            info "Installing k3s to $BIN_DIR/k3s"
+            chmod 755 "$TMP_DIR/k3s.bin"
+            mv -f "$TMP_DIR/k3s.bin" "$BIN_DIR/k3s"
+        fi
         ;;
 esac
-info 'Skipping k3s download and verify'
 [ -x "$BIN_DIR/k3s" ] || fatal "Executable k3s binary not found at $BIN_DIR/k3s"
 have=$("$BIN_DIR/k3s" --version 2>/dev/null | awk 'NR == 1 { print $3 }')
 if [ -n "${INSTALL_K3S_VERSION:-}" ] && [ "$INSTALL_K3S_VERSION" != "$have" ]; then
@@ -246,7 +267,12 @@ until [ -s "$PIDFILE" ]; do
 done
 # Type=notify: systemctl returns once k3s reports ready. The stand-in waits for the server's API,
 # except when tests ask for a slow API (standin-ready-after), which the caller must then wait out.
-if [ "$CMD_K3S" = server ] && [ ! -s "$READY_AFTER_FILE" ]; then
+if [ "$CMD_K3S" = server ] && [ -s "$READY_AFTER_FILE" ]; then
+    # A slow API still has its kubeconfig written first (k3s writes it before waiting for the API):
+    # a client run right after install.sh meets "refused" at the server's address, not localhost:8080.
+    i=0
+    while [ ! -f /etc/rancher/k3s/k3s.yaml ] && [ $i -lt 100 ]; do running || failed; i=$((i + 1)); sleep 0.1; done
+elif [ "$CMD_K3S" = server ]; then
     i=0
     until [ -f "$API_UP" ]; do
         running || failed
