@@ -27,16 +27,19 @@ from lib.monitor import parse as mp
 from lib.steps import REGISTRY
 from lib.steps.confine import (
     IRQBALANCE_DROPIN,
+    confinement_checks,
     cpumask,
     dropin_path,
     host_cpus,
     intruding_irqs,
     intruding_tasks,
+    parse_confine_facts,
     parse_cpumask,
     parse_interrupts,
     wanted_files,
 )
 from lib.steps.hostperf import bios_perf_checks
+from lib.steps.observe import host_work_findings
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, format_cpumask, write_tree
@@ -235,3 +238,18 @@ def test_host_tune_confines_reserves_hugepages_and_finds_an_intruder(tmp_path: P
     assert check.exit_code == 5
     assert bad == {"host tasks on vCPU CPUs 0-15,18-33,36-51,54-69 over 1s": "backup-job (pid 777 tid 777) on CPU 5",
                    "device IRQs on vCPU CPUs 0-15,18-33,36-51,54-69 over 1s": "IRQ 33 on CPU 40 (2x)"}
+
+
+def test_doctor_names_host_work_on_vcpu_cpus_even_with_confinement_off() -> None:
+    host = hv1_host()
+    text = ("@@qemu@@\n19\n@@tasks1@@\n" + f"40 {stat_line(40, 'cron', 1, 3)}\n19 {stat_line(20, 'CPU 0/KVM', 5, 3)}\n"
+            "@@tasks2@@\n" + f"40 {stat_line(40, 'cron', 9, 3)}\n19 {stat_line(20, 'CPU 0/KVM', 90, 3)}\n")
+    facts = parse_confine_facts(text, 1.0)
+    (tasks, irqs) = host_work_findings(host, facts)
+    assert (tasks.ok, tasks.evidence) == (False, "cron (pid 40 tid 40) on CPU 3")
+    assert irqs.ok and irqs.evidence == "none"
+    off = host.model_copy(update={"tuning": host.tuning.model_copy(update={
+        "confinement": host.tuning.confinement.model_copy(update={"host_cpus": False})})})
+    rows = {c.name: c.kind for c in confinement_checks(off, facts)}
+    assert rows["host tasks on vCPU CPUs 0-15,18-33,36-51,54-69 over 1s"] == "warning"  # verify.tuning: reported
+    assert not host_work_findings(off, facts)[0].ok  # doctor: still a finding
