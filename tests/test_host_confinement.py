@@ -24,6 +24,7 @@ from lib.facts.perf import parse_perf_facts, perf_facts_command
 from lib.inventory.load import load_inventory
 from lib.inventory.model import Host
 from lib.monitor import parse as mp
+from lib.shell import sh
 from lib.steps import REGISTRY
 from lib.steps.confine import (
     IRQBALANCE_DROPIN,
@@ -39,12 +40,19 @@ from lib.steps.confine import (
     wanted_files,
 )
 from lib.steps.hostperf import bios_perf_checks
-from lib.steps.observe import host_work_findings
+from lib.steps.observe import (
+    host_work_findings,
+    llc_occupancy_script,
+    monitor_checks,
+    parse_llc_occupancy,
+    parse_sample,
+)
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, format_cpumask, write_tree
 from tests.harness.world import World
 from tests.inventory_helpers import REPO, hv1
+from tests.test_observe import captured_stdout, vm
 
 HV1_HOST_CPUS = "16-17,34-35,52-53,70-71"
 
@@ -253,3 +261,25 @@ def test_doctor_names_host_work_on_vcpu_cpus_even_with_confinement_off() -> None
     rows = {c.name: c.kind for c in confinement_checks(off, facts)}
     assert rows["host tasks on vCPU CPUs 0-15,18-33,36-51,54-69 over 1s"] == "warning"  # verify.tuning: reported
     assert not host_work_findings(off, facts)[0].ok  # doctor: still a finding
+
+
+def test_monitor_reads_a_vms_llc_occupancy_from_its_resctrl_group(tmp_path: Path) -> None:
+    root = tmp_path / "sysroot"
+    write_resctrl(root)
+    group = root / "sys/fs/resctrl/qemu-3-k3s-worker-slm-heavy-vcpus_0-31/mon_data"
+    for l3, value in (("mon_L3_00", "30408704"), ("mon_L3_01", "0")):
+        (group / l3).mkdir(parents=True)
+        (group / l3 / "llc_occupancy").write_text(value + "\n")
+
+    def read(name: str) -> int | None:
+        cmd = sh(llc_occupancy_script(str(root)), name=name)
+        done = subprocess.run(["sh", "-c", cmd.real], capture_output=True, text=True, check=False)  # no group: rc 1
+        return parse_llc_occupancy(done.stdout)
+
+    assert read("k3s-worker-slm-heavy") == 30408704  # 29 MiB of the 36 MB it owns
+    assert read("k3s-worker-slm") is None  # no cachetune, no group: "not available", never 0
+    text = captured_stdout() + "@@llc_occupancy@@\n30408704\n0\n"
+    rows = {c.name: c for c in monitor_checks(vm(), parse_sample(text, 1.0, "strict"))}
+    assert (rows["LLC occupancy (resctrl)"].found, rows["LLC occupancy (resctrl)"].kind) == ("29.0 MiB", "evidence")
+    rows = {c.name: c for c in monitor_checks(vm(), parse_sample(captured_stdout(), 1.0, "strict"))}
+    assert rows["LLC occupancy (resctrl)"].found.startswith("not available (no resctrl group")

@@ -44,6 +44,19 @@ class VmSample:
     interval: float
     numa_mode: str  # live numatune mode from libvirt ("" when not running)
     node_counters_after: dict[int, dict[str, int]] = field(default_factory=dict)  # the second sample
+    llc_occupancy: int | None = None  # bytes of L3 the VM's resctrl group holds; None: no such group
+
+
+def llc_occupancy_script(root: str) -> str:
+    """The VM's LLC occupancy from resctrl: libvirt's group for a cachetune is qemu-<id>-<name>-vcpus_<list>,
+    and its mon_data holds one llc_occupancy (bytes) per L3 instance. A {{name}} template for sh()."""
+    return (f"for f in {root}/sys/fs/resctrl/qemu-[0-9]*-{{name}}-vcpus_*/mon_data/mon_L3_*/llc_occupancy; do "
+            '[ -e "$f" ] && cat "$f"; done')
+
+
+def parse_llc_occupancy(text: str) -> int | None:
+    values = [int(v) for v in text.split() if v.isdigit()]
+    return sum(values) if values else None
 
 
 def sample_command(vm: VM, sysroot: str, uri: str, interval: float) -> Command:
@@ -67,7 +80,8 @@ def sample_command(vm: VM, sysroot: str, uri: str, interval: float) -> Command:
         perf,
         f"{section('stat2')}; {stats}", f"{section('dom2')}; {dom}",
         f"{section('nodes2')}; for f in {root}/sys/devices/system/node/node*/numastat; do "
-        'n=${{f%/numastat}}; echo "== ${{n##*node}}"; cat "$f"; done', "true",
+        'n=${{f%/numastat}}; echo "== ${{n##*node}}"; cat "$f"; done',
+        f"{section('llc_occupancy')}; {llc_occupancy_script(root)}", "true",
     ]
     return sh("; ".join(parts), name=vm.name, uri=uri, interval=f"{interval:g}", timeout=60 + interval,
               sudo=True, why=f"sample {vm.name}'s QEMU process")
@@ -106,7 +120,8 @@ def parse_sample(stdout: str, interval: float, numa_mode: str) -> VmSample:
         domstats_before=dom("dom1"), domstats_after=dom("dom2"), llc=llc,
         node_memory=mp.parse_numastat_meminfo(parts["meminfo"]) if parts.get("meminfo", "").strip() else {},
         interval=interval, numa_mode=numa_mode,
-        node_counters_after=mp.parse_node_numastats(_node_files(parts.get("nodes2", ""))))
+        node_counters_after=mp.parse_node_numastats(_node_files(parts.get("nodes2", ""))),
+        llc_occupancy=parse_llc_occupancy(parts.get("llc_occupancy", "")))
 
 
 class _VmObservation(Step):
@@ -221,6 +236,9 @@ def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
         ratio = s.llc.miss_ratio
         rows.append(Check("LLC loads / misses", "reported", f"{s.llc.loads} / {s.llc.misses}"
                           + (f" ({ratio:.1%} miss)" if ratio is not None else ""), True))
+    occupancy = (f"{s.llc_occupancy / 2**20:.1f} MiB" if s.llc_occupancy is not None else
+                 "not available (no resctrl group: the VM has no exclusive_l3_mb, or the host no resctrl)")
+    rows.append(Check.evidence("LLC occupancy (resctrl)", occupancy))
     return rows
 
 
