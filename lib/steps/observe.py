@@ -9,6 +9,7 @@ under 50 % of their cpuset (emulator.check). Parsing is lib/monitor/parse.py's.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from lib.domain import live_domain
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM, Host
 from lib.monitor import parse as mp
+from lib.monitor.prom import VmNumbers
 from lib.remote import CmdResult, Session
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh
@@ -242,13 +244,41 @@ def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
     return rows
 
 
+NUMBERS_ROW = "numbers (for --prometheus)"
+
+
+def vm_numbers(vm: VM, s: VmSample) -> VmNumbers:
+    """The sample as numbers, for `monitor --prometheus` (the rows above are the same values as text)."""
+    if s.pid is None or s.numa_maps is None:
+        return VmNumbers()
+    before, after = s.domstats_before, s.domstats_after
+    util = mp.vcpu_utilisation(before, after, int(s.interval * 1e9)) if before and after else {}
+    vcpus = after.vcpus if after else {}
+    percents, threads = emulator_percents(s)
+    emulator = mp.cpuset_share([percents.get(t.tid, 0.0) for t in threads.emulator], vm.tuning.emulator_cpus)
+    return VmNumbers(
+        vcpu_utilisation=util,
+        vcpu_cpu_seconds={i: v.time_ns / 1e9 for i, v in vcpus.items() if v.time_ns is not None},
+        vcpu_delay_seconds={i: v.delay_ns / 1e9 for i, v in vcpus.items() if v.delay_ns is not None},
+        memory_bytes=dict(s.numa_maps.guest_bytes),
+        remote_ratio=mp.remote_share(s.numa_maps.guest_bytes, vm.tuning.numa_memory.nodes),
+        emulator_ratio=emulator, llc_occupancy_bytes=s.llc_occupancy,
+        llc_miss_ratio=s.llc.miss_ratio if s.llc else None,
+        node_memory_total_bytes={n: int(m.total_mb * 2**20) for n, m in s.node_memory.items()},
+        node_memory_used_bytes={n: int(m.used_mb * 2**20) for n, m in s.node_memory.items()},
+        node_counters=s.node_counters_after or s.node_counters)
+
+
 class MonitorSample(_VmObservation):
     name = "monitor.sample"
     summary = "read-only: the spec's key metrics per VM (vCPU, NUMA, emulator, LLC) over an interval"
 
     def verify(self, target: Target, facts: VmSample) -> list[Check]:
         assert target.vm is not None
-        return monitor_checks(target.vm, facts)
+        rows = monitor_checks(target.vm, facts)
+        if target.options.get("prometheus"):  # carried to the task as one machine-readable evidence row
+            rows.append(Check.evidence(NUMBERS_ROW, json.dumps(vm_numbers(target.vm, facts).as_json())))
+        return rows
 
 
 # -- doctor: the spec's troubleshooting table as checks ----------------------------------------------
