@@ -343,16 +343,22 @@ verify_all.__doc__ = ("Read-only: every verification in one run, each even after
 
 
 @task(help={"host": "hypervisor", "interval": "seconds per sample (default 1)", "watch": "repeat until Ctrl-C",
-            "json": "print the metrics as JSON, for scripts"})
+            "json": "print the metrics as JSON, for scripts",
+            "prometheus": "write the metrics in the Prometheus text format to this file (node_exporter's textfile "
+                          "collector directory, e.g. /var/lib/node_exporter/textfile/numa_k3s.prom), or - for stdout"})
 @_operator_errors
 def monitor(c: Context, host: str | None = None, interval: float = 1.0, watch: bool = False,
-            json: bool = False) -> None:
+            json: bool = False, prometheus: str | None = None) -> None:
     """The spec's key metrics, one table per VM: vCPU use and wait, NUMA, emulator CPU, LLC."""
-    from lib.monitor.show import show_runs
+    from lib.monitor.show import show_prometheus, show_runs
 
     while True:
-        runs = _run_quiet(c, host, _book("monitor", "monitor.sample"), {"interval": interval})
-        show_runs(runs, as_json=json)
+        runs = _run_quiet(c, host, _book("monitor", "monitor.sample"),
+                          {"interval": interval, "prometheus": bool(prometheus)})
+        if prometheus:
+            show_prometheus(runs, prometheus)
+        else:
+            show_runs(runs, as_json=json)
         if not watch:
             break
     _unread_exit(runs)

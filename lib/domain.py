@@ -13,6 +13,7 @@ from typing import Any
 from lib.cpuset import format_cpulist, parse_cpulist
 from lib.inventory.model import VM
 from lib.results import Check
+from lib.vmperf import Cachetune, DomainTuning, GuestTopology
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,11 @@ class DomainDisk:
     device: str  # disk or cdrom
     source: str
     target: str
+    # <driver> attributes ("" when absent): host cache, AIO mode, discard, I/O thread id.
+    cache: str = ""
+    io: str = ""
+    discard: str = ""
+    iothread: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,16 @@ class DomainSpec:
     numa_mode: str
     numa_nodes: frozenset[int]
     disks: tuple[DomainDisk, ...]
+    topology: GuestTopology | None = None
+    cpu_mode: str = ""
+    cache_mode: str = ""
+    nosharepages: bool = False
+    locked: bool = False
+    hugepage_kb: tuple[int, ...] = ()
+    memballoon: str = ""  # model, "none", or "" when there is no <memballoon> element
+    iothreads: int = 0
+    iothread_pins: dict[int, frozenset[int]] | None = None
+    cachetunes: tuple[Cachetune, ...] = ()
 
 
 _UNITS = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "b": 1 / 1024 / 1024, "bytes": 1 / 1024 / 1024}
@@ -48,15 +64,52 @@ def parse_domain_xml(text: str) -> DomainSpec:
     pins = {int(p.get("vcpu", "-1")): parse_cpulist(p.get("cpuset", "")) for p in root.iterfind("cputune/vcpupin")}
     emulator = root.find("cputune/emulatorpin")
     numa = root.find("numatune/memory")
-    disks = tuple(DomainDisk(d.get("device", "disk"), _source(d), _target(d)) for d in root.iterfind("devices/disk"))
+    disks = tuple(_disk(d) for d in root.iterfind("devices/disk"))
     vcpu = root.find("vcpu")
+    topo = root.find("cpu/topology")
+    backing = root.find("memoryBacking")
+    balloon = root.find("devices/memballoon")
     return DomainSpec(
         name=root.findtext("name", ""), virt_type=root.get("type", ""), vcpus=int(vcpu.text or 0) if vcpu is not None
         else 0, memory_mb=mem_mb, vcpu_pins=pins,
         emulator_cpus=parse_cpulist(emulator.get("cpuset", "")) if emulator is not None else frozenset(),
         numa_mode=numa.get("mode", "") if numa is not None else "",
         numa_nodes=parse_cpulist(numa.get("nodeset", "")) if numa is not None else frozenset(),
-        disks=disks)
+        disks=disks,
+        topology=GuestTopology(int(topo.get("sockets", 0)), int(topo.get("cores", 0)), int(topo.get("threads", 0)))
+        if topo is not None else None,
+        cpu_mode=_attr(root, "cpu", "mode"), cache_mode=_attr(root, "cpu/cache", "mode"),
+        nosharepages=backing is not None and backing.find("nosharepages") is not None,
+        locked=backing is not None and backing.find("locked") is not None,
+        hugepage_kb=tuple(_kib(p) for p in root.iterfind("memoryBacking/hugepages/page")),
+        memballoon=balloon.get("model", "") if balloon is not None else "",
+        iothreads=int(root.findtext("iothreads", "0") or 0),
+        iothread_pins={int(p.get("iothread", "0")): parse_cpulist(p.get("cpuset", ""))
+                       for p in root.iterfind("cputune/iothreadpin")},
+        cachetunes=tuple(_cachetune(c) for c in root.iterfind("cputune/cachetune")))
+
+
+def _attr(root: ET.Element, path: str, name: str) -> str:
+    elem = root.find(path)
+    return elem.get(name, "") if elem is not None else ""
+
+
+def _kib(elem: ET.Element) -> int:
+    return int(int(elem.get("size", "0")) * _UNITS.get(elem.get("unit", "KiB"), 1 / 1024) * 1024)
+
+
+def _cachetune(elem: ET.Element) -> Cachetune:
+    cache = elem.find("cache")
+    if cache is None:
+        return Cachetune(elem.get("vcpus", ""), -1, 0)
+    return Cachetune(elem.get("vcpus", ""), int(cache.get("id", "-1")), _kib(cache))
+
+
+def _disk(elem: ET.Element) -> DomainDisk:
+    driver = elem.find("driver")
+    attr = driver.attrib if driver is not None else {}
+    return DomainDisk(elem.get("device", "disk"), _source(elem), _target(elem), attr.get("cache", ""),
+                      attr.get("io", ""), attr.get("discard", ""), attr.get("iothread", ""))
 
 
 def _source(disk: ET.Element) -> str:
@@ -78,7 +131,7 @@ def expected_disks(vm: VM) -> list[DomainDisk]:
     return disks
 
 
-def domain_checks(vm: VM, virt_type: str, dom: DomainSpec) -> list[Check]:
+def domain_checks(vm: VM, virt_type: str, dom: DomainSpec, tuning: DomainTuning) -> list[Check]:
     """Field by field, every pin on its own row, so drift names exactly what differs."""
     checks = [
         Check("domain type", virt_type, dom.virt_type, dom.virt_type == virt_type),
@@ -107,27 +160,63 @@ def domain_checks(vm: VM, virt_type: str, dom: DomainSpec) -> list[Check]:
         else:
             checks.append(Check(label, f"attached as {disk.target}", f"attached as {got.target}" if got else "missing",
                                 got is not None and got.target == disk.target))
+    return checks + performance_checks(vm, dom, tuning)
+
+
+def _row(name: str, want: str, found: str) -> Check:
+    return Check(name, want, found, found == want)
+
+
+def performance_checks(vm: VM, dom: DomainSpec, tuning: DomainTuning) -> list[Check]:
+    """The settings lib/vmperf.py derives, one row each, read back from the defined XML."""
+    checks = [_row("guest topology", str(tuning.topology), str(dom.topology) if dom.topology else "none")]
+    if tuning.cache_passthrough:
+        checks.append(_row("cpu mode", "host-passthrough, cache passthrough",
+                           f"{dom.cpu_mode or 'default'}, cache {dom.cache_mode or 'default'}"))
+    want_pages = f"{tuning.hugepage_kb} KiB, locked" if tuning.hugepage_kb else "none"
+    found_pages = ", ".join(f"{kb} KiB" for kb in dom.hugepage_kb) or "none"
+    if dom.hugepage_kb or dom.locked:
+        found_pages += ", locked" if dom.locked else ", not locked"
+    checks += [
+        _row("memory sharing (KSM)", "nosharepages", "nosharepages" if dom.nosharepages else "allowed"),
+        _row("memory balloon", "none", dom.memballoon or "default"),
+        _row("hugepages", want_pages, found_pages),
+        _row("iothreads", str(len(tuning.iothreads)), str(dom.iothreads)),
+    ]
+    by_target = {d.target: d for d in dom.disks if d.device == "disk"}
+    for d in vm.disks:
+        got = by_target.get(d.target)
+        want = f"cache=none io=native discard=unmap iothread={tuning.iothreads[d.target]}"
+        found = f"cache={got.cache or '-'} io={got.io or '-'} discard={got.discard or '-'} " \
+                f"iothread={got.iothread or '-'}" if got else "missing"
+        checks.append(_row(f"disk {d.target} driver", want, found))
+    pins = dom.iothread_pins or {}
+    for i in sorted(tuning.iothreads.values()):
+        found_pin = pins.get(i)
+        checks.append(_row(f"iothreadpin {i}", format_cpulist(tuning.iothread_cpus),
+                           format_cpulist(found_pin) if found_pin is not None else "unpinned"))
+    want_l3 = _cachetune_text(tuning.cachetune) if tuning.cachetune else "none"
+    checks.append(_row("L3 cachetune", want_l3, "; ".join(_cachetune_text(c) for c in dom.cachetunes) or "none"))
     return checks
 
 
-def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
+def _cachetune_text(c: Cachetune) -> str:
+    return f"vCPUs {c.vcpus}: L3 id {c.cache_id} {c.size_kb} KiB"
+
+
+def virt_install_args(vm: VM, *, uri: str, virt_type: str, tuning: DomainTuning) -> list[str]:
     """virt-install arguments that write the definition (--print-xml): defining is not starting."""
-    pins = ",".join(f"vcpupin{i}.vcpu={i},vcpupin{i}.cpuset={cpu}" for i, cpu in enumerate(vm.pins))
-    cputune = f"{pins},emulatorpin.cpuset={vm.tuning.emulator_cpuset}"
     numa = vm.tuning.numa_memory
     args = [
         "virt-install", "--connect", uri, "--name", vm.name, "--virt-type", virt_type, "--import", "--noautoconsole",
-        "--print-xml", "--vcpus", str(vm.vcpu_count), "--memory", str(vm.memory_mb), "--cputune", cputune,
-        "--numatune", f"{numa.nodeset},mode={numa.mode}",
-        # TCG cannot pass the host CPU through, and libvirt 9.0 rejects "max" for it: keep its default.
-        *(["--cpu", "host-passthrough"] if virt_type == "kvm" else []),
+        "--print-xml", "--vcpus", f"{vm.vcpu_count},{tuning.topology}", "--memory", str(vm.memory_mb),
+        "--cputune", _cputune(vm, tuning), "--numatune", f"{numa.nodeset},mode={numa.mode}",
+        *_cpu_args(tuning), *_memory_args(tuning), *_iothread_args(tuning),
         "--disk", f"path={vm.disk_path},format=qcow2,bus=virtio,target.dev=vda",
     ]
     for d in vm.disks:
-        if d.device:
-            args += ["--disk", f"path={d.device},bus=virtio,target.dev={d.target},cache=none,io=native"]
-        else:
-            args += ["--disk", f"path={d.path},format=qcow2,bus=virtio,target.dev={d.target}"]
+        source = f"path={d.device}" if d.device else f"path={d.path},format=qcow2"
+        args += ["--disk", f"{source},bus=virtio,target.dev={d.target},{_data_disk_driver(d.target, tuning)}"]
     args += ["--disk", f"path={vm.cloud_init_iso_path},device=cdrom,readonly=on"]
     if vm.user_nic:
         # libvirt's own user-mode <interface> cannot forward ports in 9.0; QEMU's netdev can.
@@ -144,6 +233,46 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
         args += ["--boot", f"kernel={vm.boot.kernel},initrd={vm.boot.initrd},kernel_args={vm.boot.cmdline}"]
     args += ["--osinfo", "detect=on,require=off", "--graphics", "none", "--console", "pty,target_type=serial"]
     return args
+
+
+def _cputune(vm: VM, tuning: DomainTuning) -> str:
+    parts = [f"vcpupin{i}.vcpu={i},vcpupin{i}.cpuset={cpu}" for i, cpu in enumerate(vm.pins)]
+    parts.append(f"emulatorpin.cpuset={vm.tuning.emulator_cpuset}")
+    cpus = format_cpulist(tuning.iothread_cpus)
+    parts += [f"iothreadpin{k}.iothread={i},iothreadpin{k}.cpuset={cpus}"
+              for k, i in enumerate(sorted(tuning.iothreads.values()))]
+    if tuning.cachetune:
+        c = tuning.cachetune
+        parts.append(f"cachetune0.vcpus={c.vcpus},cachetune0.cache0.id={c.cache_id},cachetune0.cache0.level=3,"
+                     f"cachetune0.cache0.type=both,cachetune0.cache0.size={c.size_kb},cachetune0.cache0.unit=KiB")
+    return ",".join(parts)
+
+
+def _cpu_args(tuning: DomainTuning) -> list[str]:
+    # TCG cannot pass the host CPU through, and libvirt 9.0 rejects "max" for it: keep its default.
+    return ["--cpu", "host-passthrough,cache.mode=passthrough"] if tuning.cache_passthrough else []
+
+
+def _memory_args(tuning: DomainTuning) -> list[str]:
+    """No KSM merging and no balloon for a pinned VM; hugepages (locked) when the inventory reserves them.
+
+    The page has no nodeset: libvirt's <page nodeset> names GUEST NUMA cells, and the host node the
+    pages come from is the strict numatune's.
+    """
+    backing = "nosharepages=on"
+    if tuning.hugepage_kb:
+        backing += f",hugepages=on,hugepages.page0.size={tuning.hugepage_kb},hugepages.page0.unit=KiB,locked=on"
+    return ["--memorybacking", backing, "--memballoon", "none"]
+
+
+def _iothread_args(tuning: DomainTuning) -> list[str]:
+    return ["--iothreads", str(len(tuning.iothreads))] if tuning.iothreads else []
+
+
+def _data_disk_driver(target: str, tuning: DomainTuning) -> str:
+    """No host page cache (the guest caches; node memory stays the VMs'), native AIO, discard passed
+    down so a qcow2 tier shrinks when the guest trims, and the disk's own I/O thread."""
+    return f"cache=none,io=native,discard=unmap,driver.iothread={tuning.iothreads[target]}"
 
 
 # -- live state, as libvirt's API reports it (Session.live_domain) ---------------------------------

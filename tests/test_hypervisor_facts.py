@@ -166,7 +166,11 @@ def test_persisted_files_are_what_boot_needs(hv1: Host) -> None:
     lines = [line for line in tmpfiles_content(hv1).splitlines() if not line.startswith("#")]
     assert lines == ["w /sys/kernel/mm/transparent_hugepage/enabled - - - - always",
                      "w /sys/kernel/mm/transparent_hugepage/defrag - - - - always",
-                     "w /sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor - - - - performance"]
+                     "w /sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor - - - - performance",
+                     # hv1's hugepages per node and the IRQ default affinity (the host CPUs), at boot too
+                     "w /sys/devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages - - - - 118",
+                     "w /sys/devices/system/node/node1/hugepages/hugepages-1048576kB/nr_hugepages - - - - 116",
+                     "w /proc/irq/default_smp_affinity - - - - 000000c0,0030000c,00030000"]
 
 
 def test_fixture_dir_is_complete() -> None:

@@ -80,7 +80,23 @@ def _drop_last_pin(d: dict[str, Any]) -> None:
     _vm(d, 2)["tuning"]["vcpu_pins"].pop()
 
 
+def _normal_pages(d: dict[str, Any]) -> None:
+    """hv1 without its hugepage reservation: every VM on normal pages (memory.fit alone)."""
+    d.pop("hugepages", None)
+    for vm in d["vms"]:
+        vm["tuning"].pop("hugepages", None)
+
+
+def _on_normal_pages(mutate: Mutation) -> Mutation:
+    def apply(d: dict[str, Any]) -> None:
+        _normal_pages(d)
+        mutate(d)
+
+    return apply
+
+
 def _huge_data_vm(d: dict[str, Any]) -> None:
+    _normal_pages(d)
     _vm(d, 1)["memory_mb"] = 61440 + 12000
 
 
@@ -197,7 +213,7 @@ EDGES: list[tuple[str, Mutation]] = [
         "k3s.disable", ["coredns", "local-storage", "metrics-server", "traefik"]))),
     ("a VM outside the cluster", _delete("vms.0.k8s")),
     ("taint without value", _set("vms.0.k8s.taints", ["dedicated:PreferNoSchedule"])),
-    ("memory fills the node to the MB", _set("vms.0.memory_mb", 131072 - 4096)),
+    ("memory fills the node to the MB", _on_normal_pages(_set("vms.0.memory_mb", 131072 - 4096))),
     ("non-strict VM may span nodes with its emulator", _set("vms.0.tuning.numa_memory.mode", "preferred")),
     ("emulator set shared by three VMs", lambda d: None),
 ]
@@ -209,7 +225,7 @@ def test_edges_pass(tmp_path: Path, mutate: Mutation) -> None:
 
 
 def test_memory_one_mb_over_fails(tmp_path: Path) -> None:
-    hosts = write_inventory(tmp_path, mutated(_set("vms.0.memory_mb", 131072 - 4096 + 1)))
+    hosts = write_inventory(tmp_path, mutated(_on_normal_pages(_set("vms.0.memory_mb", 131072 - 4096 + 1))))
     with pytest.raises(InventoryError, match=r"\[memory.fit\].*need 126977 MB"):
         load_inventory(hosts)
 

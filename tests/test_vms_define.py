@@ -63,7 +63,8 @@ def world(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[World]:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "base.qcow2"), "64M"], check=True)
     w = World(tmp_path, REGISTRY)
     topology = hv1()["topology"]
-    write_host(w.hosts, "hv1", host, vms=spec_vms_in(images), topology=topology, libvirt_uri=URI)
+    write_host(w.hosts, "hv1", host, vms=spec_vms_in(images), topology=topology, libvirt_uri=URI,
+               hugepages=hv1()["hugepages"])
     yield w
     undefine_spec_domains()
     sshd_farm.stop(host.name)
@@ -90,6 +91,12 @@ def test_spec_domains_define_with_every_pin_then_drift_is_reported_not_fixed(wor
     assert (heavy["vcpupin 1"].expected, heavy["vcpupin 1"].found) == ("36", "36")
     assert heavy["emulatorpin"].found == "16-17,52-53"
     assert heavy["numatune"].found == "0 strict"
+    # libvirtd keeps what lib/vmperf.py adds (hugepages and cachetune are checked when the VM starts).
+    assert heavy["guest topology"].found == "sockets=1,cores=16,threads=2"
+    assert heavy["hugepages"].found == "1048576 KiB, locked"
+    assert heavy["L3 cachetune"].found == "vCPUs 0-31: L3 id 0 36864 KiB"
+    data = {c.name: c for c in define["k3s-worker-data"].checks}
+    assert data["iothreadpin 2"].found == "34-35,70-71" and data["disk vdc driver"].ok
     xml = virsh("dumpxml", "--inactive", "k3s-server-tasks").stdout
     assert "<vcpupin vcpu='11' cpuset='69'/>" in xml and "<emulatorpin cpuset='34-35,70-71'/>" in xml
     assert "<memory mode='strict' nodeset='1'/>" in xml

@@ -132,6 +132,12 @@ class VmTuning(Model):
     vcpu_pins: tuple[CpuId, ...] | None = None
     emulator_cpuset: Cpulist
     numa_memory: NumaMemory
+    # Back the guest's memory with the host's hugepages reserved on its nodeset (hugepages: below),
+    # locked in RAM. Without it a pinned VM still gets <nosharepages/> and no balloon.
+    hugepages: bool = False
+    # MB of L3 given to this VM's vCPUs alone through resctrl (Intel CAT / AMD L3 QoS) cachetune;
+    # the rest of the L3 stays with the host and the emulators. Unset: the L3 is shared.
+    exclusive_l3_mb: PositiveInt | None = None
 
     @cached_property
     def emulator_cpus(self) -> frozenset[int]:
@@ -282,11 +288,40 @@ class Topology(Model):
         return {cpu: node.id for node in self.nodes for cpu in node.cpu_set}
 
 
+class HugepageReservation(Model):
+    """Hugepages reserved on one NUMA node (node*/hugepages/hugepages-<kB>kB/nr_hugepages)."""
+
+    node: Annotated[int, Field(ge=0)]
+    size: Literal["2M", "1G"] = "2M"  # 1G needs the CPU's pdpe1gb flag (bios.check)
+    count: Annotated[int, Field(ge=0)]
+
+    @property
+    def size_kb(self) -> int:
+        return 2048 if self.size == "2M" else 1048576
+
+    @property
+    def mb(self) -> int:
+        return self.count * self.size_kb // 1024
+
+
+class Confinement(Model):
+    """Host work (every process outside machine.slice, and IRQs) kept off the VMs' vCPU CPUs."""
+
+    # AllowedCPUs= for system.slice, user.slice and init.scope (cgroup v2 cpuset), persisted as drop-ins.
+    host_cpus: bool = True
+    # irqbalance's banned CPUs, and the affinity of the IRQs that exist, moved to the host CPUs.
+    irqs: bool = True
+    # isolcpus/nohz_full/rcu_nocbs on the vCPU CPUs, written to the boot loader config; takes effect
+    # at the next boot, which only `invoke step host.reboot --yes` starts.
+    kernel_isolation: bool = False
+
+
 class HostTuning(Model):
     cpu_governor: Literal["performance", "powersave", "schedutil", "ondemand", "conservative"] = "performance"
     numa_balancing: Literal[0, 1] = 0
     thp_enabled: Literal["always", "madvise", "never"] = "always"
     thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] = "always"
+    confinement: Confinement = Confinement()
 
 
 class SshSettings(Model):
@@ -346,6 +381,7 @@ class Host(Model):
     # four VMs) shares CPUs; the pin rules then warn instead of failing. Never for production.
     pin_sharing: Literal["forbid", "allow"] = "forbid"
     tuning: HostTuning = HostTuning()
+    hugepages: tuple[HugepageReservation, ...] = ()
     k3s: K3sSettings
     vms: tuple[VM, ...] = ()
 

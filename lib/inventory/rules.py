@@ -15,6 +15,7 @@ from lib.cpuset import format_cpulist, parse_cpulist
 from lib.errors import Severity
 from lib.inventory.model import VM, Host, Topology
 from lib.pinplan import Core, LayoutError, layout_problems, layout_threads
+from lib.vmperf import socket_of, unpaired_whole_cores
 
 
 @dataclass(frozen=True)
@@ -199,24 +200,88 @@ def check_shared_pins(host: Host, cores: list[Core]) -> Iterator[Finding]:
 
 
 def check_memory(host: Host) -> Iterator[Finding]:
+    """Per node: VMs on normal pages + the hugepage reservation + the host reserve fit the node, and
+    the VMs backed by hugepages fit the reservation."""
     # Exact fractions: a float overflows on a huge (mistyped) memory_mb instead of saying it does not fit.
     demand: dict[int, Fraction] = defaultdict(Fraction)
+    huge_demand: dict[int, Fraction] = defaultdict(Fraction)
     users: dict[int, list[str]] = defaultdict(list)
+    huge_users: dict[int, list[str]] = defaultdict(list)
     for vm in host.vms:
         nodes = vm.tuning.numa_memory.nodes
         for node_id in nodes:
             # A VM bound to several nodes spreads its memory over them.
-            demand[node_id] += Fraction(vm.memory_mb, len(nodes))
-            users[node_id].append(f"{vm.name} {vm.memory_mb // len(nodes)}")
+            share = Fraction(vm.memory_mb, len(nodes))
+            (huge_demand if vm.tuning.hugepages else demand)[node_id] += share
+            (huge_users if vm.tuning.hugepages else users)[node_id].append(f"{vm.name} {vm.memory_mb // len(nodes)}")
+    reserved = {r.node: r.mb for r in host.hugepages}
     reserve = host.host_reserved_memory_mb
     for k, node in enumerate(host.topology.nodes):
         need = int(demand.get(node.id, 0))
-        if need and need + reserve > node.memory_mb:
+        pages = reserved.get(node.id, 0)
+        if (need or pages) and need + pages + reserve > node.memory_mb:
+            who = f"VMs need {need} MB ({', '.join(users[node.id])}) + " if need else ""
             yield Finding(
                 "memory.fit", f"topology.nodes[{k}].memory_mb",
-                f"node {node.id}: VMs need {need} MB ({', '.join(users[node.id])}) + {reserve} MB host reserve = "
+                f"node {node.id}: {who}{pages} MB hugepages + {reserve} MB host reserve = "
+                f"{need + pages + reserve} MB, more than the node's {node.memory_mb} MB"
+                if pages else f"node {node.id}: {who}{reserve} MB host reserve = "
                 f"{need + reserve} MB, more than the node's {node.memory_mb} MB",
             )
+        huge = int(huge_demand.get(node.id, 0))
+        if huge > pages:
+            yield Finding(
+                "memory.hugepages", "hugepages",
+                f"node {node.id}: VMs backed by hugepages need {huge} MB ({', '.join(huge_users[node.id])}), "
+                f"but only {pages} MB of hugepages are reserved there")
+
+
+def check_hugepages(host: Host) -> Iterator[Finding]:
+    nodes = {n.id for n in host.topology.nodes}
+    seen: set[int] = set()
+    for k, r in enumerate(host.hugepages):
+        if r.node not in nodes:
+            yield Finding("numa.unknown-node", f"hugepages[{k}].node", f"NUMA node {r.node} does not exist on this "
+                          f"host (nodes {format_cpulist(nodes)})")
+        if r.node in seen:
+            yield Finding("memory.hugepages", f"hugepages[{k}].node",
+                          f"node {r.node} is listed twice: one hugepage size per node")
+        seen.add(r.node)
+
+
+def check_guest_topology(host: Host, cores: list[Core]) -> Iterator[Finding]:
+    """An SMT host whose pins hold whole cores out of (2k, 2k+1) order: the guest is told threads=1."""
+    for i, vm in enumerate(host.vms):
+        unpaired = unpaired_whole_cores(vm.pins, cores)
+        if unpaired:
+            pairs = ", ".join(f"{c.threads[0]}+{c.threads[1]}" for c in unpaired[:4])
+            yield Finding("topology.unpaired-siblings", f"vms[{i}].tuning.vcpu_pins",
+                          f"the pins hold both threads of {len(unpaired)} core(s) ({pairs}"
+                          f"{', ...' if len(unpaired) > 4 else ''}) but not on vCPUs 2k, 2k+1: the guest sees "
+                          "threads=1; list each core's two threads next to each other to give it threads=2",
+                          "warning")
+
+
+def check_l3(host: Host, cores: list[Core]) -> Iterator[Finding]:
+    """Exclusive L3 per socket leaves some L3 to the host: resctrl's default group keeps at least one way."""
+    per_socket: dict[int, list[tuple[int, VM]]] = defaultdict(list)
+    for i, vm in enumerate(host.vms):
+        if vm.tuning.exclusive_l3_mb and vm.pins:
+            per_socket[socket_of(vm.pins[0], cores, host.topology.cores_per_socket)].append((i, vm))
+    l3 = host.topology.l3_cache_mb
+    for socket, vms in sorted(per_socket.items()):
+        total = sum(vm.tuning.exclusive_l3_mb or 0 for _, vm in vms)
+        if l3 is None:
+            i = vms[-1][0]
+            yield Finding("l3.exclusive", f"vms[{i}].tuning.exclusive_l3_mb",
+                          f"socket {socket}: exclusive L3 asked, but topology.l3_cache_mb is unset "
+                          "(the host reports no L3)")
+        elif total >= l3:
+            i = vms[-1][0]
+            asked = ", ".join(f"{vm.name} {vm.tuning.exclusive_l3_mb} MB" for _, vm in vms)
+            yield Finding("l3.exclusive", f"vms[{i}].tuning.exclusive_l3_mb",
+                          f"socket {socket}: exclusive L3 of {asked} = {total} MB leaves nothing of its {l3} MB "
+                          "L3 to the host and the emulators")
 
 
 def check_disks(host: Host) -> Iterator[Finding]:
@@ -309,6 +374,9 @@ def check_host(host: Host, cores: list[Core]) -> Iterator[Finding]:
     if host.pin_sharing == "allow":
         shared = (Finding(f.rule, f.path, f"{f.message} (pin_sharing: allow)", "warning") for f in shared)
     yield from shared
+    yield from check_hugepages(host)
     yield from check_memory(host)
+    yield from check_guest_topology(host, cores)
+    yield from check_l3(host, cores)
     yield from check_disks(host)
     yield from check_k3s(host)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lib.cpuset import format_cpulist
 from lib.results import Check
@@ -165,6 +165,10 @@ class NumaMaps:
 
     node_pages: Mapping[int, int]
     node_bytes: Mapping[int, int]
+    # Only the memory a guest's placement decides: anonymous, hugetlb and shared-memory (memfd, /dev/shm)
+    # mappings. File-backed pages (the QEMU binary, libraries) sit wherever the page cache put them
+    # first and are shared with every other process, so they never count as the VM's remote memory.
+    guest_bytes: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -178,6 +182,7 @@ def parse_numa_maps(text: str) -> NumaMaps:
     """Sum /proc/PID/numa_maps: one mapping a line, `N<node>=<pages>` per node it has pages on."""
     pages: dict[int, int] = {}
     size: dict[int, int] = {}
+    guest: dict[int, int] = {}
     # The kernel escapes only "\n", "\t", "=" and " " in file= paths (\040 for a space), so lines end
     # at "\n" alone (a \r in a file name would fool splitlines()) and fields split on blanks.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -192,10 +197,23 @@ def parse_numa_maps(text: str) -> NumaMaps:
             continue  # a mapping with nothing resident prints only its address and policy
         if page_kb is None:
             raise ValueError(f"numa_maps line {number} has N<node>= pages but no kernelpagesize_kB: {line!r}")
+        owned = _guest_mapping(line)
         for node, count in found:
             pages[node] = pages.get(node, 0) + count
             size[node] = size.get(node, 0) + count * page_kb * 1024
-    return NumaMaps(node_pages=pages, node_bytes=size)
+            if owned:
+                guest[node] = guest.get(node, 0) + count * page_kb * 1024
+    return NumaMaps(node_pages=pages, node_bytes=size, guest_bytes=guest)
+
+
+_SHARED_MEMORY = ("/memfd:", "/dev/shm/", "/SYSV")
+
+
+def _guest_mapping(line: str) -> bool:
+    """Anonymous (no file=), hugetlb ("huge"), or shared memory: what the VM's own placement decides."""
+    tokens = line.split()[2:]
+    files = [t[5:] for t in tokens if t.startswith("file=")]
+    return "huge" in tokens or not files or files[0].startswith(_SHARED_MEMORY)
 
 
 # --- /sys/devices/system/node/node*/numastat -------------------------------------------------------
@@ -237,6 +255,14 @@ def numastat_delta(before: NodeCounters, after: NodeCounters) -> dict[int, dict[
                 raise ValueError(f"node {node} {name} went down ({before[node][name]} -> {value})")
             delta[node][name] = change
     return delta
+
+
+def miss_share(counters: NodeCounters) -> float:
+    """numa_miss as a share of all allocations: pages a node served though another node was asked."""
+    allocations = sum(c.get("numa_hit", 0) + c.get("numa_miss", 0) for c in counters.values())
+    if allocations == 0:
+        return 0.0
+    return sum(c.get("numa_miss", 0) for c in counters.values()) / allocations
 
 
 def foreign_share(counters: NodeCounters) -> float:
@@ -624,6 +650,27 @@ def check_remote_memory(per_node: Mapping[int, float], nodeset: Collection[int],
     share = remote_share(per_node, nodeset)
     return Check("remote memory", f"< {limit:.2%} off node(s) {format_cpulist(nodeset)}", f"{share:.2%}",
                  share < limit)
+
+
+def check_node_allocations(before: NodeCounters, after: NodeCounters, interval: float,
+                           limit: float = REMOTE_SHARE_LIMIT) -> list[Check]:
+    """The spec's "numa_foreign > 1 % of total", and numa_miss alike, over the interval between the
+    two samples of every node's numastat (counters since boot would drown the present)."""
+    names = (f"host numa_foreign share over {interval:g}s", f"host numa_miss share over {interval:g}s")
+    try:
+        delta = numastat_delta(before, after)
+    except ValueError as exc:
+        return [Check(name, f"at most {limit:.2%} of allocations", f"not comparable: {exc}", False) for name in names]
+    if not delta:
+        return [Check.evidence(name, "not available (no node numastat)") for name in names]
+    total = sum(c.get("numa_hit", 0) + c.get("numa_miss", 0) for c in delta.values())
+    rows = []
+    shares = ((names[0], "numa_foreign", foreign_share(delta)), (names[1], "numa_miss", miss_share(delta)))
+    for name, key, share in shares:
+        count = sum(c.get(key, 0) for c in delta.values())
+        rows.append(Check(name, f"at most {limit:.2%} of allocations", f"{share:.2%} ({count} of {total} pages)",
+                          share <= limit))
+    return rows
 
 
 def check_emulator_load(percents: Iterable[float], cpus: Collection[int],

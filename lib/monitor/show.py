@@ -55,6 +55,19 @@ def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None 
             console.print(table)
 
 
+def show_prometheus(runs: list[HostRun], path: str, out: TextIO | None = None) -> None:
+    """The sample's numbers (monitor.sample's NUMBERS_ROW) as Prometheus text: to `path`, or `-` for stdout."""
+    from lib.monitor.prom import VmNumbers, exposition, write_textfile
+    from lib.steps.observe import NUMBERS_ROW
+
+    rows = [(run.host, r.target, VmNumbers.from_json(json.loads(c.found)))
+            for run in runs for r in run.results for c in r.checks if c.name == NUMBERS_ROW]
+    if path == "-":
+        (out or sys.stdout).write(exposition(rows))
+    else:
+        write_textfile(path, rows)
+
+
 def show_findings(runs: list[HostRun], out: TextIO | None = None) -> bool:
     """Each finding: symptom, evidence, fix. Returns True when any finding is a problem or any host or
     target could not be examined (never "no problems found" for a host that was not reached)."""

@@ -9,8 +9,11 @@ reported as evidence.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lib.cpuset import format_cpulist
 from lib.facts.host import HostFacts, host_facts_command, parse_host_facts
+from lib.facts.perf import PerfFacts, joined, parse_perf_facts, perf_facts_command
 from lib.inventory.model import Host
 from lib.inventory.rules import inventory_threads
 from lib.pinplan import LAYOUTS, layout_threads
@@ -18,6 +21,7 @@ from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command
 from lib.steps.base import Plan, Step, Target
+from lib.steps.hostperf import bios_perf_checks
 
 # The kernel keeps some of each node's memory (firmware, kernel image, page tables): a node reports
 # a few percent under what is installed. Less than this share of the inventory's figure is a mismatch.
@@ -205,20 +209,30 @@ def _virt_check(name: str, expected: str, found: str, tcg: bool) -> Check:
     return Check(name, expected, "missing", False)
 
 
+@dataclass(frozen=True)
+class BiosFacts:
+    """The hardware (lib/facts/host.py) and the features the optional VM settings need (lib/facts/perf.py)."""
+
+    host: HostFacts
+    perf: PerfFacts
+
+
 class BiosCheck(Step):
     name = "bios.check"
     summary = "read-only: VT-x/AMD-V, /dev/kvm, SMT, sockets x cores x threads, NUMA, L3, IOMMU, BIOS"
     mismatch_exit = 3
 
     def facts_command(self, target: Target) -> Command:
-        return host_facts_command(target.loaded.host.sysroot)
+        sysroot = target.loaded.host.sysroot
+        return joined(host_facts_command(sysroot), perf_facts_command(sysroot))
 
-    def parse(self, target: Target, result: CmdResult | None) -> HostFacts:
-        return parse_host_facts(result.stdout if result else "", target.loaded.host.sysroot)
+    def parse(self, target: Target, result: CmdResult | None) -> BiosFacts:
+        out, sysroot = result.stdout if result else "", target.loaded.host.sysroot
+        return BiosFacts(parse_host_facts(out, sysroot), parse_perf_facts(out, sysroot))
 
-    def plan(self, target: Target, facts: HostFacts | None) -> Plan:
-        warnings = virtualization_warnings(target.loaded.host, facts) if facts else []
+    def plan(self, target: Target, facts: BiosFacts | None) -> Plan:
+        warnings = virtualization_warnings(target.loaded.host, facts.host) if facts else []
         return Plan(reason="read-only check", warnings=tuple(warnings))
 
-    def verify(self, target: Target, facts: HostFacts) -> list[Check]:
-        return topology_checks(target.loaded.host, facts)
+    def verify(self, target: Target, facts: BiosFacts) -> list[Check]:
+        return topology_checks(target.loaded.host, facts.host) + bios_perf_checks(target.loaded.host, facts.perf)

@@ -9,17 +9,20 @@ under 50 % of their cpuset (emulator.check). Parsing is lib/monitor/parse.py's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from lib.cpuset import format_cpulist
 from lib.domain import live_domain
 from lib.facts.sysfs import section, split_sections
-from lib.inventory.model import VM
+from lib.inventory.model import VM, Host
 from lib.monitor import parse as mp
+from lib.monitor.prom import VmNumbers
 from lib.remote import CmdResult, Session
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh
+from lib.steps import confine
 from lib.steps.base import Plan, Step, Target
 
 DEFAULT_INTERVAL = 1.0
@@ -42,6 +45,20 @@ class VmSample:
     node_memory: dict[int, mp.NodeMemInfo]  # the host's, per node (numastat -m)
     interval: float
     numa_mode: str  # live numatune mode from libvirt ("" when not running)
+    node_counters_after: dict[int, dict[str, int]] = field(default_factory=dict)  # the second sample
+    llc_occupancy: int | None = None  # bytes of L3 the VM's resctrl group holds; None: no such group
+
+
+def llc_occupancy_script(root: str) -> str:
+    """The VM's LLC occupancy from resctrl: libvirt's group for a cachetune is qemu-<id>-<name>-vcpus_<list>,
+    and its mon_data holds one llc_occupancy (bytes) per L3 instance. A {{name}} template for sh()."""
+    return (f"for f in {root}/sys/fs/resctrl/qemu-[0-9]*-{{name}}-vcpus_*/mon_data/mon_L3_*/llc_occupancy; do "
+            '[ -e "$f" ] && cat "$f"; done')
+
+
+def parse_llc_occupancy(text: str) -> int | None:
+    values = [int(v) for v in text.split() if v.isdigit()]
+    return sum(values) if values else None
 
 
 def sample_command(vm: VM, sysroot: str, uri: str, interval: float) -> Command:
@@ -63,7 +80,10 @@ def sample_command(vm: VM, sysroot: str, uri: str, interval: float) -> Command:
         'n=${{f%/numastat}}; echo "== ${{n##*node}}"; cat "$f"; done',
         f"{section('stat1')}; {stats}", f"{section('dom1')}; {dom}",
         perf,
-        f"{section('stat2')}; {stats}", f"{section('dom2')}; {dom}", "true",
+        f"{section('stat2')}; {stats}", f"{section('dom2')}; {dom}",
+        f"{section('nodes2')}; for f in {root}/sys/devices/system/node/node*/numastat; do "
+        'n=${{f%/numastat}}; echo "== ${{n##*node}}"; cat "$f"; done',
+        f"{section('llc_occupancy')}; {llc_occupancy_script(root)}", "true",
     ]
     return sh("; ".join(parts), name=vm.name, uri=uri, interval=f"{interval:g}", timeout=60 + interval,
               sudo=True, why=f"sample {vm.name}'s QEMU process")
@@ -101,7 +121,9 @@ def parse_sample(stdout: str, interval: float, numa_mode: str) -> VmSample:
         threads_after=mp.parse_task_stats(parts.get("stat2", "")),
         domstats_before=dom("dom1"), domstats_after=dom("dom2"), llc=llc,
         node_memory=mp.parse_numastat_meminfo(parts["meminfo"]) if parts.get("meminfo", "").strip() else {},
-        interval=interval, numa_mode=numa_mode)
+        interval=interval, numa_mode=numa_mode,
+        node_counters_after=mp.parse_node_numastats(_node_files(parts.get("nodes2", ""))),
+        llc_occupancy=parse_llc_occupancy(parts.get("llc_occupancy", "")))
 
 
 class _VmObservation(Step):
@@ -138,16 +160,19 @@ def numa_checks(vm: VM, s: VmSample, limit: float) -> list[Check]:
     if s.pid is None or s.numa_maps is None:
         return _not_running(vm)
     nodes = vm.tuning.numa_memory.nodes
+    # numa_maps, anonymous + hugepage + shared memory only: file pages are the page cache's, not the VM's.
     checks = [Check("numatune mode", "strict", s.numa_mode or "unknown", s.numa_mode == "strict"),
-              mp.check_remote_memory(s.numa_maps.node_bytes, nodes, limit)]
-    if s.numastat is not None:
+              mp.check_remote_memory(s.numa_maps.guest_bytes, nodes, limit)]
+    if s.numastat is not None:  # numastat -p counts file pages too: reported beside, never compared
         per_node = s.numastat.per_node_mb
-        checks.append(Check("memory per node (numastat -p)", f"on node(s) {format_cpulist(nodes)}",
-                            ", ".join(f"node{n} {mb:.0f} MB" for n, mb in sorted(per_node.items())) or "none",
-                            mp.remote_share(per_node, nodes) < limit))
+        checks.append(Check.evidence("memory per node (numastat -p)",
+                                     ", ".join(f"node{n} {mb:.0f} MB" for n, mb in sorted(per_node.items())) or "none",
+                                     f"on node(s) {format_cpulist(nodes)}"))
     counters = ", ".join(f"node{n} miss {c.get('numa_miss', 0)} foreign {c.get('numa_foreign', 0)}"
                          for n, c in sorted(s.node_counters.items()))
     checks.append(Check.evidence("host numa_miss / numa_foreign (since boot)", counters or "not available"))
+    if s.node_counters_after:
+        checks += mp.check_node_allocations(s.node_counters, s.node_counters_after, s.interval, limit)
     return checks
 
 
@@ -170,10 +195,8 @@ def emulator_checks(vm: VM, s: VmSample, limit: float = mp.EMULATOR_SHARE_LIMIT)
 
 class NumaCheck(_VmObservation):
     name = "numa.check"
-    summary = "read-only: QEMU memory per node (numa_maps, numastat -p), remote share < 1%, numatune strict"
-
-    def interval(self, target: Target) -> float:
-        return 0.0  # memory placement and node counters are read once: nothing here needs two samples
+    summary = ("read-only: QEMU memory per node (numa_maps, numastat -p), remote share < 1%, numatune strict, "
+               "numa_foreign/numa_miss at most 1% of allocations over an interval")
 
     def verify(self, target: Target, facts: VmSample) -> list[Check]:
         assert target.vm is not None
@@ -215,7 +238,35 @@ def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
         ratio = s.llc.miss_ratio
         rows.append(Check.evidence("LLC loads / misses", f"{s.llc.loads} / {s.llc.misses}"
                                    + (f" ({ratio:.1%} miss)" if ratio is not None else "")))
+    occupancy = (f"{s.llc_occupancy / 2**20:.1f} MiB" if s.llc_occupancy is not None else
+                 "not available (no resctrl group: the VM has no exclusive_l3_mb, or the host no resctrl)")
+    rows.append(Check.evidence("LLC occupancy (resctrl)", occupancy))
     return rows
+
+
+NUMBERS_ROW = "numbers (for --prometheus)"
+
+
+def vm_numbers(vm: VM, s: VmSample) -> VmNumbers:
+    """The sample as numbers, for `monitor --prometheus` (the rows above are the same values as text)."""
+    if s.pid is None or s.numa_maps is None:
+        return VmNumbers()
+    before, after = s.domstats_before, s.domstats_after
+    util = mp.vcpu_utilisation(before, after, int(s.interval * 1e9)) if before and after else {}
+    vcpus = after.vcpus if after else {}
+    percents, threads = emulator_percents(s)
+    emulator = mp.cpuset_share([percents.get(t.tid, 0.0) for t in threads.emulator], vm.tuning.emulator_cpus)
+    return VmNumbers(
+        vcpu_utilisation=util,
+        vcpu_cpu_seconds={i: v.time_ns / 1e9 for i, v in vcpus.items() if v.time_ns is not None},
+        vcpu_delay_seconds={i: v.delay_ns / 1e9 for i, v in vcpus.items() if v.delay_ns is not None},
+        memory_bytes=dict(s.numa_maps.guest_bytes),
+        remote_ratio=mp.remote_share(s.numa_maps.guest_bytes, vm.tuning.numa_memory.nodes),
+        emulator_ratio=emulator, llc_occupancy_bytes=s.llc_occupancy,
+        llc_miss_ratio=s.llc.miss_ratio if s.llc else None,
+        node_memory_total_bytes={n: int(m.total_mb * 2**20) for n, m in s.node_memory.items()},
+        node_memory_used_bytes={n: int(m.used_mb * 2**20) for n, m in s.node_memory.items()},
+        node_counters=s.node_counters_after or s.node_counters)
 
 
 class MonitorSample(_VmObservation):
@@ -224,7 +275,10 @@ class MonitorSample(_VmObservation):
 
     def verify(self, target: Target, facts: VmSample) -> list[Check]:
         assert target.vm is not None
-        return monitor_checks(target.vm, facts)
+        rows = monitor_checks(target.vm, facts)
+        if target.options.get("prometheus"):  # carried to the task as one machine-readable evidence row
+            rows.append(Check.evidence(NUMBERS_ROW, json.dumps(vm_numbers(target.vm, facts).as_json())))
+        return rows
 
 
 # -- doctor: the spec's troubleshooting table as checks ----------------------------------------------
@@ -243,12 +297,14 @@ def doctor_findings(vm: VM, s: VmSample, ps: tuple[mp.PsThread, ...], qemu_pids:
     if s.pid is None or s.numa_maps is None:
         return [Finding(f"{vm.name}: not running", "no QEMU pid file", "invoke step vms.start", False)]
     nodes = vm.tuning.numa_memory.nodes
-    share = mp.remote_share(s.numa_maps.node_bytes, nodes)
+    share = mp.remote_share(s.numa_maps.guest_bytes, nodes)
+    counters = [c for c in mp.check_node_allocations(s.node_counters, s.node_counters_after, s.interval)
+                if c.kind != "evidence"] if s.node_counters_after else []
     out = [Finding(
         f"{vm.name}: high cross-NUMA traffic", f"numatune {s.numa_mode or 'unknown'}, {share:.2%} of memory off "
-        f"node(s) {format_cpulist(nodes)}",
+        f"node(s) {format_cpulist(nodes)}" + "".join(f"; {c.name} {c.found}" for c in counters),
         "numatune mode strict on the VM's node (invoke provision --redefine); no remote memory requests",
-        s.numa_mode == "strict" and share < mp.REMOTE_SHARE_LIMIT)]
+        s.numa_mode == "strict" and share < mp.REMOTE_SHARE_LIMIT and all(c.ok for c in counters))]
     percents, threads = emulator_percents(s)
     load = mp.cpuset_share([percents.get(t.tid, 0.0) for t in threads.emulator], vm.tuning.emulator_cpus)
     out.append(Finding(
@@ -298,6 +354,16 @@ class DoctorFacts:
     samples: dict[str, VmSample]
     ps: tuple[mp.PsThread, ...]
     governors: dict[int, str]
+    confine: confine.ConfineFacts | None = None
+
+
+def host_work_findings(host: Host, f: confine.ConfineFacts) -> list[Finding]:
+    """Host tasks and device IRQs measured on vCPU CPUs over the interval (host.tune's proof). A
+    diagnosis, so an intruder is a finding even where the inventory turned confinement off."""
+    return [Finding(f"host: {c.name}", c.found, "invoke step host.tune (confinement: AllowedCPUs for the host's "
+                    "slices, IRQs onto the host CPUs); or move the named task off those CPUs",
+                    c.ok and (c.kind != "warning" or c.found == "none"))
+            for c in confine.intrusion_checks(host, f) if c.kind != "evidence"]
 
 
 class Doctor(Step):
@@ -316,7 +382,8 @@ class Doctor(Step):
         ps = mp.parse_ps_threads(session.run(sh("ps -eLo pid,tid,psr,pcpu,comm", why="threads and their CPUs"))
                                  .stdout)
         governors = parse_governors(session.run(governors_command(host.sysroot)).stdout)
-        return DoctorFacts(samples, ps, governors)
+        work = confine.parse_confine_facts(session.run(confine.confine_facts_command(host, interval)).stdout, interval)
+        return DoctorFacts(samples, ps, governors, work)
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         return Plan(reason="read-only: diagnoses, changes nothing")
@@ -326,5 +393,7 @@ class Doctor(Step):
         qemu = frozenset(s.pid for s in facts.samples.values() if s.pid is not None)
         findings = [f for vm in host.vms
                     for f in doctor_findings(vm, facts.samples[vm.name], facts.ps, qemu, facts.governors)]
+        if facts.confine is not None:
+            findings += host_work_findings(host, facts.confine)
         # A finding as a Check: the symptom is the row, the fix what is expected, the evidence what was found.
         return [Check(f.symptom, f.fix, f.evidence, f.ok) for f in findings]

@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lib.cpuset import format_cpulist
+from lib.facts.perf import PerfFacts, joined, parse_perf_facts, perf_facts_command
 from lib.facts.read import cat_if_present
 from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, split_sections
 from lib.inventory.model import Host
 from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh
+from lib.steps import confine, hostperf
 from lib.steps.base import Plan, Step, Target
 
 GOVERNORS = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor"
@@ -38,7 +40,10 @@ def tmpfiles_content(host: Host) -> str:
     return (f"{_HEADER}# Applied at boot by systemd-tmpfiles: the sysfs values the spec asks for.\n"
             f"w {THP_ENABLED} - - - - {t.thp_enabled}\n"
             f"w {THP_DEFRAG} - - - - {t.thp_defrag}\n"
-            f"w {GOVERNORS} - - - - {t.cpu_governor}\n")
+            f"w {GOVERNORS} - - - - {t.cpu_governor}\n"
+            + hostperf.tmpfiles_lines(host)
+            + (f"w {confine.DEFAULT_AFFINITY} - - - - {confine.cpumask(confine.host_cpus(host))}\n"
+               if t.confinement.irqs else ""))
 
 
 @dataclass(frozen=True)
@@ -143,18 +148,48 @@ def _file_state(found: str, want: str) -> str:
     return "missing" if not found.strip() else ("as planned" if _same(found, want) else "differs")
 
 
+@dataclass(frozen=True)
+class HostTuneFacts:
+    tune: TuneFacts
+    perf: PerfFacts
+    confine: confine.ConfineFacts
+
+
+def plan_host_tune(host: Host, facts: HostTuneFacts | None) -> Plan:
+    """The spec's tuning, then hugepages, then host confinement: one plan, every change named."""
+    base = plan_tuning(host, facts.tune if facts else None)
+    pages, page_changes = hostperf.plan_hugepages(host, facts.perf if facts else None)
+    cage, cage_changes = confine.plan_confinement(host, facts.confine if facts else None)
+    if not pages and not cage:
+        return base
+    changes = ([] if base.empty or facts is None else [base.reason]) + page_changes + cage_changes
+    reason = base.reason if facts is None else "; ".join(changes)
+    return Plan((*base.actions, *pages, *cage), reason)
+
+
 class HostTune(Step):
     name = "host.tune"
-    summary = "governor performance, numa_balancing 0, THP always/always; persisted across reboot"
+    summary = ("governor performance, numa_balancing 0, THP always/always, hugepages per node, host work and "
+               "IRQs off the vCPU CPUs; persisted across reboot")
+
+    def interval(self, target: Target) -> float:
+        return float(target.options.get("interval") or 1.0)
 
     def facts_command(self, target: Target) -> Command:
-        return tune_facts_command(target.loaded.host.sysroot)
+        """One round trip: the tuning values, hugepages and features, and the confinement over an interval."""
+        host = target.loaded.host
+        return joined(joined(tune_facts_command(host.sysroot), perf_facts_command(host.sysroot)),
+                      confine.confine_facts_command(host, self.interval(target)))
 
-    def parse(self, target: Target, result: CmdResult | None) -> TuneFacts:
-        return parse_tune_facts(result.stdout if result else "", target.loaded.host.sysroot)
+    def parse(self, target: Target, result: CmdResult | None) -> HostTuneFacts:
+        out, sysroot = result.stdout if result else "", target.loaded.host.sysroot
+        return HostTuneFacts(parse_tune_facts(out, sysroot), parse_perf_facts(out, sysroot),
+                             confine.parse_confine_facts(out, self.interval(target)))
 
-    def plan(self, target: Target, facts: TuneFacts | None) -> Plan:
-        return plan_tuning(target.loaded.host, facts)
+    def plan(self, target: Target, facts: HostTuneFacts | None) -> Plan:
+        return plan_host_tune(target.loaded.host, facts)
 
-    def verify(self, target: Target, facts: TuneFacts) -> list[Check]:
-        return tuning_checks(target.loaded.host, facts)
+    def verify(self, target: Target, facts: HostTuneFacts) -> list[Check]:
+        host = target.loaded.host
+        return (tuning_checks(host, facts.tune) + hostperf.hugepage_checks(host, facts.perf)
+                + confine.confinement_checks(host, facts.confine))

@@ -28,6 +28,7 @@ from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
 from lib.shell import Command, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
+from lib.vmperf import DomainTuning, domain_tuning
 
 
 @dataclass(frozen=True)
@@ -52,20 +53,23 @@ def parse_domain_facts(stdout: str) -> DomainFacts:
     return DomainFacts(parse_domain_xml(xml) if xml else None, "" if state == libvirt_facts.ABSENT else state)
 
 
-def define_command(vm: VM, uri: str, virt_type: str) -> Command:
+def define_command(vm: VM, uri: str, virt_type: str, tuning: DomainTuning) -> Command:
     # virt-install creates a storage pool for each disk directory; parallel runs raced on it
     # ("pool 'images' already exists"), so the VMs of one host take turns under flock.
-    args = ["flock", "/run/lock/numa-k3s-virt-install.lock", *virt_install_args(vm, uri=uri, virt_type=virt_type)]
+    args = ["flock", "/run/lock/numa-k3s-virt-install.lock",
+            *virt_install_args(vm, uri=uri, virt_type=virt_type, tuning=tuning)]
     return sh('tmp=$(mktemp) && {args} > "$tmp" && virsh -c {uri} define "$tmp"; rc=$?; rm -f "$tmp"; exit $rc',
               args=list(args), uri=uri, timeout=180, why=f"define {vm.name}")
 
 
-def plan_domain(vm: VM, uri: str, virt_type: str, facts: DomainFacts | None, redefine: bool) -> Plan:
-    define = define_command(vm, uri, virt_type)
+def plan_domain(vm: VM, uri: str, virt_type: str, facts: DomainFacts | None, redefine: bool,
+                tuning: DomainTuning) -> Plan:
+    define = define_command(vm, uri, virt_type, tuning)
     if facts is None or facts.domain is None:
         return Plan((define,), f"define {vm.name}: {vm.vcpu_count} vCPUs pinned, emulator on "
-                               f"{vm.tuning.emulator_cpuset}, memory strict on node {vm.tuning.numa_memory.nodeset}")
-    drift = [c for c in domain_checks(vm, virt_type, facts.domain) if not c.ok]
+                               f"{vm.tuning.emulator_cpuset}, memory strict on node {vm.tuning.numa_memory.nodeset}; "
+                               + tuning_summary(vm, tuning))
+    drift = [c for c in domain_checks(vm, virt_type, facts.domain, tuning) if not c.ok]
     if not drift:
         return Plan(reason=f"domain {vm.name} is defined exactly as the spec says")
     if not redefine:
@@ -77,6 +81,22 @@ def plan_domain(vm: VM, uri: str, virt_type: str, facts: DomainFacts | None, red
             f"domain {vm.name} is {facts.state}; shut it down before --redefine replaces its definition"))
     undefine = sh("virsh -c {uri} undefine {name}", uri=uri, name=vm.name, why=f"undefine {vm.name}, keeping disks")
     return Plan((undefine, define), f"redefine {vm.name} (--redefine): " + ", ".join(c.name for c in drift))
+
+
+def tuning_summary(vm: VM, t: DomainTuning) -> str:
+    """One line of what the domain carries beyond pins, for the plan (offline too)."""
+    parts = [f"guest {t.topology}", "cpu host-passthrough + cache passthrough" if t.cache_passthrough else "",
+             f"hugepages {t.hugepage_kb} KiB locked" if t.hugepage_kb else "", "nosharepages, no balloon"]
+    parts += [f"{target} cache=none io=native discard=unmap iothread {i} on CPUs {format_cpulist(t.iothread_cpus)}"
+              for target, i in t.iothreads.items()]
+    if t.cachetune:
+        parts.append(f"L3 {t.cachetune.size_kb // 1024} MB exclusive (cachetune, L3 id {t.cachetune.cache_id})")
+    return ", ".join(p for p in parts if p)
+
+
+def _tuning(target: Target) -> DomainTuning:
+    assert target.vm is not None
+    return domain_tuning(target.loaded.host, target.loaded.cores, target.vm)
 
 
 class VmsDefine(Step):
@@ -94,13 +114,14 @@ class VmsDefine(Step):
     def plan(self, target: Target, facts: DomainFacts | None) -> Plan:
         assert target.vm is not None
         host = target.loaded.host
-        return plan_domain(target.vm, host.libvirt_uri, host.virt_type, facts, bool(target.options.get("redefine")))
+        return plan_domain(target.vm, host.libvirt_uri, host.virt_type, facts, bool(target.options.get("redefine")),
+                           _tuning(target))
 
     def verify(self, target: Target, facts: DomainFacts) -> list[Check]:
         assert target.vm is not None
         if facts.domain is None:
             return [Check(f"domain {target.vm.name}", "defined", "not defined", False)]
-        return domain_checks(target.vm, target.loaded.host.virt_type, facts.domain)
+        return domain_checks(target.vm, target.loaded.host.virt_type, facts.domain, _tuning(target))
 
 
 # -- vms.start -----------------------------------------------------------------------------------

@@ -331,6 +331,7 @@ def write_tree(root: Path, shape: HostShape) -> Path:
     _write_nodes(tree, lay)
     _write_proc(tree, lay)
     _write_misc(tree, lay)
+    _write_cgroup_and_irqs(tree, lay)
     return root
 
 
@@ -537,6 +538,19 @@ def _write_misc(tree: _Tree, lay: Layout) -> None:
             parents=True, exist_ok=True)
     if shape.vendor_flag:  # a marker only: tests cannot mknod a character device reliably
         tree.raw("dev/kvm", "")
+
+
+def _write_cgroup_and_irqs(tree: _Tree, lay: Layout) -> None:
+    """cgroup v2 as systemd sets it up (cpuset enabled, the slices' cpuset.cpus empty: all CPUs) and
+    /proc/irq's default affinity (every CPU), which host.tune's confinement reads and writes."""
+    tree.put("sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory hugetlb pids rdma misc")
+    for unit in ("init.scope", "system.slice", "user.slice", "machine.slice"):
+        tree.raw(f"sys/fs/cgroup/{unit}/cpuset.cpus", "\n")
+    tree.put("proc/irq/default_smp_affinity", format_cpumask(lay.online, lay.nr_cpu_ids))
+    # PID 1 asleep on CPU 0 (its stat as Linux 6.1 writes it): a task that does not run meanwhile.
+    tree.put("proc/1/task/1/stat", "1 (systemd) S 0 1 1 0 -1 4194560 52519 4900232 91 442 120 240 18357 3962 20 0 "
+             "1 0 25 172093440 3061 18446744073709551615 1 1 0 0 0 0 671173123 4096 1260 0 0 0 17 0 0 0 0 0 0 0 0 "
+             "0 0 0 0 0 0")
 
 
 NODE_DIR = re.compile(r"^node(\d+)$")
