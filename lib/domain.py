@@ -137,9 +137,10 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
         forwards = {nic.host_port: 22, **nic.forwards}
         hostfwd = ",".join(f"hostfwd=tcp:{nic.listen}:{host}-:{guest}" for host, guest in forwards.items())
         args += ["--network", "none",
-                 f"--qemu-commandline=-netdev user,id=n0,{hostfwd} -device virtio-net-pci,netdev=n0,addr=0x10"]
+                 f"--qemu-commandline=-netdev user,id=n0,{hostfwd} "
+                 f"-device virtio-net-pci,netdev=n0,addr=0x10,mac={vm.mac_address}"]
     else:
-        args += ["--network", f"bridge={vm.bridge_network_interface},model=virtio"]
+        args += ["--network", f"bridge={vm.bridge_network_interface},model=virtio,mac={vm.mac_address}"]
     if vm.boot:
         args += ["--boot", f"kernel={vm.boot.kernel},initrd={vm.boot.initrd},kernel_args={vm.boot.cmdline}"]
     args += ["--osinfo", "detect=on,require=off", "--graphics", "none", "--console", "pty,target_type=serial"]
