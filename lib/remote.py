@@ -383,7 +383,8 @@ class Session:
             raise CommandError(self.endpoint.name, result)
         return result
 
-    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600) -> None:
+    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600, *, owner: str = "root",
+            group: str = "root") -> None:
         """Write data to a remote file, its mode set before any content lands (secrets stay private).
 
         The bytes go to a private temp file over SFTP (as the SSH user), then one command (under sudo
@@ -404,11 +405,14 @@ class Session:
                 handle.write(data)
         directory = remote_path.rsplit("/", 1)[0] or "/"
         beside = f"{directory.rstrip('/')}/.{remote_path.rsplit('/', 1)[-1]}.uploading"
-        self.run(sh("mkdir -p {dir} && mv -f {tmp} {beside} && chmod {mode} {beside} && mv -f {beside} {dest}",
-                    dir=directory, tmp=tmp, beside=beside, dest=remote_path, mode=f"{mode:o}",
-                    why="move the upload into place"))
+        # Owner and mode are set on the file beside the destination, before the rename: the file is
+        # never visible at its path owned by the SSH user (who could rewrite a root-run binary).
+        self.run(sh("mkdir -p {dir} && mv -f {tmp} {beside} && chown {owner}:{group} {beside} && "
+                    "chmod {mode} {beside} && mv -f {beside} {dest}",
+                    dir=directory, tmp=tmp, beside=beside, dest=remote_path, mode=f"{mode:o}", owner=owner,
+                    group=group, why="move the upload into place"))
         size = data.stat().st_size if isinstance(data, Path) else len(data)
-        self.log(f"{self.endpoint.name}: put {size} bytes -> {remote_path} (mode {mode:o})")
+        self.log(f"{self.endpoint.name}: put {size} bytes -> {remote_path} ({owner}:{group} mode {mode:o})")
 
     def get(self, remote_path: str) -> bytes:
         buf = io.BytesIO()

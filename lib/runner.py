@@ -32,6 +32,7 @@ from lib.results import Check, HostRun, StepResult
 from lib.retry import Policies, Sleep, retrying
 from lib.runbook import Runbook, RunbookError, select
 from lib.steps.base import Step, StepMismatch, Target, Upload
+from lib.steps.preflight import sudo_refusal
 from lib.targets import hypervisor_endpoint, targets_for
 
 Mode = Literal["apply", "plan", "offline", "verify"]
@@ -118,6 +119,9 @@ class Engine:
             if isinstance(exc, ConnectError | CommandError) and not locked and first:
                 run.error = f"{loaded.name}: before step {first}, taking the host lock: {exc}"
             run.exit_code = getattr(exc, "exit_code", 4)
+            refused = sudo_refusal(loaded.name, hv.user, exc) if not locked else None
+            if refused:  # the lock is the first thing that needs sudo: say what preflight would
+                run.error, run.exit_code = f"{refused}; nothing was changed", 3
         finally:
             if locked:
                 try:
@@ -292,7 +296,8 @@ class Engine:
             self._check_stop()
             commands.append(_shown(action))
             if isinstance(action, Upload):
-                session.put(action.source or action.data, action.path, action.mode)
+                session.put(action.source or action.data, action.path, action.mode,
+                            owner=action.owner, group=action.group)
             else:
                 session.run(action)
 

@@ -106,7 +106,7 @@ def test_plan_uploads_only_when_the_content_differs() -> None:
     assert plan_seed(vm, same).empty
     stale = parse_seed(iso, "@@sha@@\n0000\n@@label@@\ncidata\n")
     (upload,) = plan_seed(vm, stale).actions
-    assert upload.shown == f"upload seed ISO (sha256 {sha[:12]}) to {vm.cloud_init_iso_path} (mode 644)"
+    assert upload.shown == f"upload seed ISO (sha256 {sha[:12]}) to {vm.cloud_init_iso_path} (root:root mode 644)"
     assert plan_seed(vm, stale).reason == "upload the seed ISO (content differs)"
     (reboot,) = plan_seed(vm, stale).warnings
     iid = yaml.safe_load(seed_files(vm)["meta-data"])["instance-id"]
