@@ -110,6 +110,34 @@ def domain_checks(vm: VM, virt_type: str, dom: DomainSpec) -> list[Check]:
     return checks
 
 
+def disk_xml_args(vm: VM) -> list[str]:
+    """The disks as raw XML edits (--disk none, then --xml XPATH=VALUE), not --disk path=...:
+    virt-install's --disk creates a persistent, autostarted storage pool for every image folder it
+    does not find in one (images, images-1, hdd, ... piling up on the host). --xml edits bypass its
+    storage lookup entirely; libvirt adds the SATA controller the seed CD-ROM needs."""
+    disks: list[tuple[str, str, str, str, str, dict[str, str]]] = [
+        ("file", "disk", vm.disk_path, "vda", "virtio", {"type": "qcow2"})]
+    for d in vm.disks:
+        if d.device:
+            disks.append(("block", "disk", d.device, d.target, "virtio",
+                          {"type": "raw", "cache": "none", "io": "native"}))
+        else:
+            disks.append(("file", "disk", d.path, d.target, "virtio", {"type": "qcow2"}))
+    disks.append(("file", "cdrom", vm.cloud_init_iso_path, "sda", "sata", {"type": "raw"}))
+    args = ["--disk", "none"]
+    for i, (kind, device, path, target, bus, driver) in enumerate(disks, 1):
+        at = f"./devices/disk[{i}]"
+        edits = [f"{at}/@type={kind}", f"{at}/@device={device}", f"{at}/driver/@name=qemu",
+                 *[f"{at}/driver/@{k}={v}" for k, v in driver.items()],
+                 f"{at}/source/@{'dev' if kind == 'block' else 'file'}={path}",
+                 f"{at}/target/@dev={target}", f"{at}/target/@bus={bus}"]
+        if device == "cdrom":
+            edits.append(f"xpath.create={at}/readonly")
+        for edit in edits:
+            args += ["--xml", edit]
+    return args
+
+
 def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
     """virt-install arguments that write the definition (--print-xml): defining is not starting."""
     pins = ",".join(f"vcpupin{i}.vcpu={i},vcpupin{i}.cpuset={cpu}" for i, cpu in enumerate(vm.pins))
@@ -121,14 +149,8 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str) -> list[str]:
         "--numatune", f"{numa.nodeset},mode={numa.mode}",
         # TCG cannot pass the host CPU through, and libvirt 9.0 rejects "max" for it: keep its default.
         *(["--cpu", "host-passthrough"] if virt_type == "kvm" else []),
-        "--disk", f"path={vm.disk_path},format=qcow2,bus=virtio,target.dev=vda",
+        *disk_xml_args(vm),
     ]
-    for d in vm.disks:
-        if d.device:
-            args += ["--disk", f"path={d.device},bus=virtio,target.dev={d.target},cache=none,io=native"]
-        else:
-            args += ["--disk", f"path={d.path},format=qcow2,bus=virtio,target.dev={d.target}"]
-    args += ["--disk", f"path={vm.cloud_init_iso_path},device=cdrom,readonly=on"]
     if vm.user_nic:
         # libvirt's own user-mode <interface> cannot forward ports in 9.0; QEMU's netdev can.
         # addr=0x10 keeps the NIC clear of the slots libvirt assigns to its own devices.

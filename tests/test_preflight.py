@@ -36,7 +36,7 @@ def test_missing_tools_are_named_with_their_packages(tmp_path: Path, bare_hv: Ss
     rows = {c.name: c for r in run.results for c in r.checks}
     missing = {name: c.found for name, c in rows.items() if not c.ok}
     # busybox provides sha256sum; the rest the hypervisor lacks, each named with its package
-    for tool in ("virsh", "virt-install", "virt-ssh-helper", "qemu-img", "flock", "numastat"):
+    for tool in ("virsh", "virt-install", "virt-ssh-helper", "qemu-img", "numastat"):
         assert missing.pop(f"hypervisor tool {tool}") == f"missing (apt-get install {HYPERVISOR_TOOLS[tool]})"
     assert missing == {"control node tool xorriso": "missing (apt-get install xorriso)"}
     assert rows["hypervisor tool sha256sum"].ok and rows["root or passwordless sudo"].found == "root"

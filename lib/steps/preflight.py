@@ -21,7 +21,6 @@ HYPERVISOR_TOOLS = {
     "virt-install": "virtinst",           # vms.define writes the domain XML
     "virt-ssh-helper": "libvirt-daemon",  # the libvirt API over SSH (vms.start's live pins)
     "qemu-img": "qemu-utils",             # images.clone
-    "flock": "util-linux",                # vms.define serialises virt-install
     "sha256sum": "coreutils",             # cloudinit.build compares the seed
     "numastat": "numactl",                # numa.check, monitor
 }
