@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INV := $(VENV)/bin/invoke
 APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients virtinst \
 	qemu-utils qemu-system-x86 genisoimage cloud-image-utils libvirt-dev pkg-config numactl \
-	xorriso cloud-init cpio busybox-static procps libxml2-utils
+	xorriso cloud-init cpio busybox-static procps libxml2-utils sudo
 # xorriso builds reproducible seed ISOs; cloud-init is here only for `cloud-init schema` in tests;
 # cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 # libxml2-utils: xmllint, which virt-xml-validate runs to check domain XML against libvirt's schema.

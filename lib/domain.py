@@ -204,6 +204,35 @@ def _cachetune_text(c: Cachetune) -> str:
     return f"vCPUs {c.vcpus}: L3 id {c.cache_id} {c.size_kb} KiB"
 
 
+
+def disk_xml_args(vm: VM, tuning: DomainTuning) -> list[str]:
+    """The disks as raw XML edits (--disk none, then --xml XPATH=VALUE), not --disk path=...:
+    virt-install's --disk creates a persistent, autostarted storage pool for every image folder it
+    does not find in one (images, images-1, hdd, ... piling up on the host). --xml edits bypass its
+    storage lookup entirely; libvirt adds the SATA controller the seed CD-ROM needs."""
+    disks: list[tuple[str, str, str, str, str, dict[str, str]]] = [
+        ("file", "disk", vm.disk_path, "vda", "virtio", {"type": "qcow2"})]
+    for d in vm.disks:
+        driver = _data_disk_driver(d.target, tuning)
+        if d.device:
+            disks.append(("block", "disk", d.device, d.target, "virtio", {"type": "raw", **driver}))
+        else:
+            disks.append(("file", "disk", d.path, d.target, "virtio", {"type": "qcow2", **driver}))
+    disks.append(("file", "cdrom", vm.cloud_init_iso_path, "sda", "sata", {"type": "raw"}))
+    args = ["--disk", "none"]
+    for i, (kind, device, path, target, bus, driver) in enumerate(disks, 1):
+        at = f"./devices/disk[{i}]"
+        edits = [f"{at}/@type={kind}", f"{at}/@device={device}", f"{at}/driver/@name=qemu",
+                 *[f"{at}/driver/@{k}={v}" for k, v in driver.items()],
+                 f"{at}/source/@{'dev' if kind == 'block' else 'file'}={path}",
+                 f"{at}/target/@dev={target}", f"{at}/target/@bus={bus}"]
+        if device == "cdrom":
+            edits.append(f"xpath.create={at}/readonly")
+        for edit in edits:
+            args += ["--xml", edit]
+    return args
+
+
 def virt_install_args(vm: VM, *, uri: str, virt_type: str, tuning: DomainTuning) -> list[str]:
     """virt-install arguments that write the definition (--print-xml): defining is not starting."""
     numa = vm.tuning.numa_memory
@@ -212,12 +241,8 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str, tuning: DomainTuning)
         "--print-xml", "--vcpus", f"{vm.vcpu_count},{tuning.topology}", "--memory", str(vm.memory_mb),
         "--cputune", _cputune(vm, tuning), "--numatune", f"{numa.nodeset},mode={numa.mode}",
         *_cpu_args(tuning), *_memory_args(tuning), *_iothread_args(tuning),
-        "--disk", f"path={vm.disk_path},format=qcow2,bus=virtio,target.dev=vda",
+        *disk_xml_args(vm, tuning),
     ]
-    for d in vm.disks:
-        source = f"path={d.device}" if d.device else f"path={d.path},format=qcow2"
-        args += ["--disk", f"{source},bus=virtio,target.dev={d.target},{_data_disk_driver(d.target, tuning)}"]
-    args += ["--disk", f"path={vm.cloud_init_iso_path},device=cdrom,readonly=on"]
     if vm.user_nic:
         # libvirt's own user-mode <interface> cannot forward ports in 9.0; QEMU's netdev can.
         # addr=0x10 keeps the NIC clear of the slots libvirt assigns to its own devices.
@@ -226,9 +251,10 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str, tuning: DomainTuning)
         forwards = {nic.host_port: 22, **nic.forwards}
         hostfwd = ",".join(f"hostfwd=tcp:{nic.listen}:{host}-:{guest}" for host, guest in forwards.items())
         args += ["--network", "none",
-                 f"--qemu-commandline=-netdev user,id=n0,{hostfwd} -device virtio-net-pci,netdev=n0,addr=0x10"]
+                 f"--qemu-commandline=-netdev user,id=n0,{hostfwd} "
+                 f"-device virtio-net-pci,netdev=n0,addr=0x10,mac={vm.mac_address}"]
     else:
-        args += ["--network", f"bridge={vm.bridge_network_interface},model=virtio"]
+        args += ["--network", f"bridge={vm.bridge_network_interface},model=virtio,mac={vm.mac_address}"]
     if vm.boot:
         args += ["--boot", f"kernel={vm.boot.kernel},initrd={vm.boot.initrd},kernel_args={vm.boot.cmdline}"]
     args += ["--osinfo", "detect=on,require=off", "--graphics", "none", "--console", "pty,target_type=serial"]
@@ -269,10 +295,10 @@ def _iothread_args(tuning: DomainTuning) -> list[str]:
     return ["--iothreads", str(len(tuning.iothreads))] if tuning.iothreads else []
 
 
-def _data_disk_driver(target: str, tuning: DomainTuning) -> str:
+def _data_disk_driver(target: str, tuning: DomainTuning) -> dict[str, str]:
     """No host page cache (the guest caches; node memory stays the VMs'), native AIO, discard passed
     down so a qcow2 tier shrinks when the guest trims, and the disk's own I/O thread."""
-    return f"cache=none,io=native,discard=unmap,driver.iothread={tuning.iothreads[target]}"
+    return {"cache": "none", "discard": "unmap", "io": "native", "iothread": str(tuning.iothreads[target])}
 
 
 # -- live state, as libvirt's API reports it (Session.live_domain) ---------------------------------

@@ -371,7 +371,8 @@ class Session:
             raise CommandError(self.endpoint.name, result)
         return result
 
-    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600) -> None:
+    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600, *, owner: str = "root",
+            group: str = "root") -> None:
         """Write data to a remote file, its mode set before any content lands (secrets stay private).
 
         The bytes go to a private temp file over SFTP (as the SSH user), then one command (under sudo
@@ -394,7 +395,7 @@ class Session:
             tmp = f"/tmp/.numa-k3s-upload-{os.getpid()}-{time.monotonic_ns()}"
             left.append(tmp)
             self._transfer(lambda sftp: _write(sftp, tmp, data, mode), f"upload to {remote_path}", attempts)
-            self.run(_move_into_place(tmp, remote_path, mode))
+            self.run(_move_into_place(tmp, remote_path, mode, owner, group))
             left.remove(tmp)
 
         def note(state: Any) -> None:
@@ -407,7 +408,7 @@ class Session:
             raise CommandError(self.endpoint.name, exc.result, exc.reason) from None
         finally:
             self._discard(left)
-        self.log(f"{self.endpoint.name}: put {size} bytes -> {remote_path} (mode {mode:o})")
+        self.log(f"{self.endpoint.name}: put {size} bytes -> {remote_path} ({owner}:{group} mode {mode:o})")
 
     def get(self, remote_path: str) -> bytes:
         """Read a remote file over SFTP; a dropped connection is retried under the transient policy."""
@@ -472,14 +473,18 @@ def _write(sftp: Any, tmp: str, data: bytes | Path, mode: int) -> None:
             handle.write(data)
 
 
-def _move_into_place(tmp: str, dest: str, mode: int) -> Command:
-    """mv beside the destination (a copy across filesystems), chmod, rename; on any failure (a full
-    disk) remove both the temp file and the partial copy, and keep the exit code."""
+def _move_into_place(tmp: str, dest: str, mode: int, owner: str, group: str) -> Command:
+    """mv beside the destination (a copy across filesystems), chown, chmod, rename; on any failure (a
+    full disk) remove both the temp file and the partial copy, and keep the exit code.
+
+    Owner and mode are set on the file beside the destination, before the rename: the file is never
+    visible at its path owned by the SSH user (who could rewrite a root-run binary)."""
     directory = dest.rsplit("/", 1)[0] or "/"
     beside = f"{directory.rstrip('/')}/.{dest.rsplit('/', 1)[-1]}.uploading"
-    return sh("mkdir -p {dir} && mv -f {tmp} {beside} && chmod {mode} {beside} && mv -f {beside} {dest} "
-              "|| (rc=$?; rm -f {tmp} {beside}; exit $rc)",
-              dir=directory, tmp=tmp, beside=beside, dest=dest, mode=f"{mode:o}", why="move the upload into place")
+    return sh("mkdir -p {dir} && mv -f {tmp} {beside} && chown {owner}:{group} {beside} && chmod {mode} {beside} "
+              "&& mv -f {beside} {dest} || (rc=$?; rm -f {tmp} {beside}; exit $rc)",
+              dir=directory, tmp=tmp, beside=beside, dest=dest, mode=f"{mode:o}", owner=owner, group=group,
+              why="move the upload into place")
 
 
 _KNOWN_HOSTS_LOCK = threading.Lock()

@@ -38,6 +38,7 @@ from lib.retry import Policies, Sleep, retrying
 from lib.runbook import Runbook, RunbookError, select
 from lib.shell import Command
 from lib.steps.base import Plan, Step, StepMismatch, Target, Upload
+from lib.steps.preflight import sudo_refusal
 from lib.targets import hypervisor_endpoint, targets_for
 
 Mode = Literal["apply", "plan", "offline", "verify"]
@@ -254,14 +255,18 @@ class Engine:
         host, step = run.host, ctx.current
         ctx.records.log(f"{host}: {describe(exc)}\n{traceback.format_exc()}")
         error = describe(exc)
-        if isinstance(exc, ConnectError | CommandError) and not ctx.locked and step and self.options.mode == "apply":
+        exit_code = getattr(exc, "exit_code", 4)
+        refused = None if ctx.locked else sudo_refusal(host, hypervisor_endpoint(ctx.loaded).user, exc)
+        if refused:  # the lock is the first thing that needs sudo: say what preflight would
+            error, exit_code = f"{refused}; nothing was changed", 3
+        elif isinstance(exc, ConnectError | CommandError) and not ctx.locked and step and self.options.mode == "apply":
             error = f"{host}: before step {step}, taking the host lock: {exc}"
         elif not error.startswith(f"{host}:"):
             error = f"{host}: {error}"
         run.error = error
         now = time.time()
         self._record(ctx.records, run, StepResult(host, step or "(run)", host, "failed", now, now, error=error,
-                                                  exit_code=getattr(exc, "exit_code", 4)))
+                                                  exit_code=exit_code))
 
     def _record(self, records: RunRecords, run: HostRun, result: StepResult) -> None:
         run.results.append(result)
@@ -415,7 +420,8 @@ class Engine:
             self._check_stop()
             commands.append(_shown(action))
             if isinstance(action, Upload):
-                session.put(action.source or action.data, action.path, action.mode)
+                session.put(action.source or action.data, action.path, action.mode,
+                            owner=action.owner, group=action.group)
             else:
                 session.run(action)
 

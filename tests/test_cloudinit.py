@@ -45,9 +45,10 @@ def test_user_data_carries_users_keys_and_the_data_layout() -> None:
     assert doc["hostname"] == "k3s-worker-data"
     assert doc["disk_setup"]["/dev/vdb"]["overwrite"] is False and "/dev/vdc" in doc["disk_setup"]
     assert [m[:2] for m in doc["mounts"]] == [["LABEL=hot", "/data/hot"], ["LABEL=cold", "/data/lake"]]
-    assert doc["runcmd"] == [["mkdir", "-p", "/data/hot/clean", "/data/hot/staging", "/data/lake/clean/bronze",
-                              "/data/lake/clean/silver", "/data/lake/clean/gold", "/data/lake/archive",
-                              "/data/lake/raw"]]
+    assert doc["runcmd"] == [
+        ["sh", "-c", 'mountpoint -q "$1" && mkdir -p "$@"', "sh", "/data/hot", "/data/hot/clean", "/data/hot/staging"],
+        ["sh", "-c", 'mountpoint -q "$1" && mkdir -p "$@"', "sh", "/data/lake", "/data/lake/clean/bronze",
+         "/data/lake/clean/silver", "/data/lake/clean/gold", "/data/lake/archive", "/data/lake/raw"]]
     assert "disk_setup" not in yaml.safe_load(user_data(spec_vms()["k3s-worker-slm"]))
 
 
@@ -59,7 +60,7 @@ def test_static_network_when_the_inventory_gives_one() -> None:
     static = vm.model_copy(update={"network": VmNetwork.model_validate(
         {"address": "10.0.0.13/24", "gateway": "10.0.0.1", "dns": ["10.0.0.2"]})})
     nic = yaml.safe_load(network_config(static))["ethernets"]["primary"]
-    assert nic["addresses"] == ["10.0.0.13/24"] and nic["routes"] == [{"to": "default", "via": "10.0.0.1"}]
+    assert nic["addresses"] == ["10.0.0.13/24"] and nic["routes"] == [{"to": "0.0.0.0/0", "via": "10.0.0.1"}]
     assert nic["nameservers"] == {"addresses": ["10.0.0.2"]}
 
 
@@ -93,7 +94,8 @@ def test_iso_is_reproducible_and_reads_back(tmp_path: Path) -> None:
     assert "Volume id: cidata" in label
     for name, text in seed_files(vm).items():
         assert read_iso_file(iso, name) == text
-    assert yaml.safe_load(read_iso_file(iso, "meta-data")) == {"instance-id": vm.name, "local-hostname": vm.name}
+    meta = yaml.safe_load(read_iso_file(iso, "meta-data"))
+    assert meta["local-hostname"] == vm.name and meta["instance-id"].startswith(f"{vm.name}-")
 
 
 def test_plan_uploads_only_when_the_content_differs() -> None:
@@ -104,8 +106,13 @@ def test_plan_uploads_only_when_the_content_differs() -> None:
     assert plan_seed(vm, same).empty
     stale = parse_seed(iso, "@@sha@@\n0000\n@@label@@\ncidata\n")
     (upload,) = plan_seed(vm, stale).actions
-    assert upload.shown == f"upload seed ISO (sha256 {sha[:12]}) to {vm.cloud_init_iso_path} (mode 644)"
+    assert upload.shown == f"upload seed ISO (sha256 {sha[:12]}) to {vm.cloud_init_iso_path} (root:root mode 644)"
     assert plan_seed(vm, stale).reason == "upload the seed ISO (content differs)"
+    (reboot,) = plan_seed(vm, stale).warnings
+    iid = yaml.safe_load(seed_files(vm)["meta-data"])["instance-id"]
+    assert f"instance-id {iid}) at its next boot only: reboot it (virsh reboot {vm.name})" in reboot
+    missing = parse_seed(iso, "@@sha@@\n\n@@label@@\n\n")
+    assert plan_seed(vm, missing).reason == "upload the seed ISO (missing)" and not plan_seed(vm, missing).warnings
 
 
 @pytest.fixture

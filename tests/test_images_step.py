@@ -78,6 +78,8 @@ def test_overlays_and_data_disks_created_then_nothing_to_do(world: World, images
     assert (slm["format"], slm["virtual-size"], slm["full-backing-filename"]) == ("qcow2", 10 * GIB, str(base))
     hot, cold = info(images / "data-hot.qcow2"), info(images / "hdd" / "data-lake.qcow2")
     assert (hot["virtual-size"], cold["virtual-size"]) == (80 * GIB, 8192 * GIB)
+    # 80 GiB: qemu-img's 64 KiB clusters already let the default L2 cache map it all; 8 TiB needs 2 MiB.
+    assert (hot["cluster-size"], cold["cluster-size"]) == (64 * 1024, 2 * 1024 * 1024)
     assert "backing-filename" not in hot and "backing-filename" not in cold
     assert (images / "hdd" / "data-lake.qcow2").stat().st_size < 10 * 1024 * 1024  # sparse: 8 TiB virtual
     checks = {c.name: c for r in run.results for c in r.checks}
@@ -129,6 +131,30 @@ def test_existing_disk_of_another_size_is_drift(world: World, images: Path) -> N
     assert not (images / "hdd").exists()  # nothing else was created for that VM either
 
 
+def test_existing_disk_with_another_cluster_size_is_drift_and_untouched(world: World, images: Path) -> None:
+    make_base(images)
+    (images / "hdd").mkdir()
+    cold = images / "hdd" / "data-lake.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(cold), "8192G"], check=True)  # 64 KiB clusters
+    before = digest(cold)
+    (run,) = world.run("images.clone")
+    data = next(r for r in run.results if r.target == "data")
+    assert (data.status, data.exit_code) == ("failed", 5)
+    (bad,) = [c for c in data.checks if not c.ok]
+    assert (bad.name, bad.expected, bad.found) == (f"cold disk {cold} cluster size", "2048 KiB", "64 KiB")
+    assert digest(cold) == before
+
+
+@pytest.mark.parametrize(("size_gb", "kib", "want"), [(1, None, 64), (256, None, 64), (257, None, 128),
+                                                      (8192, None, 2048), (100000, None, 2048), (8192, 512, 512)])
+def test_cluster_size_fits_the_disk(size_gb: int, kib: int | None, want: int) -> None:
+    from lib.inventory.model import ExtraDisk
+
+    disk = ExtraDisk(name="d", path="/d.qcow2", size_gb=size_gb, target="vdb", tier="hdd", mount="/d",
+                     cluster_kib=kib)
+    assert disk.cluster_bytes == want * 1024
+
+
 def spec_vm() -> VM:
     from lib.inventory.load import load_inventory
     from tests.inventory_helpers import REPO
@@ -144,7 +170,9 @@ def test_offline_plan_creates_all_three_data_vm_disks() -> None:
     assert ('t=/var/lib/libvirt/images/data.qcow2.creating.$$; if qemu-img create -q -f qcow2 -b '
             '/var/lib/libvirt/images/base.qcow2 -F qcow2 "$t" 40G && ln "$t" /var/lib/libvirt/images/data.qcow2; '
             ) in shown[0]
-    assert 'qemu-img create -q -f qcow2 "$t" 8192G && ln "$t" /srv/hdd/data-lake.qcow2;' in shown[2]
+    assert ('qemu-img create -q -f qcow2 -o cluster_size=2097152 "$t" 8192G && ln "$t" /srv/hdd/data-lake.qcow2;'
+            in shown[2])
+    assert "cold /srv/hdd/data-lake.qcow2 (8192 GiB, 2048 KiB clusters)" in plan.reason
     assert all("exists, not overwriting" in s and s.endswith('rm -f "$t"; exit $rc') for s in shown)
 
 

@@ -136,6 +136,10 @@ def test_cluster_up_taints_exact_token_private_then_nothing_changes(k3s_world: K
     for root in kw.roots.values():
         config = root / "etc/rancher/k3s/config.yaml"
         assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        for rel, mode in (("etc/rancher/k3s/config.yaml", 0o600), ("usr/local/bin/k3s", 0o755),
+                          ("var/lib/numa-k3s/install.sh", 0o755)):  # every upload: owner and mode
+            st = (root / rel).stat()
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, mode), rel
         assert yaml.safe_load(config.read_text())["token"] == token
     assert token not in records_text(kw.world)  # journal, report, junit, log, progress output
 
@@ -290,8 +294,8 @@ def interrupt_after_upload(monkeypatch: pytest.MonkeyPatch, path: str) -> Callab
     engines: list[Engine] = []
     upload = Session.put
 
-    def put(self: Session, data: Any, remote_path: str, mode: int = 0o600) -> None:
-        upload(self, data, remote_path, mode)
+    def put(self: Session, data: Any, remote_path: str, mode: int = 0o600, **owner: str) -> None:
+        upload(self, data, remote_path, mode, **owner)
         if remote_path == path and engines:
             engines.pop().interrupt()
 

@@ -28,6 +28,23 @@ def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=120)
 
 
+def pools_under(path: Path) -> list[str]:
+    """Storage pools (any state) whose target directory lies under path: only ones this test made."""
+    names = virsh("pool-list", "--all", "--name").stdout.split()
+    found = []
+    for name in names:
+        xml = virsh("pool-dumpxml", name, check=False).stdout
+        if f"<path>{path}" in xml:
+            found.append(name)
+    return found
+
+
+def remove_pools_under(path: Path) -> None:
+    for name in pools_under(path):
+        virsh("pool-destroy", name, check=False)
+        virsh("pool-undefine", name, check=False)
+
+
 def undefine_spec_domains() -> None:
     for name in SPEC_NAMES:
         virsh("destroy", name, check=False)
@@ -67,6 +84,7 @@ def world(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[World]:
                hugepages=hv1()["hugepages"])
     yield w
     undefine_spec_domains()
+    remove_pools_under(tmp_path)  # only when the test failed: defining makes none
     sshd_farm.stop(host.name)
 
 
@@ -100,6 +118,11 @@ def test_spec_domains_define_with_every_pin_then_drift_is_reported_not_fixed(wor
     xml = virsh("dumpxml", "--inactive", "k3s-server-tasks").stdout
     assert "<vcpupin vcpu='11' cpuset='69'/>" in xml and "<emulatorpin cpuset='34-35,70-71'/>" in xml
     assert "<memory mode='strict' nodeset='1'/>" in xml
+    # virt-install used to make a persistent pool per image folder (images, images-1, ...): none now
+    assert pools_under(tmp_path) == []
+    data_xml = virsh("dumpxml", "--inactive", "k3s-worker-data").stdout
+    assert f"<mac address='{world.loaded()[0].host.vms[1].mac_address}'/>" in data_xml
+    assert "<source file='" + str(tmp_path / "images" / "worker-data-cold.qcow2") + "'/>" in data_xml
 
     (again,) = world.run("vms.define")
     assert [r.status for r in again.results] == ["ok"] * 4

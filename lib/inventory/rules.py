@@ -320,6 +320,15 @@ def check_names(host: Host) -> Iterator[Finding]:
         if vm.name in first:
             yield Finding("name.duplicate", f"vms[{i}].name", f"{vm.name!r} is also the name of vms[{first[vm.name]}]")
         first.setdefault(vm.name, i)
+    macs: dict[str, int] = {}
+    for i, vm in enumerate(host.vms):
+        mac = vm.mac_address
+        if mac in macs:
+            how = "set" if vm.mac else "derived from the name"
+            yield Finding("mac.duplicate", f"vms[{i}].mac",
+                          f"MAC {mac} ({how}) is also the MAC of vms[{macs[mac]}] ({host.vms[macs[mac]].name}); "
+                          "give one of them an explicit mac:")
+        macs.setdefault(mac, i)
 
 
 def check_k3s(host: Host) -> Iterator[Finding]:

@@ -40,10 +40,14 @@ class Upload:
     why: str = ""
     what: str = ""  # how plans name the content, e.g. "seed ISO sha256 1a2b..."
     source: Path | None = None  # a local file to stream instead of data (large artifacts)
+    # Set explicitly in place: under sudo the file would otherwise keep the SSH user as its owner.
+    owner: str = "root"
+    group: str = "root"
 
     @property
     def shown(self) -> str:
-        return f"upload {self.what or f'{len(self.data)} bytes'} to {self.path} (mode {self.mode:o})"
+        return (f"upload {self.what or f'{len(self.data)} bytes'} to {self.path} "
+                f"({self.owner}:{self.group} mode {self.mode:o})")
 
 
 Action = Command | Upload

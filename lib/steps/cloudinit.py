@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import yaml
+
 from lib.cloudinit import seed_files
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
@@ -47,8 +49,19 @@ def plan_seed(vm: VM, facts: SeedFacts | None) -> Plan:
     iso = facts.iso if facts else b""
     what = f"seed ISO (sha256 {facts.sha256[:12]})" if facts else "seed ISO (built at apply time)"
     why = "missing" if facts is None or not facts.remote_sha256 else "content differs"
+    # A seed that was there before is already read by a VM that may be running: cloud-init looks at
+    # it only at boot, and only a new instance-id makes it apply the per-instance modules again.
+    warnings = (f"{vm.name} applies the new seed (instance-id {seed_instance_id(vm)}) at its next boot only: "
+                f"reboot it (virsh reboot {vm.name}) for users, keys, network, mounts and disks to change; "
+                "a disk that already holds a partition table or filesystem is never repartitioned or "
+                "reformatted",) if why == "content differs" else ()
     return Plan((Upload(vm.cloud_init_iso_path, iso, 0o644, why="cloud-init seed", what=what),),
-                f"upload the seed ISO ({why if facts else 'offline: always'})")
+                f"upload the seed ISO ({why if facts else 'offline: always'})", warnings)
+
+
+def seed_instance_id(vm: VM) -> str:
+    meta = yaml.safe_load(seed_files(vm)["meta-data"])
+    return str(meta["instance-id"])
 
 
 def seed_checks(vm: VM, facts: SeedFacts) -> list[Check]:

@@ -29,6 +29,7 @@ class DiskSpec:
     size_gb: int
     backing: str | None  # the base image for the OS overlay
     device: str | None = None  # a block device the inventory names instead of an image
+    cluster: int | None = None  # qcow2 cluster size in bytes; None: qemu-img's default (the OS overlay)
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,12 @@ class ImageInfo:
     backing_format: str = ""
     block_device: bool = False
     error: str = ""
+    cluster: int = 0
 
 
 def disks_of(vm: VM) -> list[DiskSpec]:
     disks = [DiskSpec("os", vm.disk_path, vm.disk_size_gb, vm.base_image_path)]
-    disks += [DiskSpec(d.name, d.device or d.path, d.size_gb, None, d.device) for d in vm.disks]
+    disks += [DiskSpec(d.name, d.device or d.path, d.size_gb, None, d.device, d.cluster_bytes) for d in vm.disks]
     return disks
 
 
@@ -70,7 +72,7 @@ def parse_image(text: str) -> ImageInfo:
         return ImageInfo(True, error=rest.strip().splitlines()[-1] if rest.strip() else "unreadable")
     return ImageInfo(True, data.get("format", ""), int(data.get("virtual-size", 0)),
                      data.get("full-backing-filename") or data.get("backing-filename", ""),
-                     data.get("backing-filename-format", ""))
+                     data.get("backing-filename-format", ""), cluster=int(data.get("cluster-size", 0)))
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ def _size(n: int) -> str:
     return f"{n / GIB:g} GiB"
 
 
+def _kib(n: int) -> str:
+    return f"{n // 1024} KiB" if n else "unknown"
+
+
 def disk_checks(disk: DiskSpec, info: ImageInfo) -> list[Check]:
     where = f"{disk.role} disk {disk.path}"
     if not info.exists:
@@ -102,6 +108,9 @@ def disk_checks(disk: DiskSpec, info: ImageInfo) -> list[Check]:
     checks = [Check(f"{where} format", "qcow2", info.format, info.format == "qcow2"),
               Check(f"{where} virtual size", _size(disk.size_gb * GIB), _size(info.virtual_size),
                     info.virtual_size == disk.size_gb * GIB)]
+    if disk.cluster:
+        checks.append(Check(f"{where} cluster size", _kib(disk.cluster), _kib(info.cluster),
+                            info.cluster == disk.cluster))
     want_backing = disk.backing or "(none)"
     checks.append(Check(f"{where} backing file", want_backing, info.backing or "(none)",
                         (info.backing or None) == disk.backing))
@@ -132,17 +141,20 @@ def plan_images(vm: VM, facts: ImagesFacts | None) -> Plan:
             drift.append(Check(f"{disk.role} disk {disk.path}", "block device", "missing", False))
             continue
         backing = "-b {base} -F qcow2 " if disk.backing else ""
+        opts = f"-o cluster_size={disk.cluster} " if disk.cluster else ""
+        create = f"qemu-img create -q -f qcow2 {opts}{backing}"
         # Created under a temporary name, then hard-linked to its own: an interrupted create never
         # leaves a partial image at the path, and `ln` (unlike mv) refuses to replace a file that
         # appeared since the facts were read. The guard before says so before any work.
         actions.append(sh(
             "mkdir -p {dir} || exit 1; if [ -e {path} ]; then echo {path} exists, not overwriting >&2; exit 17; fi; "
-            f"t={{path}}.creating.$$; if qemu-img create -q -f qcow2 {backing}\"$t\" {{size}} && ln \"$t\" {{path}}; "
+            f"t={{path}}.creating.$$; if {create}\"$t\" {{size}} && ln \"$t\" {{path}}; "
             "then rc=0; elif [ -e {path} ]; then echo {path} appeared meanwhile, not overwriting >&2; rc=17; "
             'else rc=1; fi; rm -f "$t"; exit $rc',
             dir=disk.path.rsplit("/", 1)[0] or "/", path=disk.path, base=disk.backing or "",
             size=f"{disk.size_gb}G", why=f"create the {disk.role} disk"))
-        created.append(f"{disk.role} {disk.path} ({disk.size_gb} GiB{', overlay on the base' if disk.backing else ''})")
+        extra = ", overlay on the base" if disk.backing else f", {_kib(disk.cluster)} clusters" if disk.cluster else ""
+        created.append(f"{disk.role} {disk.path} ({disk.size_gb} GiB{extra})")
     if drift:
         raise StepMismatch(drift, exit_code=5, message=(
             "existing disk(s) differ from the spec; they are never overwritten or resized: move them aside "

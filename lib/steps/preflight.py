@@ -1,21 +1,38 @@
-"""preflight.access: SSH works, root or passwordless sudo, the tools later steps call are installed."""
+"""preflight.access: SSH works, root or passwordless sudo, and every tool the later steps run is there:
+on the hypervisor the commands its steps call, on this machine (the control node) xorriso, which
+builds the seed ISOs. Each missing tool is named with the Debian package that provides it.
+"""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from typing import Any
 
+from lib.inventory.load import LoadedHost
 from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, Target
 
-TOOLS = ("virsh", "virt-install", "qemu-img", "genisoimage", "numastat")
+# tool -> the Debian package that provides it: what the hypervisor's steps run.
+HYPERVISOR_TOOLS = {
+    "virsh": "libvirt-clients",           # every vms.* step, teardown
+    "virt-install": "virtinst",           # vms.define writes the domain XML
+    "virt-ssh-helper": "libvirt-daemon",  # the libvirt API over SSH (vms.start's live pins)
+    "qemu-img": "qemu-utils",             # images.clone
+    "sha256sum": "coreutils",             # cloudinit.build compares the seed
+    "numastat": "numactl",                # numa.check, monitor
+}
+# Run on the operator's machine.
+LOCAL_TOOLS = {"xorriso": "xorriso"}  # cloudinit.build: reproducible seed ISOs
+SUDOERS_DROPIN = "/etc/sudoers.d/numa-k3s"
 
 
 @dataclass(frozen=True)
 class AccessFacts:
     user: str
-    sudo: bool
+    sudo: str  # "root", "yes" (passwordless), "password" (sudo asks for one), "missing" (no sudo)
     tools: dict[str, str]  # tool -> path, "" when missing
 
 
@@ -28,20 +45,57 @@ def parse_access(stdout: str) -> AccessFacts:
             tools[key[5:]] = value
         else:
             values[key] = value
-    return AccessFacts(values.get("user", "?"), values.get("sudo") == "yes", tools)
+    return AccessFacts(values.get("user", "?"), values.get("sudo", "missing"), tools)
+
+
+def sudo_check(host: str, facts: AccessFacts) -> Check:
+    if facts.sudo in ("root", "yes"):
+        return Check("root or passwordless sudo", "yes", "root" if facts.sudo == "root" else f"sudo -n as {facts.user}",
+                     True)
+    line = f"{facts.user} ALL=(ALL) NOPASSWD:ALL"
+    if facts.sudo == "missing":
+        found = (f"user {facts.user} on {host} is not root and sudo is not installed: apt-get install sudo, then add "
+                 f"'{line}' to {SUDOERS_DROPIN} (visudo -f {SUDOERS_DROPIN})")
+    else:
+        found = (f"user {facts.user} on {host} cannot run sudo without a password: add '{line}' to "
+                 f"{SUDOERS_DROPIN} (visudo -f {SUDOERS_DROPIN}, mode 0440)")
+    return Check("root or passwordless sudo", "yes", found, False)
+
+
+def sudo_refusal(host: str, user: str, exc: Exception) -> str | None:
+    """The preflight text for a command sudo refused for want of a password (None: another error)."""
+    result = getattr(exc, "result", None)
+    if user == "root" or result is None or "sudo: a password is required" not in result.stderr:
+        return None
+    return f"preflight.access: {sudo_check(host, AccessFacts(user, 'password', {})).found}"
+
+
+def tool_checks(where: str, wanted: dict[str, str], found: dict[str, str]) -> list[Check]:
+    checks = []
+    for tool, package in wanted.items():
+        path = found.get(tool, "")
+        checks.append(Check(f"{where} tool {tool}", "installed",
+                            path or f"missing (apt-get install {package})", bool(path)))
+    return checks
 
 
 class PreflightAccess(Step):
     name = "preflight.access"
-    summary = "ssh, root or passwordless sudo, required tools present (read-only)"
+    summary = "ssh, root or passwordless sudo, the tools the steps run (hypervisor + local xorriso; read-only)"
     mismatch_exit = 3
 
+    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
+        return {"local_tools": {tool: shutil.which(tool) or "" for tool in LOCAL_TOOLS}}
+
     def facts_command(self, target: Target) -> Command:
+        # virt-ssh-helper lives in /usr/bin on Debian but libexec elsewhere: look there too.
         return sh(
             'echo "user=$(id -un)"; '
-            'if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then echo sudo=yes; else echo sudo=no; fi; '
-            'for t in {tools}; do echo "tool:$t=$(command -v "$t")"; done',
-            tools=list(TOOLS), sudo=False, timeout=30, why="check access and tools")
+            'if [ "$(id -u)" = 0 ]; then echo sudo=root; elif ! command -v sudo >/dev/null 2>&1; then '
+            'echo sudo=missing; elif sudo -n true 2>/dev/null; then echo sudo=yes; else echo sudo=password; fi; '
+            'for t in {tools}; do p=$(command -v "$t" || ls /usr/libexec/"$t" /usr/lib/libvirt/"$t" 2>/dev/null '
+            '| head -n1); echo "tool:$t=$p"; done',
+            tools=list(HYPERVISOR_TOOLS), sudo=False, timeout=30, why="check access and tools")
 
     def parse(self, target: Target, result: CmdResult | None) -> AccessFacts:
         return parse_access(result.stdout if result else "")
@@ -50,9 +104,7 @@ class PreflightAccess(Step):
         return Plan(reason="read-only check")
 
     def verify(self, target: Target, facts: AccessFacts) -> list[Check]:
-        checks = [Check("root or passwordless sudo", "yes", "yes" if facts.sudo else f"no (user {facts.user})",
-                        facts.sudo)]
-        for tool in TOOLS:
-            path = facts.tools.get(tool, "")
-            checks.append(Check(f"tool {tool}", "installed", path or "missing", bool(path)))
+        checks = [sudo_check(target.name, facts)]
+        checks += tool_checks("hypervisor", HYPERVISOR_TOOLS, facts.tools)
+        checks += tool_checks("control node", LOCAL_TOOLS, target.options.get("local_tools", {}))
         return checks

@@ -112,7 +112,9 @@ def plan_tuning(host: Host, facts: TuneFacts | None) -> Plan:
         if found is None or not _same(found, content):
             directory = path.rsplit("/", 1)[0]
             # Written beside, then renamed: an interrupted write never leaves half a file in place.
+            # Owner and mode explicit: sudo's umask and the SSH user must not decide them.
             actions.append(sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}.tmp && "
+                              f"chown 0:0 {root}{path}.tmp && chmod 644 {root}{path}.tmp && "
                               f"mv -f {root}{path}.tmp {root}{path}", content=content, why=f"persist in {path}"))
             changes.append(f"{'write' if not found else 'update'} {path}")
     if not actions:

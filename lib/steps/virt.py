@@ -54,10 +54,7 @@ def parse_domain_facts(stdout: str) -> DomainFacts:
 
 
 def define_command(vm: VM, uri: str, virt_type: str, tuning: DomainTuning) -> Command:
-    # virt-install creates a storage pool for each disk directory; parallel runs raced on it
-    # ("pool 'images' already exists"), so the VMs of one host take turns under flock.
-    args = ["flock", "/run/lock/numa-k3s-virt-install.lock",
-            *virt_install_args(vm, uri=uri, virt_type=virt_type, tuning=tuning)]
+    args = virt_install_args(vm, uri=uri, virt_type=virt_type, tuning=tuning)
     return sh('tmp=$(mktemp) && {args} > "$tmp" && virsh -c {uri} define "$tmp"; rc=$?; rm -f "$tmp"; exit $rc',
               args=list(args), uri=uri, timeout=180, why=f"define {vm.name}")
 
