@@ -106,10 +106,12 @@ def check(c: Context, host: str | None = None) -> None:
 def topology(c: Context, host: str | None = None, svg: str | None = None, html: str | None = None) -> None:
     """Picture of the host: per socket and NUMA node, every core's threads and who owns them."""
     from lib.topoview import topology_picture
+    from lib.vmview import vm_settings_table
 
     loaded = _one(c, host)
     console = _console(record=bool(svg or html))
     console.print(topology_picture(loaded))
+    console.print(vm_settings_table(loaded))
     if svg:
         console.save_svg(svg, title=f"{loaded.name} topology", clear=False)
         print(f"wrote {svg}")
@@ -132,7 +134,10 @@ def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
             replanned = plan_host(loaded.host, loaded.cores, replan=True)
         except PlanError as exc:
             raise Exit(f"{loaded.name}: the planner cannot place every VM from its counts: {exc}", code=2) from None
+    from lib.vmview import vm_settings_table
+
     _console().print(pins_table(loaded, replanned))
+    _console().print(vm_settings_table(loaded))
 
 
 # -- runbooks -----------------------------------------------------------------------------------

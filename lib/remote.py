@@ -235,20 +235,25 @@ class Session:
             conn.client.set_missing_host_key_policy(_AcceptNew(known))
         return conn
 
-    def connection(self) -> Any:
-        """The open Fabric Connection, connecting with the ssh_connect policy on first use."""
-        conn, fresh = self._connect()
+    def connection(self, *, once: bool = False) -> Any:
+        """The open Fabric Connection, connecting with the ssh_connect policy on first use.
+
+        once: a single connect attempt, no waits and nothing remembered (a probe inside a
+        convergence wait, which does its own waiting).
+        """
+        conn, fresh = self._connect(once)
         if fresh and self.connects > 1 and self.on_reconnect is not None:
             self.on_reconnect(self)  # outside self._lock: the hook runs a command on this session
         return conn
 
-    def _connect(self) -> tuple[Any, bool]:
+    def _connect(self, once: bool = False) -> tuple[Any, bool]:
         """The connection, and whether it was opened just now."""
         with self._lock:
             if self._conn is not None and self._conn.is_connected:
                 return self._conn, False
             if self._gave_up is not None:
                 raise self._gave_up
+            policy = replace(self.policies.ssh_connect, attempts=1) if once else self.policies.ssh_connect
             attempts = 0
 
             def attempt() -> Any:
@@ -270,10 +275,10 @@ class Session:
                          f"({state.outcome.exception()}); retrying")
 
             try:
-                self._conn = retrying(self.policies.ssh_connect, _retry_connect, self.sleep, note)(attempt)
+                self._conn = retrying(policy, _retry_connect, self.sleep, note)(attempt)
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 error = ConnectError(self.endpoint, _connect_reason(exc, self.endpoint, self.connect_timeout), attempts)
-                if self.remember_failure:
+                if self.remember_failure and not once:
                     self._gave_up = error
                 raise error from None
             return self._conn, True
@@ -287,19 +292,12 @@ class Session:
                 self._conn = None
         self._virt_client.close()
 
-    def peer(self, endpoint: Endpoint) -> Session:
+    def peer(self, endpoint: Endpoint, *, once: bool = False) -> Session:
         """Another target's session, for a step that must also ask another machine (an agent asks the
-        server). The runner lends each target's step this (lib/runner.py); a bare session has none."""
+        server, vms.start probes its guest). The runner lends each target's step this (lib/runner.py),
+        one session per endpoint per run, so later steps reuse the connection; a bare session has none.
+        once: if not connected yet, connect now with one attempt (see connection())."""
         raise ConnectError(endpoint, f"no run lends {self.endpoint.name}'s session its peers", 0)
-
-    def hop(self, endpoint: Endpoint) -> Session:
-        """A new session to a VM, through this one when the VM's endpoint says so: one connect attempt.
-
-        For probes inside a convergence wait, which does its own waiting; the caller closes it.
-        """
-        once = replace(self.policies, ssh_connect=replace(self.policies.ssh_connect, attempts=1))
-        return Session(endpoint, once, sleep=self.sleep, log=self.log, gateway=self if endpoint.via else None,
-                       connect_timeout=self.connect_timeout)
 
     # -- libvirt (the client lives in lib/virtclient.py; a session only lends it its endpoint) ---
     def libvirt(self, local_uri: str) -> Any:

@@ -106,9 +106,12 @@ class _Recorded:
     def __init__(self, session: Session, keep: Callable[[CmdResult], None], pool: SessionPool) -> None:
         self._session, self._keep, self._pool = session, keep, pool
 
-    def peer(self, endpoint: Endpoint) -> Session:
+    def peer(self, endpoint: Endpoint, *, once: bool = False) -> Session:
         """Another target's session, lent by the run: its answers are kept as this step's evidence."""
-        return cast(Session, _Recorded(self._pool.get(endpoint), self._keep, self._pool))
+        session = self._pool.get(endpoint)
+        if once:
+            session.connection(once=True)
+        return cast(Session, _Recorded(session, self._keep, self._pool))
 
     def run(self, cmd: Command) -> CmdResult:
         try:
@@ -204,6 +207,7 @@ class Engine:
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
+            self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
                 ctx.locked = self._take_lock(pool.get(hypervisor_endpoint(loaded)), loaded, run_id)
             for step in chosen:

@@ -171,3 +171,17 @@ def test_tcg_keeps_the_topology_without_host_passthrough(tmp_path: Path) -> None
     dom = parse_domain_xml(done.stdout)
     assert dom.topology == GuestTopology(1, 6, 2) and dom.cpu_mode != "host-passthrough"
     assert all(c.ok for c in performance_checks(vm, dom, tuning))
+
+
+@pytest.mark.parametrize("task", ["pins", "topology"])
+def test_pins_and_topology_show_what_each_domain_carries(task: str) -> None:
+    done = subprocess.run([str(REPO / ".venv/bin/invoke"), task, "--host=hv1"], cwd=REPO, capture_output=True,
+                          text=True, check=False, timeout=120, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[1]: line for line in done.stdout.splitlines() if "threads=" in line}
+    assert "│ sockets=1,cores=16,threads=2 │ 1 GiB hugepages, locked │ -" in rows["k3s-worker-slm-heavy"]
+    assert "│ 36 MB exclusive │" in rows["k3s-worker-slm-heavy"]
+    assert "│ vdb:1 vdc:2 on 34-35,70-71 │ shared " in rows["k3s-worker-data"]
+    assert "every VM: nosharepages, no balloon; CPU host-passthrough with cache passthrough" in done.stdout
+    assert "host work: host processes and IRQs on CPUs 16-17,34-35,52-53,70-71" in done.stdout
+    assert "hugepages reserved: node 0 118 x 1G, node 1 116 x 1G" in done.stdout

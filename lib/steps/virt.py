@@ -183,14 +183,14 @@ class VmsStart(Step):
                 return StartFacts(live, guest_checks(vm, "no address yet (virsh domifaddr: no lease, no ARP entry)",
                                                      ""))
             guest = replace(guest, host=address)
-        probe = session.hop(guest)
         try:
+            # The run's own session to the guest (one connect attempt while it boots): the k3s steps
+            # after this one reuse the connection instead of opening another through the jump host.
+            probe = session.peer(guest, once=True)
             out = probe.run(sh(_CLOUD_INIT, timeout=30, why="is cloud-init done")).stdout
             return StartFacts(live, guest_checks(vm, None, out))
         except (ConnectError, CommandError) as exc:
             return StartFacts(live, guest_checks(vm, str(exc).splitlines()[0], ""))
-        finally:
-            probe.close()
 
     def plan(self, target: Target, facts: StartFacts | None) -> Plan:
         assert target.vm is not None
