@@ -102,7 +102,8 @@ class Engine:
         records = RunRecords(opts.runs_dir, loaded.name, run_id)
         run = HostRun(loaded.name, run_id, self.runbook.name, opts.mode, time.time())
         (records.dir / "run.json").write_text(json.dumps(
-            {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode}))
+            {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode,
+             "vm_filter": list(opts.flags.get("vms") or ())}))  # --vm: which VMs this run was limited to
         pool = SessionPool(opts.policies, self._sleep, records.log)
         hv = hypervisor_endpoint(loaded)
         locked = False
@@ -182,6 +183,8 @@ class Engine:
             meta = json.loads(meta_file.read_text())
             if meta.get("runbook") != self.runbook.name or meta.get("mode") != "apply":
                 continue
+            if meta.get("vm_filter", []) != list(self.options.flags.get("vms") or ()):
+                continue  # a run limited by --vm verified its steps on those VMs only
             results = read_journal(run_dir)
             verified: set[str] = set()
             for name in self.runbook.names:
@@ -244,7 +247,7 @@ class Engine:
         if mode == "offline":
             plan = step.plan(target, None)
             return result("changed" if plan.actions else "ok", reason=plan.reason,
-                          planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
+                          planned=_planned(plan.actions, target.name), warnings=plan.warnings)
         session = pool.get(target.endpoint)
         try:
             self._check_stop()
@@ -259,7 +262,7 @@ class Engine:
                               error=f"{host}: {step.name} on {target.name}: {drift.message}")
             if mode == "plan":
                 return result("changed" if plan.actions else "ok", reason=plan.reason,
-                              planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
+                              planned=_planned(plan.actions, target.name), warnings=plan.warnings)
             if step.destructive and plan.actions and not target.options.get("yes"):
                 return result("failed", exit_code=2, planned=tuple(_shown(a) for a in plan.actions),
                               error=f"{host}: {step.name} on {target.name} would delete: {plan.reason}; "
@@ -331,6 +334,13 @@ class Engine:
 
 def _shown(action: Any) -> str:
     return str(action.shown)
+
+
+def _planned(actions: tuple[Any, ...], host: str) -> tuple[str, ...]:
+    """Plan modes: each action as shown, with the bodies (or diffs) of the files it writes."""
+    from lib.planview import describe
+
+    return tuple(describe(a, host) for a in actions)
 
 
 def _with(result: StepResult, **changes: Any) -> StepResult:

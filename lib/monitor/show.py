@@ -13,9 +13,21 @@ from lib.results import HostRun
 from lib.shell import mask
 
 
+def _value(text: str) -> Any:
+    """A number stays a number in JSON ("72.0%" -> 72.0, its unit in `unit`); other texts stay texts."""
+    from lib.checks_json import number_of
+
+    parsed = number_of(text)
+    return text if parsed is None else parsed[0]
+
+
 def metrics(runs: list[HostRun]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """{host: {vm: {metric: {value, threshold, ok}}}}: the shape --json prints."""
-    return {run.host: {r.target: {c.name: {"value": c.found, "threshold": c.expected, "ok": c.ok} for c in r.checks}
+    """{host: {vm: {metric: {value, unit, text, threshold, ok}}}}: the shape --json prints."""
+    from lib.checks_json import number_of
+
+    return {run.host: {r.target: {c.name: {"value": _value(c.found),
+                                           "unit": (number_of(c.found) or (0, ""))[1], "text": c.found,
+                                           "threshold": c.expected, "ok": c.ok} for c in r.checks}
                        for r in run.results} for run in runs}
 
 
@@ -32,7 +44,8 @@ def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None 
                 table.add_column(column)
             for name, row in rows.items():
                 style = "" if row["ok"] else "bold red"
-                table.add_row(name, f"[{style}]{row['value']}[/]" if style else row["value"], row["threshold"])
+                text = row["text"] + ("" if row["ok"] else "  BREACH")  # marked in text, not only in colour
+                table.add_row(name, f"[{style}]{text}[/]" if style else text, row["threshold"])
             console.print(table)
 
 
