@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from lib.results import Check
-from lib.shell import Command
+from lib.shell import Command, FileBody
 
 if TYPE_CHECKING:
     from lib.inventory.load import LoadedHost
@@ -38,6 +38,9 @@ class Upload:
     why: str = ""
     what: str = ""  # how plans name the content, e.g. "seed ISO sha256 1a2b..."
     source: Path | None = None  # a local file to stream instead of data (large artifacts)
+    # The text files this upload carries, as plans show them (secrets ***): the seed ISO's
+    # user-data, meta-data and network-config. Left empty, a small text `data` is shown itself.
+    shows: tuple[FileBody, ...] = field(default=(), repr=False)
 
     @property
     def shown(self) -> str:

@@ -9,14 +9,14 @@ so tests run it against generated trees.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lib.cpuset import format_cpulist
 from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, split_sections
 from lib.inventory.model import Host
 from lib.remote import CmdResult
 from lib.results import Check
-from lib.shell import Command, root_prefix, sh
+from lib.shell import Command, FileBody, root_prefix, sh
 from lib.steps.base import Plan, Step, Target
 
 GOVERNORS = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor"
@@ -105,8 +105,10 @@ def plan_tuning(host: Host, facts: TuneFacts | None) -> Plan:
         if found is None or not _same(found, content):
             directory = path.rsplit("/", 1)[0]
             # Written beside, then renamed: an interrupted write never leaves half a file in place.
-            actions.append(sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}.tmp && "
-                              f"mv -f {root}{path}.tmp {root}{path}", content=content, why=f"persist in {path}"))
+            write = sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}.tmp && "
+                       f"mv -f {root}{path}.tmp {root}{path}", content=content, why=f"persist in {path}")
+            # Plans show the file itself, and a diff when the host has one (planview).
+            actions.append(replace(write, writes=(FileBody(path, content, found),)))
             changes.append(f"{'write' if not found else 'update'} {path}")
     if not actions:
         return Plan(reason="governor, numa_balancing, THP and the persisted files already as the spec says")
