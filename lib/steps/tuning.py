@@ -108,7 +108,7 @@ def plan_tuning(host: Host, facts: TuneFacts | None) -> Plan:
             write = sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}.tmp && "
                        f"mv -f {root}{path}.tmp {root}{path}", content=content, why=f"persist in {path}")
             # Plans show the file itself, and a diff when the host has one (planview).
-            actions.append(replace(write, writes=(FileBody(path, content, found),)))
+            actions.append(replace(write, writes=(FileBody(path, content, found or None),)))  # "": none there
             changes.append(f"{'write' if not found else 'update'} {path}")
     if not actions:
         return Plan(reason="governor, numa_balancing, THP and the persisted files already as the spec says")
