@@ -31,7 +31,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from lib.errors import ToolError
+from lib.errors import InventoryError, ToolError
 from lib.inventory.load import Inventory, LoadedHost, load_inventory, plan_host
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +45,10 @@ def _operator_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except InventoryError as exc:  # VMs named, one line per root cause
+            from lib.inventory.report import lines
+
+            raise Exit("\n".join(lines(exc.problems)), code=exc.exit_code) from None
         except ToolError as exc:
             raise Exit(str(exc), code=exc.exit_code) from None
 
@@ -78,10 +82,12 @@ _warned: set[str] = set()  # each warning once per invocation (monitor --watch l
 
 
 def _inventory(c: Context, host: str | None) -> Inventory:
+    from lib.inventory.report import lines
+
     inv = load_inventory(_hosts_dir(c), _names(host))
-    for warning in inv.warnings:
-        if str(warning) not in _warned:
-            _warned.add(str(warning))
+    for warning in lines(inv.warnings):
+        if warning not in _warned:
+            _warned.add(warning)
             print(warning, file=sys.stderr)
     return inv
 
@@ -228,7 +234,8 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
         from lib.output import verification_table
 
         for run in runs:
-            for result in (r for r in run.results if r.checks):
+            # A failed step's table comes with the failure below: printed once, not twice.
+            for result in (r for r in run.results if r.checks and r.status != "failed"):
                 print(f"\n{run.host} | {result.step} | {result.target}\n{verification_table(result)}")
     if not as_json:
         print(recap(runs, book.names))

@@ -33,7 +33,8 @@ def test_check_fails_with_exit_2_rule_and_path(tmp_path: Path) -> None:
 
     out = run("inventory.check", hosts=write_inventory(tmp_path, mutated(bad)))
     assert out.returncode == 2
-    assert (f"ERROR [pins.numa] {tmp_path}/hosts/hv1.yaml: vms[1].tuning.vcpu_pins[3]: CPU 40 is on NUMA node 0, "
+    assert (f"ERROR [pins.numa] {tmp_path}/hosts/hv1.yaml: vms[1] (k3s-worker-data).tuning.vcpu_pins[3]: CPU 40 is "
+            "on NUMA node 0, "
             "but numa_memory.nodeset is 1") in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
 
