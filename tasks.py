@@ -462,6 +462,36 @@ def _sample(c: Context, host: str | None, seconds: float, records: bool = False)
     return _run_quiet(c, host, _book("monitor", "monitor.sample"), {"interval": seconds}, records=records)
 
 
+@_task({"host": "hypervisor(s), comma-separated", "json": "print the rows as JSON"})
+def status(c: Context, host: str | None = None, json: bool = False) -> None:
+    """One row per VM: state, pins ok or drifted, memory node, k3s node Ready, taints ok. Read-only."""
+    import tempfile
+
+    from lib.runbook import Runbook
+    from lib.status import as_json, rows, table
+    from lib.steps.k3s import K3sTaints
+    from lib.steps.status import StatusVms
+
+    book = Runbook("status", "", "status", (StatusVms(), K3sTaints()))
+    # One libvirt read per VM and one `kubectl get nodes` on the server; no records kept for a glance.
+    with tempfile.TemporaryDirectory(prefix="numa-k3s-status-") as tmp:
+        runs = _run(c, host, book, _quiet(), mode="verify", runs_dir=Path(tmp))
+    found = rows([r for r in runs if not r.error], _inventory(c, host).hosts)
+    print(as_json(found) if json else table(found))
+    broken = [r for r in runs if r.error]
+    if broken:
+        from lib.runner import failure_text
+
+        raise Exit(failure_text(broken), code=min(r.exit_code for r in broken))
+
+
+def _quiet() -> Any:
+    """An Output that keeps the per-step lines to itself: the caller prints its own view."""
+    from lib.output import Output
+
+    return Output(io.StringIO(), tty=False)
+
+
 @_task({"host": "hypervisor", "interval": "seconds per sample, up to 3600 (default 1)"})
 def doctor(c: Context, host: str | None = None, interval: str = "1") -> None:
     """The spec's troubleshooting table as checks: each finding with its symptom, evidence and fix."""
@@ -537,11 +567,10 @@ def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any], r
     """
     import tempfile
 
-    from lib.output import Output
     from lib.runner import failure_text
 
     with tempfile.TemporaryDirectory(prefix="numa-k3s-sample-") if not records else contextlib.nullcontext() as tmp:
-        runs = _run(c, host, book, Output(io.StringIO(), tty=False), mode="verify", flags=flags,
+        runs = _run(c, host, book, _quiet(), mode="verify", flags=flags,
                     runs_dir=Path(tmp) if tmp else None)
     # Could not even sample (a run error, or a step that failed with no evidence): say so, as any failure.
     broken = [r for r in runs if r.error or any(x.status == "failed" and not x.checks for x in r.results)]
@@ -560,5 +589,6 @@ verify.add_task(verify_k3s, "k3s")
 verify.add_task(verify_numa, "numa")
 verify.add_task(verify_emulator, "emulator")
 verify.add_task(verify_all, "all")
-ns = Collection(topology, pins, steps, provision, plan, step, teardown, monitor, doctor, inventory, verify)
+ns = Collection(topology, pins, steps, provision, plan, step, teardown, status, monitor, doctor, inventory,
+                verify)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})
