@@ -142,6 +142,9 @@ class PlanOutput:
             self.stream.write(block(result) + "\n")
             self.stream.flush()
 
+    def waiting(self, host: str, text: str) -> None:
+        self.message(f"{host} | {text}")
+
     def message(self, text: str) -> None:
         with self._lock:
             self.stream.write(mask(text) + "\n")

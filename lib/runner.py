@@ -326,8 +326,19 @@ class Engine:
                 raise _NotYet(checks)
             return checks
 
+        policy = self.options.policies.converge
+
+        def waiting(state: Any) -> None:  # signs of life: what it waits for, the attempt, the time
+            first = next(iter(_failed(last)), None)
+            what = f"{first.name} (now {first.found})" if first else "the step's checks"
+            elapsed = max(state.idle_for, state.seconds_since_start or 0.0)
+            limit = f" of {policy.deadline:g} s" if policy.deadline else ""
+            # Attempt and time first: a narrow terminal cuts the end of the line, not the progress.
+            self.output.waiting(target.loaded.name, f"{step.name} {target.name}: attempt {state.attempt_number}, "
+                                                    f"{elapsed:.0f} s{limit}, waiting for {what}")
+
         try:
-            return retrying(self.options.policies.converge, lambda e: isinstance(e, _NotYet), self._sleep)(attempt)
+            return retrying(policy, lambda e: isinstance(e, _NotYet), self._sleep, waiting)(attempt)
         except _NotYet:
             raise _NotYet(last) from None
 
