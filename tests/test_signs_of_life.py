@@ -28,22 +28,27 @@ def world(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[World]:
     sshd_farm.stop(host.name)
 
 
+class FileAppears:
+    """An injected sleep: records each wait; the awaited file appears during the third."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.waits = path, 0
+
+    def __call__(self, _seconds: float) -> None:
+        self.waits += 1
+        if self.waits == 3:
+            self.path.touch()
+
+
 def _run(world: World, tty: bool) -> str:
-    ready = world.state_file("hv1", "ready")
-    waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        if len(waits) == 3:
-            ready.touch()
-
-    out = io.StringIO()
+    sleep = FileAppears(world.state_file("hv1", "ready"))
     book = load_runbook(world.runbook("test.converge"), REGISTRY)
-    options = RunOptions(runs_dir=world.runs, policies=FAST, sleep=sleep, flags={"state": str(world.state)})
+    options = RunOptions(runs_dir=world.runs, policies=FAST, flags={"state": str(world.state)}, sleep=sleep)
+    out = io.StringIO()
     output = Output(out, tty=tty)
     (run,) = Engine(book, options, output).run(world.loaded())
     output.close()
-    assert run.exit_code == 0 and len(waits) == 3
+    assert run.exit_code == 0 and sleep.waits == 3
     return out.getvalue()
 
 
