@@ -131,3 +131,28 @@ def test_config_yaml_body_masks_a_known_token_online(cli: Cli) -> None:  # noqa:
     shown = "\n".join(describe(a) for a in plan_node(target, None).actions)
     assert TOKEN not in shown and "| token: ***" in shown
     assert k3s.CONFIG in shown and "| - workload=tasks:NoSchedule" in shown
+
+
+def test_domain_drift_is_shown_side_by_side_and_each_target_streams_as_it_is_planned() -> None:
+    import io
+
+    from lib.planview import PlanOutput
+    from lib.results import Check, StepResult
+
+    drift = StepResult("hv1", "vms.define", "k3s-worker-slm", "failed", 0.0, 0.1, exit_code=5,
+                       error="hv1: vms.define on k3s-worker-slm: domain k3s-worker-slm differs from the spec (2 "
+                             "field(s)); rerun with --redefine",
+                       checks=(Check("vcpus", "8", "4", False), Check("memory", "32768 MiB", "16384 MiB", False),
+                               Check("domain type", "kvm", "kvm", True)))
+    stream = io.StringIO()
+    out = PlanOutput(stream)
+    out.step_done(drift)
+    first = stream.getvalue()
+    assert first.startswith("hv1 | vms.define | k3s-worker-slm: cannot plan: hv1: vms.define on k3s-worker-slm: "
+                            "domain k3s-worker-slm differs")
+    rows = [line.split() for line in first.splitlines()[1:]]
+    assert rows[:3] == [["check", "expected", "found"], ["✗", "vcpus", "8", "4"],
+                        ["✗", "memory", "32768", "MiB", "16384", "MiB"]]  # the differing fields first
+    out.step_done(StepResult("hv1", "vms.start", "k3s-worker-slm", "ok", 0.1, 0.2, reason="running"))
+    assert stream.getvalue().startswith(first)  # printed when planned, not held back for the end
+    assert stream.getvalue()[len(first):] == "hv1 | vms.start | k3s-worker-slm: no change: running\n"
