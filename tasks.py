@@ -31,7 +31,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from lib.errors import ToolError
+from lib.errors import InventoryError, ToolError
 from lib.inventory.load import Inventory, LoadedHost, load_inventory, plan_host
 
 HERE = Path(__file__).resolve().parent
@@ -45,10 +45,23 @@ def _operator_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except InventoryError as exc:  # VMs named, one line per root cause
+            from lib.inventory.report import lines
+
+            raise Exit("\n".join(lines(exc.problems)), code=exc.exit_code) from None
         except ToolError as exc:
             raise Exit(str(exc), code=exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _task(help: dict[str, str] | None = None) -> Callable[[F], Any]:
+    """An invoke task without short flags: `-h` stays help, and no letter means two things in two tasks."""
+
+    def wrap(fn: F) -> Any:
+        return task(auto_shortflags=False, help=help or {})(_operator_errors(fn))
+
+    return wrap
 
 
 def _names(host: str | None) -> list[str] | None:
@@ -65,11 +78,32 @@ def _hosts_dir(c: Context) -> Path:
         return path
 
 
+_warned: set[str] = set()  # each warning once per invocation (monitor --watch loads the inventory per sample)
+
+
 def _inventory(c: Context, host: str | None) -> Inventory:
+    from lib.inventory.report import lines
+
     inv = load_inventory(_hosts_dir(c), _names(host))
-    for warning in inv.warnings:
-        print(warning, file=sys.stderr)
+    for warning in lines(inv.warnings):
+        if warning not in _warned:
+            _warned.add(warning)
+            print(warning, file=sys.stderr)
     return inv
+
+
+def _changing(c: Context, task_name: str, host: str | None, all_: bool) -> str | None:
+    """A task that changes hosts runs on the hosts named, or on every one only with an explicit --all."""
+    from lib.flags import FlagError
+    from lib.inventory.load import host_names
+
+    if host and all_:
+        raise FlagError(f"{task_name}: give --host or --all, not both; nothing was done")
+    if not host and not all_:
+        names = host_names(_hosts_dir(c))
+        raise FlagError(f"{task_name} changes hosts: say which with --host={' or --host='.join(names) or 'NAME'} "
+                        f"(or --all for every host in {_hosts_dir(c)}); nothing was done")
+    return host
 
 
 def _one(c: Context, host: str | None) -> LoadedHost:
@@ -88,10 +122,18 @@ def _console(record: bool = False) -> Any:
     return console
 
 
-@task(help={"host": "host name(s), comma-separated; default: every hosts/*.yaml"})
-@_operator_errors
-def check(c: Context, host: str | None = None) -> None:
+@_task({"host": "host name(s), comma-separated; default: every hosts/*.yaml",
+        "json": "print the result as JSON: per host its counts, and every error and warning"})
+def check(c: Context, host: str | None = None, json: bool = False) -> None:
     """Validate the inventory: schema, pins, NUMA, memory, disks, k3s roles. Contacts no host."""
+    if json:
+        from lib.checks_json import inventory_json
+
+        text, valid = inventory_json(_hosts_dir(c), _names(host))
+        print(text)
+        if not valid:
+            raise Exit(code=2)
+        return
     inv = _inventory(c, host)
     for name, loaded in inv.hosts.items():
         vms = loaded.host.vms
@@ -100,14 +142,17 @@ def check(c: Context, host: str | None = None) -> None:
               f"{warnings} warnings)")
 
 
-@task(help={"host": "host name", "svg": "also write the picture to this SVG file",
+@_task({"host": "host name", "svg": "also write the picture to this SVG file",
             "html": "also write the picture to this HTML file"})
-@_operator_errors
 def topology(c: Context, host: str | None = None, svg: str | None = None, html: str | None = None) -> None:
     """Picture of the host: per socket and NUMA node, every core's threads and who owns them."""
+    from lib.flags import output_file
     from lib.topoview import topology_picture
     from lib.vmview import vm_settings_table
 
+    for flag, value in (("svg", svg), ("html", html)):
+        if value is not None:
+            output_file(flag, value)  # before any work: never draw, then fail to save
     loaded = _one(c, host)
     console = _console(record=bool(svg or html))
     console.print(topology_picture(loaded))
@@ -120,8 +165,7 @@ def topology(c: Context, host: str | None = None, svg: str | None = None, html: 
         print(f"wrote {html}")
 
 
-@task(help={"host": "host name", "replan": "also show the pins the planner picks from counts and nodesets"})
-@_operator_errors
+@_task({"host": "host name", "replan": "also show the pins the planner picks from counts and nodesets"})
 def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
     """vCPU pins per VM (given in the file or planned), with the planner's choice beside them."""
     from lib.pinplan import PlanError
@@ -143,44 +187,76 @@ def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
 # -- runbooks -----------------------------------------------------------------------------------
 
 def _runbook(name: str) -> Any:
+    from lib.flags import FlagError, did_you_mean
     from lib.runbook import load_runbook
     from lib.steps import REGISTRY
 
+    known = sorted(p.stem for p in (HERE / "runbooks").glob("*.yaml"))
+    if name not in known:  # also keeps a name like ../x from reaching the file system
+        raise FlagError(f"--runbook={name}: unknown runbook{did_you_mean(name, known)}; known: {', '.join(known)}")
     return load_runbook(HERE / "runbooks" / f"{name}.yaml", REGISTRY)
 
 
-def _split(value: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+def _selection(book: Any, from_: str | None, only: str | None, skip: str | None) -> dict[str, Any]:
+    """--from/--only/--skip checked against the runbook's steps (with a suggestion) before anything runs."""
+    from lib.flags import FlagError, names
+
+    where = f"runbook {book.name}"
+    start = names("from", from_, book.names, "step", where)
+    if len(start) > 1:
+        raise FlagError(f"--from: one step, not {len(start)}")
+    return {"from_step": start[0] if start else None, "only": names("only", only, book.names, "step", where),
+            "skip": names("skip", skip, book.names, "step", where)}
+
+
+def _again(task_name: str, **flags: Any) -> Callable[[str], str]:
+    """The command that runs this again on one host, with the flags that change what it does."""
+    shown = "".join(f" --{k.rstrip('_').replace('_', '-')}" + ("" if v is True else f"={v}")
+                    for k, v in flags.items() if v)
+    return lambda h: f"invoke {task_name} --host={h}{shown}"
 
 
 def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command: Callable[[str], str],
-             after: Callable[[list[Any]], None] | None = None, **opts: Any) -> None:
+             after: Callable[[list[Any]], None] | None = None, as_json: bool = False, vm: str | None = None,
+             **opts: Any) -> None:
     """Run a runbook over the selected hosts, print the recap, exit with the run's code."""
-    from lib.output import Output, plan_text, recap
+    from lib.output import Output, recap
     from lib.runner import exit_code, failure_text
 
-    # Plan modes print the plan itself; per-step progress lines would only repeat it.
-    quiet = mode in ("plan", "offline")
-    runs = _run(c, host, book, Output(io.StringIO(), tty=False) if quiet else Output(), mode=mode,
-                resume_command=resume_command, **opts)
-    if quiet:
-        print(plan_text(runs))
-    if mode == "verify":  # read-only checks: the evidence itself, one table per host, step and target
+    plan = mode in ("plan", "offline")
+    if plan:  # each step's plan as soon as it is known, with the bodies of the files it writes
+        from lib.planview import PlanOutput, plan_summary
+
+        output: Any = PlanOutput(sys.stdout)
+    else:
+        output = Output(io.StringIO(), tty=False) if as_json else Output()
+    runs = _run(c, host, book, output, mode=mode, resume_command=resume_command, vm=vm, **opts)
+    if as_json:
+        from lib.checks_json import runs_json
+
+        print(runs_json(runs))
+    elif mode == "verify":  # read-only checks: the evidence itself, one table per host, step and target
         from lib.output import verification_table
 
         for run in runs:
-            for result in (r for r in run.results if r.checks):
+            # A failed step's table comes with the failure below: printed once, not twice.
+            for result in (r for r in run.results if r.checks and r.status != "failed"):
                 print(f"\n{run.host} | {result.step} | {result.target}\n{verification_table(result)}")
-    print(recap(runs, book.names))
-    if after:
+    if not as_json:
+        print(recap(runs, book.names))
+    if plan:
+        print(plan_summary(runs))
+        for run in runs:
+            journal = _runs_dir(c) / run.host / run.run_id / "journal.jsonl"
+            print(f"{run.host}: every command and file in full: {journal}")
+    if after and not as_json:
         after(runs)
     code = exit_code(runs)
     if code:
         raise Exit(failure_text(runs), code=code)
 
 
-@task(help={"runbook": "runbook name under runbooks/ (default: provision)"})
-@_operator_errors
+@_task({"runbook": "runbook name under runbooks/ (default: provision)"})
 def steps(c: Context, runbook: str = "provision") -> None:
     """List the steps of a runbook, one line each: order, name, where it runs, what it does."""
     book = _runbook(runbook)
@@ -189,113 +265,130 @@ def steps(c: Context, runbook: str = "provision") -> None:
         print(f"{i:>2}. {step.name:<18} {step.targets:<10} {step.summary}")
 
 
-@task(help={
-    "host": "hypervisor(s), comma-separated; they run at once",
-    "resume": "continue after the last verified step of the last run",
-    "from": "start at this step", "only": "run only these steps (comma-separated)",
-    "skip": "leave out these steps (comma-separated)",
-    "runbook": "runbook name under runbooks/ (default: provision)",
-    "redefine": "replace a domain whose definition drifted from the spec (it must be shut off; disks kept)",
-})
-@_operator_errors
-def provision(c: Context, host: str | None = None, resume: bool = False, from_: str | None = None,
-              only: str | None = None, skip: str | None = None, runbook: str = "provision",
-              redefine: bool = False) -> None:
+_SELECT = {"from": "start at this step", "only": "run only these steps (comma-separated)",
+           "skip": "leave out these steps (comma-separated)",
+           "runbook": "runbook name under runbooks/ (default: provision)",
+           "redefine": "replace a domain whose definition drifted from the spec (it must be shut off; disks kept)",
+           "vm": "only these VMs (comma-separated) in the steps that run per VM; hypervisor steps run as usual"}
+_CHANGES = {"host": "hypervisor(s), comma-separated; they run at once (required: this changes hosts)",
+            "all": "every host in hosts/ (instead of --host)"}
+
+
+@_task({**_CHANGES, **_SELECT, "resume": "continue after the last verified step of the last run"})
+def provision(c: Context, host: str | None = None, all_: bool = False, resume: bool = False,
+              from_: str | None = None, only: str | None = None, skip: str | None = None,
+              runbook: str = "provision", redefine: bool = False, vm: str | None = None) -> None:
     """Run a runbook on the host(s): every step verified, records under .runs/<host>/<run-id>/."""
+    host = _changing(c, "provision", host, all_)
     book = _runbook(runbook)
-    extra = ("" if runbook == "provision" else f" --runbook={runbook}") + (" --redefine" if redefine else "")
-    _execute(c, host, book, "apply", lambda h: f"invoke provision --host={h}{extra} --resume",
-             resume=resume, from_step=from_, only=_split(only), skip=_split(skip), flags={"redefine": redefine})
+    again = _again("provision", runbook=runbook if runbook != "provision" else None, redefine=redefine, vm=vm,
+                   resume=True)
+    _execute(c, host, book, "apply", again, resume=resume, vm=vm, flags={"redefine": redefine},
+             **_selection(book, from_, only, skip))
 
 
-@task(help={"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host",
-            "runbook": "runbook name under runbooks/ (default: provision)"})
-@_operator_errors
-def plan(c: Context, host: str | None = None, offline: bool = False, runbook: str = "provision") -> None:
-    """What provision would do, per step and host, and why the rest needs nothing. Changes nothing."""
-    _execute(c, host, _runbook(runbook), "offline" if offline else "plan", lambda h: f"invoke plan --host={h}")
+@_task({"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host", **_SELECT})
+def plan(c: Context, host: str | None = None, offline: bool = False, runbook: str = "provision",
+         from_: str | None = None, only: str | None = None, skip: str | None = None, redefine: bool = False,
+         vm: str | None = None) -> None:
+    """What provision would do, per step and host: the commands, the files' bodies and diffs. Changes nothing."""
+    book = _runbook(runbook)
+    again = _again("plan", offline=offline, runbook=runbook if runbook != "provision" else None,
+                   redefine=redefine, vm=vm)
+    _execute(c, host, book, "offline" if offline else "plan", again, vm=vm, flags={"redefine": redefine},
+             **_selection(book, from_, only, skip))
 
 
-@task(help={"host": "hypervisor(s), comma-separated",
-            "redefine": "vms.define: replace a drifted domain (shut off; disks kept)",
-            "yes": "teardown steps: really delete", "include-data": "teardown steps: also delete the data disks"})
-@_operator_errors
-def step(c: Context, name: str, host: str | None = None, redefine: bool = False,
-         yes: bool = False, include_data: bool = False) -> None:
+@_task({**_CHANGES, "redefine": "vms.define: replace a drifted domain (shut off; disks kept)",
+        "vm": _SELECT["vm"], "yes": "teardown steps: really delete",
+        "include-data": "teardown steps: also delete the data disks"})
+def step(c: Context, name: str, host: str | None = None, all_: bool = False, redefine: bool = False,
+         yes: bool = False, include_data: bool = False, vm: str | None = None) -> None:
     """Run one step (and its verification) ad hoc, e.g. invoke step host.tune --host=hv1."""
+    if name in ("-h", "--help"):  # invoke hands a positional argument any word, even -h: help it is
+        _task_help("step", step)
+        return
+    book = _single(name)
+    host = _changing(c, "step", host, all_)
     flags = {"redefine": redefine, "yes": yes, "include_data": include_data}
-    shown = "".join(f" --{k.replace('_', '-')}" for k, v in flags.items() if v)
-    _execute(c, host, _single(name), "apply", lambda h: f"invoke step {name} --host={h}{shown}",
-             flags=flags)
+    _execute(c, host, book, "apply", _again(f"step {name}", vm=vm, **flags), vm=vm, flags=flags)
 
 
-@task(help={"host": "hypervisor(s), comma-separated",
-            "yes": "really delete (without it: print what would be deleted, delete nothing)",
-            "include-data": "also delete the data VM's hot and cold disks (never the base image)"})
-@_operator_errors
-def teardown(c: Context, host: str | None = None, yes: bool = False, include_data: bool = False) -> None:
+@_task({**_CHANGES, "yes": "really delete (without it: print what would be deleted, delete nothing)",
+        "include-data": "also delete the data VM's hot and cold disks (never the base image)"})
+def teardown(c: Context, host: str | None = None, all_: bool = False, yes: bool = False,
+             include_data: bool = False) -> None:
     """Undo provision: the plan of what would be deleted first, then (only with --yes) delete it."""
+    host = _changing(c, "teardown", host, all_)
     book = _runbook("teardown")
     flags = {"include_data": include_data}
-    shown = " --include-data" if include_data else ""
-    _execute(c, host, book, "plan", lambda h: f"invoke teardown --host={h}{shown}", flags=flags)
+    _execute(c, host, book, "plan", _again("teardown", include_data=include_data), flags=flags)
     if not yes:
-        print(f"Nothing was deleted. To delete the above: invoke teardown --host={host or '<host>'}{shown} --yes")
+        shown = " --include-data" if include_data else ""
+        where = f"--host={host}" if host else "--all"
+        print(f"Nothing was deleted. To delete the above: invoke teardown {where}{shown} --yes")
         return
-    _execute(c, host, book, "apply", lambda h: f"invoke teardown --host={h}{shown} --yes",
+    _execute(c, host, book, "apply", _again("teardown", include_data=include_data, yes=True),
              flags={**flags, "yes": True})
 
 
+def _task_help(name: str, body: Any) -> None:
+    """invoke's own per-task help layout, for a task whose positional argument swallowed -h."""
+    print(f"Usage: inv[oke] [--core-opts] {name} [--options] [other tasks here ...]\n\nDocstring:\n  "
+          f"{(body.__doc__ or '').strip()}\n\nOptions:")
+    for arg in body.get_arguments():
+        spelled = f"--{arg.name.rstrip('_').replace('_', '-')}" + ("" if arg.kind is bool else "=STRING")
+        print(f"  {spelled:<22} {arg.help or ''}".rstrip())
+
+
 def _single(name: str) -> Any:
+    from lib.flags import did_you_mean
     from lib.runbook import Runbook, RunbookError
     from lib.steps import REGISTRY
 
     if name not in REGISTRY:
-        raise RunbookError(f"unknown step {name!r}; known steps: {', '.join(sorted(REGISTRY))}")
+        raise RunbookError(f"unknown step {name!r}{did_you_mean(name, REGISTRY)}; known steps: "
+                           f"{', '.join(sorted(REGISTRY))}")
     return Runbook(f"step-{name}", "", REGISTRY[name].summary, (REGISTRY[name](),))
 
 
 # -- read-only verifications ---------------------------------------------------------------------
 
-def _verify(c: Context, host: str | None, name: str, task_name: str) -> None:
-    _execute(c, host, _single(name), "verify", lambda h: f"invoke {task_name} --host={h}")
+_VERIFY = {"host": "hypervisor(s), comma-separated", "json": "print every check as JSON (numbers as numbers)"}
 
 
-@task(help={"host": "hypervisor(s), comma-separated"})
-@_operator_errors
-def verify_bios(c: Context, host: str | None = None) -> None:
+def _verify(c: Context, host: str | None, book: Any, task_name: str, as_json: bool, **opts: Any) -> None:
+    _execute(c, host, book, "verify", _again(task_name), as_json=as_json, **opts)
+
+
+@_task(_VERIFY)
+def verify_bios(c: Context, host: str | None = None, json: bool = False) -> None:
     """Read-only: CPU topology, NUMA, L3, VT-x/AMD-V, IOMMU and BIOS against the inventory."""
-    _verify(c, host, "bios.check", "verify.bios")
+    _verify(c, host, _single("bios.check"), "verify.bios", json)
 
 
-@task(help={"host": "hypervisor(s), comma-separated"})
-@_operator_errors
-def verify_tuning(c: Context, host: str | None = None) -> None:
+@_task(_VERIFY)
+def verify_tuning(c: Context, host: str | None = None, json: bool = False) -> None:
     """Read-only: governor, numa_balancing, THP, live and persisted, against the inventory."""
-    _verify(c, host, "host.tune", "verify.tuning")
+    _verify(c, host, _single("host.tune"), "verify.tuning", json)
 
 
-@task(help={"host": "hypervisor(s), comma-separated"})
-@_operator_errors
-def verify_images(c: Context, host: str | None = None) -> None:
+@_task(_VERIFY)
+def verify_images(c: Context, host: str | None = None, json: bool = False) -> None:
     """Read-only: every VM disk's format, backing file and virtual size against the inventory."""
-    _verify(c, host, "images.clone", "verify.images")
+    _verify(c, host, _single("images.clone"), "verify.images", json)
 
 
-@task(help={"host": "hypervisor(s), comma-separated"})
-@_operator_errors
-def verify_vms(c: Context, host: str | None = None) -> None:
+@_task(_VERIFY)
+def verify_vms(c: Context, host: str | None = None, json: bool = False) -> None:
     """Read-only: each domain's definition (pins, emulatorpin, numatune, disks) and live state and pins."""
-    _execute(c, host, _book("verify-vms", "vms.define", "vms.start"), "verify",
-             lambda h: f"invoke verify.vms --host={h}")
+    _verify(c, host, _book("verify-vms", "vms.define", "vms.start"), "verify.vms", json)
 
 
-@task(help={"host": "hypervisor(s), comma-separated"})
-@_operator_errors
-def verify_k3s(c: Context, host: str | None = None) -> None:
+@_task(_VERIFY)
+def verify_k3s(c: Context, host: str | None = None, json: bool = False) -> None:
     """Read-only: every node Ready, its role, taints, version; it takes pods tolerating its taints; the add-ons run."""
-    _execute(c, host, _book("verify-k3s", "k3s.addons", "k3s.taints"), "verify",
-             lambda h: f"invoke verify.k3s --host={h}")
+    _verify(c, host, _book("verify-k3s", "k3s.addons", "k3s.taints"), "verify.k3s", json)
 
 
 def _book(name: str, *steps: str) -> Any:
@@ -305,21 +398,26 @@ def _book(name: str, *steps: str) -> Any:
     return Runbook(name, "", name, tuple(REGISTRY[s]() for s in steps))
 
 
-@task(help={"host": "hypervisor(s), comma-separated", "max-remote": "largest share of memory off the VM's "
-            "nodes, in percent (the spec: 1)"})
-@_operator_errors
-def verify_numa(c: Context, host: str | None = None, max_remote: float = 1.0) -> None:
+def _interval(value: str) -> float:
+    from lib.flags import number
+
+    return number("interval", value, low=0, high=3600, low_open=True)
+
+
+@_task({**_VERIFY, "max-remote": "largest share of memory off the VM's nodes, in percent, 0-100 (the spec: 1)"})
+def verify_numa(c: Context, host: str | None = None, max_remote: str = "1", json: bool = False) -> None:
     """Read-only: each VM's QEMU memory per node, the share off its nodeset, numatune strict."""
-    _execute(c, host, _book("verify-numa", "numa.check"), "verify", lambda h: f"invoke verify.numa --host={h}",
-             flags={"max_remote": max_remote / 100})
+    from lib.flags import number
+
+    share = number("max-remote", max_remote, low=0, high=100)
+    _verify(c, host, _book("verify-numa", "numa.check"), "verify.numa", json, flags={"max_remote": share / 100})
 
 
-@task(help={"host": "hypervisor(s), comma-separated", "interval": "sampling interval in seconds (default 1)"})
-@_operator_errors
-def verify_emulator(c: Context, host: str | None = None, interval: float = 1.0) -> None:
+@_task({**_VERIFY, "interval": "sampling interval in seconds, up to 3600 (default 1)"})
+def verify_emulator(c: Context, host: str | None = None, interval: str = "1", json: bool = False) -> None:
     """Read-only: each VM's emulator threads under 50% of their cpuset over an interval; the busiest named."""
-    _execute(c, host, _book("verify-emulator", "emulator.check"), "verify",
-             lambda h: f"invoke verify.emulator --host={h}", flags={"interval": interval}, after=_busiest_emulator)
+    _verify(c, host, _book("verify-emulator", "emulator.check"), "verify.emulator", json,
+            flags={"interval": _interval(interval)}, after=_busiest_emulator)
 
 
 def _busiest_emulator(runs: list[Any]) -> None:
@@ -336,60 +434,117 @@ VERIFY_ALL = ("preflight.access", "bios.check", "host.tune", "images.clone", "cl
               "emulator.check")
 
 
-@task(help={"host": "hypervisor(s), comma-separated"})
-@_operator_errors
-def verify_all(c: Context, host: str | None = None) -> None:
-    book = _book("verify-all", *VERIFY_ALL)
-    _execute(c, host, book, "verify", lambda h: f"invoke verify.all --host={h}")
+@_task(_VERIFY)
+def verify_all(c: Context, host: str | None = None, json: bool = False) -> None:
+    _verify(c, host, _book("verify-all", *VERIFY_ALL), "verify.all", json)
 
 
 verify_all.__doc__ = ("Read-only: every verification in one run, each even after an earlier one fails: "
                       + ", ".join(VERIFY_ALL) + ".")
 
 
-@task(help={"host": "hypervisor", "interval": "seconds per sample (default 1)", "watch": "repeat until Ctrl-C",
-            "json": "print the metrics as JSON, for scripts",
-            "prometheus": "write the metrics in the Prometheus text format to this file (node_exporter's textfile "
-                          "collector directory, e.g. /var/lib/node_exporter/textfile/numa_k3s.prom), or - for stdout"})
-@_operator_errors
-def monitor(c: Context, host: str | None = None, interval: float = 1.0, watch: bool = False,
-            json: bool = False, prometheus: str | None = None) -> None:
+@_task({"host": "hypervisor", "interval": "seconds per sample, up to 3600 (default 1)",
+        "watch": "repeat until Ctrl-C: a live screen on a terminal, timestamped samples otherwise; exit 5 if a "
+                 "threshold was breached", "json": "print the metrics as JSON, for scripts",
+        "count": "with --watch: stop after this many samples (default 0: until Ctrl-C)",
+        "prometheus": "write the metrics in the Prometheus text format to this file (node_exporter's textfile "
+                      "collector directory, e.g. /var/lib/node_exporter/textfile/numa_k3s.prom), or - for stdout"})
+def monitor(c: Context, host: str | None = None, interval: str = "1", watch: bool = False,
+            json: bool = False, count: str = "0", prometheus: str | None = None) -> None:
     """The spec's key metrics, one table per VM: vCPU use and wait, NUMA, emulator CPU, LLC."""
+    from lib.flags import number
     from lib.monitor.show import show_prometheus, show_runs
 
-    while True:
-        runs = _run_quiet(c, host, _book("monitor", "monitor.sample"),
-                          {"interval": interval, "prometheus": bool(prometheus)})
-        if prometheus:
-            show_prometheus(runs, prometheus)
-        else:
-            show_runs(runs, as_json=json)
-        if not watch:
-            break
+    seconds = _interval(interval)
+    samples = number("count", count, low=0, high=1_000_000)
+    if samples != int(samples):
+        from lib.flags import FlagError
+
+        raise FlagError(f"--count={count}: a whole number of samples")
+    if watch:
+        from lib.monitor.watch import watch_samples
+
+        breached = watch_samples(lambda: _sample(c, host, seconds), as_json=json, count=int(samples))
+        if breached:
+            raise Exit(f"monitor: thresholds were breached in {breached} sample(s) during the watch", code=5)
+        return
+    runs = _sample(c, host, seconds, records=True, prometheus=bool(prometheus))
+    if prometheus:
+        show_prometheus(runs, prometheus)
+    else:
+        show_runs(runs, as_json=json)
     _unread_exit(runs)
 
 
-@task(help={"host": "hypervisor", "interval": "seconds per sample (default 1)"})
-@_operator_errors
-def doctor(c: Context, host: str | None = None, interval: float = 1.0) -> None:
+def _sample(c: Context, host: str | None, seconds: float, records: bool = False, prometheus: bool = False) -> Any:
+    """One monitor sample; a watch keeps no run directory per sample (records=False)."""
+    return _run_quiet(c, host, _book("monitor", "monitor.sample"), {"interval": seconds, "prometheus": prometheus},
+                      records=records)
+
+
+@_task({"host": "hypervisor(s), comma-separated", "json": "print the rows as JSON"})
+def status(c: Context, host: str | None = None, json: bool = False) -> None:
+    """One row per VM: state, pins ok or drifted, memory node, k3s node Ready, taints ok. Read-only."""
+    import tempfile
+
+    from lib.runbook import Runbook
+    from lib.status import as_json, rows, table
+    from lib.steps.k3s import K3sTaints
+    from lib.steps.status import StatusVms
+
+    book = Runbook("status", "", "status", (StatusVms(), K3sTaints()))
+    # One libvirt read per VM and one `kubectl get nodes` on the server; no records kept for a glance.
+    with tempfile.TemporaryDirectory(prefix="numa-k3s-status-") as tmp:
+        runs = _run(c, host, book, _quiet(), mode="verify", runs_dir=Path(tmp))
+    found = rows([r for r in runs if not r.error], _inventory(c, host).hosts)
+    print(as_json(found) if json else table(found))
+    broken = [r for r in runs if r.error]
+    if broken:
+        from lib.runner import failure_text
+
+        raise Exit(failure_text(broken), code=min(r.exit_code for r in broken))
+
+
+def _quiet() -> Any:
+    """An Output that keeps the per-step lines to itself: the caller prints its own view."""
+    from lib.output import Output
+
+    return Output(io.StringIO(), tty=False)
+
+
+@_task({"host": "hypervisor", "interval": "seconds per sample, up to 3600 (default 1)"})
+def doctor(c: Context, host: str | None = None, interval: str = "1") -> None:
     """The spec's troubleshooting table as checks: each finding with its symptom, evidence and fix."""
     from lib.monitor.show import show_findings
 
-    runs = _run_quiet(c, host, _book("doctor", "doctor"), {"interval": interval})
-    if show_findings(runs):
-        _unread_exit(runs)
+    runs = _run_quiet(c, host, _book("doctor", "doctor"), {"interval": _interval(interval)})
+    problems = show_findings(runs)
+    _unread_exit(runs)  # a host not reached fails the command, whatever the others showed
+    if problems:
         raise Exit(code=5)
 
 
-def _run(c: Context, host: str | None, book: Any, output: Any, **opts: Any) -> Any:
+def _runs_dir(c: Context) -> Path:
+    from lib.flags import writable_dir
+
+    runs_dir = Path(c.config.runs_dir).expanduser()
+    return writable_dir("the runs directory", runs_dir if runs_dir.is_absolute() else HERE / runs_dir)
+
+
+def _run(c: Context, host: str | None, book: Any, output: Any, vm: str | None = None,
+         runs_dir: Path | None = None, **opts: Any) -> Any:
     """The Engine over the selected hosts with this checkout's runs dir and invoke.yaml's retries."""
+    from lib.flags import names
     from lib.retry import policies_from_config
     from lib.runner import Engine, RunOptions
 
     inv = _inventory(c, host)
-    runs_dir = Path(c.config.runs_dir)
-    options = RunOptions(runs_dir=runs_dir if runs_dir.is_absolute() else HERE / runs_dir,
-                         policies=policies_from_config(c.config.get("retries")), **opts)
+    if vm is not None:  # checked against the selected hosts' VMs before any host is contacted
+        known = [v.name for loaded in inv.hosts.values() for v in loaded.host.vms]
+        chosen = names("vm", vm, known, "VM", f"the VMs of {', '.join(inv.hosts)}")
+        opts["flags"] = {**opts.get("flags", {}), "vms": chosen}
+    options = RunOptions(runs_dir=runs_dir or _runs_dir(c), policies=policies_from_config(c.config.get("retries")),
+                         **opts)
     engine = Engine(book, options, output)
     # Only a run that changes hosts stops between commands; a read-only one (verify, plan, monitor
     # --watch) has nothing half-done to protect and ends at Ctrl-C as any command does.
@@ -426,13 +581,21 @@ def _stopped_by_signals(engine: Any, output: Any) -> Iterator[None]:
         signal.signal(signal.SIGTERM, saved[1])
 
 
-def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any]) -> Any:
-    """Verify mode without the per-step lines: the caller prints its own view of the checks."""
-    from lib.output import Output
+def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any], records: bool = True) -> Any:
+    """Verify mode without the per-step lines: the caller prints its own view of the checks, then
+    calls _unread_exit, so a host that could not be read fails the command after its rows are shown.
 
-    runs = _run(c, host, book, Output(io.StringIO(), tty=False), mode="verify", flags=flags)
-    for run in runs:
-        print(f"{run.host}: records: {run.records}", file=sys.stderr)
+    records=False (each sample of monitor --watch): the run's records go to a temporary directory
+    that is removed afterwards, so a watch does not leave a run directory per sample.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="numa-k3s-sample-") if not records else contextlib.nullcontext() as tmp:
+        runs = _run(c, host, book, _quiet(), mode="verify", flags=flags,
+                    runs_dir=Path(tmp) if tmp else None)
+    if records:
+        for run in runs:
+            print(f"{run.host}: records: {run.records}", file=sys.stderr)
     return runs
 
 
@@ -456,5 +619,6 @@ verify.add_task(verify_k3s, "k3s")
 verify.add_task(verify_numa, "numa")
 verify.add_task(verify_emulator, "emulator")
 verify.add_task(verify_all, "all")
-ns = Collection(topology, pins, steps, provision, plan, step, teardown, monitor, doctor, inventory, verify)
+ns = Collection(topology, pins, steps, provision, plan, step, teardown, status, monitor, doctor, inventory,
+                verify)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})

@@ -30,6 +30,7 @@ class _HostLine:
     steps: list[str] = field(default_factory=list)  # steps seen so far, in order: the "(2/5)" counter
     total: int | None = None
     targets: dict[str, str] = field(default_factory=dict)  # target -> mark, for the current step
+    note: str = ""  # what the host's step waits for right now (Output.waiting)
 
     def enter(self, step: str) -> None:
         if not self.steps or self.steps[-1] != step:
@@ -39,7 +40,8 @@ class _HostLine:
     def render(self, host: str, width: int) -> str:
         of = f"{len(self.steps)}/{self.total}" if self.total else str(len(self.steps))
         marks = " ".join(f"{target} {mark}" for target, mark in self.targets.items())
-        return f"{host:<{width}}  ▸ {self.steps[-1] if self.steps else ''}  ({of})  {marks}".rstrip()
+        line = f"{host:<{width}}  ▸ {self.steps[-1] if self.steps else ''}  ({of})  {marks}".rstrip()
+        return f"{line}\n  {self.note}" if self.note else line
 
 
 class Output:
@@ -89,6 +91,18 @@ class Output:
             line = self._host(host)
             line.enter(step)
             line.targets[target] = _RUNNING
+            line.note = ""
+            self._refresh()
+
+    def waiting(self, host: str, text: str) -> None:
+        """A step waits or retries: on a TTY under the host's live line, else one plain line per attempt."""
+        text = mask(text)
+        with self._lock:
+            if not self.tty:
+                self.stream.write(f"{host} | {text}\n")
+                self.stream.flush()
+                return
+            self._host(host).note = text
             self._refresh()
 
     def step_done(self, result: StepResult) -> None:
@@ -106,6 +120,7 @@ class Output:
             line = self._host(result.host)
             line.enter(result.step)  # skipped steps never "start"; they still count
             line.targets[result.target] = _MARKS[result.status]
+            line.note = ""
             self._refresh()
 
     def message(self, text: str) -> None:

@@ -170,7 +170,19 @@ def _permanent_connect_error(exc: BaseException) -> bool:
         isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc))
 
 
-def _retry_connect(exc: BaseException) -> bool:
+def _refused(exc: BaseException) -> bool:
+    """Every address of the host refused the TCP connection: it resolves, but nothing listens there."""
+    errors: dict[Any, BaseException] = getattr(exc, "errors", None) or {}
+    return isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and bool(errors) and all(
+        isinstance(e, ConnectionRefusedError) for e in errors.values())
+
+
+def _retry_connect(exc: BaseException, *, first: bool = False) -> bool:
+    """A name that does not resolve never will within a run; a refused first connection means a wrong
+    address or port (no sshd there), not a host that is coming back: neither is retried. A refused
+    reconnect (sshd restarting) still is."""
+    if isinstance(exc, socket.gaierror) or (first and _refused(exc)):
+        return False
     transient = isinstance(exc, OSError | EOFError | paramiko.SSHException | socket.timeout)
     return transient and not _permanent_connect_error(exc)
 
@@ -275,7 +287,8 @@ class Session:
                          f"({state.outcome.exception()}); retrying")
 
             try:
-                self._conn = retrying(policy, _retry_connect, self.sleep, note)(attempt)
+                first = self.connects == 0
+                self._conn = retrying(policy, lambda e: _retry_connect(e, first=first), self.sleep, note)(attempt)
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 error = ConnectError(self.endpoint, _connect_reason(exc, self.endpoint, self.connect_timeout), attempts)
                 if self.remember_failure and not once:
@@ -522,6 +535,10 @@ def _connect_reason(exc: BaseException, ep: Endpoint, timeout: float) -> str:
                 f"set `{ep.host_key_opt_in}` for first contact (records the key; a changed key is still "
                 "refused), or add it yourself: "
                 f"ssh-keyscan {port}{ep.host} >> {known}")
+    if isinstance(exc, socket.gaierror):
+        return f"{ep.host}: name does not resolve ({exc.strerror or exc}); check ssh.host in the inventory"
+    if _refused(exc):
+        return f"{where}: connection refused (the name resolves, nothing listens on port {ep.port}); is sshd running?"
     if isinstance(exc, paramiko.AuthenticationException):
         return f"authentication as {ep.user} failed with key {ep.key_file or '(agent/default keys)'}"
     # The banner wait, or the handshake that paramiko gives up on silently and then reports as "No

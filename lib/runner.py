@@ -145,7 +145,7 @@ class _TargetRun:
 
     def planned(self, plan: Plan) -> StepResult:
         return self.result("changed" if plan.actions else "ok", reason=plan.reason,
-                           planned=tuple(_shown(a) for a in plan.actions), warnings=plan.warnings)
+                           planned=_planned(plan.actions, self.target.name), warnings=plan.warnings)
 
     def session(self) -> Session:
         """The target's session, recording each command's raw answer under the run's evidence."""
@@ -201,7 +201,8 @@ class Engine:
         run = HostRun(loaded.name, run_id, self.runbook.name, opts.mode, time.time(),
                       records=str(records.dir.resolve()))
         (records.dir / "run.json").write_text(json.dumps(
-            {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode}))
+            {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode,
+             "vm_filter": list(opts.flags.get("vms") or ())}))  # --vm: which VMs this run was limited to
         pool = SessionPool(opts.policies, self._sleep, records.log, remember_failure=self.read_only)
         ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode})
         try:
@@ -304,6 +305,8 @@ class Engine:
             meta = json.loads(meta_file.read_text())
             if meta.get("runbook") != self.runbook.name or meta.get("mode") != "apply":
                 continue
+            if meta.get("vm_filter", []) != list(self.options.flags.get("vms") or ()):
+                continue  # a run limited by --vm verified its steps on those VMs only
             results = read_journal(run_dir)
             verified_in: dict[str, str] = {}
             for name in self.runbook.names:
@@ -455,14 +458,32 @@ class Engine:
                 raise _NotYet(checks)
             return checks
 
+        policy = self.options.policies.converge
+
+        def waiting(state: Any) -> None:  # signs of life: what it waits for, the attempt, the time
+            first = next(iter(_failed(last)), None)
+            what = f"{first.name} (now {first.found})" if first else "the step's checks"
+            elapsed = max(state.idle_for, state.seconds_since_start or 0.0)
+            limit = f" of {policy.deadline:g} s" if policy.deadline else ""
+            # Attempt and time first: a narrow terminal cuts the end of the line, not the progress.
+            self.output.waiting(target.loaded.name, f"{step.name} {target.name}: attempt {state.attempt_number}, "
+                                                    f"{elapsed:.0f} s{limit}, waiting for {what}")
+
         try:
-            return retrying(self.options.policies.converge, lambda e: isinstance(e, _NotYet), self._sleep)(attempt)
+            return retrying(policy, lambda e: isinstance(e, _NotYet), self._sleep, waiting)(attempt)
         except _NotYet:
             raise _NotYet(last) from None
 
 
 def _shown(action: Any) -> str:
     return str(action.shown)
+
+
+def _planned(actions: tuple[Any, ...], host: str) -> tuple[str, ...]:
+    """Plan modes: each action as shown, with the bodies (or diffs) of the files it writes."""
+    from lib.planview import describe as describe_action
+
+    return tuple(describe_action(a, host) for a in actions)
 
 
 def exit_code(runs: list[HostRun]) -> int:

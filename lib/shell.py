@@ -70,6 +70,17 @@ def quote(value: Value, *, reveal: bool = False) -> str:
 
 
 @dataclass(frozen=True)
+class FileBody:
+    """A file an action writes, as plans show it: its text (secrets already ***) and, when the facts
+    hold it, what the host has there now (None: not known, e.g. offline), for a unified diff."""
+
+    path: str
+    text: str
+    before: str | None = None
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
 class Command:
     """One remote command line. Build it with sh(); `shown` is safe to print anywhere."""
 
@@ -79,6 +90,7 @@ class Command:
     sudo: bool = True
     ok_codes: tuple[int, ...] = (0,)
     why: str = ""
+    writes: tuple[FileBody, ...] = ()  # the files this command writes, for plans (lib/planview.py)
 
     def __str__(self) -> str:
         return self.shown

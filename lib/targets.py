@@ -35,7 +35,14 @@ def vm_endpoint(loaded: LoadedHost, vm: VM, *, discover: bool = False) -> Endpoi
 
 
 def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None = None) -> list[Target]:
+    """The step's targets; with the `vms` option (--vm), per-VM steps only on those VMs."""
     opts = options or {}
+    only = set(opts.get("vms") or ())
+    targets = _all_targets(step, loaded, opts)
+    return [t for t in targets if t.kind == "hypervisor" or t.name in only] if only else targets
+
+
+def _all_targets(step: Step, loaded: LoadedHost, opts: dict[str, Any]) -> list[Target]:
     hv = hypervisor_endpoint(loaded)
     if step.targets == "hypervisor":
         return [Target(loaded.name, "hypervisor", hv, loaded, None, opts)]

@@ -17,9 +17,12 @@ from rich.text import Text
 from lib.cpuset import format_cpulist
 from lib.inventory.load import LoadedHost
 
-_VM_STYLES = ("bold white on blue", "bold white on dark_green", "bold black on gold3", "bold white on purple4",
-              "bold white on dark_red", "bold black on cyan", "bold black on orange3", "bold white on grey35")
-_EMU = "bold black on bright_yellow"
+# 256-colour names, not the 16 ANSI ones: terminal and SVG themes remap those (blue came out pale,
+# under white text). Each pairs a dark background with white text or a light one with black, checked
+# in a real browser (lab/topology-screenshot.sh).
+_VM_STYLES = ("bold white on navy_blue", "bold white on dark_green", "bold black on gold3", "bold white on purple4",
+              "bold white on dark_red", "bold black on dark_cyan", "bold black on orange3", "bold white on grey35")
+_EMU = "bold black on yellow1"
 _HOST = "bold white on grey23"
 _FREE = "dim"
 _COLUMNS = 6
@@ -32,26 +35,38 @@ class Owner:
     what: str  # long form for the legend
 
 
+def _vm_tag(indexes: list[int]) -> str:
+    """VM2, or VM2,3,4 for a CPU several VMs share (pin_sharing: allow): every VM on it, not the last."""
+    return "VM" + ",".join(str(i + 1) for i in indexes)
+
+
 def thread_owners(loaded: LoadedHost) -> dict[int, Owner]:
-    """CPU -> who runs there. vCPU pins win over emulator sets (an overlap is an inventory error anyway)."""
+    """CPU -> who runs there: every VM pinned to it, and whose emulator threads it holds (E2,3,4)."""
     host = loaded.host
-    owners: dict[int, Owner] = {}
-    emulators: dict[int, list[str]] = defaultdict(list)
+    emulators: dict[int, list[int]] = defaultdict(list)
+    vcpus: dict[int, list[int]] = defaultdict(list)
     for i, vm in enumerate(host.vms):
-        for cpu in vm.tuning.emulator_cpus:
-            emulators[cpu].append(f"VM{i + 1}")
+        for cpu in sorted(vm.tuning.emulator_cpus):
+            emulators[cpu].append(i)
+        for cpu in dict.fromkeys(vm.pins):
+            vcpus[cpu].append(i)
+    owners: dict[int, Owner] = {}
     for cpu, vms in emulators.items():
-        owners[cpu] = Owner("E", _EMU, f"emulator of {', '.join(vms)}")
+        owners[cpu] = Owner("E" + ",".join(str(i + 1) for i in vms), _EMU,
+                            "emulator threads of " + ", ".join(f"VM{i + 1}" for i in vms))
     for cpu in host.reserved_cpus:
         owners.setdefault(cpu, Owner("H", _HOST, "host"))
-    for i, vm in enumerate(host.vms):
-        for cpu in vm.pins:
-            owners[cpu] = Owner(f"VM{i + 1}", _VM_STYLES[i % len(_VM_STYLES)], vm.name)
+    for cpu, vms in vcpus.items():
+        also = f"+{owners[cpu].tag}" if cpu in emulators else ""  # an overlap is an inventory error: show both
+        names = ", ".join(host.vms[i].name for i in vms)
+        owners[cpu] = Owner(_vm_tag(vms) + also, _VM_STYLES[vms[0] % len(_VM_STYLES)],
+                            names if len(vms) == 1 else "shared: " + ", ".join(f"VM{i + 1}" for i in vms))
     return owners
 
 
-def _gib(mb: float) -> str:
-    return f"{mb / 1024:.1f} GiB"
+def _size(mb: float) -> str:
+    """Exact, so the parts add up to the total: whole GiB as GiB, anything else in MiB."""
+    return f"{mb / 1024:g} GiB" if mb % 1024 == 0 else f"{mb:g} MiB"
 
 
 def _memory_line(loaded: LoadedHost, node_id: int, node_mb: int) -> Text:
@@ -73,10 +88,10 @@ def _memory_line(loaded: LoadedHost, node_id: int, node_mb: int) -> Text:
     bar.append("·" * max(0, width - len(bar.plain)), style=_FREE)
     text = Text("memory ")
     text.append_text(bar)
-    vms = " + ".join(f"{tag} {_gib(mb)}" for tag, mb, _ in parts) or "no VMs"
+    vms = " + ".join(f"{tag} {_size(mb)}" for tag, mb, _ in parts) or "no VMs"
     free_style = "bold red" if free < 0 else "green"
-    text.append(f"\n       {vms} + host {_gib(reserve)} = {_gib(used)} of {_gib(node_mb)}, ")
-    text.append(f"free {_gib(free)}", style=free_style)
+    text.append(f"\n       {vms} + host {_size(reserve)} = {_size(used)} of {_size(node_mb)}, ")
+    text.append(f"free {_size(free)}", style=free_style)
     return text
 
 
@@ -109,20 +124,27 @@ def topology_picture(loaded: LoadedHost) -> RenderableType:
                      + (f"L3 {topo.l3_cache_mb} MB" if topo.l3_cache_mb else "no L3 reported"))
             panels.append(Panel(Group(grid, Text(), _memory_line(loaded, node_id, node.memory_mb)),
                                 title=title, title_align="left", expand=False))
-    legend = Table(title=f"{loaded.name}: {topo.sockets} sockets x {topo.cores_per_socket} cores x "
-                   f"{topo.threads_per_core} threads, {topo.cpu_count} CPUs", title_justify="left")
-    for col in ("tag", "owner", "vCPUs", "pins", "emulator", "memory", "node"):
-        legend.add_column(col)
+    legend = Text(f"{loaded.name}: {topo.sockets} sockets x {topo.cores_per_socket} cores x "
+                  f"{topo.threads_per_core} threads, {topo.cpu_count} CPUs\n", style="bold")
+    # Lines, not a table: at 80 columns a table squeezes names to "k3s-worke…"; a line wraps whole.
+    width = max([len(o.tag) for o in owners.values()] + [3])
     for i, vm in enumerate(host.vms):
-        legend.add_row(Text(f"VM{i + 1}", style=_VM_STYLES[i % len(_VM_STYLES)]), vm.name, str(vm.vcpu_count),
-                       format_cpulist(vm.pins), vm.tuning.emulator_cpuset, _gib(vm.memory_mb),
-                       f"{vm.tuning.numa_memory.nodeset} ({vm.tuning.numa_memory.mode})")
-    emulator_cpus = frozenset().union(*(vm.tuning.emulator_cpus for vm in host.vms))
-    legend.add_row(Text("E", style=_EMU), "QEMU emulator threads", "", format_cpulist(emulator_cpus), "", "", "")
+        legend.append(f"{f'VM{i + 1}':<{width}}", style=_VM_STYLES[i % len(_VM_STYLES)])
+        numa = vm.tuning.numa_memory
+        legend.append(f"  {vm.name}: {vm.vcpu_count} vCPUs on {format_cpulist(vm.pins)}, emulator on "
+                      f"{vm.tuning.emulator_cpuset}, {_size(vm.memory_mb)} on node {numa.nodeset} ({numa.mode})\n")
+    shown = {o.tag: o for o in owners.values()}
+    for tag, owner in shown.items():  # the shared and emulator cells, each with whose it is
+        if "," in tag or tag.startswith("E") or "+" in tag:
+            cpus = format_cpulist(cpu for cpu, o in owners.items() if o.tag == tag)
+            legend.append(f"{tag:<{width}}", style=owner.style)
+            legend.append(f"  {owner.what}: CPUs {cpus}\n")
     if host.reserved_cpus:
-        legend.add_row(Text("H", style=_HOST), "host reserved", "", format_cpulist(host.reserved_cpus), "", "", "")
+        legend.append(f"{'H':<{width}}", style=_HOST)
+        legend.append(f"  host reserved: CPUs {format_cpulist(host.reserved_cpus)}\n")
     free = topo.all_cpus - owners.keys()
-    legend.add_row(Text(".", style=_FREE), "free", "", format_cpulist(free) or "none", "", "", "")
+    legend.append(f"{'.':<{width}}", style=_FREE)
+    legend.append(f"  free: CPUs {format_cpulist(free) or 'none'}")
     return Group(legend, *panels)
 
 

@@ -33,7 +33,8 @@ def test_check_fails_with_exit_2_rule_and_path(tmp_path: Path) -> None:
 
     out = run("inventory.check", hosts=write_inventory(tmp_path, mutated(bad)))
     assert out.returncode == 2
-    assert (f"ERROR [pins.numa] {tmp_path}/hosts/hv1.yaml: vms[1].tuning.vcpu_pins[3]: CPU 40 is on NUMA node 0, "
+    assert (f"ERROR [pins.numa] {tmp_path}/hosts/hv1.yaml: vms[1] (k3s-worker-data).tuning.vcpu_pins[3]: CPU 40 is "
+            "on NUMA node 0, "
             "but numa_memory.nodeset is 1") in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
 
@@ -65,9 +66,10 @@ def test_topology_picture_and_svg(tmp_path: Path) -> None:
     text = out.stdout
     assert "socket 0 · NUMA node 0 · CPUs 0-17,36-53" in text
     assert "socket 1 · NUMA node 1 · CPUs 18-35,54-71" in text
-    # core 16 of socket 0 is the emulator core: threads 16 and 52 tagged E
-    assert " 16 E " in text and " 52 E " in text and " 34 E " in text
-    assert "VM1 118.0 GiB + host 4.0 GiB = 122.0 GiB of 128.0 GiB" in text
+    # core 16 of socket 0 holds VM1's emulator threads; core 16 of socket 1 those of VM2, VM3 and VM4
+    assert " 16 E1 " in text and " 52 E1 " in text and " 34 E2,3,4 " in text
+    assert "E2,3,4  emulator threads of VM2, VM3, VM4: CPUs 34-35,70-71" in text
+    assert "VM1 118 GiB + host 4 GiB = 122 GiB of 128 GiB" in text
     assert svg.read_text().lstrip().startswith("<svg")
     assert "k3s-worker-slm-heavy" in svg.read_text().replace("&#160;", " ")
 

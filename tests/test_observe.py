@@ -119,11 +119,11 @@ def test_monitor_json_and_table_and_doctor_text() -> None:
     out = io.StringIO()
     show_runs(runs, as_json=True, out=out)
     data: dict[str, Any] = json.loads(out.getvalue())
-    assert data == {"hv1": {"vm-a": {"emulator load": {"value": "72.0%", "threshold": "< 50% of CPUs 0",
-                                                         "ok": False}}}}
+    assert data == {"hv1": {"vm-a": {"emulator load": {"value": 72.0, "unit": "%", "text": "72.0%",
+                                                         "threshold": "< 50% of CPUs 0", "ok": False}}}}
     table = io.StringIO()
     show_runs(runs, out=table)
-    assert "hv1 / vm-a" in table.getvalue() and "72.0%" in table.getvalue()
+    assert "hv1 / vm-a" in table.getvalue() and "72.0%  BREACH" in table.getvalue()  # in text, not only red
     text = io.StringIO()
     assert show_findings(runs, out=text) is True
     assert "PROBLEM hv1: emulator load\n        evidence: 72.0%\n        fix: < 50% of CPUs 0" in text.getvalue()

@@ -8,6 +8,7 @@ lab does. Live pins are read back from the running domains through libvirt's API
 from __future__ import annotations
 
 import hashlib
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tests.harness.guest import build_guest, free_port
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm
 from tests.harness.world import FAST, World
+from tests.operator_views import status_shows_the_moved_pin, watch_marks_breaches_in_text
 
 URI = "qemu:///system"
 # Real guests take real time to boot under TCG (~8 s alone, more side by side on 2 CPUs).
@@ -77,7 +79,8 @@ def lab(tmp_path: Path, sshd_farm: SshdFarm, guest: Path) -> Iterator[tuple[Worl
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "base.qcow2"), "64M"], check=True)
     known = tmp_path / "known_hosts_vms"  # the VMs' keys are recorded here on first use (accept-new)
     ssh = ssh_of(hv) | {"known_hosts": str(known)}
-    suffix = tmp_path.name[-6:].replace("_", "")
+    # Random too: pytest's tmp dir names repeat across checkouts that share this libvirtd.
+    suffix = tmp_path.name[-3:].replace("_", "") + secrets.token_hex(2)
     names = [f"t-{suffix}-a", f"t-{suffix}-b"]
     vms = [tiny_vm(names[0], images, guest, Path(f"{hv.key_file}.pub"), ssh, data=True),
            tiny_vm(names[1], images, guest, Path(f"{hv.key_file}.pub"), ssh)]
@@ -120,6 +123,7 @@ def test_tiny_guests_start_pinned_answer_ssh_and_tear_down(lab: tuple[World, lis
 
     # Live drift: an operator moves vCPU 0 of one guest by hand; verify names exactly that.
     virsh("vcpupin", b, "0", "0", "--live")
+    status_shows_the_moved_pin(world, a, b)
     (check,) = world.run("vms.define", "vms.start", mode="verify")
     assert check.exit_code == 5
     bad = [(r.target, c.name, c.expected, c.found) for r in check.results for c in r.checks if not c.ok]
@@ -133,6 +137,7 @@ def test_tiny_guests_start_pinned_answer_ssh_and_tear_down(lab: tuple[World, lis
     assert checks_of(fixed, "vms.start", b)[f"virsh vcpupin {b} 0"] == ("1", "1", True)
 
     monitoring_reads_the_real_qemu_processes(world, a, b)
+    watch_marks_breaches_in_text(world)
     doctor_finds_a_planted_neighbour(world, a, b)
 
     # Teardown refuses without --yes and deletes nothing.

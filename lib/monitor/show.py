@@ -22,18 +22,30 @@ def _first_line(text: str) -> str:
     return (text.splitlines() or [""])[0]
 
 
+def _value(text: str) -> Any:
+    """A number stays a number in JSON ("72.0%" -> 72.0, its unit in `unit`); other texts stay texts."""
+    from lib.checks_json import number_of
+
+    parsed = number_of(text)
+    return text if parsed is None else parsed[0]
+
+
 def metrics(runs: list[HostRun]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """{host: {vm: {metric: {value, threshold, ok}}}}: the shape --json prints.
+    """{host: {vm: {metric: {value, unit, text, threshold, ok}}}}: the shape --json prints.
 
     A target that could not be read has one metric, "error", whose value says why (never a silent {}).
     """
+    from lib.checks_json import number_of
+
     out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for run in runs:
         host = out.setdefault(run.host, {})
         for r in run.results:
-            rows = {c.name: {"value": c.found, "threshold": c.expected, "ok": c.ok} for c in r.checks}
+            rows = {c.name: {"value": _value(c.found), "unit": (number_of(c.found) or (0, ""))[1], "text": c.found,
+                             "threshold": c.expected, "ok": c.ok} for c in r.checks}
             if r.status == "failed" and not r.checks:
-                rows = {"error": {"value": _first_line(r.error), "threshold": "readable", "ok": False}}
+                rows = {"error": {"value": _first_line(r.error), "unit": "", "text": _first_line(r.error),
+                                  "threshold": "readable", "ok": False}}
             host.setdefault(r.target, {}).update(rows)
     return out
 
@@ -51,7 +63,8 @@ def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None 
                 table.add_column(column)
             for name, row in rows.items():
                 style = "" if row["ok"] else "bold red"
-                table.add_row(name, f"[{style}]{row['value']}[/]" if style else row["value"], row["threshold"])
+                text = row["text"] + ("" if row["ok"] else "  BREACH")  # marked in text, not only in colour
+                table.add_row(name, f"[{style}]{text}[/]" if style else text, row["threshold"])
             console.print(table)
 
 

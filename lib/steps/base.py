@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from lib.errors import FactError
 from lib.results import Check
-from lib.shell import Command
+from lib.shell import Command, FileBody
 
 if TYPE_CHECKING:
     from lib.inventory.load import LoadedHost
@@ -43,6 +43,9 @@ class Upload:
     # Set explicitly in place: under sudo the file would otherwise keep the SSH user as its owner.
     owner: str = "root"
     group: str = "root"
+    # The text files this upload carries, as plans show them (secrets ***): the seed ISO's
+    # user-data, meta-data and network-config. Left empty, a small text `data` is shown itself.
+    shows: tuple[FileBody, ...] = field(default=(), repr=False)
 
     @property
     def shown(self) -> str:

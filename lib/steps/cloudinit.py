@@ -17,7 +17,7 @@ from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
 from lib.remote import Session, build_seed_iso
 from lib.results import Check
-from lib.shell import Command, sh
+from lib.shell import Command, FileBody, sh
 from lib.steps.base import Plan, Step, Target, Upload
 
 # The primary volume descriptor starts at sector 16 (byte 32768); its volume identifier is at +40.
@@ -55,7 +55,9 @@ def plan_seed(vm: VM, facts: SeedFacts | None) -> Plan:
                 f"reboot it (virsh reboot {vm.name}) for users, keys, network, mounts and disks to change; "
                 "a disk that already holds a partition table or filesystem is never repartitioned or "
                 "reformatted",) if why == "content differs" else ()
-    return Plan((Upload(vm.cloud_init_iso_path, iso, 0o644, why="cloud-init seed", what=what),),
+    # The seed's files in the plan: what the guest will be told, not only the ISO's hash.
+    shows = tuple(FileBody(f"{vm.cloud_init_iso_path}:{name}", text) for name, text in seed_files(vm).items())
+    return Plan((Upload(vm.cloud_init_iso_path, iso, 0o644, why="cloud-init seed", what=what, shows=shows),),
                 f"upload the seed ISO ({why if facts else 'offline: always'})", warnings)
 
 

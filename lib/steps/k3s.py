@@ -18,7 +18,7 @@ from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM, Host
 from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
-from lib.shell import Command, Secret, seq, sh
+from lib.shell import MASK, Command, FileBody, Secret, seq, sh
 from lib.steps.base import Action, Plan, Step, StepMismatch, Target, Upload
 from lib.token import cluster_token
 
@@ -112,6 +112,9 @@ def _token(target: Target) -> Secret | None:
     return token if isinstance(token, Secret) else None
 
 
+_NOT_YET = "numa-k3s-token-generated-at-apply-time"
+
+
 def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
     assert target.vm is not None and target.vm.k8s is not None
     vm, host = target.vm, target.loaded.host
@@ -120,13 +123,18 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
     actions: list[Action] = []
     if token is None:  # plan modes before the first apply: the token does not exist yet
         config_changed = True
-        actions.append(Upload(k3s.CONFIG, b"", 0o600, what="config.yaml with a newly generated cluster token"))
+        # The body as it will be, with the token that does not exist yet shown as *** (as any token).
+        body = k3s.node_config(host, vm, Secret(_NOT_YET)).decode().replace(_NOT_YET, MASK)
+        actions.append(Upload(k3s.CONFIG, b"", 0o600, what="config.yaml with a newly generated cluster token",
+                              shows=(FileBody(k3s.CONFIG, body, None, 0o600),)))
     else:
         config = k3s.node_config(host, vm, token)
         want = k3s.digest(config)
         if facts is None or facts.config_sha != want or facts.config_mode != "600":
+            shown = config.decode().replace(token.reveal(), MASK)  # plans show the body, never the token
             actions.append(Upload(k3s.CONFIG, config, 0o600, what="config.yaml (token ***)",
-                                  why="node-name, taints, labels, server and token"))
+                                  why="node-name, taints, labels, server and token",
+                                  shows=(FileBody(k3s.CONFIG, shown, None, 0o600),)))
         # What the service runs with, not only what is on disk: a run stopped after writing
         # config.yaml but before the restart left the new file and the old service.
         config_changed = facts is None or facts.started[1] != want or bool(actions)
