@@ -57,8 +57,10 @@ def guest_topology(pins: Sequence[int], cores: Sequence[Core]) -> GuestTopology:
 
 def unpaired_whole_cores(pins: Sequence[int], cores: Sequence[Core]) -> list[Core]:
     """Cores whose threads are all this VM's vCPUs but not as a (2k, 2k+1) pair: the guest could
-    have been told they are siblings and is not (the inventory rule topology.unpaired-siblings)."""
-    if sibling_pairs(pins, cores):
+    have been told they are siblings and is not (the inventory rule topology.unpaired-siblings).
+
+    An odd vCPU count can never be threads=2 (sockets x cores x threads must equal it): no hint then."""
+    if len(pins) % 2 or sibling_pairs(pins, cores):
         return []
     pinned = set(pins)
     return [core for core in cores if len(core.threads) > 1 and set(core.threads) <= pinned]
