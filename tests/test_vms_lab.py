@@ -8,6 +8,7 @@ lab does. Live pins are read back from the running domains through libvirt's API
 from __future__ import annotations
 
 import hashlib
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -77,7 +78,9 @@ def lab(tmp_path: Path, sshd_farm: SshdFarm, guest: Path) -> Iterator[tuple[Worl
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "base.qcow2"), "64M"], check=True)
     known = tmp_path / "known_hosts_vms"  # the VMs' keys are recorded here on first use (accept-new)
     ssh = ssh_of(hv) | {"known_hosts": str(known)}
-    suffix = tmp_path.name[-6:].replace("_", "")
+    # Random, not from tmp_path: every pytest session has the same tmp names, and a parallel run of
+    # this test on the shared libvirtd would define (and tear down) the very same domains.
+    suffix = secrets.token_hex(3)
     names = [f"t-{suffix}-a", f"t-{suffix}-b"]
     vms = [tiny_vm(names[0], images, guest, Path(f"{hv.key_file}.pub"), ssh, data=True),
            tiny_vm(names[1], images, guest, Path(f"{hv.key_file}.pub"), ssh)]
