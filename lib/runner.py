@@ -354,7 +354,8 @@ class Engine:
         ctx.records.log(f"{host}: step {step.name} started")
         targets = targets_for(step, ctx.loaded, ctx.flags)
         if not targets:
-            results = [self._skipped(host, step.name, f"no {step.targets} targets on this host")]
+            # Nothing to do and nothing to verify: verified, vacuously, so resume carries it.
+            results = [self._skipped(host, step.name, f"no {step.targets} targets on this host", ctx.run_id)]
         else:
             one_at_a_time = threading.Lock()  # for plans marked exclusive
             with ThreadPoolExecutor(max_workers=len(targets)) as threads:

@@ -225,7 +225,8 @@ class TwoCommands(Step):
     def plan(self, target: Target, facts: Any | None) -> Plan:
         if facts:
             return Plan(reason="marker present")
-        return Plan((sh("sleep 1; echo first >> {f}", f=_state(target, "two-log"), sudo=False),
+        return Plan((sh("touch {s}; sleep 1; echo first >> {f}", s=_state(target, "two-started"),
+                        f=_state(target, "two-log"), sudo=False),
                      sh("touch {f}", f=_state(target, "two"), sudo=False)), "sleep, then mark")
 
     def verify(self, target: Target, facts: Any) -> list[Check]:

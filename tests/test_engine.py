@@ -22,7 +22,7 @@ from lib.runner import Engine, RunOptions, exit_code
 from tests.engine_steps import REGISTRY, TOKEN_VALUE
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost, count_auths
-from tests.harness.world import FAST, World
+from tests.harness.world import FAST, World, wait_for
 
 
 @pytest.fixture
@@ -272,10 +272,18 @@ def test_a_run_that_lost_its_lock_stops(world: World, hv: SshHost) -> None:
 
 
 def test_interrupt_finishes_the_command_in_flight_then_stops(world: World, hv: SshHost) -> None:
-    timers: list[threading.Timer] = []
+    timers: list[threading.Thread] = []
 
     def interrupt_soon(engine: Engine) -> None:
-        timers.append(threading.Timer(0.5, engine.interrupt))
+        # Interrupt once test.two's first command is running (it marks its start), whatever the
+        # machine's load: a fixed delay hit test.a instead on a busy machine.
+        started = world.state_file("hv1", "two-started")
+
+        def when_started() -> None:
+            wait_for(started.exists, "test.two's first command to start")
+            engine.interrupt()
+
+        timers.append(threading.Thread(target=when_started, daemon=True))
         timers[0].start()
 
     (run,) = world.run("test.a", "test.two", "test.b", started=interrupt_soon)

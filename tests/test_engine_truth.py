@@ -130,6 +130,15 @@ def test_skipped_step_is_never_carried_as_verified_by_resume(world: World) -> No
 
 
 @pytest.mark.usefixtures("hv")
+def test_resume_carries_a_step_with_no_targets_on_this_host(world: World) -> None:
+    (first,) = world.run("test.a", "test.sleepy", "test.permanent")  # hv1 has no VMs: sleepy has no targets
+    assert statuses(first)[1] == ("test.sleepy", "hv1", "skipped")
+    (second,) = world.run("test.a", "test.sleepy", "test.permanent", resume=True)
+    assert [r.reason for r in second.results[:2]] == [f"verified in run {first.run_id}"] * 2
+    assert statuses(second)[2] == ("test.permanent", "hv1", "failed")
+
+
+@pytest.mark.usefixtures("hv")
 def test_resume_ignores_reason_text(world: World) -> None:
     (first,) = world.run("test.a", "test.permanent", "test.b")
     # Someone's journal line claims test.permanent "verified in run ..." in its reason only.

@@ -109,7 +109,9 @@ def test_two_provisions_at_once_one_runs_the_other_is_refused(held: tuple[Cli, H
 
     journals = {d.name: read_journal(d) for d in runs_of(c.runs, "hv1")}
     assert len(journals) == 2
-    refused = next(name for name, results in journals.items() if not results)
+    # The refused run journals one failed result (exit 6, no command), so every record shows it.
+    refused = next(name for name, results in journals.items()
+                   if [(r.status, r.exit_code, r.commands) for r in results] == [("failed", 6, ())])
     ran = next(name for name in journals if name != refused)
     assert f"run {ran}" in loser.text()  # the refusal names the holder's run
     done = [(r.step, r.target) for results in journals.values() for r in results if r.status == "changed"]
@@ -133,7 +135,10 @@ def test_ctrl_c_finishes_the_command_in_flight_then_stops_and_resumes(held: tupl
     assert "resume: invoke provision --host=hv1 --resume" in err and "Traceback" not in run.text()
     assert not lock_file(c).exists()  # released on the way out
     (journal,) = [read_journal(d) for d in runs_of(c.runs, "hv1")]
-    assert [(r.step, r.status) for r in journal] == [("preflight.access", "ok"), ("bios.check", "ok")]
+    # host.tune never started; it is journalled as the step the stop came before (exit 130).
+    assert [(r.step, r.status) for r in journal] == [("preflight.access", "ok"), ("bios.check", "ok"),
+                                                     ("host.tune", "failed")]
+    assert journal[-1].exit_code == 130 and journal[-1].commands == ()
     tuned = c.tmp / "sysroot/proc/sys/kernel/numa_balancing"
     assert tuned.read_text().strip() == "1"  # host.tune never started
 
