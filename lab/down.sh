@@ -20,7 +20,8 @@ if [ -f "$LAB/sshd/sshd.pid" ]; then kill "$(cat "$LAB/sshd/sshd.pid")" 2>/dev/n
 keep=${LAB_KEEP_GUEST:-1}
 for entry in "$LAB"/*; do
     [ -e "$entry" ] || continue
-    if [ "$keep" = 1 ] && { [ "$entry" = "$LAB/guest" ] || [ "$entry" = "$LAB/debs" ]; }; then continue; fi
+    if [ "$keep" = 1 ] && { [ "$entry" = "$LAB/guest" ] || [ "$entry" = "$LAB/cloud-guest" ] ||
+                            [ "$entry" = "$LAB/debs" ]; }; then continue; fi
     rm -rf "$entry"
 done
-echo "lab: down (kept: $( [ "$keep" = 1 ] && echo "the guest build cache in $LAB/guest" || echo nothing))"
+echo "lab: down (kept: $( [ "$keep" = 1 ] && echo "the guest builds in $LAB/guest and $LAB/cloud-guest" || echo nothing))"

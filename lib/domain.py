@@ -257,6 +257,10 @@ def virt_install_args(vm: VM, *, uri: str, virt_type: str, tuning: DomainTuning)
         args += ["--network", f"bridge={vm.bridge_network_interface},model=virtio,mac={vm.mac_address}"]
     if vm.boot:
         args += ["--boot", f"kernel={vm.boot.kernel},initrd={vm.boot.initrd},kernel_args={vm.boot.cmdline}"]
+        if vm.boot.host_root:
+            # -fsdev + -device rather than -virtfs: an explicit slot (0x11), as for the NIC.
+            args.append("--qemu-commandline=-fsdev local,id=hostroot,path=/,security_model=none,readonly=on,"
+                        "multidevs=remap -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=0x11")
     args += ["--osinfo", "detect=on,require=off", "--graphics", "none", "--console", "pty,target_type=serial"]
     return args
 

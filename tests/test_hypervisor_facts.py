@@ -124,9 +124,9 @@ def test_tune_plan_for_an_untuned_host_lists_every_change(hv1: Host) -> None:
         "echo always > /sys/kernel/mm/transparent_hugepage/defrag",
         # Written beside, then renamed into place.
         f"mkdir -p /etc/sysctl.d && printf %s '{sysctl_content(hv1)}' > {SYSCTL_FILE}.tmp && "
-        f"mv -f {SYSCTL_FILE}.tmp {SYSCTL_FILE}",
+        f"chown 0:0 {SYSCTL_FILE}.tmp && chmod 644 {SYSCTL_FILE}.tmp && mv -f {SYSCTL_FILE}.tmp {SYSCTL_FILE}",
         f"mkdir -p /etc/tmpfiles.d && printf %s '{tmpfiles_content(hv1)}' > {TMPFILES_FILE}.tmp && "
-        f"mv -f {TMPFILES_FILE}.tmp {TMPFILES_FILE}",
+        f"chown 0:0 {TMPFILES_FILE}.tmp && chmod 644 {TMPFILES_FILE}.tmp && mv -f {TMPFILES_FILE}.tmp {TMPFILES_FILE}",
     ]
     assert plan.reason.startswith("governor -> performance on CPUs 0-71; numa_balancing 1 -> 0")
 

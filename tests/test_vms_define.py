@@ -156,3 +156,22 @@ def test_domifaddr_first_ipv4_address() -> None:
             " -          -                    ipv4         192.168.122.42/24\n")
     assert parse_domifaddr(text) == "192.168.122.42"
     assert parse_domifaddr(text.split("\n", 2)[0]) is None
+
+
+def test_virt_install_gets_no_disk_path_it_could_make_a_pool_for() -> None:
+    from lib.domain import virt_install_args
+    from lib.inventory.load import load_inventory
+    from lib.inventory.model import DirectBoot
+    from tests.inventory_helpers import REPO
+
+    vm = next(v for v in load_inventory(REPO / "hosts", ["hv1"]).hosts["hv1"].host.vms if v.disks)
+    args = virt_install_args(vm, uri=URI, virt_type="kvm")
+    assert args[args.index("--disk") + 1] == "none" and args.count("--disk") == 1
+    edits = [args[i + 1] for i, a in enumerate(args) if a == "--xml"]
+    assert f"./devices/disk[1]/source/@file={vm.disk_path}" in edits
+    assert f"./devices/disk[3]/source/@file={vm.disks[1].path}" in edits
+    assert "./devices/disk[4]/@device=cdrom" in edits and "xpath.create=./devices/disk[4]/readonly" in edits
+    assert not any("-fsdev" in a for a in args)  # the lab's shared root only when boot.host_root says so
+    lab = vm.model_copy(update={"boot": DirectBoot(kernel="/k", initrd="/i", host_root=True)})
+    (share,) = [a for a in virt_install_args(lab, uri=URI, virt_type="qemu") if "-fsdev" in a]
+    assert "path=/,security_model=none,readonly=on" in share and "mount_tag=hostroot" in share

@@ -226,6 +226,9 @@ class DirectBoot(Model):
     initrd: AbsPath
     cmdline: Annotated[str, AfterValidator(_pattern("boot.cmdline", re.compile(r"[A-Za-z0-9._/:= -]*"),
                                                     "kernel command line"))] = "console=ttyS0"
+    # Lab only: share the hypervisor's own / read-only with the guest over 9p (mount tag hostroot),
+    # the lower layer of the root the cloud guest boots (lab/build-cloud-guest.sh).
+    host_root: bool = False
 
 
 class UserNic(Model):

@@ -22,3 +22,14 @@ def build_guest() -> Path:
                           check=False, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return GUEST
+
+
+CLOUD_GUEST = Path("/var/lib/numa-k3s-lab/cloud-guest")  # lab/build-cloud-guest.sh's output, shared too
+
+
+def build_cloud_guest() -> Path:
+    """The real-cloud-init guest (this machine's root over 9p): vmlinuz and initrd.img in CLOUD_GUEST."""
+    done = subprocess.run(["bash", str(REPO / "lab/build-cloud-guest.sh"), str(CLOUD_GUEST)], capture_output=True,
+                          text=True, check=False, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return CLOUD_GUEST

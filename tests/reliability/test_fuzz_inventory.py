@@ -484,9 +484,12 @@ def test_inventory_values_stay_one_token_in_the_offline_plan(generated: tuple[di
             if value in tokens and shlex.quote(value) != value:
                 # A word of its own that needs quoting (a '~' the shell would expand) is quoted in the line.
                 assert shlex.quote(value) in cmd.shown, (value, cmd.shown)
-        if "virt-install" in tokens:  # and virt-install reads each --disk path back whole
+        if "virt-install" in tokens:  # and virt-install reads each disk's source path back whole
             vm = next(vm for vm in loaded.host.vms if vm.name == tokens[tokens.index("--name") + 1])
-            got = [virtinst_suboptions(tokens[i + 1]) for i, t in enumerate(tokens) if t == "--disk"]
-            assert [d.get("path") for d in got] == [vm.disk_path, *(d.path for d in vm.disks), vm.cloud_init_iso_path]
-            assert all("?" not in d for d in got), got
+            # the disks are --xml XPATH=VALUE edits (no pool lookup); each is read like any sub-option
+            got = [virtinst_suboptions(tokens[i + 1]) for i, t in enumerate(tokens)
+                   if t == "--xml" and "/source/@" in tokens[i + 1]]
+            assert [next(iter(d.values())) for d in got] == [vm.disk_path, *(d.path for d in vm.disks),
+                                                             vm.cloud_init_iso_path]
+            assert all("?" not in d and len(d) == 1 for d in got), got
     assert {vm.name for vm in loaded.host.vms} <= seen  # the plan really carried the generated values
