@@ -463,7 +463,8 @@ class Engine:
 
         def waiting(state: Any) -> None:  # signs of life: what it waits for, the attempt, the time
             first = next(iter(_failed(last)), None)
-            what = f"{first.name} (now {first.found})" if first else "the step's checks"
+            now = first.found.splitlines()[0][:60] if first and first.found else ""
+            what = f"{first.name} (now {now})" if first else "the step's checks"
             elapsed = max(state.idle_for, state.seconds_since_start or 0.0)
             limit = f" of {policy.deadline:g} s" if policy.deadline else ""
             # Attempt and time first: a narrow terminal cuts the end of the line, not the progress.

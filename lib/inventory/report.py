@@ -12,8 +12,6 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
-
 from lib.cpuset import format_cpulist
 from lib.errors import Problem
 
@@ -23,12 +21,15 @@ GROUP_AT = 3  # this many problems of one rule on one list are one root cause
 
 
 def vm_names(file: str) -> list[str]:
-    """The VM names of a host file, in order ([] when it cannot be read: the problems say why)."""
-    try:
-        data = yaml.safe_load(Path(file).read_text())
-        return [str(vm.get("name", "?")) if isinstance(vm, dict) else "?" for vm in data.get("vms") or []]
-    except (OSError, yaml.YAMLError, AttributeError):
+    """The VM names of a host file, in order, read with the loader's own guarded reader (size, depth,
+    aliases); [] when it cannot be read: the problems already say why."""
+    from lib.inventory.load import _read_yaml
+
+    data = _read_yaml(Path(file), [])
+    vms = data.get("vms") if isinstance(data, dict) else None
+    if not isinstance(vms, list):
         return []
+    return [str(vm.get("name", "?")) if isinstance(vm, dict) else "?" for vm in vms]
 
 
 def named(path: str, names: list[str]) -> str:
@@ -46,7 +47,9 @@ def lines(problems: Iterable[Problem]) -> list[str]:
     on GROUP_AT or more entries of one list (every pin of a VM with the wrong nodeset).
     """
     problems = list(problems)
-    names = {p.file: vm_names(p.file) for p in problems}
+    # Only files with VM paths are read again: most problems (a YAML error, a bad file) have none.
+    names = {p.file: vm_names(p.file) if any(q.file == p.file and q.path.startswith("vms[") for q in problems)
+             else [] for p in problems}
     groups: dict[tuple[str, ...], list[Problem]] = {}
     for p in problems:
         same = [q for q in problems if (q.severity, q.rule, q.file, q.message) ==
