@@ -279,7 +279,8 @@ def _cputune(vm: VM, tuning: DomainTuning) -> str:
 
 
 def _cpu_args(tuning: DomainTuning) -> list[str]:
-    # TCG cannot pass the host CPU through, and libvirt 9.0 rejects "max" for it: keep its default.
+    """KVM: the host CPU and its cache topology. TCG cannot pass the host CPU through, and libvirt 9.0
+    rejects "max" for it: it keeps QEMU's default model (see design-notes: what its guest sees)."""
     return ["--cpu", "host-passthrough,cache.mode=passthrough"] if tuning.cache_passthrough else []
 
 

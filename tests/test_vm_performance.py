@@ -185,3 +185,15 @@ def test_pins_and_topology_show_what_each_domain_carries(task: str) -> None:
     assert "every VM: nosharepages, no balloon; CPU host-passthrough with cache passthrough" in done.stdout
     assert "host work: host processes and IRQs on CPUs 16-17,34-35,52-53,70-71" in done.stdout
     assert "hugepages reserved: node 0 118 x 1G, node 1 116 x 1G" in done.stdout
+
+
+def test_offline_plan_of_hv1_carries_topology_disk_io_and_confinement() -> None:
+    done = subprocess.run([str(REPO / ".venv/bin/invoke"), "plan", "--host=hv1", "--offline"], cwd=REPO,
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "--vcpus 32,sockets=1,cores=16,threads=2" in out and "guest sockets=1,cores=16,threads=2" in out
+    assert "target.dev=vdc,cache=none,io=native,discard=unmap,driver.iothread=2" in out
+    assert "iothreadpin1.iothread=2,iothreadpin1.cpuset=34-35,70-71" in out
+    assert "[Slice]\nAllowedCPUs=16-17,34-35,52-53,70-71" in out and "IRQBALANCE_BANNED_CPULIST=" in out
+    assert "echo 118 > /sys/devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages" in out

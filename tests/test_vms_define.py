@@ -162,10 +162,13 @@ def test_virt_install_gets_no_disk_path_it_could_make_a_pool_for() -> None:
     from lib.domain import virt_install_args
     from lib.inventory.load import load_inventory
     from lib.inventory.model import DirectBoot
+    from lib.vmperf import domain_tuning
     from tests.inventory_helpers import REPO
 
-    vm = next(v for v in load_inventory(REPO / "hosts", ["hv1"]).hosts["hv1"].host.vms if v.disks)
-    args = virt_install_args(vm, uri=URI, virt_type="kvm")
+    loaded = load_inventory(REPO / "hosts", ["hv1"]).hosts["hv1"]
+    vm = next(v for v in loaded.host.vms if v.disks)
+    tuning = domain_tuning(loaded.host, loaded.cores, vm)
+    args = virt_install_args(vm, uri=URI, virt_type="kvm", tuning=tuning)
     assert args[args.index("--disk") + 1] == "none" and args.count("--disk") == 1
     edits = [args[i + 1] for i, a in enumerate(args) if a == "--xml"]
     assert f"./devices/disk[1]/source/@file={vm.disk_path}" in edits
@@ -173,5 +176,5 @@ def test_virt_install_gets_no_disk_path_it_could_make_a_pool_for() -> None:
     assert "./devices/disk[4]/@device=cdrom" in edits and "xpath.create=./devices/disk[4]/readonly" in edits
     assert not any("-fsdev" in a for a in args)  # the lab's shared root only when boot.host_root says so
     lab = vm.model_copy(update={"boot": DirectBoot(kernel="/k", initrd="/i", host_root=True)})
-    (share,) = [a for a in virt_install_args(lab, uri=URI, virt_type="qemu") if "-fsdev" in a]
+    (share,) = [a for a in virt_install_args(lab, uri=URI, virt_type="qemu", tuning=tuning) if "-fsdev" in a]
     assert "path=/,security_model=none,readonly=on" in share and "mount_tag=hostroot" in share

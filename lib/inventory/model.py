@@ -346,9 +346,6 @@ class Confinement(Model):
     host_cpus: bool = True
     # irqbalance's banned CPUs, and the affinity of the IRQs that exist, moved to the host CPUs.
     irqs: bool = True
-    # isolcpus/nohz_full/rcu_nocbs on the vCPU CPUs, written to the boot loader config; takes effect
-    # at the next boot, which only `invoke step host.reboot --yes` starts.
-    kernel_isolation: bool = False
 
 
 class HostTuning(Model):
