@@ -193,7 +193,12 @@ def test_offline_plan_of_hv1_carries_topology_disk_io_and_confinement() -> None:
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "--vcpus 32,sockets=1,cores=16,threads=2" in out and "guest sockets=1,cores=16,threads=2" in out
-    assert "target.dev=vdc,cache=none,io=native,discard=unmap,driver.iothread=2" in out
-    assert "iothreadpin1.iothread=2,iothreadpin1.cpuset=34-35,70-71" in out
-    assert "[Slice]\nAllowedCPUs=16-17,34-35,52-53,70-71" in out and "IRQBALANCE_BANNED_CPULIST=" in out
+    assert "vdc cache=none io=native discard=unmap iothread 2 on CPUs 34-35,70-71" in out
+    # The terminal cuts long commands (#15); the journal the plan names keeps each one whole.
+    journal = Path(out.split("every command and file in full: ")[1].split()[0]).read_text()
+    for edit in ("cache=none", "io=native", "discard=unmap", "iothread=2"):
+        assert f"./devices/disk[3]/driver/@{edit}" in journal
+    assert "iothreadpin1.iothread=2,iothreadpin1.cpuset=34-35,70-71" in journal
+    # The drop-ins' bodies, as the plan shows every file it writes (#15)
+    assert "| [Slice]\n      | AllowedCPUs=16-17,34-35,52-53,70-71" in out and "IRQBALANCE_BANNED_CPULIST=" in out
     assert "echo 118 > /sys/devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages" in out
