@@ -10,7 +10,7 @@ APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt
 # cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 # libxml2-utils: xmllint, which virt-xml-validate runs to check domain XML against libvirt's schema.
 
-.PHONY: test test-reliability services demo demo-clean bench bench-noop bench-quick lint typecheck unit system venv clean
+.PHONY: test test-reliability services demo demo-clean numa-lab numa-lab-clean test-numa-lab bench bench-noop bench-quick lint typecheck unit system venv clean
 
 # apt-get only when a package is missing, so repeated runs stay fast.
 system:
@@ -57,6 +57,30 @@ demo: venv services
 
 demo-clean: venv
 	bash lab/down.sh
+
+# The NUMA lab: hosts/numalab.yaml on an emulated two-socket, 72-CPU hypervisor (QEMU TCG, this
+# machine's root over 9p, systemd, sshd on 127.0.0.1:2219, libvirtd), provisioned by the same code
+# as hv1 and verified live (lab/numa-lab/README.md). numa-lab-clean stops it and deletes its disk.
+numa-lab: venv
+	bash lab/numa-lab/up.sh
+	$(INV) inventory.check --host=numalab
+	$(INV) provision --host=numalab --runbook=numa-lab
+	$(INV) verify.bios --host=numalab
+	$(INV) verify.tuning --host=numalab
+	$(INV) verify.images --host=numalab
+	$(INV) verify.vms --host=numalab
+	$(INV) verify.numa --host=numalab
+	$(INV) verify.emulator --host=numalab
+	$(INV) monitor --host=numalab
+	$(INV) doctor --host=numalab
+	$(INV) topology --host=numalab
+
+numa-lab-clean: venv
+	bash lab/numa-lab/down.sh --clean
+
+# The NUMA lab's live scenarios (tests/numa_lab): intruder, cross-node drift, tuning across a restart.
+test-numa-lab: venv
+	$(PY) -m pytest -q -m slow tests/numa_lab
 
 bench: venv
 	$(PY) bench/inventory_validate.py

@@ -19,6 +19,7 @@ from lib.steps.observe import (
     VmSample,
     doctor_findings,
     emulator_checks,
+    emulator_percents,
     monitor_checks,
     numa_checks,
     parse_governors,
@@ -127,3 +128,15 @@ def test_monitor_json_and_table_and_doctor_text() -> None:
     text = io.StringIO()
     assert show_findings(runs, out=text) is True
     assert "PROBLEM hv1: emulator load\n        evidence: 72.0%\n        fix: < 50% of CPUs 0" in text.getvalue()
+
+
+def test_cpu_shares_are_over_the_measured_time_between_samples() -> None:
+    """Seen on the NUMA lab's emulated host: reading the samples took ~5 s for a 1 s interval, and
+    the emulator load read 499% of one CPU. The host's /proc/uptime around the samples is the divisor."""
+    nominal = parse_sample(captured_stdout(), 1.0, "strict")
+    slow = parse_sample(captured_stdout() + "@@up1@@\n1000.00 3.00\n@@up2@@\n1005.00 4.00\n", 1.0, "strict")
+    assert slow.interval == 5.0 and nominal.interval == 1.0
+    fast, measured = emulator_percents(nominal)[0], emulator_percents(slow)[0]
+    assert fast and all(measured[tid] == pytest.approx(fast[tid] / 5) for tid in fast)
+    broken = parse_sample(captured_stdout() + "@@up1@@\nnot a number\n@@up2@@\n1005.00 4.00\n", 2.0, "strict")
+    assert broken.interval == 2.0  # unreadable clock: the nominal interval, as before

@@ -78,12 +78,16 @@ def sample_command(vm: VM, sysroot: str, uri: str, interval: float) -> Command:
         f"{section('meminfo')}; numastat -m 2>/dev/null",
         f"{section('nodes')}; for f in {root}/sys/devices/system/node/node*/numastat; do "
         'n=${{f%/numastat}}; echo "== ${{n##*node}}"; cat "$f"; done',
+        # The clock around the two samples: on a slow host (the NUMA lab's TCG) reading them takes
+        # seconds, and CPU time divided by the nominal interval alone would read as several hundred %.
+        f"{section('up1')}; cat {root}/proc/uptime 2>/dev/null",
         f"{section('stat1')}; {stats}", f"{section('dom1')}; {dom}",
         perf,
         f"{section('stat2')}; {stats}", f"{section('dom2')}; {dom}",
         f"{section('nodes2')}; for f in {root}/sys/devices/system/node/node*/numastat; do "
         'n=${{f%/numastat}}; echo "== ${{n##*node}}"; cat "$f"; done',
-        f"{section('llc_occupancy')}; {llc_occupancy_script(root)}", "true",
+        f"{section('llc_occupancy')}; {llc_occupancy_script(root)}",
+        f"{section('up2')}; cat {root}/proc/uptime 2>/dev/null", "true",
     ]
     return sh("; ".join(parts), name=vm.name, uri=uri, interval=f"{interval:g}", timeout=60 + interval,
               sudo=True, why=f"sample {vm.name}'s QEMU process")
@@ -100,8 +104,18 @@ def _node_files(text: str) -> dict[int, str]:
     return {node: "\n".join(lines) for node, lines in files.items()}
 
 
+def measured_interval(parts: dict[str, str], nominal: float) -> float:
+    """Seconds between the two samples by the host's /proc/uptime; the nominal interval without it."""
+    try:
+        elapsed = float(parts["up2"].split()[0]) - float(parts["up1"].split()[0])
+    except (KeyError, IndexError, ValueError):
+        return nominal
+    return elapsed if elapsed > 0 else nominal
+
+
 def parse_sample(stdout: str, interval: float, numa_mode: str) -> VmSample:
     parts = split_sections(stdout)
+    interval = measured_interval(parts, interval)
     pid_text = parts.get("pid", "").strip()
     if not pid_text:
         return VmSample(None, None, None, {}, (), (), None, None, None, {}, interval, numa_mode)

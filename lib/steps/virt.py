@@ -160,6 +160,13 @@ def repin(vm: VM, live: LiveDomain, uri: str) -> list[Command]:
     return actions
 
 
+def start_command(vm: VM, uri: str) -> Command:
+    """virsh start, retry-safe: on a slow host (TCG, the NUMA lab) the first attempt can time out while
+    libvirtd goes on starting the domain; the retry then finds it active, which is what was asked."""
+    return sh("virsh -c {uri} start {name} || [ \"$(virsh -c {uri} domstate {name})\" = running ]",
+              uri=uri, name=vm.name, timeout=120, why=f"start {vm.name}")
+
+
 class VmsStart(Step):
     name = "vms.start"
     summary = "start + autostart each VM, wait for SSH and cloud-init, verify live pins via libvirt"
@@ -195,7 +202,7 @@ class VmsStart(Step):
     def plan(self, target: Target, facts: StartFacts | None) -> Plan:
         assert target.vm is not None
         vm, uri = target.vm, target.loaded.host.libvirt_uri
-        start = sh("virsh -c {uri} start {name}", uri=uri, name=vm.name, timeout=120, why=f"start {vm.name}")
+        start = start_command(vm, uri)
         resume = sh("virsh -c {uri} resume {name}", uri=uri, name=vm.name, why=f"resume {vm.name}")
         auto = sh("virsh -c {uri} autostart {name}", uri=uri, name=vm.name, why="start with the host")
         if facts is None:
