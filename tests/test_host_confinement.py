@@ -148,6 +148,7 @@ def test_bios_check_reports_hugepages_and_says_why_there_is_no_resctrl(tmp_path:
 
     rows = facts()
     assert ("1 GiB pages (pdpe1gb)", "present", "passed") in rows
+    assert ("cgroup v2 cpuset controller", "available", "passed") in rows
     assert ("node 1 hugepages 1048576 kB", "0 free of 0", "evidence") in rows
     assert ("L3 cache allocation (resctrl)", "not available: the CPU has no L3 cache allocation (no cat_l3/rdt_a "
             "flag: Intel CAT or AMD L3 QoS)", "failed") in rows  # hv1 asks VM1's exclusive L3
@@ -157,6 +158,8 @@ def test_bios_check_reports_hugepages_and_says_why_there_is_no_resctrl(tmp_path:
     assert ("1 GiB pages (pdpe1gb)", "missing", "failed") in rows
     assert ("L3 cache allocation (resctrl)", "not available: resctrl is not mounted (mount -t resctrl resctrl "
             "/sys/fs/resctrl; libvirt needs it)", "failed") in rows
+    (root / "sys/fs/cgroup/cgroup.controllers").unlink()  # cgroup v1 (as on this test machine)
+    assert ("cgroup v2 cpuset controller", "no cgroup v2 unified hierarchy", "failed") in facts()
     write_resctrl(root)
     rows = facts()
     assert ("L3 cache allocation (resctrl)", "available: 20 ways, 16 CLOSIDs; llc_occupancy, mbm_total_bytes",

@@ -73,8 +73,10 @@ def parse_cpumask(text: str) -> frozenset[int]:
 
 
 def wanted_files(host: Host) -> dict[str, str]:
-    """Path -> content of every persisted confinement file the inventory asks for."""
+    """Path -> content of every persisted confinement file the inventory asks for (none without VMs)."""
     c, cpus = host.tuning.confinement, host_cpus(host)
+    if not vcpu_cpus(host):
+        return {}
     files = {dropin_path(u): dropin_content(u, cpus) for u in UNITS} if c.host_cpus else {}
     if c.irqs:
         files[IRQBALANCE_DROPIN] = irqbalance_content(vcpu_cpus(host))
@@ -260,6 +262,8 @@ def plan_confinement(host: Host, f: ConfineFacts | None) -> tuple[list[Command],
     cpus, banned = host_cpus(host), vcpu_cpus(host)
     actions: list[Command] = []
     changes: list[str] = []
+    if not banned:  # no VM pinned: nothing to keep host work away from
+        return actions, changes
     for path, content in wanted_files(host).items():
         if f is None or f.files.get(path, "") != content:
             directory = path.rsplit("/", 1)[0]
@@ -294,6 +298,8 @@ def plan_confinement(host: Host, f: ConfineFacts | None) -> tuple[list[Command],
 
 
 def confinement_checks(host: Host, f: ConfineFacts) -> list[Check]:
+    if not vcpu_cpus(host):
+        return [Check.evidence("host confinement", "no vCPU pinned on this host: nothing to keep off")]
     c = host.tuning.confinement
     cpus = host_cpus(host)
     want = format_cpulist(cpus)

@@ -56,6 +56,12 @@ def bios_perf_checks(host: Host, facts: PerfFacts) -> list[Check]:
                           facts.pdpe1gb))
     for (node, kb), pages in facts.hugepages.items():
         rows.append(Check.evidence(f"node {node} hugepages {kb} kB", f"{pages.free} free of {pages.nr}"))
+    if host.tuning.confinement.host_cpus and any(vm.pins for vm in host.vms):
+        ctl = facts.cgroup_controllers
+        found = "no cgroup v2 unified hierarchy" if ctl is None else "available" if "cpuset" in ctl else \
+            f"not enabled (controllers: {' '.join(ctl) or 'none'})"
+        rows.append(Check("cgroup v2 cpuset controller", "available (host confinement's AllowedCPUs needs it)",
+                          found, found == "available"))
     wanted = [vm for vm in host.vms if vm.tuning.exclusive_l3_mb]
     rc = facts.resctrl
     if rc is not None:

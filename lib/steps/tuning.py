@@ -43,7 +43,7 @@ def tmpfiles_content(host: Host) -> str:
             f"w {GOVERNORS} - - - - {t.cpu_governor}\n"
             + hostperf.tmpfiles_lines(host)
             + (f"w {confine.DEFAULT_AFFINITY} - - - - {confine.cpumask(confine.host_cpus(host))}\n"
-               if t.confinement.irqs else ""))
+               if t.confinement.irqs and confine.vcpu_cpus(host) else ""))
 
 
 @dataclass(frozen=True)

@@ -221,8 +221,9 @@ def test_billion_laughs_is_refused_before_validation(tmp_path: Path) -> None:
 
 def test_huge_memory_does_not_overflow_a_float(tmp_path: Path) -> None:
     (error,) = _errors(tmp_path, _vm0({"memory_mb": 2**1100}))
-    assert error.startswith(f"ERROR [memory.fit] {tmp_path}/hosts/hv1.yaml: topology.nodes[0].memory_mb: node 0: "
-                            f"VMs need {2**1100} MB (k3s-worker-slm-heavy {2**1100}) + 4096 MB host reserve")
+    # hv1 backs VM1 with node 0's hugepages, so the reservation is what it does not fit.
+    assert error.startswith(f"ERROR [memory.hugepages] {tmp_path}/hosts/hv1.yaml: hugepages: node 0: VMs backed "
+                            f"by hugepages need {2**1100} MB (k3s-worker-slm-heavy {2**1100}), but only 120832 MB")
 
 
 def test_no_pins_and_an_empty_nodeset_names_the_nodeset(tmp_path: Path) -> None:
@@ -263,7 +264,7 @@ def test_a_key_with_a_newline_stays_on_its_line(tmp_path: Path) -> None:
     data["vms"][0]["tuning"]["x\nERROR [fake]"] = 1
     assert _errors(tmp_path, data) == [
         f"ERROR [schema.unknown-key] {tmp_path}/hosts/hv1.yaml: vms[0].tuning['x\\nERROR [fake]']: unknown key "
-        "'x\\nERROR [fake]' (known keys: vcpu_pins, emulator_cpuset, numa_memory)"]
+        "'x\\nERROR [fake]' (known keys: vcpu_pins, emulator_cpuset, numa_memory, hugepages, exclusive_l3_mb)"]
 
 
 def test_a_comma_in_a_virt_install_path_is_refused(tmp_path: Path) -> None:
