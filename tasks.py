@@ -184,6 +184,15 @@ def steps(c: Context, runbook: str = "provision") -> None:
         print(f"{i:>2}. {step.name:<18} {step.targets:<10} {step.summary}")
 
 
+_RESTART_HELP = {
+    "restart": "apply changes a running VM cannot take (vCPUs, memory, disks): drain its node, ACPI "
+               "shutdown, redefine, start, uncordon; one VM at a time, agents before the server",
+    "force-off": "with --restart: power a VM off when it has not shut down by the deadline",
+    "drain-timeout": "with --restart: seconds kubectl drain may take (default 300)",
+    "shutdown-timeout": "with --restart: seconds the ACPI shutdown may take (default 120)",
+}
+
+
 @task(help={
     "host": "hypervisor(s), comma-separated; they run at once",
     "resume": "continue after the last verified step of the last run",
@@ -191,16 +200,35 @@ def steps(c: Context, runbook: str = "provision") -> None:
     "skip": "leave out these steps (comma-separated)",
     "runbook": "runbook name under runbooks/ (default: provision)",
     "redefine": "replace a domain whose definition drifted from the spec (it must be shut off; disks kept)",
+    **_RESTART_HELP,
 })
 @_operator_errors
 def provision(c: Context, host: str | None = None, resume: bool = False, from_: str | None = None,
               only: str | None = None, skip: str | None = None, runbook: str = "provision",
-              redefine: bool = False) -> None:
+              redefine: bool = False, restart: bool = False, force_off: bool = False, drain_timeout: int = 0,
+              shutdown_timeout: int = 0) -> None:
     """Run a runbook on the host(s): every step verified, records under .runs/<host>/<run-id>/."""
     book = _runbook(runbook)
-    extra = ("" if runbook == "provision" else f" --runbook={runbook}") + (" --redefine" if redefine else "")
+    day_two = _restart_flags(restart, force_off, drain_timeout, shutdown_timeout)
+    extra = (("" if runbook == "provision" else f" --runbook={runbook}") + (" --redefine" if redefine else "")
+             + _shown_flags(day_two))
     _execute(c, host, book, "apply", lambda h: f"invoke provision --host={h}{extra} --resume",
-             resume=resume, from_step=from_, only=_split(only), skip=_split(skip), flags={"redefine": redefine})
+             resume=resume, from_step=from_, only=_split(only), skip=_split(skip),
+             flags={"redefine": redefine, **day_two})
+
+
+def _restart_flags(restart: bool, force_off: bool, drain_timeout: int, shutdown_timeout: int) -> dict[str, Any]:
+    if (force_off or drain_timeout or shutdown_timeout) and not restart:
+        raise Exit("--force-off, --drain-timeout and --shutdown-timeout only go with --restart", code=2)
+    if drain_timeout < 0 or shutdown_timeout < 0:
+        raise Exit("--drain-timeout and --shutdown-timeout are seconds, at least 1", code=2)
+    flags = {"restart": restart, "force_off": force_off, "drain_timeout": drain_timeout,
+             "shutdown_timeout": shutdown_timeout}
+    return {k: v for k, v in flags.items() if v}
+
+
+def _shown_flags(flags: dict[str, Any]) -> str:
+    return "".join(f" --{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in flags.items())
 
 
 @task(help={"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host",
@@ -213,13 +241,16 @@ def plan(c: Context, host: str | None = None, offline: bool = False, runbook: st
 
 @task(help={"host": "hypervisor(s), comma-separated",
             "redefine": "vms.define: replace a drifted domain (shut off; disks kept)",
-            "yes": "teardown steps: really delete", "include-data": "teardown steps: also delete the data disks"})
+            "yes": "teardown steps: really delete", "include-data": "teardown steps: also delete the data disks",
+            **_RESTART_HELP})
 @_operator_errors
 def step(c: Context, name: str, host: str | None = None, redefine: bool = False,
-         yes: bool = False, include_data: bool = False) -> None:
+         yes: bool = False, include_data: bool = False, restart: bool = False, force_off: bool = False,
+         drain_timeout: int = 0, shutdown_timeout: int = 0) -> None:
     """Run one step (and its verification) ad hoc, e.g. invoke step host.tune --host=hv1."""
-    flags = {"redefine": redefine, "yes": yes, "include_data": include_data}
-    shown = "".join(f" --{k.replace('_', '-')}" for k, v in flags.items() if v)
+    flags = {"redefine": redefine, "yes": yes, "include_data": include_data,
+             **_restart_flags(restart, force_off, drain_timeout, shutdown_timeout)}
+    shown = _shown_flags({k: v for k, v in flags.items() if v})
     _execute(c, host, _single(name), "apply", lambda h: f"invoke step {name} --host={h}{shown}",
              flags=flags)
 

@@ -31,7 +31,7 @@ from lib.remote import CommandError, ConnectError, Session, SessionPool
 from lib.results import Check, HostRun, StepResult
 from lib.retry import Policies, Sleep, retrying
 from lib.runbook import Runbook, RunbookError, select
-from lib.steps.base import Step, StepMismatch, Target, Upload
+from lib.steps.base import Await, OnPeer, Step, StepMismatch, Target, Upload
 from lib.targets import hypervisor_endpoint, targets_for
 
 Mode = Literal["apply", "plan", "offline", "verify"]
@@ -265,7 +265,7 @@ class Engine:
                               error=f"{host}: {step.name} on {target.name} would delete: {plan.reason}; "
                                     "nothing was deleted: rerun with --yes to delete it")
             with one_at_a_time if plan.exclusive else contextlib.nullcontext():
-                self._apply(plan.actions, session, commands)
+                self._apply(plan.actions, session, commands, target, pool)
                 # Fresh facts after a change; with nothing applied the facts just read are fresh, and
                 # a convergence step only waits when they do not already hold.
                 checks = [] if plan.actions else step.verify(target, facts)
@@ -287,12 +287,17 @@ class Engine:
                           error=f"{host}: {step.name} on {target.name}: interrupted by the operator {done} (the "
                                 "command in flight finished); the step is redone on resume")
 
-    def _apply(self, actions: tuple[Any, ...], session: Session, commands: list[str]) -> None:
+    def _apply(self, actions: tuple[Any, ...], session: Session, commands: list[str], target: Target,
+               pool: SessionPool) -> None:
         for action in actions:
             self._check_stop()
             commands.append(_shown(action))
             if isinstance(action, Upload):
                 session.put(action.source or action.data, action.path, action.mode)
+            elif isinstance(action, OnPeer):
+                (pool.get(target.peer) if target.peer else session).run(action.command)
+            elif isinstance(action, Await):
+                self._converge(action.step, target, session)
             else:
                 session.run(action)
 
