@@ -94,12 +94,20 @@ def shutdown_command(vm: VM, uri: str, timeout_s: int, force_off: bool) -> Comma
               why=f"shut {vm.name} down (ACPI, {timeout_s} s{', then force it off' if force_off else ''})")
 
 
-def drain_command(node: str, reason: str, timeout_s: int) -> Command:
-    """Mark the node as ours, then kubectl drain: cordon, evict (honouring PodDisruptionBudgets)."""
-    return sh("k3s kubectl annotate node {node} {mark} --overwrite && "
-              "k3s kubectl drain {node} --ignore-daemonsets --delete-emptydir-data --timeout={secs}s",
-              node=node, mark=f"{ANNOTATION}={reason}", secs=timeout_s, sudo=True, timeout=timeout_s + 60,
-              why=f"cordon and drain node {node} ({reason})")
+def mark_command(node: str, reason: str) -> Command:
+    """Our mark on the node, in its own command before the cordon: the run log records it (a command is
+    logged once it returned) before the node can be cordoned, even if the run is killed right after."""
+    return sh("k3s kubectl annotate node {node} {mark} --overwrite", node=node, mark=f"{ANNOTATION}={reason}",
+              sudo=True, timeout=60, why=f"mark node {node}: cordoned by numa-k3s for {reason}")
+
+
+def drain_command(node: str, timeout_s: int) -> Command:
+    """kubectl drain: cordon, evict (honouring PodDisruptionBudgets); on failure it says the node stays cordoned."""
+    return sh("k3s kubectl drain {node} --ignore-daemonsets --delete-emptydir-data --timeout={secs}s || "
+              "{{ echo \"node {node} stays cordoned by numa-k3s ({ann}): rerun with --resume to finish, or uncordon "
+              "it yourself: kubectl uncordon {node}\" >&2; exit 1; }}",
+              node=node, ann=ANNOTATION, secs=timeout_s, sudo=True, timeout=timeout_s + 60,
+              why=f"cordon and drain node {node} (at most {timeout_s} s)")
 
 
 def uncordon_command(node: str) -> Command:

@@ -13,7 +13,7 @@ import pytest
 
 from lib.daytwo import NodeState, live_commands, split_drift
 from lib.domain import DomainDisk, DomainSpec, expected_disks
-from lib.inventory.load import LoadedHost, load_inventory
+from lib.inventory.load import InventoryError, LoadedHost, load_inventory
 from lib.inventory.model import VM
 from lib.steps.base import Await, OnPeer, StepMismatch
 from lib.steps.restart import RestartFacts, VmsRestartAgents, VmsRestartServer
@@ -97,7 +97,7 @@ def kinds(actions: tuple[Any, ...]) -> list[str]:
     shown = []
     for a in actions:
         if isinstance(a, OnPeer):
-            shown.append("drain" if "kubectl drain " in a.command.shown else "uncordon")
+            shown.append(next(w for w in ("drain", "uncordon", "annotate") if f"kubectl {w} " in a.command.shown))
         elif isinstance(a, Await):
             shown.append("await")
         else:
@@ -115,7 +115,7 @@ def test_a_restart_is_refused_without_the_flag_naming_the_fields(loaded: LoadedH
     # The plan shows it as a restart of that VM, and what the flag would do.
     shown = step.plan(target(loaded, step, SLM, mode="plan"), facts(slm, node=ready(SLM), memory_mb=1024))
     assert shown.reason.startswith(f"restart {SLM}, one VM at a time: memory") and "(needs --restart)" in shown.reason
-    assert kinds(shown.actions) == ["drain", "shutdown", "undefine", "start", "await", "uncordon"]
+    assert kinds(shown.actions) == ["annotate", "drain", "shutdown", "undefine", "start", "await", "uncordon"]
     # Live changes are not this step's business, nor the server (the other step's).
     assert step.plan(target(loaded, step, SLM), facts(slm, emulator_cpus=frozenset({32}))).empty
     assert step.plan(target(loaded, step, SERVER), None).empty
@@ -125,20 +125,20 @@ def test_with_the_flag_drain_shutdown_redefine_start_verify_uncordon(loaded: Loa
     step, slm = VmsRestartAgents(), vm_named(loaded, SLM)
     plan = step.plan(target(loaded, step, SLM, restart=True), facts(slm, node=ready(SLM), memory_mb=1024))
     assert plan.exclusive  # one VM at a time
-    assert kinds(plan.actions) == ["drain", "shutdown", "undefine", "start", "await", "uncordon"]
-    drain = plan.actions[0]
+    assert kinds(plan.actions) == ["annotate", "drain", "shutdown", "undefine", "start", "await", "uncordon"]
+    mark, drain = plan.actions[:2]
     assert isinstance(drain, OnPeer) and "--timeout=300s" in drain.command.shown
-    assert "numa-k3s.io/drained-for=restart: memory" in drain.command.shown
-    assert "virsh -c qemu:///system destroy" not in plan.actions[1].shown  # no forcing without --force-off
+    assert isinstance(mark, OnPeer) and "'numa-k3s.io/drained-for=restart: memory'" in mark.command.shown
+    assert "virsh -c qemu:///system destroy" not in plan.actions[2].shown  # no forcing without --force-off
     forced = step.plan(target(loaded, step, SLM, restart=True, force_off=True, shutdown_timeout=30,
                               drain_timeout=60), facts(slm, node=ready(SLM), memory_mb=1024))
-    assert "destroy" in forced.actions[1].shown and "-ge 30" in forced.actions[1].shown
-    assert "--timeout=60s" in forced.actions[0].shown
+    assert "destroy" in forced.actions[2].shown and "-ge 30" in forced.actions[2].shown
+    assert "--timeout=60s" in forced.actions[1].shown
 
 
 @pytest.mark.parametrize(("where", "state", "changes", "expected"), [
-    ("drained, still running", "running", {"memory_mb": 1024}, ["drain", "shutdown", "undefine", "start", "await",
-                                                                 "uncordon"]),
+    ("drained, still running", "running", {"memory_mb": 1024}, ["annotate", "drain", "shutdown", "undefine",
+                                                                 "start", "await", "uncordon"]),
     ("shut down", "shut off", {"memory_mb": 1024}, ["undefine", "start", "await", "uncordon"]),
     ("redefined", "shut off", {}, ["start", "await", "uncordon"]),
     ("started", "running", {}, ["await", "uncordon"]),
@@ -162,7 +162,7 @@ def test_the_server_waits_for_every_agent_to_be_uncordoned(loaded: LoadedHost) -
         step.plan(target(loaded, step, SERVER, restart=True), state)
     assert "never restarted while an agent is drained: k3s-worker-slm" in refused.value.message
     alone = step.plan(target(loaded, step, SERVER, restart=True), facts(server, node=ready(SERVER), memory_mb=1024))
-    assert kinds(alone.actions)[0] == "drain"
+    assert kinds(alone.actions)[:2] == ["annotate", "drain"]
 
 
 def test_verify_fails_while_our_cordon_is_there(loaded: LoadedHost) -> None:
@@ -177,3 +177,16 @@ def test_restart_flags_need_restart(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), "provision", "--host=hv1",
                            "--force-off"], cwd=REPO, capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 2 and "only go with --restart" in done.stderr, done.stderr
+
+
+def test_an_emulator_set_growing_onto_another_vms_vcpus_is_refused_before_any_host(tmp_path: Path) -> None:
+    # The spec's own day-two fix read literally ("cores 16-18 instead of 16-17"): CPU 18 and its
+    # sibling 54 are vCPUs of the data VM. The inventory rules refuse it, as for any other change.
+    def grow(data: dict[str, Any]) -> None:
+        data["vms"][0]["tuning"]["emulator_cpuset"] = "16-18,52-54"
+
+    with pytest.raises(InventoryError) as refused:
+        load_inventory(write_inventory(tmp_path, mutated(grow)), ["hv1"])
+    overlap = [p for p in refused.value.problems if p.rule == "pins.emulator-overlap"]
+    assert [p.path for p in overlap] == ["vms[0].tuning.emulator_cpuset"]
+    assert "CPUs 18,54 are vCPU pins of vms[1] (k3s-worker-data)" in overlap[0].message

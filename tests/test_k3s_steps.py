@@ -219,7 +219,7 @@ def test_upgrade_goes_server_first_one_node_at_a_time(k3s_world: K3sWorld) -> No
     assert all("upgrade" in reason for _, reason in reasons)
     for result in plan.results:  # each node drained first and uncordoned last, on the server
         assert result.planned[0].startswith(f"on the k3s server: k3s kubectl annotate node {result.target} "), result
-        assert f"k3s kubectl drain {result.target} --ignore-daemonsets" in result.planned[0]
+        assert f"k3s kubectl drain {result.target} --ignore-daemonsets" in result.planned[1]
         assert result.planned[-1].startswith("on the k3s server: timeout ") and (
             f"k3s kubectl uncordon {result.target}" in result.planned[-1])
     run = kw.run("k3s.server", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)

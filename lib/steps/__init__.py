@@ -12,10 +12,11 @@ from lib.steps.preflight import PreflightAccess
 from lib.steps.restart import VmsRestartAgents, VmsRestartServer
 from lib.steps.teardown import DisksRemove, VmsRemove
 from lib.steps.tuning import HostTune
+from lib.steps.unmanaged import VmsUnmanaged
 from lib.steps.virt import VmsDefine, VmsStart
 
 STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild,
-                                   VmsRestartAgents, VmsRestartServer,
+                                   VmsUnmanaged, VmsRestartAgents, VmsRestartServer,
                                    VmsDefine, VmsStart, K3sServer, K3sAgents, K3sTaints, K3sAgentsRemove,
                                    K3sServerRemove, VmsRemove, DisksRemove, NumaCheck, EmulatorCheck, MonitorSample,
                                    Doctor)

@@ -140,9 +140,9 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
     if installed and installed != version:
         # The same path as a VM restart: drain, upgrade, uncordon (the converge waits for Ready).
         if facts is not None and facts.nodes is not None and vm.name in facts.nodes:
-            drain = daytwo.drain_command(vm.name, f"k3s upgrade {installed} -> {version}",
-                                         int(target.options.get("drain_timeout") or daytwo.DRAIN_TIMEOUT_S))
-            actions = [OnPeer(drain), *actions, OnPeer(daytwo.uncordon_command(vm.name))]
+            drain = daytwo.drain_command(vm.name, int(target.options.get("drain_timeout") or daytwo.DRAIN_TIMEOUT_S))
+            actions = [OnPeer(daytwo.mark_command(vm.name, f"k3s upgrade {installed} -> {version}")), OnPeer(drain),
+                       *actions, OnPeer(daytwo.uncordon_command(vm.name))]
         return Plan(tuple(actions), f"upgrade k3s {installed} -> {version} ({role}; the server before the agents, "
                                     "one node at a time: drain, upgrade, uncordon)", exclusive=True)
     if marked:

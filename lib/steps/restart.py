@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from lib import daytwo
 from lib.daytwo import NodeState
-from lib.domain import domain_checks, virt_install_args
+from lib.domain import domain_checks
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
 from lib.remote import CommandError, ConnectError, Session
@@ -35,6 +35,7 @@ from lib.steps.virt import (
     VmsStart,
     define_command,
     domain_facts_command,
+    install_argv,
     parse_domain_facts,
 )
 
@@ -67,13 +68,12 @@ def daytwo_server(target: Target) -> VM | None:
     return next((vm for vm in target.loaded.host.vms if vm.k8s and vm.k8s.role == "server"), None)
 
 
-def redefine_command(vm: VM, uri: str, virt_type: str) -> Command:
+def redefine_command(vm: VM, uri: str, virt_type: str, owner: str) -> Command:
     """The new definition is written first (virt-install --print-xml, the slow part), then the old one
     is swapped for it in two quick virsh calls: an interruption leaves either definition, rarely none."""
-    args = ["flock", "/run/lock/numa-k3s-virt-install.lock", *virt_install_args(vm, uri=uri, virt_type=virt_type)]
     return sh('tmp=$(mktemp) && {args} > "$tmp" && virsh -c {uri} undefine {name} >/dev/null && '
               'virsh -c {uri} define "$tmp"; rc=$?; rm -f "$tmp"; exit $rc',
-              args=list(args), uri=uri, name=vm.name, timeout=180,
+              args=install_argv(vm, uri, virt_type, owner), uri=uri, name=vm.name, timeout=180,
               why=f"redefine {vm.name} from the inventory, keeping its disks")
 
 
@@ -192,16 +192,17 @@ class _Restart(Step):
                                            f"answer ({facts.api_error}); nothing was changed")
             if node is not None and running and drift.restart:
                 reason = "restart: " + ", ".join(c.name for c in drift.restart) if drift.restart else node.drained_for
-                actions.append(OnPeer(daytwo.drain_command(vm.name, reason or "restart",
-                                                           int(opts.get("drain_timeout") or daytwo.DRAIN_TIMEOUT_S))))
+                actions += [OnPeer(daytwo.mark_command(vm.name, reason or "restart")),
+                            OnPeer(daytwo.drain_command(vm.name, int(opts.get("drain_timeout") or
+                                                                     daytwo.DRAIN_TIMEOUT_S)))]
         if drift.restart:
             if running:
                 actions.append(daytwo.shutdown_command(vm, uri, int(opts.get("shutdown_timeout") or
                                                                     daytwo.SHUTDOWN_TIMEOUT_S),
                                                        bool(opts.get("force_off"))))
-            actions.append(redefine_command(vm, uri, host.virt_type))
+            actions.append(redefine_command(vm, uri, host.virt_type, target.loaded.name))
         elif facts.define.domain is None:  # stopped between undefine and define
-            actions.append(define_command(vm, uri, host.virt_type))
+            actions.append(define_command(vm, uri, host.virt_type, target.loaded.name))
         if drift.restart or not running:
             actions.append(sh("virsh -c {uri} start {name} && virsh -c {uri} autostart {name} >/dev/null",
                               uri=uri, name=vm.name, timeout=120, why=f"start {vm.name}, autostart"))

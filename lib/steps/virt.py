@@ -26,7 +26,7 @@ from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM, Host
 from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
-from lib.shell import Command, sh
+from lib.shell import Command, Value, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
 
 
@@ -48,17 +48,28 @@ def parse_domain_facts(stdout: str) -> DomainFacts:
     return DomainFacts(parse_domain_xml(xml) if xml else None, parts.get("state", "").strip())
 
 
-def define_command(vm: VM, uri: str, virt_type: str) -> Command:
+def owner_mark(host_name: str) -> str:
+    """The <description> of every domain we define: how a domain later removed from the inventory is
+    still known as ours (reported as unmanaged, never deleted)."""
+    return f"managed by numa-k3s for host {host_name}"
+
+
+def install_argv(vm: VM, uri: str, virt_type: str, owner: str) -> list[Value]:
     # virt-install creates a storage pool for each disk directory; parallel runs raced on it
     # ("pool 'images' already exists"), so the VMs of one host take turns under flock.
-    args = ["flock", "/run/lock/numa-k3s-virt-install.lock", *virt_install_args(vm, uri=uri, virt_type=virt_type)]
+    return ["flock", "/run/lock/numa-k3s-virt-install.lock", *virt_install_args(vm, uri=uri, virt_type=virt_type),
+            "--metadata", f"description={owner_mark(owner)}"]
+
+
+def define_command(vm: VM, uri: str, virt_type: str, owner: str) -> Command:
     return sh('tmp=$(mktemp) && {args} > "$tmp" && virsh -c {uri} define "$tmp"; rc=$?; rm -f "$tmp"; exit $rc',
-              args=list(args), uri=uri, timeout=180, why=f"define {vm.name}")
+              args=install_argv(vm, uri, virt_type, owner), uri=uri, timeout=180, why=f"define {vm.name}")
 
 
-def plan_domain(host: Host, vm: VM, facts: DomainFacts | None, redefine: bool, mode: str = "apply") -> Plan:
+def plan_domain(host: Host, vm: VM, facts: DomainFacts | None, redefine: bool, mode: str = "apply",
+                owner: str = "") -> Plan:
     uri, virt_type = host.libvirt_uri, host.virt_type
-    define = define_command(vm, uri, virt_type)
+    define = define_command(vm, uri, virt_type, owner)
     if facts is None or facts.domain is None:
         return Plan((define,), f"define {vm.name}: {vm.vcpu_count} vCPUs pinned, emulator on "
                                f"{vm.tuning.emulator_cpuset}, memory strict on node {vm.tuning.numa_memory.nodeset}")
@@ -101,7 +112,7 @@ class VmsDefine(Step):
     def plan(self, target: Target, facts: DomainFacts | None) -> Plan:
         assert target.vm is not None
         return plan_domain(target.loaded.host, target.vm, facts, bool(target.options.get("redefine")),
-                           str(target.options.get("mode", "apply")))
+                           str(target.options.get("mode", "apply")), target.loaded.name)
 
     def verify(self, target: Target, facts: DomainFacts) -> list[Check]:
         assert target.vm is not None
