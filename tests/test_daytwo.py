@@ -13,7 +13,8 @@ import pytest
 
 from lib.daytwo import NodeState, live_commands, split_drift
 from lib.domain import DomainDisk, DomainSpec, expected_disks
-from lib.inventory.load import InventoryError, LoadedHost, load_inventory
+from lib.errors import InventoryError
+from lib.inventory.load import LoadedHost, load_inventory
 from lib.inventory.model import VM
 from lib.steps.base import Await, OnPeer, StepMismatch
 from lib.steps.restart import RestartFacts, VmsRestartAgents, VmsRestartServer
