@@ -15,8 +15,8 @@ from lib.steps.tuning import HostTune
 from lib.steps.unmanaged import VmsUnmanaged
 from lib.steps.virt import VmsDefine, VmsStart
 
-STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild,
-                                   VmsUnmanaged, VmsRestartAgents, VmsRestartServer,
+STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, VmsUnmanaged, ImagesClone,
+                                   CloudinitBuild, VmsRestartAgents, VmsRestartServer,
                                    VmsDefine, VmsStart, K3sServer, K3sAgents, K3sTaints, K3sAgentsRemove,
                                    K3sServerRemove, VmsRemove, DisksRemove, NumaCheck, EmulatorCheck, MonitorSample,
                                    Doctor)

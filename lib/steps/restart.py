@@ -45,7 +45,6 @@ class RestartFacts:
     define: DomainFacts
     nodes: dict[str, NodeState] | None  # None: the k3s API did not answer (or no cluster)
     api_error: str = ""
-    start: StartFacts | None = None  # live state, SSH: read only while a restart is wanted or under way
 
 
 def _nodes_command() -> Any:
@@ -121,22 +120,10 @@ class _Restart(Step):
                                                    uri=host.libvirt_uri, name=server.name,
                                                    why="is the k3s server VM running")).stdout.strip() == "running"
         nodes, error = read_nodes(target, session) if up else (None, "the k3s server VM is not running")
-        facts = RestartFacts(define, nodes, error)
-        if target.options.get("restart") and self._wanted(target, facts):
-            return RestartFacts(define, nodes, error, VmsStart().gather(target, session))
-        return facts
+        return RestartFacts(define, nodes, error)
 
     def _node(self, vm: VM, facts: RestartFacts) -> NodeState | None:
         return (facts.nodes or {}).get(vm.name) if vm.k8s else None
-
-    def _wanted(self, target: Target, facts: RestartFacts) -> bool:
-        """Pure: a restart-needing difference, or a restart of ours under way (our mark on the node)."""
-        assert target.vm is not None
-        node = self._node(target.vm, facts)
-        if node is not None and node.drained_for:
-            return True
-        dom = facts.define.domain
-        return dom is not None and bool(daytwo.split_drift(target.loaded.host, target.vm, dom).restart)
 
     def plan(self, target: Target, facts: RestartFacts | None) -> Plan:
         assert target.vm is not None

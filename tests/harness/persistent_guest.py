@@ -49,8 +49,6 @@ cat > /etc/acpi/PWRF/00000080 <<'ACPI'
 echo "tinyguest: ACPI power button: shutting down" > /dev/console
 [ -x /usr/local/bin/k3s-killall.sh ] && /usr/local/bin/k3s-killall.sh >/dev/null 2>&1
 sync
-umount -a -r 2>/dev/null
-sync
 poweroff -f
 ACPI
 chmod 755 /etc/acpi/PWRF/00000080

@@ -25,7 +25,7 @@ from tests.reliability.lab import HOST, Lab, remove_crashed_labs, sha, virsh, wa
 
 pytestmark = pytest.mark.slow
 
-STEPS = ("preflight.access", "bios.check", "host.tune", "images.clone", "cloudinit.build", "vms.unmanaged",
+STEPS = ("preflight.access", "bios.check", "host.tune", "vms.unmanaged", "images.clone", "cloudinit.build",
          "vms.restart.agents", "vms.restart.server", "vms.define", "vms.start", "k3s.server", "k3s.agents",
          "k3s.taints")
 # How long after a step starts to signal, so the signal lands inside it: most steps take a fraction
