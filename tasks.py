@@ -272,19 +272,41 @@ _SELECT = {"from": "start at this step", "only": "run only these steps (comma-se
            "vm": "only these VMs (comma-separated) in the steps that run per VM; hypervisor steps run as usual"}
 _CHANGES = {"host": "hypervisor(s), comma-separated; they run at once (required: this changes hosts)",
             "all": "every host in hosts/ (instead of --host)"}
+_RESTART_HELP = {
+    "restart": "apply changes a running VM cannot take (vCPUs, memory, disks): drain its node, ACPI "
+               "shutdown, redefine, start, uncordon; one VM at a time, agents before the server",
+    "force-off": "with --restart: power a VM off when it has not shut down by the deadline",
+    "drain-timeout": "with --restart: seconds kubectl drain may take (default 300)",
+    "shutdown-timeout": "with --restart: seconds the ACPI shutdown may take (default 120)",
+}
 
 
-@_task({**_CHANGES, **_SELECT, "resume": "continue after the last verified step of the last run"})
+@_task({**_CHANGES, **_SELECT, **_RESTART_HELP, "resume": "continue after the last verified step of the last run"})
 def provision(c: Context, host: str | None = None, all_: bool = False, resume: bool = False,
               from_: str | None = None, only: str | None = None, skip: str | None = None,
-              runbook: str = "provision", redefine: bool = False, vm: str | None = None) -> None:
+              runbook: str = "provision", redefine: bool = False, vm: str | None = None, restart: bool = False,
+              force_off: bool = False, drain_timeout: str = "0", shutdown_timeout: str = "0") -> None:
     """Run a runbook on the host(s): every step verified, records under .runs/<host>/<run-id>/."""
+    day_two = _restart_flags(restart, force_off, drain_timeout, shutdown_timeout)
     host = _changing(c, "provision", host, all_)
     book = _runbook(runbook)
     again = _again("provision", runbook=runbook if runbook != "provision" else None, redefine=redefine, vm=vm,
-                   resume=True)
-    _execute(c, host, book, "apply", again, resume=resume, vm=vm, flags={"redefine": redefine},
+                   **day_two, resume=True)
+    _execute(c, host, book, "apply", again, resume=resume, vm=vm, flags={"redefine": redefine, **day_two},
              **_selection(book, from_, only, skip))
+
+
+def _restart_flags(restart: bool, force_off: bool, drain_timeout: str, shutdown_timeout: str) -> dict[str, Any]:
+    """The day-two flags a run passes its steps (only those set); a timeout without --restart is refused."""
+    from lib.flags import FlagError, number
+
+    drain = number("drain-timeout", drain_timeout, low=0, high=86400)
+    shutdown = number("shutdown-timeout", shutdown_timeout, low=0, high=86400)
+    if (force_off or drain or shutdown) and not restart:
+        raise FlagError("--force-off, --drain-timeout and --shutdown-timeout only go with --restart")
+    flags = {"restart": restart, "force_off": force_off, "drain_timeout": int(drain),
+             "shutdown_timeout": int(shutdown)}
+    return {k: v for k, v in flags.items() if v}
 
 
 @_task({"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host", **_SELECT})
@@ -301,16 +323,18 @@ def plan(c: Context, host: str | None = None, offline: bool = False, runbook: st
 
 @_task({**_CHANGES, "redefine": "vms.define: replace a drifted domain (shut off; disks kept)",
         "vm": _SELECT["vm"], "yes": "teardown steps: really delete",
-        "include-data": "teardown steps: also delete the data disks"})
+        "include-data": "teardown steps: also delete the data disks", **_RESTART_HELP})
 def step(c: Context, name: str, host: str | None = None, all_: bool = False, redefine: bool = False,
-         yes: bool = False, include_data: bool = False, vm: str | None = None) -> None:
+         yes: bool = False, include_data: bool = False, vm: str | None = None, restart: bool = False,
+         force_off: bool = False, drain_timeout: str = "0", shutdown_timeout: str = "0") -> None:
     """Run one step (and its verification) ad hoc, e.g. invoke step host.tune --host=hv1."""
     if name in ("-h", "--help"):  # invoke hands a positional argument any word, even -h: help it is
         _task_help("step", step)
         return
     book = _single(name)
     host = _changing(c, "step", host, all_)
-    flags = {"redefine": redefine, "yes": yes, "include_data": include_data}
+    flags = {"redefine": redefine, "yes": yes, "include_data": include_data,
+             **_restart_flags(restart, force_off, drain_timeout, shutdown_timeout)}
     _execute(c, host, book, "apply", _again(f"step {name}", vm=vm, **flags), vm=vm, flags=flags)
 
 

@@ -37,7 +37,7 @@ from lib.results import Check, HostRun, Status, StepResult
 from lib.retry import Policies, Sleep, retrying
 from lib.runbook import Runbook, RunbookError, select
 from lib.shell import Command
-from lib.steps.base import Plan, Step, StepMismatch, Target, Upload
+from lib.steps.base import Await, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.steps.preflight import sudo_refusal
 from lib.targets import hypervisor_endpoint, targets_for
 
@@ -410,7 +410,7 @@ class Engine:
             return job.failed(2, f"{job.where} would delete: {plan.reason}; nothing was deleted: rerun with --yes "
                                  "to delete it", planned=tuple(_shown(a) for a in plan.actions))
         with one_at_a_time if plan.exclusive else contextlib.nullcontext():
-            self._do(plan.actions, session, job.commands)
+            self._do(plan.actions, session, job.commands, target)
             checks = self._fresh_checks(step, target, session, facts, changed=bool(plan.actions))
         result = self._verdict(job, checks, changed=bool(plan.actions))
         return result if result.status == "failed" else replace(result, reason=plan.reason, warnings=plan.warnings)
@@ -423,13 +423,17 @@ class Engine:
             return self._converge(step, target, session)
         return step.verify(target, step.gather(target, session)) if changed else checks
 
-    def _do(self, actions: tuple[Any, ...], session: Session, commands: list[str]) -> None:
+    def _do(self, actions: tuple[Any, ...], session: Session, commands: list[str], target: Target) -> None:
         for action in actions:
             self._check_stop()
             commands.append(_shown(action))
             if isinstance(action, Upload):
                 session.put(action.source or action.data, action.path, action.mode,
                             owner=action.owner, group=action.group)
+            elif isinstance(action, OnPeer):  # kubectl on the k3s server, for a VM whose commands run elsewhere
+                (session.peer(target.peer) if target.peer else session).run(action.command)
+            elif isinstance(action, Await):
+                self._converge(action.step, target, session)
             else:
                 session.run(action)
 

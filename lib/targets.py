@@ -46,10 +46,12 @@ def _all_targets(step: Step, loaded: LoadedHost, opts: dict[str, Any]) -> list[T
     hv = hypervisor_endpoint(loaded)
     if step.targets == "hypervisor":
         return [Target(loaded.name, "hypervisor", hv, loaded, None, opts)]
-    if step.targets == "vms":  # one target per VM, commands run on the hypervisor (virsh, qemu-img)
-        return [Target(vm.name, "vm", hv, loaded, vm, opts, vm_endpoint(loaded, vm, discover=True) if vm.ssh else None)
-                for vm in loaded.host.vms]
     servers = [vm for vm in loaded.host.vms if vm.k8s and vm.k8s.role == "server"]
+    if step.targets == "vms":  # one target per VM, commands run on the hypervisor (virsh, qemu-img)
+        # The k3s server as peer: where a VM's node is cordoned and drained before a restart.
+        server = vm_endpoint(loaded, servers[0]) if servers and servers[0].ssh and servers[0].ssh.host else None
+        return [Target(vm.name, "vm", hv, loaded, vm, opts, vm_endpoint(loaded, vm, discover=True) if vm.ssh else None,
+                       peer=server) for vm in loaded.host.vms]
     vms = list(loaded.host.vms)
     if step.targets == "server":
         vms = servers

@@ -244,8 +244,13 @@ def test_upgrade_goes_server_first_one_node_at_a_time(k3s_world: K3sWorld) -> No
     (plan,) = kw.world.run("k3s.server", "k3s.agents", mode="plan")
     reasons = [(r.step, r.reason) for r in plan.results]
     assert reasons[0] == ("k3s.server", f"upgrade k3s {V1} -> {V2} (server; the server before the agents, "
-                                        "one node at a time)")
+                                        "one node at a time: drain, upgrade, uncordon)")
     assert all("upgrade" in reason for _, reason in reasons)
+    for result in plan.results:  # each node drained first and uncordoned last, on the server
+        assert result.planned[0].startswith(f"on the k3s server: k3s kubectl annotate node {result.target} "), result
+        assert f"k3s kubectl drain {result.target} --ignore-daemonsets" in result.planned[1]
+        assert result.planned[-1].startswith("on the k3s server: timeout ") and (
+            f"k3s kubectl uncordon {result.target}" in result.planned[-1])
     run = kw.run("k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", policies=WAIT, sleep=time.sleep)
     assert run.exit_code == 0, failure_text([run])
     # One at a time: in the run log, every upload to one agent comes before any upload to the other.
@@ -261,6 +266,13 @@ def test_upgrade_goes_server_first_one_node_at_a_time(k3s_world: K3sWorld) -> No
     assert before and not before & {p.name for p in pods.iterdir()}
     assert next(r for r in run.results if r.step == "k3s.addons").status == "ok"
     assert {c.name: c.found for c in run.results[-1].checks}["kube-system coredns"] == f"Running on {SERVER}"
+    # The stand-in's record: each node cordoned and uncordoned in turn, the server first, never two at once.
+    record = (kw.roots[SERVER] / "var/lib/rancher/k3s/server/standin/record").read_text().splitlines()
+    turns = [tuple(line.split()[1:3]) for line in record if line.split()[1] in ("cordon", "uncordon")]
+    agents = [node for op, node in turns[2::2]]
+    assert turns == [("cordon", SERVER), ("uncordon", SERVER)] + [
+        (op, node) for node in agents for op in ("cordon", "uncordon")], turns
+    assert sorted(agents) == sorted([SLM, DATA])
 
 
 def test_missing_airgap_artifacts_stop_before_anything_changes(k3s_world: K3sWorld) -> None:

@@ -99,6 +99,18 @@ def set_pin_in_xml(name: str, vcpu: int, cpuset: str, tmp: Path) -> None:
     virsh("define", str(path))
 
 
+def set_memory_in_xml(name: str, kib: int, tmp: Path) -> None:
+    xml = virsh("dumpxml", "--inactive", name).stdout
+    start = xml.index("<memory unit='KiB'>") + len("<memory unit='KiB'>")
+    end = xml.index("</memory>", start)
+    xml = xml[:start] + str(kib) + xml[end:]
+    start = xml.index("<currentMemory unit='KiB'>") + len("<currentMemory unit='KiB'>")
+    end = xml.index("</currentMemory>", start)
+    path = tmp / f"{name}-memory.xml"
+    path.write_text(xml[:start] + str(kib) + xml[end:])
+    virsh("define", str(path))
+
+
 def test_spec_domains_define_with_every_pin_then_drift_is_reported_not_fixed(world: World, tmp_path: Path) -> None:
     (run,) = world.run("images.clone", "cloudinit.build", "vms.define")
     assert run.exit_code == 0, [r.error for r in run.results if r.error]
@@ -135,17 +147,28 @@ def test_spec_domains_define_with_every_pin_then_drift_is_reported_not_fixed(wor
     assert check.exit_code == 5
     assert [r.status for r in check.results if r.target != "k3s-worker-slm-heavy"] == ["ok"] * 3
 
+    # A pin that stays on the VM's node changes without a restart: here the definition alone (shut off).
+    # (Not applied on this machine: virsh vcpupin refuses CPU 37 on a host with two CPUs.)
+    (planned,) = world.run("vms.define", mode="plan")
+    heavy_plan = next(r for r in planned.results if r.target == "k3s-worker-slm-heavy")
+    assert heavy_plan.reason == "k3s-worker-slm-heavy is shut off: persistent definition only: vcpupin 3 40 -> 37"
+    assert heavy_plan.planned == (f"virsh -c {URI} vcpupin k3s-worker-slm-heavy 3 37 --config",)
+
+    # Memory only changes when QEMU starts again: refused, naming the field and the flag; nothing changed.
+    set_memory_in_xml("k3s-worker-slm-heavy", 65536, tmp_path)
     before = virsh("dumpxml", "--inactive", "k3s-worker-slm-heavy").stdout
     (drift,) = world.run("vms.define")
     heavy_drift = next(r for r in drift.results if r.target == "k3s-worker-slm-heavy")
     assert (heavy_drift.status, heavy_drift.exit_code) == ("failed", 5)
-    assert "rerun with --redefine" in heavy_drift.error
+    assert "need a restart (memory 64 MiB -> 120832 MiB)" in heavy_drift.error
+    assert "rerun with --restart" in heavy_drift.error and "--redefine while it is shut off" in heavy_drift.error
     assert virsh("dumpxml", "--inactive", "k3s-worker-slm-heavy").stdout == before  # not redefined
 
     (fixed,) = world.run("vms.define", flags={"redefine": True})
     heavy_fixed = next(r for r in fixed.results if r.target == "k3s-worker-slm-heavy")
     assert heavy_fixed.status == "changed" and heavy_fixed.reason.startswith("redefine k3s-worker-slm-heavy")
     assert "<vcpupin vcpu='3' cpuset='37'/>" in virsh("dumpxml", "--inactive", "k3s-worker-slm-heavy").stdout
+    assert "<memory unit='KiB'>123731968</memory>" in virsh("dumpxml", "--inactive", "k3s-worker-slm-heavy").stdout
 
 
 def test_domifaddr_first_ipv4_address() -> None:

@@ -9,11 +9,14 @@ from lib.steps.images import ImagesClone
 from lib.steps.k3s import K3sAddons, K3sAgents, K3sAgentsRemove, K3sServer, K3sServerRemove, K3sTaints
 from lib.steps.observe import Doctor, EmulatorCheck, MonitorSample, NumaCheck
 from lib.steps.preflight import PreflightAccess
+from lib.steps.restart import VmsRestartAgents, VmsRestartServer
 from lib.steps.teardown import DisksRemove, VmsRemove
 from lib.steps.tuning import HostTune
+from lib.steps.unmanaged import VmsUnmanaged
 from lib.steps.virt import VmsDefine, VmsStart
 
-STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, ImagesClone, CloudinitBuild,
+STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, VmsUnmanaged, ImagesClone,
+                                   CloudinitBuild, VmsRestartAgents, VmsRestartServer,
                                    VmsDefine, VmsStart, K3sServer, K3sAddons, K3sAgents, K3sTaints, K3sAgentsRemove,
                                    K3sServerRemove, VmsRemove, DisksRemove, NumaCheck, EmulatorCheck, MonitorSample,
                                    Doctor)

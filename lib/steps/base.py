@@ -53,7 +53,32 @@ class Upload:
                 f"({self.owner}:{self.group} mode {self.mode:o})")
 
 
-Action = Command | Upload
+@dataclass(frozen=True)
+class OnPeer:
+    """A command for the target's peer (the k3s server: where kubectl cordons and drains the node of a
+    VM whose other commands run on the hypervisor); the target's own endpoint when it has no peer."""
+
+    command: Command
+
+    @property
+    def shown(self) -> str:
+        return f"on the k3s server: {self.command.shown}"
+
+
+@dataclass(frozen=True)
+class Await:
+    """Wait, with the converge policy, until another step's verification holds for this target: a
+    sequence that must not go on before something is true (a restarted VM back and pinned)."""
+
+    step: Step
+    why: str
+
+    @property
+    def shown(self) -> str:
+        return f"wait until {self.why}"
+
+
+Action = Command | Upload | OnPeer | Await
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lib import k3s
+from lib import daytwo, k3s
 from lib.errors import ToolError
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
@@ -19,7 +19,7 @@ from lib.inventory.model import VM, Host
 from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
 from lib.shell import MASK, Command, FileBody, Secret, seq, sh
-from lib.steps.base import Action, Plan, Step, StepMismatch, Target, Upload
+from lib.steps.base import Action, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.token import cluster_token
 
 
@@ -55,6 +55,7 @@ class NodeFacts:
     nodes: dict[str, k3s.Node] | None  # as the server sees them; None: the API did not answer
     api_error: str = ""
     started: tuple[str, str] = ("", "")  # version and config.yaml digest the service was last started with
+    drained: frozenset[str] = frozenset()  # nodes cordoned by numa-k3s (daytwo.ANNOTATION), e.g. for an upgrade
 
 
 def _nodes_section() -> str:
@@ -90,6 +91,10 @@ def node_facts_command(svc: str, with_nodes: bool) -> Command:
     return seq(*parts, "true", sudo=True, timeout=60, why="k3s version, config digest, node state")
 
 
+def drained_nodes(text: str) -> frozenset[str]:
+    return frozenset(n.name for n in (daytwo.parse_node_states(text) or {}).values() if n.drained_for)
+
+
 def parse_nodes_output(text: str) -> tuple[dict[str, k3s.Node] | None, str]:
     try:
         return k3s.parse_nodes(text), ""
@@ -104,7 +109,7 @@ def parse_node_facts(stdout: str) -> NodeFacts:
     started = [*parts.get("started", "").split(), "", ""][:2]
     return NodeFacts(k3s.parse_version(parts.get("version", "")), config[0] if config else "",
                      config[1] if len(config) > 1 else "", parts.get("errors", "").strip(), nodes, api_error,
-                     (started[0], started[1]))
+                     (started[0], started[1]), drained_nodes(parts.get("nodes", "")))
 
 
 def _token(target: Target) -> Secret | None:
@@ -152,11 +157,21 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
         actions.append(k3s.install_command(host, vm))
     elif config_changed:
         actions.append(k3s.restart_command(host, vm))
+    marked = facts is not None and vm.name in facts.drained
+    if not actions and marked:  # stopped after the upgrade, before the uncordon: finish it
+        return Plan((OnPeer(daytwo.uncordon_command(vm.name)),), f"uncordon {vm.name} (cordoned by numa-k3s)")
     if not actions:
         return Plan(reason=f"k3s {version} ({role}) installed with the same config.yaml: no reinstall, no restart")
     if installed and installed != version:
+        # The same path as a VM restart: drain, upgrade, uncordon (the converge waits for Ready).
+        if facts is not None and facts.nodes is not None and vm.name in facts.nodes:
+            drain = daytwo.drain_command(vm.name, int(target.options.get("drain_timeout") or daytwo.DRAIN_TIMEOUT_S))
+            actions = [OnPeer(daytwo.mark_command(vm.name, f"k3s upgrade {installed} -> {version}")), OnPeer(drain),
+                       *actions, OnPeer(daytwo.uncordon_command(vm.name))]
         return Plan(tuple(actions), f"upgrade k3s {installed} -> {version} ({role}; the server before the agents, "
-                                    "one node at a time)", exclusive=True)
+                                    "one node at a time: drain, upgrade, uncordon)", exclusive=True)
+    if marked:
+        actions.append(OnPeer(daytwo.uncordon_command(vm.name)))
     if installed:
         return Plan(tuple(actions), f"config.yaml differs: write it and restart {k3s.service(vm)}")
     return Plan(tuple(actions), f"install k3s {version} as {role} ({host.k3s.install})")
@@ -228,9 +243,10 @@ class K3sAgents(_K3sNode):
             out = session.peer(target.peer).run(sh(_nodes_section(), sudo=True, timeout=60,
                                                      why="nodes as the server sees them")).stdout
             nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
+            drained = drained_nodes(split_sections(out).get("nodes", ""))
         except (CommandError, ConnectError) as exc:
-            nodes, error = None, str(exc).splitlines()[0]
-        return replace(facts, nodes=nodes, api_error=error)
+            nodes, error, drained = None, str(exc).splitlines()[0], frozenset()
+        return replace(facts, nodes=nodes, api_error=error, drained=drained)
 
 
 # -- add-ons: kube-system tolerates k3s.addon_node's taints ----------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from lib.cpuset import format_cpulist
+from lib.daytwo import live_commands, split_drift
 from lib.domain import (
     DomainSpec,
     LiveDomain,
@@ -23,10 +24,10 @@ from lib.domain import (
 )
 from lib.facts import libvirt as libvirt_facts
 from lib.facts.sysfs import section, split_sections
-from lib.inventory.model import VM
+from lib.inventory.model import VM, Host
 from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
-from lib.shell import Command, seq, sh
+from lib.shell import Command, Value, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
 from lib.vmperf import DomainTuning, domain_tuning
 
@@ -53,15 +54,26 @@ def parse_domain_facts(stdout: str) -> DomainFacts:
     return DomainFacts(parse_domain_xml(xml) if xml else None, "" if state == libvirt_facts.ABSENT else state)
 
 
-def define_command(vm: VM, uri: str, virt_type: str, tuning: DomainTuning) -> Command:
-    args = virt_install_args(vm, uri=uri, virt_type=virt_type, tuning=tuning)
+def owner_mark(host_name: str) -> str:
+    """The <description> of every domain we define: how a domain later removed from the inventory is
+    still known as ours (reported as unmanaged, never deleted)."""
+    return f"managed by numa-k3s for host {host_name}"
+
+
+def install_argv(vm: VM, uri: str, virt_type: str, tuning: DomainTuning, owner: str) -> list[Value]:
+    return [*virt_install_args(vm, uri=uri, virt_type=virt_type, tuning=tuning),
+            "--metadata", f"description={owner_mark(owner)}"]
+
+
+def define_command(vm: VM, uri: str, virt_type: str, tuning: DomainTuning, owner: str) -> Command:
     return sh('tmp=$(mktemp) && {args} > "$tmp" && virsh -c {uri} define "$tmp"; rc=$?; rm -f "$tmp"; exit $rc',
-              args=list(args), uri=uri, timeout=180, why=f"define {vm.name}")
+              args=install_argv(vm, uri, virt_type, tuning, owner), uri=uri, timeout=180, why=f"define {vm.name}")
 
 
-def plan_domain(vm: VM, uri: str, virt_type: str, facts: DomainFacts | None, redefine: bool,
-                tuning: DomainTuning) -> Plan:
-    define = define_command(vm, uri, virt_type, tuning)
+def plan_domain(host: Host, vm: VM, facts: DomainFacts | None, redefine: bool, tuning: DomainTuning,
+                mode: str = "apply", owner: str = "") -> Plan:
+    uri, virt_type = host.libvirt_uri, host.virt_type
+    define = define_command(vm, uri, virt_type, tuning, owner)
     if facts is None or facts.domain is None:
         return Plan((define,), f"define {vm.name}: {vm.vcpu_count} vCPUs pinned, emulator on "
                                f"{vm.tuning.emulator_cpuset}, memory strict on node {vm.tuning.numa_memory.nodeset}; "
@@ -69,10 +81,20 @@ def plan_domain(vm: VM, uri: str, virt_type: str, facts: DomainFacts | None, red
     drift = [c for c in domain_checks(vm, virt_type, facts.domain, tuning) if not c.ok]
     if not drift:
         return Plan(reason=f"domain {vm.name} is defined exactly as the spec says")
+    split = split_drift(host, vm, facts.domain, tuning)
+    running = facts.state not in ("shut off", "")
+    if not split.restart and (running or not redefine):  # libvirt moves these on the running domain
+        changes = ", ".join(f"{c.name} {c.found} -> {c.expected}" for c in split.live)
+        return Plan(tuple(live_commands(vm, uri, facts.domain, running)),
+                    f"live, no restart: {vm.name}: {changes}" if running else
+                    f"{vm.name} is shut off: persistent definition only: {changes}")
+    if mode == "plan" and not redefine:
+        return Plan(reason=f"{vm.name} needs a restart (vms.restart, with --restart): {split.restart_fields}")
     if not redefine:
         raise StepMismatch(drift, message=(
-            f"domain {vm.name} differs from the spec ({len(drift)} field(s)); it is never redefined silently: "
-            "rerun with --redefine to replace its definition (disks are kept)"))
+            f"domain {vm.name} differs from the spec in field(s) that need a restart ({split.restart_fields}); "
+            "it is never redefined silently: rerun with --restart (drain, shut down, redefine, start, uncordon), "
+            "or with --redefine while it is shut off (disks are kept)"))
     if facts.state not in ("shut off", ""):
         raise StepMismatch(drift, exit_code=4, message=(
             f"domain {vm.name} is {facts.state}; shut it down before --redefine replaces its definition"))
@@ -110,9 +132,8 @@ class VmsDefine(Step):
 
     def plan(self, target: Target, facts: DomainFacts | None) -> Plan:
         assert target.vm is not None
-        host = target.loaded.host
-        return plan_domain(target.vm, host.libvirt_uri, host.virt_type, facts, bool(target.options.get("redefine")),
-                           _tuning(target))
+        return plan_domain(target.loaded.host, target.vm, facts, bool(target.options.get("redefine")),
+                           _tuning(target), str(target.options.get("mode", "apply")), target.loaded.name)
 
     def verify(self, target: Target, facts: DomainFacts) -> list[Check]:
         assert target.vm is not None

@@ -52,8 +52,12 @@ def sha(path: Path) -> str:
 class Lab:
     """hosts/lab.yaml with two of its VMs, rewritten to this test's paths, ports and sshd."""
 
-    def __init__(self, tmp: Path, hv: SshHost, guest: Path, token: str) -> None:
+    def __init__(self, tmp: Path, hv: SshHost, guest: Path, token: str, *, initrd: Path | None = None,
+                 spare: bool = False) -> None:
+        """initrd: another initramfs for the guests (tests/harness/persistent_guest.py); spare: also
+        prepare lab.yaml's lab-slm as `self.spare_vm`, kept out of the inventory (`self.spare`)."""
         self.tmp, self.hv, self.token = tmp, hv, token
+        self.initrd = initrd or guest / "initrd.img"
         self.hosts, self.runs, self.images = tmp / "hosts", tmp / "runs", tmp / "images"
         self.token_file = tmp / "operator" / "k3s.token"
         self.known_vms = tmp / "known_hosts_vms"
@@ -75,12 +79,15 @@ class Lab:
         # session's domains would then be taken for this one's.
         prefix = f"rl{secrets.token_hex(3)}"
         self.data_vm, self.server_vm = f"{prefix}-data", f"{prefix}-tasks"
+        self.spare_vm = f"{prefix}-slm"
+        self.spare: dict[str, Any] | None = None
         self.ssh_ports: dict[str, int] = {}
-        self._write_host(guest)
+        self._write_host(guest, spare)
 
-    def _write_host(self, guest: Path) -> None:
+    def _write_host(self, guest: Path, spare: bool) -> None:
         lab = yaml.safe_load((REPO / "hosts/lab.yaml").read_text())
-        keep = {"lab-data": self.data_vm, "lab-server-tasks": self.server_vm}
+        keep = {"lab-data": self.data_vm, "lab-server-tasks": self.server_vm} | (
+            {"lab-slm": self.spare_vm} if spare else {})
         api_port = free_port()
         vms = []
         for vm in lab["vms"]:
@@ -91,14 +98,17 @@ class Lab:
             vm.update(name=name, disk_path=str(self.images / f"{name}.qcow2"),
                       base_image_path=str(self.images / "base.qcow2"),
                       cloud_init_iso_path=str(self.images / f"{name}-seed.iso"),
-                      boot={"kernel": str(guest / "vmlinuz"), "initrd": str(guest / "initrd.img"),
+                      boot={"kernel": str(guest / "vmlinuz"), "initrd": str(self.initrd),
                             "cmdline": "console=ttyS0 quiet"},
                       ssh={"host": "127.0.0.1", "port": port, "user": "root", "host_key": "accept-new"},
                       user_configs=[{"username": "root", "ssh_authorized_key_files": [f"{self.hv.key_file}.pub"]}])
             vm["user_nic"] = {"host_port": port} | ({"forwards": {api_port: 6443}} if name == self.server_vm else {})
             for disk in vm.get("disks", []):
                 disk["path"] = str(self.images / disk["tier"] / f"{name}-{disk['name']}.qcow2")
-            vms.append(vm)
+            if name == self.spare_vm:
+                self.spare = vm
+            else:
+                vms.append(vm)
         lab.update(ssh={"host": self.hv.host, "port": self.hv.port, "user": self.hv.user,
                         "key_file": str(self.hv.key_file), "known_hosts": str(self.known_vms)},
                    sysroot=str(self.sysroot), lock_path=str(self.tmp / "locks" / f"{HOST}.lock"), vms=vms)
@@ -222,7 +232,7 @@ def remove_crashed_labs() -> list[str]:
     tmp dirs): they would hold memory and CPU for nothing."""
     gone = []
     for name in virsh("list", "--all", "--name").split():
-        if not re.fullmatch(r"rl[0-9a-f]{6}-(data|tasks)", name):
+        if not re.fullmatch(r"rl[0-9a-f]{6}-(data|tasks|slm)", name):
             continue
         disks = re.findall(r"<source file='([^']+)'", virsh("dumpxml", name, check=False))
         if disks and not any(Path(d).exists() for d in disks):
