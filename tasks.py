@@ -522,11 +522,18 @@ def status(c: Context, host: str | None = None, json: bool = False) -> None:
         runs = _run(c, host, book, _quiet(), mode="verify", runs_dir=Path(tmp))
     found = rows([r for r in runs if not r.error], _inventory(c, host).hosts)
     print(as_json(found) if json else table(found))
+    # A cell that says "unknown" has a reason: the read that failed, named, and a non-zero exit.
+    failed = [x for r in runs for x in r.results if x.status == "failed" and not x.checks]
     broken = [r for r in runs if r.error]
+    for result in failed:
+        print(f"{result.host} | {result.step} | {result.target}: could not read: "
+              f"{(result.error.splitlines() or [''])[0]}", file=sys.stderr)
     if broken:
         from lib.runner import failure_text
 
         raise Exit(failure_text(broken), code=min(r.exit_code for r in broken))
+    if failed:
+        raise Exit(code=4)
 
 
 def _quiet() -> Any:

@@ -172,3 +172,12 @@ def test_a_name_that_does_not_resolve_fails_at_once_with_a_human_message(inv: In
     assert out.returncode == 4, out.stdout + out.stderr
     assert "hv9.example: name does not resolve" in out.stderr
     assert "after 1 attempt(s)" in out.stderr  # not retried: it will not resolve in 16 s either
+
+
+def test_status_that_cannot_read_says_why_and_exits_non_zero(inv: Invoker) -> None:
+    out = inv("status", "--host=hv1")
+    assert out.returncode == 4, out.stdout + out.stderr
+    rows = out.stdout.splitlines()[1:]
+    assert len(rows) == 4 and all(row.split()[2] == "unknown" for row in rows)  # one row per VM, no guess
+    assert "hv1 | status.vms | k3s-worker-slm: could not read: " in out.stderr
+    assert "Traceback" not in out.stderr
