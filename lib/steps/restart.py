@@ -71,9 +71,11 @@ def daytwo_server(target: Target) -> VM | None:
 def redefine_command(vm: VM, uri: str, virt_type: str, tuning: DomainTuning, owner: str) -> Command:
     """The new definition is written first (virt-install --print-xml, the slow part), then the old one
     is swapped for it in two quick virsh calls: an interruption leaves either definition, rarely none."""
+    # The disks are the old definition's own (it still exists while the new one is written).
+    argv = [*install_argv(vm, uri, virt_type, tuning, owner), "--check", "path_in_use=off"]
     return sh('tmp=$(mktemp) && {args} > "$tmp" && virsh -c {uri} undefine {name} >/dev/null && '
               'virsh -c {uri} define "$tmp"; rc=$?; rm -f "$tmp"; exit $rc',
-              args=install_argv(vm, uri, virt_type, tuning, owner), uri=uri, name=vm.name, timeout=180,
+              args=argv, uri=uri, name=vm.name, timeout=180,
               why=f"redefine {vm.name} from the inventory, keeping its disks")
 
 
