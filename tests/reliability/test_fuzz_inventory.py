@@ -481,7 +481,10 @@ def test_inventory_values_stay_one_token_in_the_offline_plan(generated: tuple[di
             holders = [t for t in tokens if value in t]
             assert holders, (value, cmd.shown)  # split by the shell: a value became several words
             for token in holders:  # quoted twice, as inside "..." in a template: the quotes stay literal
-                assert f"'{value}'" not in token and f'"{value}"' not in token, (value, token)
+                # ...except inside "$(...)": a command substitution starts a quoting context of its own,
+                # so '~' in "$(virsh -c '~' domstate x)" is quoted once, as it must be.
+                outside = re.sub(r"\$\([^()]*\)", "", token)
+                assert f"'{value}'" not in outside and f'"{value}"' not in outside, (value, token)
             if value in tokens and shlex.quote(value) != value:
                 # A word of its own that needs quoting (a '~' the shell would expand) is quoted in the line.
                 assert shlex.quote(value) in cmd.shown, (value, cmd.shown)
