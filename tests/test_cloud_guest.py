@@ -10,6 +10,7 @@ Slow (minutes under TCG): `make test-reliability`.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import time
@@ -57,7 +58,18 @@ class CloudLab:
         (run,) = self.world.run(*steps, policies=BOOT, sleep=time.sleep, **kw)
         return run
 
-    def guest(self, command: str, *, check: bool = True) -> str:
+    def reboot(self) -> None:
+        """Unmount the data disks cleanly, then restart the machine from the kernel (no systemd here).
+
+        The restart waits 10 s, detached from the session, so the command's exit reaches us first;
+        on a machine so loaded that it does not, the session is cut by the reset, which is expected.
+        """
+        with contextlib.suppress(OSError, paramiko.SSHException):
+            self.guest("sudo -n sh -c 'sync; umount /data/hot /data/lake; "
+                       "(sleep 10; echo b > /proc/sysrq-trigger) </dev/null >/dev/null 2>&1 &'", timeout=60)
+        time.sleep(20)  # past the reset: vms.start must not see the old boot's sshd and status
+
+    def guest(self, command: str, *, check: bool = True, timeout: float = 300) -> str:
         """Run a command in the guest as admin (host key as vms.start recorded it: accept-new)."""
         client = paramiko.SSHClient()
         client.load_host_keys(str(self.known_hosts))
@@ -65,7 +77,7 @@ class CloudLab:
         client.connect("127.0.0.1", port=self.port, username="admin", key_filename=str(self.key),
                        look_for_keys=False, allow_agent=False, timeout=30)
         try:
-            _in, out, err = client.exec_command(command, timeout=300)
+            _in, out, err = client.exec_command(command, timeout=timeout)
             text, rc = out.read().decode(), out.channel.recv_exit_status()
             assert rc == 0 or not check, f"{command!r} exit {rc}: {err.read().decode()[-1000:]}"
             return text
@@ -168,11 +180,7 @@ def changed_seed_applied_at_reboot(lab: CloudLab, tmp_path: Path, iid: str, lake
     assert result.status == "changed" and any("next boot only: reboot it" in w for w in result.warnings)
     new_iid = yaml.safe_load(seed_files(lab.world.loaded()[0].host.vms[0])["meta-data"])["instance-id"]
     assert new_iid != iid
-    # the reboot: data disks unmounted cleanly, then the kernel restarts the machine (no systemd here)
-    # (detached from the session's output, so the command returns 0 before the machine goes)
-    lab.guest("sudo -n sh -c 'sync; umount /data/hot /data/lake; "
-              "(sleep 1; echo b > /proc/sysrq-trigger) </dev/null >/dev/null 2>&1 &'")
-    time.sleep(5)
+    lab.reboot()
     back = lab.run("vms.start")
     assert back.exit_code == 0, failure_text([back])
     assert lab.guest("cat /var/lib/cloud/data/instance-id").strip() == new_iid
