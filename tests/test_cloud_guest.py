@@ -31,7 +31,8 @@ from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm
 from tests.harness.world import FAST, World
 
-pytestmark = pytest.mark.slow
+# pending: written, but no run has passed it end to end yet (see the README, "Pending lab tests").
+pytestmark = [pytest.mark.slow, pytest.mark.pending]
 
 URI = "qemu:///system"
 # cloud-init's four stages take minutes of guest time under TCG, many more on a busy machine: a

@@ -27,7 +27,8 @@ import yaml
 from lib.records import read_report, runs_of
 from tests.inventory_helpers import REPO
 
-pytestmark = pytest.mark.slow
+# pending: written, but no run has passed it end to end yet (see the README, "Pending lab tests").
+pytestmark = [pytest.mark.slow, pytest.mark.pending]
 
 HOST = "numalab"
 LAB = Path("/var/lib/numa-k3s-numalab")

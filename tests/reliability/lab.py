@@ -114,6 +114,8 @@ class Lab:
                    sysroot=str(self.sysroot), lock_path=str(self.tmp / "locks" / f"{HOST}.lock"), vms=vms)
         lab["k3s"].update(server_url=f"https://10.0.2.2:{api_port}", token_file=str(self.token_file),
                           artifacts_dir=str(standin_artifacts(self.tmp / "k3s-artifacts")))
+        if lab["k3s"].get("addon_node") in keep:  # the node the add-ons run on, renamed with its VM
+            lab["k3s"]["addon_node"] = keep[lab["k3s"]["addon_node"]]
         (self.hosts / f"{HOST}.yaml").write_text(yaml.safe_dump(lab, sort_keys=False))
         (self.hosts / "defaults.yaml").write_text((REPO / "hosts/defaults.yaml").read_text())
         # The hypervisor's key is known beforehand; the VMs' keys are recorded on first contact.

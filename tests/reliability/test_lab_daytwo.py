@@ -33,7 +33,8 @@ from tests.harness.persistent_guest import persistent_initrd
 from tests.harness.sshd import SshdFarm
 from tests.reliability.lab import HOST, WAIT_S, Lab, remove_crashed_labs, virsh
 
-pytestmark = pytest.mark.slow
+# pending: written, but no run has passed it end to end yet (see the README, "Pending lab tests").
+pytestmark = [pytest.mark.slow, pytest.mark.pending]
 RECORD = "/var/lib/rancher/k3s/server/standin/record"
 TIMES: dict[str, float] = {}
 
