@@ -488,7 +488,12 @@ def monitor(c: Context, host: str | None = None, interval: str = "1", watch: boo
     if watch:
         from lib.monitor.watch import watch_samples
 
-        breached = watch_samples(lambda: _sample(c, host, seconds), as_json=json, count=int(samples))
+        def sample() -> Any:  # a host that cannot be read ends the watch with its error (exit 4)
+            runs = _sample(c, host, seconds)
+            _unread_exit(runs)
+            return runs
+
+        breached = watch_samples(sample, as_json=json, count=int(samples))
         if breached:
             raise Exit(f"monitor: thresholds were breached in {breached} sample(s) during the watch", code=5)
         return
