@@ -453,9 +453,9 @@ def _busiest_emulator(runs: list[Any]) -> None:
 
 
 # Every read-only verification there is, in runbook order; verify.all runs each even after a failure.
-VERIFY_ALL = ("preflight.access", "bios.check", "host.tune", "images.clone", "cloudinit.build", "vms.define",
-              "vms.start", "k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", "numa.check",
-              "emulator.check")
+VERIFY_ALL = ("preflight.access", "bios.check", "host.tune", "vms.unmanaged", "images.clone", "cloudinit.build",
+              "vms.restart.agents", "vms.restart.server", "vms.define", "vms.start", "k3s.server", "k3s.addons",
+              "k3s.agents", "k3s.taints", "numa.check", "emulator.check")
 
 
 @_task(_VERIFY)
@@ -472,7 +472,7 @@ verify_all.__doc__ = ("Read-only: every verification in one run, each even after
                  "threshold was breached", "json": "print the metrics as JSON, for scripts",
         "count": "with --watch: stop after this many samples (default 0: until Ctrl-C)",
         "prometheus": "write the metrics in the Prometheus text format to this file (node_exporter's textfile "
-                      "collector directory, e.g. /var/lib/node_exporter/textfile/numa_k3s.prom), or - for stdout"})
+                      "collector directory, e.g. /var/lib/node_exporter/textfile/numa_k3s.prom); a lone dash: stdout"})
 def monitor(c: Context, host: str | None = None, interval: str = "1", watch: bool = False,
             json: bool = False, count: str = "0", prometheus: str | None = None) -> None:
     """The spec's key metrics, one table per VM: vCPU use and wait, NUMA, emulator CPU, LLC."""

@@ -233,7 +233,28 @@ class TwoCommands(Step):
         return [Check("marker", "present", "present" if facts else "absent", bool(facts))]
 
 
-ALL: tuple[type[Step], ...] = (Flaky, Permanent, WrongValue, Sleepy, WithToken, WaitsForFile, Hangs,
+class ReadsNumber(Step):
+    """Reads <target>.number with `grep -H` and parses it with int(), as fact parsers do: a garbage
+    value raises the parser's own ValueError (the engine must turn it into this target's failure)."""
+
+    name = "test.number"
+    summary = "parse a number from a file"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("grep -H . {f}", f=_state(target, "number"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> int:
+        line = result.stdout.strip() if result else ""
+        return int(line.split(":", 1)[1])
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        return Plan(reason="read-only")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("number", "a number", str(facts), True)]
+
+
+ALL: tuple[type[Step], ...] = (ReadsNumber, Flaky, Permanent, WrongValue, Sleepy, WithToken, WaitsForFile, Hangs,
                                DropsConnection, TwoCommands,
                                mark_step("test.a"), mark_step("test.b"), mark_step("test.c"))
 REGISTRY: dict[str, type[Step]] = {s.name: s for s in ALL}

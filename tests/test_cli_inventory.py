@@ -55,7 +55,7 @@ def test_bad_files_are_one_clear_line(tmp_path: Path, content: str, expect: str)
 def test_unknown_host_is_one_clear_line() -> None:
     out = run("topology", "--host=hv9")
     assert out.returncode == 2
-    assert out.stderr.strip() == "ERROR [host.unknown] hosts: unknown host 'hv9'; hosts has hv1, lab"
+    assert out.stderr.strip() == "ERROR [host.unknown] hosts: unknown host 'hv9'; hosts has hv1, lab, numalab"
     assert "Traceback" not in out.stderr
 
 
