@@ -91,7 +91,9 @@ def test_a_user_without_passwordless_sudo_fails_preflight_and_nothing_changes(
     (run,) = world.run("preflight.access", "host.tune")
     line = f"{nopw_hv.user} ALL=(ALL) NOPASSWD:ALL"
     # The host lock is the first command that needs sudo: the run stops there, as preflight says.
-    assert run.exit_code == 3 and run.results == []
+    # (#14: a failure before any target ran is journalled as that step's failed result.)
+    assert run.exit_code == 3 and [(r.step, r.status, r.exit_code) for r in run.results] == [
+        ("preflight.access", "failed", 3)]
     assert f"user {nopw_hv.user} on hv1 cannot run sudo without a password" in run.error
     assert f"add '{line}' to {SUDOERS_DROPIN}" in run.error and "nothing was changed" in run.error
     assert "preflight.access" in world.out.getvalue() or run.error.startswith("preflight.access")
