@@ -480,6 +480,10 @@ def monitor(c: Context, host: str | None = None, interval: str = "1", watch: boo
     from lib.monitor.show import show_prometheus, show_runs
 
     seconds = _interval(interval)
+    if prometheus is not None and prometheus != "-":
+        from lib.flags import output_file
+
+        output_file("prometheus", prometheus)  # before any sampling: never sample, then fail to save
     samples = number("count", count, low=0, high=1_000_000)
     if samples != int(samples):
         from lib.flags import FlagError
