@@ -51,7 +51,8 @@ class Invoker:
     def __call__(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         full = {**os.environ, "INVOKE_HOSTS_DIR": str(self.hosts), "INVOKE_RUNS_DIR": str(self.runs), **(env or {})}
         return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), "-f", str(self.config),
-                               *args], check=False, capture_output=True, text=True, env=full, cwd=REPO, timeout=120)
+                               *args], check=False, capture_output=True, text=True, env=full, timeout=120,
+                              cwd=self.hosts.parent)  # a relative output path (--svg=x) lands here, not in the repo
 
 
 @pytest.fixture
