@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from lib.facts.sysfs import grep_values, section, split_sections
-from lib.shell import Command, sh
+from lib.shell import Command, seq, sh
 
 NODE_HUGEPAGES = "/sys/devices/system/node/node[0-9]*/hugepages/hugepages-*kB"
 RESCTRL = "/sys/fs/resctrl"
@@ -35,8 +35,8 @@ def perf_facts_command(sysroot: str) -> Command:
 
 def joined(first: Command, then: Command) -> Command:
     """Two reads in one round trip (their sections have distinct names, so one stdout splits into both)."""
-    return Command(f"{first.shown}; {then.shown}", f"{first.real}; {then.real}", first.timeout + then.timeout,
-                   first.sudo or then.sudo, first.ok_codes, f"{first.why}; {then.why}")
+    return seq(first, then, timeout=first.timeout + then.timeout, sudo=first.sudo or then.sudo,
+               ok_codes=first.ok_codes, why=f"{first.why}; {then.why}")
 
 
 @dataclass(frozen=True)
