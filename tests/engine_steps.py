@@ -203,8 +203,13 @@ class DropsConnection(Step):
         walk = ('s=$$; while [ "$s" -gt 1 ] && [ "$(cat /proc/$s/comm)" != sshd ]; do '
                 "s=$(cut -d' ' -f4 /proc/$s/stat); done")
         return Plan((sh('d={d}; if [ ! -e "$d" ]; then touch "$d"; ' + walk + '; kill -9 "$s"; sleep 5; fi; '
-                        'cat {lock} > {f}', d=_state(target, "dropped"), lock=target.loaded.host.lock_path,
-                        f=_state(target, "lock-after"), sudo=False),), "drop the connection, then record the lock")
+                        'cat {lock} > {f}; '
+                        # the lock's session as it is now: the run closes it when it ends, so a test
+                        # reading /proc afterwards would race its exit
+                        'cat /proc/$(sed -n "s/.* session=\\([0-9]*\\)$/\\1/p" {lock})/comm > {g}',
+                        d=_state(target, "dropped"), lock=target.loaded.host.lock_path,
+                        f=_state(target, "lock-after"), g=_state(target, "lock-session-comm"), sudo=False),),
+                    "drop the connection, then record the lock")
 
     def verify(self, target: Target, facts: Any) -> list[Check]:
         return [Check("lock recorded", "yes", "yes" if facts else "no", bool(facts))]
