@@ -257,6 +257,9 @@ def test_unreadable_values_fail_by_file_and_value(hv: SshHost, tmp_path: Path) -
     (cpu / "cpu3/topology/core_id").write_text("three\n")
     (node / "node1/cpulist").write_text("18-35,54-\n")  # truncated
     (cpu / "cpu40/cache/index3/size").write_text("45 MiB\n")
+    dmi = root / "sys/class/dmi/id/bios_version"
+    dmi.unlink()
+    dmi.mkdir()  # there but unreadable (as root, too): named, never read as absent
     before = snapshot(root)
     run = bios_check(tmp_path, hv, root, inventory_topology(HostShape()))
     assert run.exit_code == 3
@@ -268,6 +271,7 @@ def test_unreadable_values_fail_by_file_and_value(hv: SshHost, tmp_path: Path) -
         "unreadable /sys/devices/system/cpu/cpu3/topology/core_id": ("a number", "'three'"),
         "unreadable /sys/devices/system/node/node1/cpulist": ("a cpulist", "'18-35,54-'"),
         "unreadable /sys/devices/system/cpu/cpu40/cache/index3/size": ("a size like 45056K", "'45 MiB'"),
+        "unreadable /sys/class/dmi/id/bios_version": ("a readable file", "'Is a directory'"),
     }
     assert bad["node 1 CPUs"].found == "missing"  # never a guess
     assert snapshot(root) == before

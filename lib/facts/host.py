@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lib.cpuset import parse_cpulist
-from lib.facts.sysfs import cpu_index, grep_values, section, split_sections
+from lib.facts.sysfs import cpu_index, grep_errors, grep_values, section, split_sections
 from lib.shell import Command, sh
 
 DMI_FIELDS = ("bios_vendor", "bios_version", "bios_date", "product_name", "sys_vendor")
@@ -22,7 +22,10 @@ _NODE = "/sys/devices/system/node"
 def host_facts_command(sysroot: str) -> Command:
     # "$r" is the quoted sysroot; the globs stay outside the quotes so the remote shell expands them.
     # A glob that matches nothing (core_cpus_list before 5.x, smt/active before 4.19, node cpulist
-    # on old trees) stays literal and grep -s skips it: every file here is optional.
+    # on old trees) stays literal and grep finds no such file: every file here is optional. Any
+    # other complaint (permission denied, a directory in a file's place) is kept in its own section
+    # (stdout goes straight out through fd 3, stderr is captured in $errs), so an unreadable file is named,
+    # never read as absent.
     topology = ("physical_package_id", "core_id", "thread_siblings_list", "core_cpus_list")
     files = [f"{_CPU}/cpu[0-9]*/topology/{f}" for f in topology]
     files += [f"{_CPU}/cpu[0-9]*/cache/index[0-9]*/{f}" for f in ("level", "size", "shared_cpu_list", "id")]
@@ -31,8 +34,11 @@ def host_facts_command(sysroot: str) -> Command:
     files += [f"/sys/class/dmi/id/{f}" for f in DMI_FIELDS]
     paths = " ".join(f'"$r"{f}' for f in files)
     script = "; ".join([
-        "r={root}", section("values"), f"grep -Hs . {paths}",
-        f'grep -Hs MemTotal "$r"{_NODE}/node[0-9]*/meminfo',
+        "r={root}", section("values"),
+        "exec 3>&1",
+        f'errs=$(LC_ALL=C grep -H . {paths} 2>&1 >&3; '
+        f'LC_ALL=C grep -H MemTotal "$r"{_NODE}/node[0-9]*/meminfo 2>&1 >&3)',
+        section("unreadable"), """printf '%s\\n' "$errs" | grep -v 'No such file or directory$'""",
         # nodeN/cpuM links stay while CPU M is offline (its node's cpulist drops it): where it belongs.
         section("links"), f'ls -d "$r"{_NODE}/node[0-9]*/cpu[0-9]* 2>/dev/null',
         section("flags"), 'grep -m1 "^flags" "$r"/proc/cpuinfo',
@@ -175,6 +181,8 @@ def parse_host_facts(stdout: str, sysroot: str) -> HostFacts:
                     mem[node] = int(kb[1])
             else:
                 node_text.setdefault(node, {})[match[2]] = (path, value)
+    for path, error in grep_errors(parts.get("unreadable", ""), sysroot):
+        read.bad.append(Unreadable(path, error, "a readable file"))
     cpus = _cpus(topo, read)
     l3, instances = _l3(caches, cpus, read)
     nodes = _nodes(node_text, read)

@@ -27,6 +27,20 @@ def split_sections(stdout: str) -> dict[str, str]:
     return {name: "\n".join(lines) for name, lines in out.items()}
 
 
+def grep_errors(text: str, sysroot: str) -> list[tuple[str, str]]:
+    """grep's complaints, `grep: PATH: MESSAGE` -> [(path without the sysroot, message)]."""
+    prefix = "" if sysroot in ("", "/") else sysroot.rstrip("/")
+    found = []
+    for line in text.splitlines():
+        if not line.startswith("grep: "):
+            continue
+        path, _, message = line[len("grep: "):].rpartition(": ")
+        if prefix and path.startswith(prefix):
+            path = path[len(prefix):]
+        found.append((path or line, message))
+    return found
+
+
 def grep_values(text: str, sysroot: str) -> dict[str, str]:
     """`path:value` lines -> {path without the sysroot: value}; a multi-line file joins with newlines."""
     prefix = "" if sysroot in ("", "/") else sysroot.rstrip("/")
