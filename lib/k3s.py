@@ -110,15 +110,20 @@ def install_command(host: Host, vm: VM) -> Command:
         return sh(f"INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_FORCE_RESTART=true {env} sh {{script}} && "
                   + _RECORD_STARTED, version=k3s.version, role=vm.k8s.role, script=INSTALL_SCRIPT, started=STARTED,
                   config=CONFIG, sudo=True, timeout=600, why=f"install k3s {k3s.version} ({vm.k8s.role})")
-    fetch = "{{{{ curl -sfL -o {out} {url} || wget -qO {out} {url}; }}}}"  # whichever the guest has
-    steps = ["mkdir -p /var/lib/numa-k3s {images}", fetch.format(out="{script}", url="{script_url}")]
+    steps = ["mkdir -p /var/lib/numa-k3s {images}", _fetch("{script}", "{script_url}")]
     if k3s.download_url:  # a mirror of the release: the images tarball from there as well
-        steps.append(fetch.format(out="{images}/" + IMAGES, url="{download_url}/download/{version}/" + IMAGES))
+        steps.append(_fetch("{images}/" + IMAGES, "{download_url}/download/{version}/" + IMAGES))
         env = "GITHUB_URL={download_url} " + env
     return sh(" && ".join(steps) + f" && {env} sh {{script}} && " + _RECORD_STARTED, version=k3s.version,
               role=vm.k8s.role, script=INSTALL_SCRIPT, started=STARTED, config=CONFIG, images=IMAGES_DIR,
               script_url=k3s.install_script_url, download_url=k3s.download_url or "", sudo=True, timeout=900,
               why=f"install k3s {k3s.version} ({vm.k8s.role}, online from {k3s.download_url or 'GitHub'})")
+
+
+def _fetch(out: str, url: str) -> str:
+    """Shell: url to out with whichever of curl and wget the guest has. out and url are sh()
+    placeholders, passed as data and never formatted here, so no brace needs escaping twice."""
+    return f"( curl -sfL -o {out} {url} || wget -qO {out} {url} )"
 
 
 # After install.sh: record what the service was started with (written beside, then renamed).
