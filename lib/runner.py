@@ -82,6 +82,28 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+class Answers:
+    """Shared reads (Command.shared) of one host's run: asked once per step, by whichever of its
+    targets asks first, while the others wait for that answer. Anything the run changes, and every
+    convergence attempt, starts afresh: a shared answer is never older than the last change."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answers: dict[tuple[str, Endpoint, str], tuple[threading.Lock, list[CmdResult]]] = {}
+
+    def forget(self) -> None:
+        with self._lock:
+            self._answers.clear()
+
+    def get(self, key: tuple[str, Endpoint, str], read: Callable[[], CmdResult]) -> CmdResult:
+        with self._lock:
+            slot = self._answers.setdefault(key, (threading.Lock(), []))
+        with slot[0]:  # the first asker reads; the others wait and take its answer
+            if not slot[1]:
+                slot[1].append(read())  # a failed read raises and is not kept: the next asker reads again
+            return slot[1][0]
+
+
 @dataclass
 class _HostRun:
     """What every target of one hypervisor's run shares."""
@@ -93,6 +115,7 @@ class _HostRun:
     flags: dict[str, Any]
     carried: dict[str, str] = field(default_factory=dict)  # --resume: step -> the run it verified in
     current: str = ""  # the step the run is at: named when the host fails outside any target
+    answers: Answers = field(default_factory=Answers)
     locked: bool = False
 
 
@@ -103,19 +126,24 @@ class _Recorded:
     step, not per session; everything else is the session's own.
     """
 
-    def __init__(self, session: Session, keep: Callable[[CmdResult], None], pool: SessionPool) -> None:
+    def __init__(self, session: Session, keep: Callable[[CmdResult], None], pool: SessionPool,
+                 endpoint: Endpoint, step: str, answers: Answers) -> None:
         self._session, self._keep, self._pool = session, keep, pool
+        self._endpoint, self._step, self._answers = endpoint, step, answers
 
     def peer(self, endpoint: Endpoint, *, once: bool = False) -> Session:
         """Another target's session, lent by the run: its answers are kept as this step's evidence."""
         session = self._pool.get(endpoint)
         if once:
             session.connection(once=True)
-        return cast(Session, _Recorded(session, self._keep, self._pool))
+        return cast(Session, _Recorded(session, self._keep, self._pool, endpoint, self._step, self._answers))
 
     def run(self, cmd: Command) -> CmdResult:
         try:
-            result = self._session.run(cmd)
+            if cmd.shared:
+                result = self._answers.get((self._step, self._endpoint, cmd.real), lambda: self._session.run(cmd))
+            else:
+                result = self._session.run(cmd)
         except CommandError as exc:
             self._keep(exc.result)
             raise
@@ -151,7 +179,8 @@ class _TargetRun:
         """The target's session, recording each command's raw answer under the run's evidence."""
         session = self.host.pool.get(self.target.endpoint)
         keep = self.host.records.evidence_writer(self.step.name, self.target.name)
-        return cast(Session, _Recorded(session, keep, self.host.pool))
+        return cast(Session, _Recorded(session, keep, self.host.pool, self.target.endpoint, self.step.name,
+                                       self.host.answers))
 
 
 class Engine:
@@ -410,32 +439,36 @@ class Engine:
             return job.failed(2, f"{job.where} would delete: {plan.reason}; nothing was deleted: rerun with --yes "
                                  "to delete it", planned=tuple(_shown(a) for a in plan.actions))
         with one_at_a_time if plan.exclusive else contextlib.nullcontext():
-            self._do(plan.actions, session, job.commands, target)
-            checks = self._fresh_checks(step, target, session, facts, changed=bool(plan.actions))
+            self._do(plan.actions, session, job.commands, target, job.host.answers)
+            checks = self._fresh_checks(step, target, session, facts, job.host.answers, changed=bool(plan.actions))
         result = self._verdict(job, checks, changed=bool(plan.actions))
         return result if result.status == "failed" else replace(result, reason=plan.reason, warnings=plan.warnings)
 
-    def _fresh_checks(self, step: Step, target: Target, session: Session, facts: Any, *, changed: bool) -> list[Check]:
+    def _fresh_checks(self, step: Step, target: Target, session: Session, facts: Any, answers: Answers, *,
+                      changed: bool) -> list[Check]:
         # Fresh facts after a change; with nothing applied the facts just read are fresh, and a
         # convergence step only waits when they do not already hold.
         checks = [] if changed else step.verify(target, facts)
         if step.converge and (changed or _failed(checks)):
-            return self._converge(step, target, session)
+            return self._converge(step, target, session, answers)
         return step.verify(target, step.gather(target, session)) if changed else checks
 
-    def _do(self, actions: tuple[Any, ...], session: Session, commands: list[str], target: Target) -> None:
+    def _do(self, actions: tuple[Any, ...], session: Session, commands: list[str], target: Target,
+            answers: Answers) -> None:
         for action in actions:
             self._check_stop()
             commands.append(_shown(action))
+            answers.forget()  # a change: no shared read from before it serves anyone after it
             if isinstance(action, Upload):
                 session.put(action.source or action.data, action.path, action.mode,
                             owner=action.owner, group=action.group)
             elif isinstance(action, OnPeer):  # kubectl on the k3s server, for a VM whose commands run elsewhere
                 (session.peer(target.peer) if target.peer else session).run(action.command)
             elif isinstance(action, Await):
-                self._converge(action.step, target, session)
+                self._converge(action.step, target, session, answers)
             else:
                 session.run(action)
+            answers.forget()  # and none read while it ran
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -449,11 +482,12 @@ class Engine:
                               f"{len(bad)} of {len(checks)} checks differ from the spec", checks=tuple(checks))
         return job.result("changed" if changed else "ok", checks=tuple(checks))
 
-    def _converge(self, step: Step, target: Target, session: Session) -> list[Check]:
+    def _converge(self, step: Step, target: Target, session: Session, answers: Answers) -> list[Check]:
         last: list[Check] = []
 
         def attempt() -> list[Check]:
             nonlocal last
+            answers.forget()  # waiting for a change: every attempt reads afresh
             try:
                 checks = step.verify(target, step.gather(target, session))
             except (CommandError, ConnectError) as exc:

@@ -7,6 +7,7 @@ SSH), so the test can read what really ran on the "host".
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 from lib.remote import CmdResult
@@ -259,7 +260,32 @@ class ReadsNumber(Step):
         return [Check("number", "a number", str(facts), True)]
 
 
-ALL: tuple[type[Step], ...] = (ReadsNumber, Flaky, Permanent, WrongValue, Sleepy, WithToken, WaitsForFile, Hangs,
-                               DropsConnection, TwoCommands,
+class SharedRead(Step):
+    """Every VM asks the server one shared question (Command.shared), as the k3s steps ask for the
+    node list: the server's <server>.reads counts how often it was really asked. With option
+    "change", each VM then changes something, and its fresh read must not be the one from before."""
+
+    name = "test.shared"
+    summary = "one shared read of the server per step"
+    targets = "vms"
+
+    def gather(self, target: Target, session: Any) -> int:
+        assert target.peer is not None
+        count = sh("echo x >> {f}; wc -l < {f}", f=f"{target.options['state']}/server.reads", sudo=False)
+        return int(session.peer(target.peer).run(replace(count, shared=True)).stdout)
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        if target.options.get("change"):
+            return Plan((sh("true", sudo=False),), "change something")
+        return Plan(reason="nothing to do")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        if target.options.get("change"):  # the answer read after the change, never the first one
+            return [Check("read after the change", "a fresh read (> 1)", str(facts), facts > 1)]
+        return [Check("read", "an answer", str(facts), True)]
+
+
+ALL: tuple[type[Step], ...] = (SharedRead, ReadsNumber, Flaky, Permanent, WrongValue, Sleepy, WithToken,
+                               WaitsForFile, Hangs, DropsConnection, TwoCommands,
                                mark_step("test.a"), mark_step("test.b"), mark_step("test.c"))
 REGISTRY: dict[str, type[Step]] = {s.name: s for s in ALL}

@@ -240,8 +240,10 @@ class K3sAgents(_K3sNode):
         if target.peer is None:
             return facts
         try:  # the node must show up on the server, so ask the server too (a session the run lends)
-            out = session.peer(target.peer).run(sh(_nodes_section(), sudo=True, timeout=60,
-                                                     why="nodes as the server sees them")).stdout
+            # One read serves every agent (Command.shared): they would all ask the server at once.
+            nodes_cmd = replace(sh(_nodes_section(), sudo=True, timeout=60, why="nodes as the server sees them"),
+                                shared=True)
+            out = session.peer(target.peer).run(nodes_cmd).stdout
             nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
             drained = drained_nodes(split_sections(out).get("nodes", ""))
         except (CommandError, ConnectError) as exc:

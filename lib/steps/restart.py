@@ -17,7 +17,7 @@ annotation (lib/daytwo.ANNOTATION) until it is uncordoned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from lib import daytwo
@@ -49,8 +49,9 @@ class RestartFacts:
 
 
 def _nodes_command() -> Any:
-    return sh(f"{section('nodes')}; k3s kubectl get nodes -o json 2>&1 || true", sudo=True, timeout=60,
-              why="nodes: cordoned, drained by us, Ready")
+    # One read of the server serves every VM of the step (Command.shared): the agents ask at once.
+    return replace(sh(f"{section('nodes')}; k3s kubectl get nodes -o json 2>&1 || true", sudo=True, timeout=60,
+                      why="nodes: cordoned, drained by us, Ready"), shared=True)
 
 
 def read_nodes(target: Target, session: Session) -> tuple[dict[str, NodeState] | None, str]:
