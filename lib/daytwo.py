@@ -2,8 +2,9 @@
 restart, and the commands for both (live re-pins; cordon, drain, shutdown and uncordon).
 
 A field is live when libvirt changes it on a running domain and the guest cannot tell: the emulator
-cpuset, a vCPU pin that stays on the NUMA nodes the domain's memory is bound to, and the numatune
-nodeset under an unchanged mode. Every other field of the definition (vCPU count, memory, disks,
+cpuset, the pins of I/O threads the domain already has (they follow the emulator cpuset), a vCPU pin
+that stays on the NUMA nodes the domain's memory is bound to, and the numatune nodeset under an
+unchanged mode. Every other field of the definition (vCPU count, memory, disks,
 and whatever vms.define compares beyond these) only takes effect when QEMU starts again.
 """
 
@@ -54,6 +55,8 @@ def split_drift(host: Host, vm: VM, dom: DomainSpec, tuning: DomainTuning) -> Dr
             continue
         if check.name == "emulatorpin":
             live.append(check)
+        elif check.name.startswith("iothreadpin "):  # an existing I/O thread: a new one is "iothreads"
+            (live if int(check.name.split()[1]) <= dom.iothreads else restart).append(check)
         elif check.name.startswith("vcpupin "):
             i = int(check.name.split()[1])
             stays = i < dom.vcpus and i < vm.vcpu_count and vm.pins[i] in allowed
@@ -65,8 +68,8 @@ def split_drift(host: Host, vm: VM, dom: DomainSpec, tuning: DomainTuning) -> Dr
     return Drift(tuple(live), tuple(restart))
 
 
-def live_commands(vm: VM, uri: str, dom: DomainSpec, running: bool) -> list[Command]:
-    """virsh emulatorpin/vcpupin/numatune for the live rows: on the running domain and its persistent
+def live_commands(vm: VM, uri: str, dom: DomainSpec, running: bool, tuning: DomainTuning) -> list[Command]:
+    """virsh emulatorpin/iothreadpin/vcpupin/numatune for the live rows: on the running domain and its persistent
     definition at once (--live --config), or the definition alone while it is shut off (--config)."""
     where = "--live --config" if running else "--config"
     cmds: list[Command] = []
@@ -78,6 +81,11 @@ def live_commands(vm: VM, uri: str, dom: DomainSpec, running: bool) -> list[Comm
     if dom.emulator_cpus != want:
         cmds.append(sh(f"virsh -c {{uri}} emulatorpin {{name}} {{cpus}} {where}", uri=uri, name=vm.name,
                        cpus=format_cpulist(want), why=f"emulator threads of {vm.name} onto {format_cpulist(want)}"))
+    io_cpus = format_cpulist(tuning.iothread_cpus)
+    for i in sorted(tuning.iothreads.values()):
+        if i <= dom.iothreads and (dom.iothread_pins or {}).get(i) != tuning.iothread_cpus:
+            cmds.append(sh(f"virsh -c {{uri}} iothreadpin {{name}} {{id}} {{cpus}} {where}", uri=uri, name=vm.name,
+                           id=i, cpus=io_cpus, why=f"I/O thread {i} of {vm.name} onto {io_cpus}"))
     for i, cpu in enumerate(vm.pins[:dom.vcpus]):
         if dom.vcpu_pins.get(i) != frozenset({cpu}):
             cmds.append(sh(f"virsh -c {{uri}} vcpupin {{name}} {{vcpu}} {{cpu}} {where}", uri=uri, name=vm.name,

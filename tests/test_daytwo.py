@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from lib.cpuset import format_cpulist
 from lib.daytwo import NodeState, live_commands, split_drift
 from lib.domain import DomainDisk, DomainSpec, expected_disks
 from lib.errors import InventoryError
@@ -96,10 +97,32 @@ def test_live_commands_change_the_running_domain_and_its_definition(loaded: Load
     slm = vm_named(loaded, SLM)
     dom = as_defined(slm, emulator_cpus=frozenset({32}), vcpu_pins={**as_defined(slm).vcpu_pins, 3: frozenset({35})})
     uri = loaded.host.libvirt_uri
-    assert [c.shown for c in live_commands(slm, uri, dom, running=True)] == [
+    assert [c.shown for c in live_commands(slm, uri, dom, running=True, tuning=tuning_of(slm))] == [
         f"virsh -c {uri} emulatorpin {SLM} 34-35,70-71 --live --config",
         f"virsh -c {uri} vcpupin {SLM} 3 {slm.pins[3]} --live --config"]
-    assert [c.shown.split()[-1] for c in live_commands(slm, uri, dom, running=False)] == ["--config", "--config"]
+    assert [c.shown.split()[-1] for c in live_commands(slm, uri, dom, running=False, tuning=tuning_of(slm))] == [
+        "--config", "--config"]
+
+
+def test_an_emulator_change_moves_the_io_threads_live_too(loaded: LoadedHost) -> None:
+    # The data VM's I/O threads run on its emulator cpuset: a new emulator_cpuset in the inventory
+    # leaves both the emulator and the I/O thread pins behind on the running domain.
+    data = vm_named(loaded, "k3s-worker-data")
+    old = frozenset({18})
+    tuning = tuning_of(data)
+    assert tuning.iothreads, "hv1's data VM has data disks served by I/O threads"
+    dom = as_defined(data, emulator_cpus=old, iothread_pins={i: old for i in tuning.iothreads.values()})
+    drift = split_drift(loaded.host, data, dom, tuning)
+    assert not drift.restart
+    ids = sorted(tuning.iothreads.values())
+    assert [c.name for c in drift.live] == ["emulatorpin"] + [f"iothreadpin {i}" for i in ids]
+    cpus = format_cpulist(tuning.iothread_cpus)
+    uri = loaded.host.libvirt_uri
+    assert [c.shown for c in live_commands(data, uri, dom, running=True, tuning=tuning)][1:] == [
+        f"virsh -c {uri} iothreadpin k3s-worker-data {i} {cpus} --live --config" for i in ids]
+    # An I/O thread the running domain does not have yet is no pin to move: it needs a restart.
+    fewer = replace(dom, iothreads=1, iothread_pins={1: old})
+    assert "iothreads" in [c.name for c in split_drift(loaded.host, data, fewer, tuning).restart]
 
 
 def facts(vm: VM, *, state: str = "running", node: NodeState | None = None, **changes: Any) -> RestartFacts:

@@ -85,7 +85,7 @@ def plan_domain(host: Host, vm: VM, facts: DomainFacts | None, redefine: bool, t
     running = facts.state not in ("shut off", "")
     if not split.restart and (running or not redefine):  # libvirt moves these on the running domain
         changes = ", ".join(f"{c.name} {c.found} -> {c.expected}" for c in split.live)
-        return Plan(tuple(live_commands(vm, uri, facts.domain, running)),
+        return Plan(tuple(live_commands(vm, uri, facts.domain, running, tuning)),
                     f"live, no restart: {vm.name}: {changes}" if running else
                     f"{vm.name} is shut off: persistent definition only: {changes}")
     if mode == "plan" and not redefine:
