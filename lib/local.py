@@ -44,3 +44,26 @@ def build_seed_iso(files: dict[str, str]) -> bytes:
         if done.returncode != 0:
             raise LocalToolError(f"xorriso failed ({done.returncode}): {done.stderr.strip()[-500:]}")
         return out.read_bytes()
+
+
+def read_seed_iso(iso: bytes) -> dict[str, str] | None:
+    """The files of a seed ISO (the hypervisor's copy, for a plan's diff), read back with xorriso;
+    None when xorriso cannot read it (not an ISO, or no xorriso here): the plan then shows bodies."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    xorriso = shutil.which("xorriso")
+    if xorriso is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="seed-read-") as tmp:
+        src, out = Path(tmp) / "seed.iso", Path(tmp) / "files"
+        src.write_bytes(iso)
+        done = subprocess.run([xorriso, "-osirrox", "on", "-indev", str(src), "-extract", "/", str(out)],
+                              capture_output=True, text=True, check=False, timeout=60)
+        if done.returncode != 0 or not out.is_dir():
+            return None
+        try:
+            return {p.name: p.read_text() for p in sorted(out.iterdir()) if p.is_file()}
+        except (OSError, UnicodeDecodeError):
+            return None

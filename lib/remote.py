@@ -579,9 +579,3 @@ class SessionPool:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):  # the peer is already gone
                 session.close()
 
-
-# Re-exported: steps and tests import the seed ISO builder from here (it runs locally: lib/local.py).
-from lib.local import SEED_EPOCH, LocalToolError, build_seed_iso  # noqa: E402
-
-__all__ = ["SEED_EPOCH", "CmdResult", "CommandError", "ConnectError", "Endpoint", "LocalToolError", "Session",
-           "SessionPool", "build_seed_iso", "fingerprint"]

@@ -14,7 +14,7 @@ import yaml
 from lib.cloudinit import network_config, seed_files, user_data
 from lib.inventory.load import load_inventory
 from lib.inventory.model import VM
-from lib.remote import build_seed_iso
+from lib.local import build_seed_iso
 from lib.steps import REGISTRY
 from lib.steps.cloudinit import parse_seed, plan_seed
 from tests.harness.inventory import small_vm, write_host
@@ -142,3 +142,22 @@ def test_seeds_uploaded_verified_then_unchanged(world: World, tmp_path: Path) ->
     assert slm.status == "changed" and slm.reason == "upload the seed ISO (content differs)"
     assert "Volume id: cidata" in subprocess.run(["isoinfo", "-d", "-i", str(iso)], capture_output=True,
                                                  text=True, check=True).stdout
+
+
+def test_online_plan_diffs_the_seed_against_the_one_on_the_host(world: World, tmp_path: Path) -> None:
+    world.run("cloudinit.build")
+    iso = tmp_path / "images" / "slm-seed.iso"
+    files = seed_files(load_inventory(world.hosts, ["hv1"]).hosts["hv1"].host.vms[0])
+    old = files["user-data"].replace("hostname: slm", "hostname: slm-old")
+    assert old != files["user-data"]
+    iso.write_bytes(build_seed_iso({**files, "user-data": old}))  # the seed a previous inventory gave
+    before = iso.read_bytes()
+    (plan,) = world.run("cloudinit.build", mode="plan")
+    slm = next(r for r in plan.results if r.target == "slm")
+    shown = "\n".join(slm.planned)
+    assert f"{iso}:user-data: diff against the host" in shown
+    assert "-hostname: slm-old" in shown and "+hostname: slm" in shown
+    assert f"{iso}:meta-data: same as on the host" in shown  # only what differs is a diff
+    data = next(r for r in plan.results if r.target == "data")
+    assert data.planned == () and data.status == "ok"  # unchanged: nothing fetched, nothing shown
+    assert iso.read_bytes() == before  # a plan changes nothing

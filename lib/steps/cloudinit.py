@@ -1,21 +1,22 @@
 """cloudinit.build: a NoCloud seed ISO per VM at the spec's cloud_init_iso_path, checked by content hash.
 
 The seed files are rendered purely (lib/cloudinit.py) and the ISO is built on this machine with
-fixed timestamps (lib/remote.build_seed_iso), so the same inventory always gives the same bytes:
+fixed timestamps (lib/local.build_seed_iso), so the same inventory always gives the same bytes:
 the hypervisor's file is compared by sha256, and a seed is uploaded only when it differs.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import yaml
 
 from lib.cloudinit import seed_files
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
-from lib.remote import Session, build_seed_iso
+from lib.local import build_seed_iso, read_seed_iso
+from lib.remote import Session
 from lib.results import Check
 from lib.shell import Command, FileBody, sh
 from lib.steps.base import Plan, Step, Target, Upload
@@ -30,6 +31,7 @@ class SeedFacts:
     sha256: str
     remote_sha256: str  # "" when the hypervisor has no file there
     remote_label: str
+    remote_files: dict[str, str] | None = None  # the host's seed files, read for a plan's diff only
 
 
 def seed_facts_command(vm: VM) -> Command:
@@ -56,7 +58,10 @@ def plan_seed(vm: VM, facts: SeedFacts | None) -> Plan:
                 "a disk that already holds a partition table or filesystem is never repartitioned or "
                 "reformatted",) if why == "content differs" else ()
     # The seed's files in the plan: what the guest will be told, not only the ISO's hash.
-    shows = tuple(FileBody(f"{vm.cloud_init_iso_path}:{name}", text) for name, text in seed_files(vm).items())
+    before = facts.remote_files if facts else None  # online: a diff against the host's seed
+    shows = tuple(FileBody(f"{vm.cloud_init_iso_path}:{name}", text,
+                           None if before is None else before.get(name, ""))
+                  for name, text in seed_files(vm).items())
     return Plan((Upload(vm.cloud_init_iso_path, iso, 0o644, why="cloud-init seed", what=what, shows=shows),),
                 f"upload the seed ISO ({why if facts else 'offline: always'})", warnings)
 
@@ -82,7 +87,11 @@ class CloudinitBuild(Step):
     def gather(self, target: Target, session: Session) -> SeedFacts:
         assert target.vm is not None
         iso = build_seed_iso(seed_files(target.vm))
-        return parse_seed(iso, session.run(seed_facts_command(target.vm)).stdout)
+        facts = parse_seed(iso, session.run(seed_facts_command(target.vm)).stdout)
+        if target.options.get("mode") == "plan" and facts.remote_sha256 not in ("", facts.sha256):
+            # What the guest was told before: fetched only to show the plan's diff.
+            facts = replace(facts, remote_files=read_seed_iso(session.get(target.vm.cloud_init_iso_path)))
+        return facts
 
     def plan(self, target: Target, facts: SeedFacts | None) -> Plan:
         assert target.vm is not None
