@@ -144,7 +144,12 @@ def test_an_emulator_cpuset_change_goes_on_live(lab: Lab) -> None:
     assert emulatorpin(data, "--live") == "0-1" and emulatorpin(data, "--config") == "0-1"
     assert lab.domain_state(server) == other
     define = results(lab, "vms.define")
-    assert define[data].commands == (f"virsh -c qemu:///system emulatorpin {data} 0-1 --live --config",)
+    # Its I/O threads (one per data disk) run on the emulator cpuset: they move with it, live.
+    assert define[data].commands == (f"virsh -c qemu:///system emulatorpin {data} 0-1 --live --config",
+                                     f"virsh -c qemu:///system iothreadpin {data} 1 0-1 --live --config",
+                                     f"virsh -c qemu:///system iothreadpin {data} 2 0-1 --live --config")
+    iothreads = virsh("iothreadinfo", data, "--live")
+    assert [line.split()[-1] for line in iothreads.splitlines()[2:] if line.strip()] == ["0-1", "0-1"], iothreads
     assert define[server].commands == ()
     start = {c.name: c.found for c in results(lab, "vms.start")[data].checks}
     assert start[f"virsh emulatorpin {data}"] == "0-1"  # vms.start read it back through libvirt's API
