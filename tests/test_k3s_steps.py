@@ -163,6 +163,16 @@ def test_cluster_up_taints_exact_token_private_then_nothing_changes(k3s_world: K
     assert server["node-taint"] == ["node-role.kubernetes.io/control-plane:NoSchedule", "workload=tasks:NoSchedule"]
     assert server["kube-apiserver-arg"] == ["enable-admission-plugins=NodeRestriction,PodTolerationRestriction"]
 
+    # Online, a changed config.yaml is a diff against the host's file; its token never leaves the host.
+    config = kw.roots[DATA] / "etc/rancher/k3s/config.yaml"
+    config.write_text(config.read_text().replace("workload=data:NoSchedule", "workload=old:NoSchedule"))
+    (plan,) = kw.world.run("k3s.agents", mode="plan")
+    shown = "\n".join(next(r for r in plan.results if r.target == DATA).planned)
+    assert "/etc/rancher/k3s/config.yaml (mode 600): diff against the host" in shown, shown
+    diff = [line.strip() for line in shown.splitlines() if line.strip()[:1] in "+-" and "config.yaml" not in line]
+    assert diff == ["-- workload=old:NoSchedule", "+- workload=data:NoSchedule"], shown
+    assert token not in records_text(kw.world)
+
 
 def test_stale_taint_is_reconciled_and_foreign_taints_kept(k3s_world: K3sWorld) -> None:
     kw = k3s_world

@@ -56,6 +56,7 @@ class NodeFacts:
     api_error: str = ""
     started: tuple[str, str] = ("", "")  # version and config.yaml digest the service was last started with
     drained: frozenset[str] = frozenset()  # nodes cordoned by numa-k3s (daytwo.ANNOTATION), e.g. for an upgrade
+    config_body: str | None = None  # the host's config.yaml, its token values *** (None: no file there)
 
 
 def _nodes_section() -> str:
@@ -85,7 +86,11 @@ def node_facts_command(svc: str, with_nodes: bool) -> Command:
              f"{section('config')}; sha256sum {k3s.CONFIG} 2>/dev/null | cut -d' ' -f1; "
              f"stat -c %a {k3s.CONFIG} 2>/dev/null",
              f"{section('errors')}; {logs}",
-             f"{section('started')}; cat {k3s.STARTED} 2>/dev/null"]
+             f"{section('started')}; cat {k3s.STARTED} 2>/dev/null",
+             # For the plan's diff. Token values are masked on the host, so they never leave it,
+             # known to this run or not.
+             f"if [ -e {k3s.CONFIG} ]; then {section('config_body')}; "
+             f"sed -E 's/^([[:space:]]*(agent-)?token:).*/\\1 {MASK}/' {k3s.CONFIG}; fi"]
     if with_nodes:
         parts.append(_nodes_section())
     return seq(*parts, "true", sudo=True, timeout=60, why="k3s version, config digest, node state")
@@ -109,7 +114,7 @@ def parse_node_facts(stdout: str) -> NodeFacts:
     started = [*parts.get("started", "").split(), "", ""][:2]
     return NodeFacts(k3s.parse_version(parts.get("version", "")), config[0] if config else "",
                      config[1] if len(config) > 1 else "", parts.get("errors", "").strip(), nodes, api_error,
-                     (started[0], started[1]), drained_nodes(parts.get("nodes", "")))
+                     (started[0], started[1]), drained_nodes(parts.get("nodes", "")), parts.get("config_body"))
 
 
 def _token(target: Target) -> Secret | None:
@@ -137,9 +142,10 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
         want = k3s.digest(config)
         if facts is None or facts.config_sha != want or facts.config_mode != "600":
             shown = config.decode().replace(token.reveal(), MASK)  # plans show the body, never the token
+            before = facts.config_body if facts else None  # online: a diff against the host's file
             actions.append(Upload(k3s.CONFIG, config, 0o600, what="config.yaml (token ***)",
                                   why="node-name, taints, labels, server and token",
-                                  shows=(FileBody(k3s.CONFIG, shown, None, 0o600),)))
+                                  shows=(FileBody(k3s.CONFIG, shown, before, 0o600),)))
         # What the service runs with, not only what is on disk: a run stopped after writing
         # config.yaml but before the restart left the new file and the old service.
         config_changed = facts is None or facts.started[1] != want or bool(actions)
