@@ -522,10 +522,9 @@ def status(c: Context, host: str | None = None, json: bool = False) -> None:
 
     from lib.runbook import Runbook
     from lib.status import as_json, rows, table
-    from lib.steps.k3s import K3sTaints
-    from lib.steps.status import StatusVms
+    from lib.steps.status import StatusK3s, StatusVms
 
-    book = Runbook("status", "", "status", (StatusVms(), K3sTaints()))
+    book = Runbook("status", "", "status", (StatusVms(), StatusK3s()))
     # One libvirt read per VM and one `kubectl get nodes` on the server; no records kept for a glance.
     with tempfile.TemporaryDirectory(prefix="numa-k3s-status-") as tmp:
         runs = _run(c, host, book, _quiet(), mode="verify", runs_dir=Path(tmp))

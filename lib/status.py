@@ -1,4 +1,4 @@
-"""`invoke status`: one row per VM from the checks of status.vms and k3s.taints (pure).
+"""`invoke status`: one row per VM from the checks of status.vms and status.k3s (pure).
 
 Columns: state, pins (ok, or drifted with the first moved pin), memory node (live numatune), k3s
 node Ready, taints ok. A cell the reads could not fill says why in one word (unknown, -).
@@ -71,7 +71,7 @@ def rows(runs: list[HostRun], hosts: dict[str, LoadedHost]) -> list[Row]:
     for run in runs:
         loaded = hosts[run.host]
         by_vm = {r.target: r for r in run.results if r.step == "status.vms"}
-        cluster = next((r for r in run.results if r.step == "k3s.taints" and r.status != "skipped"), None)
+        cluster = next((r for r in run.results if r.step == "status.k3s" and r.status != "skipped"), None)
         for vm in loaded.host.vms:
             state, pins, node = _pins(by_vm.get(vm.name))
             ready, taints = _k3s(cluster, vm.name) if vm.k8s else ("-", "-")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import stat
 import subprocess
 import threading
@@ -31,6 +32,7 @@ from tests.harness.inventory import ssh_of, write_host
 from tests.harness.k3s_standin import standin_artifacts, stop_standin
 from tests.harness.sshd import SshdFarm
 from tests.harness.world import FAST, World
+from tests.operator_views import invoke
 
 V1, V2 = "v1.31.4+k3s1", "v1.32.0+k3s1"
 SERVER, SLM, DATA = "k3s-server-tasks", "k3s-worker-slm", "k3s-worker-data"
@@ -188,6 +190,11 @@ def test_stale_taint_is_reconciled_and_foreign_taints_kept(k3s_world: K3sWorld) 
     on_server("taint", "nodes", DATA, "example.com/maintenance=yes:NoSchedule")
     drift = kw.run("k3s.taints", mode="verify")
     assert drift.exit_code == 5
+    # `invoke status` shows the same: its k3s columns from one node-list read on the server.
+    status = invoke(kw.world, "status", "--host=lab", "--json")
+    cells = {r["vm"]: (r["k3s_ready"], r["taints"]) for r in json.loads(status.stdout)}
+    assert cells == {SERVER: ("Ready", "ok"), SLM: ("Ready", "ok"),
+                     DATA: ("Ready", "differ (have workload=data:NoExecute, workload=old:NoSchedule)")}, status.stderr
     fits = f"{DATA} takes a pod tolerating workload=data:NoSchedule"
     assert [(c.name, c.found) for c in drift.results[0].checks if not c.ok] == [
         (f"{DATA} taints", "workload=data:NoExecute, workload=old:NoSchedule"),

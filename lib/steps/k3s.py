@@ -59,7 +59,7 @@ class NodeFacts:
     config_body: str | None = None  # the host's config.yaml, its token values *** (None: no file there)
 
 
-def _nodes_section() -> str:
+def nodes_section() -> str:
     return f"{section('nodes')}; k3s kubectl get nodes -o json 2>&1 || true"
 
 
@@ -92,7 +92,7 @@ def node_facts_command(svc: str, with_nodes: bool) -> Command:
              f"if [ -e {k3s.CONFIG} ]; then {section('config_body')}; "
              f"sed -E 's/^([[:space:]]*(agent-)?token:).*/\\1 {MASK}/' {k3s.CONFIG}; fi"]
     if with_nodes:
-        parts.append(_nodes_section())
+        parts.append(nodes_section())
     return seq(*parts, "true", sudo=True, timeout=60, why="k3s version, config digest, node state")
 
 
@@ -247,7 +247,7 @@ class K3sAgents(_K3sNode):
             return facts
         try:  # the node must show up on the server, so ask the server too (a session the run lends)
             # One read serves every agent (Command.shared): they would all ask the server at once.
-            nodes_cmd = replace(sh(_nodes_section(), sudo=True, timeout=60, why="nodes as the server sees them"),
+            nodes_cmd = replace(sh(nodes_section(), sudo=True, timeout=60, why="nodes as the server sees them"),
                                 shared=True)
             out = session.peer(target.peer).run(nodes_cmd).stdout
             nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
@@ -361,7 +361,7 @@ class K3sTaints(Step):
     converge = True
 
     def facts_command(self, target: Target) -> Command:
-        return sh(f"{_nodes_section()}; {_pods_section()}", sudo=True, timeout=60,
+        return sh(f"{nodes_section()}; {_pods_section()}", sudo=True, timeout=60,
                   why="every node's taints, readiness, version; the kube-system pods")
 
     def parse(self, target: Target, result: CmdResult | None) -> ClusterFacts:
@@ -400,18 +400,25 @@ class K3sTaints(Step):
             if node is None:
                 checks.append(Check(f"{vm.name}", "registered", "not registered", False))
                 continue
-            want = k3s.wanted_taints(vm)
-            have = frozenset(t for t in node.taints if t.key in managed)
             role = "control-plane" if vm.k8s.role == "server" else "agent"
             found_role = "control-plane" if "control-plane" in node.roles else "agent"
+            ready, taints = ready_and_taints(vm, node, managed)
             checks += [
-                Check(f"{vm.name} Ready", "True", str(node.ready), node.ready),
+                ready,
                 Check(f"{vm.name} role", role, found_role, role == found_role),
-                Check(f"{vm.name} taints", k3s.shown_taints(want), k3s.shown_taints(have), want == have),
+                taints,
                 Check(f"{vm.name} version", host.k3s.version, node.version, node.version == host.k3s.version),
                 fit_check(vm, node, managed),
             ]
         return checks + addon_checks(host, facts.pods)
+
+
+def ready_and_taints(vm: VM, node: k3s.Node, managed: frozenset[str]) -> tuple[Check, Check]:
+    """The node's Ready row and its taints row (the taints under the keys this tool manages)."""
+    want = k3s.wanted_taints(vm)
+    have = frozenset(t for t in node.taints if t.key in managed)
+    return (Check(f"{vm.name} Ready", "True", str(node.ready), node.ready),
+            Check(f"{vm.name} taints", k3s.shown_taints(want), k3s.shown_taints(have), want == have))
 
 
 # -- teardown --------------------------------------------------------------------------------------

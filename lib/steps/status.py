@@ -1,15 +1,20 @@
-"""status.vms: each VM's live state, pins and memory binding in one libvirt read (read-only).
+"""status.vms and status.k3s: the glance `invoke status` takes (read-only).
 
-Like vms.start's verification without the SSH probe into the guest, so `invoke status` answers in
-about a second: state, the live vCPU and emulator pins, and the live numatune, per VM.
+status.vms: each VM's live state, pins and memory binding in one libvirt read, like vms.start's
+verification without the SSH probe into the guest. status.k3s: each node's Ready and taints from
+one `kubectl get nodes` on the server, without k3s.taints' pod and add-on reads.
 """
 
 from __future__ import annotations
 
+from lib import k3s
 from lib.domain import LiveDomain, live_checks, live_domain
-from lib.remote import Session
+from lib.facts.sysfs import split_sections
+from lib.remote import CmdResult, Session
 from lib.results import Check
+from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, Target
+from lib.steps.k3s import nodes_section, parse_nodes_output, ready_and_taints
 
 
 class StatusVms(Step):
@@ -29,3 +34,30 @@ class StatusVms(Step):
         if facts is None:
             return [Check("state", "running", "not defined", False)]
         return live_checks(target.vm, facts)
+
+
+class StatusK3s(Step):
+    name = "status.k3s"
+    summary = "each k3s node's Ready and taints (one kubectl get nodes on the server; read-only)"
+    targets = "server"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh(nodes_section(), sudo=True, timeout=60, why="every node's readiness and taints")
+
+    def parse(self, target: Target, result: CmdResult | None) -> tuple[dict[str, k3s.Node] | None, str]:
+        return parse_nodes_output(split_sections(result.stdout if result else "").get("nodes", ""))
+
+    def plan(self, target: Target, facts: object) -> Plan:
+        return Plan(reason="read-only")
+
+    def verify(self, target: Target, facts: tuple[dict[str, k3s.Node] | None, str]) -> list[Check]:
+        nodes, error = facts
+        if nodes is None:
+            return [Check("k3s API", "answers", error or "no answer", False)]
+        managed = k3s.managed_keys(target.loaded.host)
+        checks: list[Check] = []
+        for vm in (vm for vm in target.loaded.host.vms if vm.k8s):
+            node = nodes.get(vm.name)
+            checks += ([Check(vm.name, "registered", "not registered", False)] if node is None else
+                       list(ready_and_taints(vm, node, managed)))
+        return checks
