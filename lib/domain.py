@@ -43,6 +43,7 @@ class DomainSpec:
     disks: tuple[DomainDisk, ...]
     topology: GuestTopology | None = None
     cpu_mode: str = ""
+    cpu_model: str = ""
     cache_mode: str = ""
     nosharepages: bool = False
     locked: bool = False
@@ -78,7 +79,8 @@ def parse_domain_xml(text: str) -> DomainSpec:
         disks=disks,
         topology=GuestTopology(int(topo.get("sockets", 0)), int(topo.get("cores", 0)), int(topo.get("threads", 0)))
         if topo is not None else None,
-        cpu_mode=_attr(root, "cpu", "mode"), cache_mode=_attr(root, "cpu/cache", "mode"),
+        cpu_mode=_attr(root, "cpu", "mode"), cpu_model=root.findtext("cpu/model", "") or "",
+        cache_mode=_attr(root, "cpu/cache", "mode"),
         nosharepages=backing is not None and backing.find("nosharepages") is not None,
         locked=backing is not None and backing.find("locked") is not None,
         hugepage_kb=tuple(_kib(p) for p in root.iterfind("memoryBacking/hugepages/page")),
@@ -173,6 +175,8 @@ def performance_checks(vm: VM, dom: DomainSpec, tuning: DomainTuning) -> list[Ch
     if tuning.cache_passthrough:
         checks.append(_row("cpu mode", "host-passthrough, cache passthrough",
                            f"{dom.cpu_mode or 'default'}, cache {dom.cache_mode or 'default'}"))
+    elif tuning.tcg_cpu_model:
+        checks.append(_row("cpu model (TCG, threads)", tuning.tcg_cpu_model, dom.cpu_model or "default"))
     want_pages = f"{tuning.hugepage_kb} KiB, locked" if tuning.hugepage_kb else "none"
     found_pages = ", ".join(f"{kb} KiB" for kb in dom.hugepage_kb) or "none"
     if dom.hugepage_kb or dom.locked:
@@ -280,8 +284,10 @@ def _cputune(vm: VM, tuning: DomainTuning) -> str:
 
 def _cpu_args(tuning: DomainTuning) -> list[str]:
     """KVM: the host CPU and its cache topology. TCG cannot pass the host CPU through, and libvirt 9.0
-    rejects "max" for it: it keeps QEMU's default model (see design-notes: what its guest sees)."""
-    return ["--cpu", "host-passthrough,cache.mode=passthrough"] if tuning.cache_passthrough else []
+    rejects "max" for it: QEMU's default model, or one that shows the guest its threads (vmperf)."""
+    if tuning.cache_passthrough:
+        return ["--cpu", "host-passthrough,cache.mode=passthrough"]
+    return ["--cpu", tuning.tcg_cpu_model] if tuning.tcg_cpu_model else []
 
 
 def _memory_args(tuning: DomainTuning) -> list[str]:

@@ -77,6 +77,7 @@ class Cachetune:
 class DomainTuning:
     topology: GuestTopology
     cache_passthrough: bool
+    tcg_cpu_model: str  # TCG only: a named model whose CPUID carries the threads ("": QEMU's default)
     hugepage_kb: int | None  # page size backing the guest; None: normal pages
     iothreads: dict[str, int]  # data disk target -> I/O thread id (1, 2, ...)
     iothread_cpus: frozenset[int]
@@ -103,6 +104,16 @@ def socket_of(cpu: int, cores: Sequence[Core], cores_per_socket: int) -> int:
     return 0
 
 
+# TCG's default qemu64 is an AMD model without topoext, so its guest sees every vCPU as its own core.
+# On an Intel model QEMU fills CPUID leaf 0xB from -smp, and Nehalem's features are all emulated by
+# TCG (no warnings): the guest kernel then sees the thread siblings, as a KVM guest does.
+TCG_THREADS_MODEL = "Nehalem"
+
+
+def tcg_cpu_model(virt_type: str, topology: GuestTopology) -> str:
+    return TCG_THREADS_MODEL if virt_type != "kvm" and topology.threads > 1 else ""
+
+
 def domain_tuning(host: Host, cores: Sequence[Core], vm: VM) -> DomainTuning:
     cache = None
     if vm.tuning.exclusive_l3_mb and vm.pins:
@@ -112,6 +123,7 @@ def domain_tuning(host: Host, cores: Sequence[Core], vm: VM) -> DomainTuning:
     return DomainTuning(
         topology=guest_topology(vm.pins, cores),
         cache_passthrough=host.virt_type == "kvm",
+        tcg_cpu_model=tcg_cpu_model(host.virt_type, guest_topology(vm.pins, cores)),
         hugepage_kb=hugepage_kb(host, vm),
         iothreads={d.target: i + 1 for i, d in enumerate(vm.disks)},
         iothread_cpus=vm.tuning.emulator_cpus,

@@ -160,17 +160,31 @@ def test_a_domain_without_the_settings_is_drift_row_by_row(tmp_path: Path) -> No
                    "disk vdb driver": "cache=- io=- discard=- iothread=-", "iothreadpin 2": "unpinned"}
 
 
-def test_tcg_keeps_the_topology_without_host_passthrough(tmp_path: Path) -> None:
+def test_tcg_keeps_the_topology_on_a_model_that_shows_threads(tmp_path: Path) -> None:
+    """No host-passthrough under TCG; qemu64 would hide the threads, so the domain names Nehalem."""
     loaded = hv1_loaded()
     host = loaded.host.model_copy(update={"virt_type": "qemu"})
     vm = host.vms[3]
     tuning = domain_tuning(host, loaded.cores, vm)
     args = virt_install_args(_local_copy(vm, tmp_path), uri="qemu:///system", virt_type="qemu", tuning=tuning)
-    assert "--cpu" not in args
+    assert args[args.index("--cpu") + 1] == "Nehalem"
     done = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120)
+    (tmp_path / "tcg.xml").write_text(done.stdout)
+    valid = subprocess.run(["virt-xml-validate", str(tmp_path / "tcg.xml"), "domain"], capture_output=True,
+                           text=True, check=False)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
     dom = parse_domain_xml(done.stdout)
     assert dom.topology == GuestTopology(1, 6, 2) and dom.cpu_mode != "host-passthrough"
-    assert all(c.ok for c in performance_checks(vm, dom, tuning))
+    rows = {c.name: (c.found, c.ok) for c in performance_checks(vm, dom, tuning)}
+    assert rows["cpu model (TCG, threads)"] == ("Nehalem", True) and all(ok for _, ok in rows.values()), rows
+    # The model QEMU defaults to is a drift row: its guest would see every vCPU as a core of its own.
+    plain = parse_domain_xml(done.stdout.replace("<model>Nehalem</model>", ""))
+    assert {c.name: c.found for c in performance_checks(vm, plain, tuning) if not c.ok} == {
+        "cpu model (TCG, threads)": "default"}
+    # One thread per core (a 1-vCPU lab guest): QEMU's default model, nothing named.
+    single = domain_tuning(host, loaded.cores, vm.model_copy(update={"vcpu_count": 1, "tuning": vm.tuning.model_copy(
+        update={"vcpu_pins": vm.tuning.vcpu_pins[:1]})}))
+    assert single.tcg_cpu_model == ""
 
 
 @pytest.mark.parametrize("task", ["pins", "topology"])
