@@ -281,13 +281,20 @@ _RESTART_HELP = {
 }
 
 
-@_task({**_CHANGES, **_SELECT, **_RESTART_HELP, "resume": "continue after the last verified step of the last run"})
+_REBOOT_HELP = {"reboot": "host.reboot: reboot a hypervisor whose running kernel lacks tuning.kernel_isolation's "
+                          "arguments (every VM on it stops), then verify /proc/cmdline"}
+
+
+@_task({**_CHANGES, **_SELECT, **_RESTART_HELP, **_REBOOT_HELP,
+        "resume": "continue after the last verified step of the last run"})
 def provision(c: Context, host: str | None = None, all_: bool = False, resume: bool = False,
               from_: str | None = None, only: str | None = None, skip: str | None = None,
               runbook: str = "provision", redefine: bool = False, vm: str | None = None, restart: bool = False,
-              force_off: bool = False, drain_timeout: str = "0", shutdown_timeout: str = "0") -> None:
+              force_off: bool = False, drain_timeout: str = "0", shutdown_timeout: str = "0",
+              reboot: bool = False) -> None:
     """Run a runbook on the host(s): every step verified, records under .runs/<host>/<run-id>/."""
-    day_two = _restart_flags(restart, force_off, drain_timeout, shutdown_timeout)
+    day_two = {**_restart_flags(restart, force_off, drain_timeout, shutdown_timeout),
+               **({"reboot": True} if reboot else {})}
     host = _changing(c, "provision", host, all_)
     book = _runbook(runbook)
     again = _again("provision", runbook=runbook if runbook != "provision" else None, redefine=redefine, vm=vm,
@@ -323,10 +330,10 @@ def plan(c: Context, host: str | None = None, offline: bool = False, runbook: st
 
 @_task({**_CHANGES, "redefine": "vms.define: replace a drifted domain (shut off; disks kept)",
         "vm": _SELECT["vm"], "yes": "teardown steps: really delete",
-        "include-data": "teardown steps: also delete the data disks", **_RESTART_HELP})
+        "include-data": "teardown steps: also delete the data disks", **_RESTART_HELP, **_REBOOT_HELP})
 def step(c: Context, name: str, host: str | None = None, all_: bool = False, redefine: bool = False,
          yes: bool = False, include_data: bool = False, vm: str | None = None, restart: bool = False,
-         force_off: bool = False, drain_timeout: str = "0", shutdown_timeout: str = "0") -> None:
+         force_off: bool = False, drain_timeout: str = "0", shutdown_timeout: str = "0", reboot: bool = False) -> None:
     """Run one step (and its verification) ad hoc, e.g. invoke step host.tune --host=hv1."""
     if name in ("-h", "--help"):  # invoke hands a positional argument any word, even -h: help it is
         _task_help("step", step)
@@ -334,7 +341,8 @@ def step(c: Context, name: str, host: str | None = None, all_: bool = False, red
     book = _single(name)
     host = _changing(c, "step", host, all_)
     flags = {"redefine": redefine, "yes": yes, "include_data": include_data,
-             **_restart_flags(restart, force_off, drain_timeout, shutdown_timeout)}
+             **_restart_flags(restart, force_off, drain_timeout, shutdown_timeout),
+             **({"reboot": True} if reboot else {})}
     _execute(c, host, book, "apply", _again(f"step {name}", vm=vm, **flags), vm=vm, flags=flags)
 
 
@@ -393,8 +401,8 @@ def verify_bios(c: Context, host: str | None = None, json: bool = False) -> None
 
 @_task(_VERIFY)
 def verify_tuning(c: Context, host: str | None = None, json: bool = False) -> None:
-    """Read-only: governor, numa_balancing, THP, live and persisted, against the inventory."""
-    _verify(c, host, _single("host.tune"), "verify.tuning", json)
+    """Read-only: governor, numa_balancing, THP, host confinement, live and persisted; kernel isolation."""
+    _verify(c, host, _book("verify-tuning", "host.tune", "host.isolation"), "verify.tuning", json)
 
 
 @_task(_VERIFY)
@@ -453,9 +461,9 @@ def _busiest_emulator(runs: list[Any]) -> None:
 
 
 # Every read-only verification there is, in runbook order; verify.all runs each even after a failure.
-VERIFY_ALL = ("preflight.access", "bios.check", "host.tune", "vms.unmanaged", "images.clone", "cloudinit.build",
-              "vms.restart.agents", "vms.restart.server", "vms.define", "vms.start", "k3s.server", "k3s.addons",
-              "k3s.agents", "k3s.taints", "numa.check", "emulator.check")
+VERIFY_ALL = ("preflight.access", "bios.check", "host.tune", "host.isolation", "host.reboot", "vms.unmanaged",
+              "images.clone", "cloudinit.build", "vms.restart.agents", "vms.restart.server", "vms.define", "vms.start",
+              "k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", "numa.check", "emulator.check")
 
 
 @_task(_VERIFY)

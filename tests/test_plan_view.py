@@ -87,7 +87,7 @@ def test_offline_plan_of_hv1_shows_every_body_with_its_four_taints_and_never_the
     whole = next(p for r in journal if r["step"] == "vms.define" and r["target"] == "k3s-worker-slm"
                  for p in r["planned"])
     assert whole.startswith(define.strip().split("…")[0]) and len(whole.split("\n")[0]) > 400
-    assert out.stdout.rstrip().splitlines()[-2] == "plan: 21 to change, 13 unchanged, 0 unknown"
+    assert out.stdout.rstrip().splitlines()[-2] == "plan: 21 to change, 15 unchanged, 0 unknown"
 
 
 def test_online_plan_diffs_the_host_files_and_takes_the_selection_flags(cli: Cli) -> None:  # noqa: F811

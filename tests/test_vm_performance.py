@@ -19,7 +19,7 @@ from lib.errors import InventoryError
 from lib.inventory.load import LoadedHost, load_inventory
 from lib.inventory.model import VM
 from lib.pinplan import Core, cores_from_layout
-from lib.vmperf import GuestTopology, domain_tuning, guest_topology, unpaired_whole_cores
+from lib.vmperf import GuestTopology, domain_tuning, guest_topology, tcg_cpu_model, unpaired_whole_cores
 from tests.inventory_helpers import REPO, hv1, write_inventory
 
 SPREAD = cores_from_layout(2, 18, 2, {0: frozenset([*range(18), *range(36, 54)]),
@@ -181,10 +181,8 @@ def test_tcg_keeps_the_topology_on_a_model_that_shows_threads(tmp_path: Path) ->
     plain = parse_domain_xml(done.stdout.replace("<model>Nehalem</model>", ""))
     assert {c.name: c.found for c in performance_checks(vm, plain, tuning) if not c.ok} == {
         "cpu model (TCG, threads)": "default"}
-    # One thread per core (a 1-vCPU lab guest): QEMU's default model, nothing named.
-    single = domain_tuning(host, loaded.cores, vm.model_copy(update={"vcpu_count": 1, "tuning": vm.tuning.model_copy(
-        update={"vcpu_pins": vm.tuning.vcpu_pins[:1]})}))
-    assert single.tcg_cpu_model == ""
+    # One thread per core (the demo lab's 1-vCPU guests): QEMU's default model; KVM: host-passthrough.
+    assert tcg_cpu_model("qemu", GuestTopology(1, 1, 1)) == "" and tcg_cpu_model("kvm", GuestTopology(1, 6, 2)) == ""
 
 
 @pytest.mark.parametrize("task", ["pins", "topology"])

@@ -354,6 +354,9 @@ class HostTuning(Model):
     thp_enabled: Literal["always", "madvise", "never"] = "always"
     thp_defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] = "always"
     confinement: Confinement = Confinement()
+    # isolcpus/nohz_full/rcu_nocbs on every vCPU CPU through the boot loader (host.isolation); the
+    # running kernel gets them only after a reboot, which is host.reboot with --reboot, never implied.
+    kernel_isolation: bool = False
 
 
 class SshSettings(Model):

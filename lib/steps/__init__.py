@@ -6,6 +6,7 @@ from lib.steps.base import Step
 from lib.steps.bios import BiosCheck
 from lib.steps.cloudinit import CloudinitBuild
 from lib.steps.images import ImagesClone
+from lib.steps.isolation import HostIsolation, HostReboot
 from lib.steps.k3s import K3sAddons, K3sAgents, K3sAgentsRemove, K3sServer, K3sServerRemove, K3sTaints
 from lib.steps.observe import Doctor, EmulatorCheck, MonitorSample, NumaCheck
 from lib.steps.preflight import PreflightAccess
@@ -15,8 +16,8 @@ from lib.steps.tuning import HostTune
 from lib.steps.unmanaged import VmsUnmanaged
 from lib.steps.virt import VmsDefine, VmsStart
 
-STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, VmsUnmanaged, ImagesClone,
-                                   CloudinitBuild, VmsRestartAgents, VmsRestartServer,
+STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, HostIsolation, HostReboot, VmsUnmanaged,
+                                   ImagesClone, CloudinitBuild, VmsRestartAgents, VmsRestartServer,
                                    VmsDefine, VmsStart, K3sServer, K3sAddons, K3sAgents, K3sTaints, K3sAgentsRemove,
                                    K3sServerRemove, VmsRemove, DisksRemove, NumaCheck, EmulatorCheck, MonitorSample,
                                    Doctor)

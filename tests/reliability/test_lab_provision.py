@@ -17,17 +17,18 @@ from typing import Any
 
 import paramiko
 import pytest
+import yaml
 
 from lib.records import read_journal
 from tests.harness.guest import build_guest
 from tests.harness.sshd import SshdFarm
+from tests.inventory_helpers import REPO
 from tests.reliability.lab import HOST, Lab, remove_crashed_labs, sha, virsh, wait_for_line
 
 pytestmark = pytest.mark.slow
 
-STEPS = ("preflight.access", "bios.check", "host.tune", "vms.unmanaged", "images.clone", "cloudinit.build",
-         "vms.restart.agents", "vms.restart.server", "vms.define", "vms.start", "k3s.server", "k3s.addons",
-         "k3s.agents", "k3s.taints")
+# The provision runbook's steps, in its order: every one of them is interrupted below.
+STEPS = tuple(yaml.safe_load((REPO / "runbooks" / "provision.yaml").read_text())["steps"])
 # How long after a step starts to signal, so the signal lands inside it: most steps take a fraction
 # of a second here (signalled at once), the guests take several seconds to boot and k3s a few to start.
 INTO_STEP_S = {"vms.define": 0.3, "vms.start": 3.0, "k3s.server": 1.0, "k3s.agents": 1.0, "k3s.taints": 0.2}
