@@ -111,6 +111,12 @@ def test_plan_uploads_only_when_the_content_differs() -> None:
     (reboot,) = plan_seed(vm, stale).warnings
     iid = yaml.safe_load(seed_files(vm)["meta-data"])["instance-id"]
     assert f"instance-id {iid}) at its next boot only: reboot it (virsh reboot {vm.name})" in reboot
+    # A running VM keeps the old file open as its CD-ROM (the upload renames a new one into place):
+    # the plan swaps the media, so the next boot, even a reboot inside the guest, reads the new seed.
+    running = parse_seed(iso, "@@sha@@\n0000\n@@label@@\ncidata\n@@state@@\nrunning\n")
+    upload, swap = plan_seed(vm, running, "qemu:///system").actions
+    assert swap.shown == (f"virsh -c qemu:///system change-media {vm.name} {vm.cloud_init_iso_path} --source "
+                          f"{vm.cloud_init_iso_path} --update --live --force >/dev/null")
     missing = parse_seed(iso, "@@sha@@\n\n@@label@@\n\n")
     assert plan_seed(vm, missing).reason == "upload the seed ISO (missing)" and not plan_seed(vm, missing).warnings
 

@@ -32,20 +32,31 @@ class SeedFacts:
     remote_sha256: str  # "" when the hypervisor has no file there
     remote_label: str
     remote_files: dict[str, str] | None = None  # the host's seed files, read for a plan's diff only
+    running: bool = False  # the VM's QEMU is up, with the seed's old file open as its CD-ROM
 
 
-def seed_facts_command(vm: VM) -> Command:
+def seed_facts_command(vm: VM, uri: str) -> Command:
     return sh(f"{section('sha')}; sha256sum < {{p}} 2>/dev/null | cut -d' ' -f1; {section('label')}; "
-              f"{_VOLUME_ID}; echo; true", p=vm.cloud_init_iso_path, timeout=60, why="hash the seed ISO")
+              f"{_VOLUME_ID}; echo; {section('state')}; virsh -c {{uri}} domstate {{name}} 2>/dev/null; true",
+              p=vm.cloud_init_iso_path, uri=uri, name=vm.name, timeout=60, why="hash the seed ISO; is its VM running")
 
 
 def parse_seed(iso: bytes, stdout: str) -> SeedFacts:
     parts = split_sections(stdout)
     return SeedFacts(iso, hashlib.sha256(iso).hexdigest(), parts.get("sha", "").strip(),
-                     parts.get("label", "").strip())
+                     parts.get("label", "").strip(), running=parts.get("state", "").strip() == "running")
 
 
-def plan_seed(vm: VM, facts: SeedFacts | None) -> Plan:
+def media_command(vm: VM, uri: str) -> Command:
+    """The running QEMU still reads the old seed: the upload renames a new file into place, and the
+    CD-ROM keeps the old inode open, across a guest reboot too. Swapping the media makes the next
+    boot (a reboot in the guest, or virsh reboot) read the new one; cloud-init reads it only at boot."""
+    return sh("virsh -c {uri} change-media {name} {p} --source {p} --update --live --force >/dev/null",
+              uri=uri, name=vm.name, p=vm.cloud_init_iso_path, timeout=60,
+              why=f"{vm.name}'s CD-ROM onto the new seed (read at its next boot)")
+
+
+def plan_seed(vm: VM, facts: SeedFacts | None, uri: str = "qemu:///system") -> Plan:
     if facts is not None and facts.remote_sha256 == facts.sha256:
         return Plan(reason=f"seed ISO at {vm.cloud_init_iso_path} already has the spec's content")
     iso = facts.iso if facts else b""
@@ -62,8 +73,9 @@ def plan_seed(vm: VM, facts: SeedFacts | None) -> Plan:
     shows = tuple(FileBody(f"{vm.cloud_init_iso_path}:{name}", text,
                            None if before is None else before.get(name, ""))
                   for name, text in seed_files(vm).items())
-    return Plan((Upload(vm.cloud_init_iso_path, iso, 0o644, why="cloud-init seed", what=what, shows=shows),),
-                f"upload the seed ISO ({why if facts else 'offline: always'})", warnings)
+    upload = Upload(vm.cloud_init_iso_path, iso, 0o644, why="cloud-init seed", what=what, shows=shows)
+    swap = (media_command(vm, uri),) if facts is not None and facts.running else ()
+    return Plan((upload, *swap), f"upload the seed ISO ({why if facts else 'offline: always'})", warnings)
 
 
 def seed_instance_id(vm: VM) -> str:
@@ -87,7 +99,8 @@ class CloudinitBuild(Step):
     def gather(self, target: Target, session: Session) -> SeedFacts:
         assert target.vm is not None
         iso = build_seed_iso(seed_files(target.vm))
-        facts = parse_seed(iso, session.run(seed_facts_command(target.vm)).stdout)
+        uri = target.loaded.host.libvirt_uri
+        facts = parse_seed(iso, session.run(seed_facts_command(target.vm, uri)).stdout)
         if target.options.get("mode") == "plan" and facts.remote_sha256 not in ("", facts.sha256):
             # What the guest was told before: fetched only to show the plan's diff.
             facts = replace(facts, remote_files=read_seed_iso(session.get(target.vm.cloud_init_iso_path)))
@@ -95,7 +108,7 @@ class CloudinitBuild(Step):
 
     def plan(self, target: Target, facts: SeedFacts | None) -> Plan:
         assert target.vm is not None
-        return plan_seed(target.vm, facts)
+        return plan_seed(target.vm, facts, target.loaded.host.libvirt_uri)
 
     def verify(self, target: Target, facts: SeedFacts) -> list[Check]:
         assert target.vm is not None
