@@ -202,6 +202,9 @@ class _Restart(Step):
         if drift.restart or not running:
             actions.append(sh("virsh -c {uri} start {name} && virsh -c {uri} autostart {name} >/dev/null",
                               uri=uri, name=vm.name, timeout=120, why=f"start {vm.name}, autostart"))
+        else:  # started by a run stopped before its autostart (the redefine dropped the old one)
+            actions.append(sh("virsh -c {uri} autostart {name} >/dev/null", uri=uri, name=vm.name,
+                              why=f"{vm.name} starts with the host"))
         actions.append(Await(_Back(), f"{vm.name} is defined and running as vms.define and vms.start verify"))
         if vm.k8s is not None and (node is not None or facts.nodes is None):
             actions.append(OnPeer(daytwo.uncordon_command(vm.name)))
