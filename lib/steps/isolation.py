@@ -82,10 +82,9 @@ def _regenerate(root: str) -> str:
     return "" if root else f" && {UPDATE_GRUB}"
 
 
-class HostIsolation(Step):
-    name = "host.isolation"
-    summary = ("tuning.kernel_isolation: isolcpus/nohz_full/rcu_nocbs on the vCPU CPUs in a GRUB drop-in, "
-               "grub.cfg regenerated; the running kernel gets them at the next reboot (host.reboot --reboot)")
+class _BootStep(Step):
+    """Reads the boot facts: the drop-in, /proc/cmdline, the boot id, update-grub."""
+
     targets = "hypervisor"
 
     def facts_command(self, target: Target) -> Command:
@@ -93,6 +92,13 @@ class HostIsolation(Step):
 
     def parse(self, target: Target, result: CmdResult | None) -> BootFacts | None:
         return parse_boot_facts(result.stdout) if result else None
+
+
+class HostIsolation(_BootStep):
+    name = "host.isolation"
+    summary = ("tuning.kernel_isolation: isolcpus/nohz_full/rcu_nocbs on the vCPU CPUs in a GRUB drop-in, "
+               "grub.cfg regenerated; the running kernel gets them at the next reboot (host.reboot --reboot)")
+    targets = "hypervisor"
 
     def plan(self, target: Target, facts: BootFacts | None) -> Plan:
         host = target.loaded.host
@@ -138,7 +144,7 @@ class HostIsolation(Step):
         ]
 
 
-class _Rebooted(Step):
+class _Rebooted(_BootStep):
     """The hypervisor came back from its reboot: a new boot_id, and the isolation arguments running."""
 
     name = "host.reboot (back)"
@@ -148,12 +154,6 @@ class _Rebooted(Step):
 
     def __init__(self, before: str) -> None:
         self.before = before
-
-    def facts_command(self, target: Target) -> Command:
-        return boot_facts_command(target.loaded.host.sysroot)
-
-    def parse(self, target: Target, result: CmdResult | None) -> BootFacts | None:
-        return parse_boot_facts(result.stdout) if result else None
 
     def plan(self, target: Target, facts: BootFacts | None) -> Plan:
         return Plan(reason="checks only")
@@ -170,17 +170,11 @@ def reboot_checks(host: Host, facts: BootFacts, before: str) -> list[Check]:
                   "carries them" if not missing else f"lacks {' '.join(missing)}", not missing)]
 
 
-class HostReboot(Step):
+class HostReboot(_BootStep):
     name = "host.reboot"
     summary = ("--reboot only: reboot the hypervisor when its running kernel lacks host.isolation's arguments, "
                "wait for it, verify /proc/cmdline")
     targets = "hypervisor"
-
-    def facts_command(self, target: Target) -> Command:
-        return boot_facts_command(target.loaded.host.sysroot)
-
-    def parse(self, target: Target, result: CmdResult | None) -> BootFacts | None:
-        return parse_boot_facts(result.stdout) if result else None
 
     def plan(self, target: Target, facts: BootFacts | None) -> Plan:
         host, name = target.loaded.host, target.loaded.name
