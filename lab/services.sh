@@ -19,6 +19,12 @@ for setting in 'user = "root"' 'group = "root"' 'dynamic_ownership = 0' 'securit
     fi
 done
 
+# hugetlbfs for the default page size, as systemd's dev-hugepages.mount gives every real host: libvirt
+# looks for it when it starts, and a hugepage VM does not start without one.
+if ! grep -qs ' hugetlbfs ' /proc/mounts; then
+    mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages
+fi
+
 pgrep -x virtlogd >/dev/null || virtlogd -d
 if ! pgrep -x libvirtd >/dev/null; then
     libvirtd -d

@@ -115,8 +115,8 @@ def test_plan_uploads_only_when_the_content_differs() -> None:
     # the plan swaps the media, so the next boot, even a reboot inside the guest, reads the new seed.
     running = parse_seed(iso, "@@sha@@\n0000\n@@label@@\ncidata\n@@state@@\nrunning\n")
     upload, swap = plan_seed(vm, running, "qemu:///system").actions
-    assert swap.shown == (f"virsh -c qemu:///system change-media {vm.name} {vm.cloud_init_iso_path} --source "
-                          f"{vm.cloud_init_iso_path} --update --live --force >/dev/null")
+    assert f"change-media {vm.name} \"$3\" --eject --live --force" in swap.shown
+    assert f"change-media {vm.name} \"$3\" --insert --source {vm.cloud_init_iso_path} --live" in swap.shown
     missing = parse_seed(iso, "@@sha@@\n\n@@label@@\n\n")
     assert plan_seed(vm, missing).reason == "upload the seed ISO (missing)" and not plan_seed(vm, missing).warnings
 

@@ -150,6 +150,13 @@ def test_bios_check_reports_hugepages_and_says_why_there_is_no_resctrl(tmp_path:
     assert ("1 GiB pages (pdpe1gb)", "present", "passed") in rows
     assert ("cgroup v2 cpuset controller", "available", "passed") in rows
     assert ("node 1 hugepages 1048576 kB", "0 free of 0", "evidence") in rows
+    # hv1's 1 GiB pages need a hugetlbfs mount of that size, or libvirt cannot start its VMs.
+    assert ("hugetlbfs mount for 1G pages", "/dev/hugepages1G", "passed") in rows
+    mounts = root / "proc/mounts"
+    mounts.write_text("".join(line for line in mounts.read_text().splitlines(keepends=True) if "1024M" not in line))
+    (row,) = [r for r in facts() if r[0] == "hugetlbfs mount for 1G pages"]
+    assert row[2] == "failed" and row[1].startswith("not mounted: a 1G VM would not start")
+    assert "pagesize=1G" in row[1] and "restart libvirtd" in row[1]
     assert ("L3 cache allocation (resctrl)", "not available: the CPU has no L3 cache allocation (no cat_l3/rdt_a "
             "flag: Intel CAT or AMD L3 QoS)", "failed") in rows  # hv1 asks VM1's exclusive L3
     cpuinfo = root / "proc/cpuinfo"

@@ -9,7 +9,7 @@ the inventory's optional settings need.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lib.facts.sysfs import grep_values, section, split_sections
 from lib.shell import Command, seq, sh
@@ -27,6 +27,7 @@ def perf_facts_command(sysroot: str) -> Command:
         f'"$r"{RESCTRL}/info/L3/cbm_mask "$r"{RESCTRL}/info/L3/num_closids "$r"{RESCTRL}/info/L3/min_cbm_bits '
         f'"$r"{RESCTRL}/info/L3_MON/mon_features "$r"{CGROUP_CONTROLLERS}',
         section("perf_resctrl"), f'[ -e "$r"{RESCTRL}/schemata ] && echo mounted',
+        section("perf_hugetlbfs"), 'grep -s " hugetlbfs " "$r"/proc/mounts',
         section("perf_flags"), 'grep -m1 "^flags" "$r"/proc/cpuinfo', "true",
     ])
     return sh(script, root="" if sysroot in ("", "/") else sysroot, sudo=False, timeout=60,
@@ -64,6 +65,7 @@ class PerfFacts:
     resctrl: Resctrl | None
     resctrl_why: str  # why resctrl is not available ("" when it is)
     cgroup_controllers: tuple[str, ...] | None  # None: no cgroup v2 unified hierarchy
+    hugetlbfs: dict[int, str] = field(default_factory=dict)  # page kB -> a hugetlbfs mount point for it
 
 
 def _int(text: str) -> int:
@@ -90,7 +92,22 @@ def parse_perf_facts(stdout: str, sysroot: str) -> PerfFacts:
     return PerfFacts(
         hugepages={k: NodePages(v.get("nr", 0), v.get("free", 0)) for k, v in sorted(counts.items())},
         pdpe1gb="pdpe1gb" in flags, resctrl=resctrl, resctrl_why=_resctrl_why(flags, mounted, mask),
-        cgroup_controllers=tuple(controllers.split()) if controllers is not None else None)
+        cgroup_controllers=tuple(controllers.split()) if controllers is not None else None,
+        hugetlbfs=parse_hugetlbfs(parts.get("perf_hugetlbfs", "")))
+
+
+_PAGESIZE = re.compile(r"(?:^|,)pagesize=(\d+)([KMG])(?:,|$)")
+
+
+def parse_hugetlbfs(mounts: str) -> dict[int, str]:
+    """/proc/mounts' hugetlbfs lines -> {page kB: mount point}: what libvirt finds when it starts (it backs
+    a hugepage VM from a mount of that page size; the kernel always prints pagesize= for hugetlbfs)."""
+    found: dict[int, str] = {}
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "hugetlbfs" and (m := _PAGESIZE.search(fields[3])):
+            found.setdefault(int(m[1]) * {"K": 1, "M": 1024, "G": 1024 * 1024}[m[2]], fields[1])
+    return found
 
 
 def _resctrl_why(flags: set[str], mounted: bool, mask: str) -> str:

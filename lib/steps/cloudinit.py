@@ -49,9 +49,14 @@ def parse_seed(iso: bytes, stdout: str) -> SeedFacts:
 
 def media_command(vm: VM, uri: str) -> Command:
     """The running QEMU still reads the old seed: the upload renames a new file into place, and the
-    CD-ROM keeps the old inode open, across a guest reboot too. Swapping the media makes the next
-    boot (a reboot in the guest, or virsh reboot) read the new one; cloud-init reads it only at boot."""
-    return sh("virsh -c {uri} change-media {name} {p} --source {p} --update --live --force >/dev/null",
+    CD-ROM keeps the old inode open, across a guest reboot too. Ejecting and inserting makes QEMU open
+    the path again (`change-media --update` to the same path keeps the old file: measured), so the next
+    boot (a reboot in the guest, or virsh reboot) reads the new seed; cloud-init reads it only at boot."""
+    # domblklist --details: "file cdrom sda /path"; `set --` splits it without any awk braces.
+    return sh("set -- $(virsh -c {uri} domblklist {name} --details | awk -v p={p} '$2 == \"cdrom\" && $4 == p'); "
+              'if [ -z "$3" ]; then echo "no CD-ROM of "{name}" holds "{p} >&2; exit 1; fi; '
+              'virsh -c {uri} change-media {name} "$3" --eject --live --force >/dev/null && '
+              'virsh -c {uri} change-media {name} "$3" --insert --source {p} --live >/dev/null',
               uri=uri, name=vm.name, p=vm.cloud_init_iso_path, timeout=60,
               why=f"{vm.name}'s CD-ROM onto the new seed (read at its next boot)")
 

@@ -54,6 +54,12 @@ def bios_perf_checks(host: Host, facts: PerfFacts) -> list[Check]:
     if any(r.size == "1G" and r.count for r in host.hugepages):
         rows.append(Check("1 GiB pages (pdpe1gb)", "pdpe1gb CPU flag", "present" if facts.pdpe1gb else "missing",
                           facts.pdpe1gb))
+    for size, kb in sorted({(r.size, r.size_kb) for r in host.hugepages if r.count}, key=lambda x: x[1]):
+        mount = facts.hugetlbfs.get(kb)
+        rows.append(Check(f"hugetlbfs mount for {size} pages", "mounted (libvirt backs hugepage VMs from it)",
+                          mount or f"not mounted: a {size} VM would not start (libvirt: hugetlbfs not mounted); "
+                                   f"mount hugetlbfs with pagesize={size} (a systemd .mount unit), then restart "
+                                   "libvirtd (it looks for the mounts when it starts)", mount is not None))
     for (node, kb), pages in facts.hugepages.items():
         rows.append(Check.evidence(f"node {node} hugepages {kb} kB", f"{pages.free} free of {pages.nr}"))
     if host.tuning.confinement.host_cpus and any(vm.pins for vm in host.vms):

@@ -475,6 +475,10 @@ def _write_proc(tree: _Tree, lay: Layout) -> None:
              f"root=UUID=2f6c1c9e-0b8c-4c3e-9d7e-4f2a1b0c9d11 ro quiet{iommu}")
     tree.put("proc/sys/kernel/numa_balancing", shape.numa_balancing)
     tree.put("proc/sys/vm/nr_hugepages", 0)
+    # systemd's dev-hugepages.mount (the default size), and the 1 GiB mount an hv1 operator adds.
+    tree.raw("proc/mounts", "sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\n"
+             "hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
+             "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,pagesize=1024M 0 0\n")
 
 
 _MEMINFO_KB = [
