@@ -31,8 +31,7 @@ from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm
 from tests.harness.world import FAST, World
 
-# pending: written, but no run has passed it end to end yet (see the README, "Pending lab tests").
-pytestmark = [pytest.mark.slow, pytest.mark.pending]
+pytestmark = pytest.mark.slow
 
 URI = "qemu:///system"
 # cloud-init's four stages take minutes of guest time under TCG, many more on a busy machine: a
@@ -184,7 +183,9 @@ def changed_seed_applied_at_reboot(lab: CloudLab, tmp_path: Path, iid: str, lake
     lab.reboot()
     back = lab.run("vms.start")
     assert back.exit_code == 0, failure_text([back])
-    assert lab.guest("cat /var/lib/cloud/data/instance-id").strip() == new_iid
+    assert lab.guest("cat /var/lib/cloud/data/instance-id").strip() == new_iid, lab.guest(
+        "cut -d' ' -f1 /proc/uptime; sudo -n grep -E 'instance|cache|NoCloud|seed' /var/log/cloud-init.log "
+        "| tail -n 40", check=False)
     assert extra.with_suffix(".pub").read_text().split()[1] in lab.guest("cat ~/.ssh/authorized_keys")
     assert lab.guest("cat /data/lake/raw/survivor").strip() == token
     assert lab.guest("sudo -n blkid -s UUID -o value /dev/vdc1").strip() == lake_uuid  # never reformatted
