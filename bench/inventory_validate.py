@@ -48,7 +48,8 @@ def _host(index: int, planned: bool) -> dict[str, object]:
         "topology": {"sockets": 2, "cores_per_socket": 18, "threads_per_core": 2, "l3_cache_mb": 45,
                      "nodes": [{"id": 0, "cpus": "0-17,36-53", "memory_mb": 131072},
                                {"id": 1, "cpus": "18-35,54-71", "memory_mb": 131072}]},
-        "k3s": {"version": "v1.31.4+k3s1"}, "vms": vms,
+        # Every VM is tainted, so the add-ons need a node (rule k3s.addons-no-node): the server, as hv1.
+        "k3s": {"version": "v1.31.4+k3s1", "addon_node": vms[0]["name"]}, "vms": vms,
     }
 
 
