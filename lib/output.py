@@ -202,24 +202,3 @@ def verification_table(result: StepResult) -> str:
     name_w = max(len(r[1]) for r in rows) + 2
     exp_w = max(len(r[2]) for r in rows) + 2
     return mask("\n".join(f"{m} {n:<{name_w}}{e:<{exp_w}}{f}".rstrip() for m, n, e, f in rows))
-
-
-def plan_text(runs: list[HostRun]) -> str:
-    """Per step (runbook order), per host and target: the commands that would run, or why none."""
-    steps = list(dict.fromkeys(r.step for run in runs for r in run.results))  # runbook order, once each
-    lines: list[str] = []
-    for step in steps:
-        for run in runs:
-            for result in (r for r in run.results if r.step == step):
-                head = f"{run.host} | {step} | {result.target}"
-                if result.status == "failed":
-                    lines.append(f"{head}: cannot plan: {_first_line(result.error)}")
-                elif result.status == "skipped":
-                    lines.append(f"{head}: skipped: {result.reason}")
-                elif result.planned:
-                    lines.append(f"{head}: would run ({result.reason}):")
-                    lines += [f"    {cmd}" for cmd in result.planned]
-                else:
-                    lines.append(f"{head}: no change: {result.reason}")
-                lines += [f"    WARNING: {w}" for w in result.warnings]
-    return mask("\n".join(lines))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import threading
 
-from lib.output import Output, plan_text, recap, verification_table
+from lib.output import Output, recap, verification_table
+from lib.planview import block
 from lib.results import Check, HostRun, StepResult
 from lib.shell import Secret
 
@@ -73,28 +74,6 @@ def test_verification_table_lists_failed_checks_first() -> None:
     ]
 
 
-def test_plan_text_per_step_then_host_and_target() -> None:
-    hv1 = HostRun("hv1", "r1", "provision", "plan", T0, T0 + 1, [
-        result("hv1", "host.tune", "hv1", "changed", 0.1, reason="numa_balancing 1 -> 0",
-               planned=("sysctl -w kernel.numa_balancing=0", "tee /etc/sysctl.d/90-numa.conf")),
-        result("hv1", "images.clone", "lab-vm1", "ok", 0.1, reason="overlay exists"),
-        result("hv1", "images.clone", "lab-vm2", "ok", 0.1, reason="overlay exists"),
-    ])
-    hv2 = HostRun("hv2", "r2", "provision", "plan", T0, T0 + 1, [
-        result("hv2", "host.tune", "hv2", "ok", 0.1, reason="already as the spec says"),
-        result("hv2", "images.clone", "lab-vm1", "failed", 0.1, error="cannot read facts\nmore"),
-    ])
-    assert plan_text([hv1, hv2]).splitlines() == [
-        "hv1 | host.tune | hv1: would run (numa_balancing 1 -> 0):",
-        "    sysctl -w kernel.numa_balancing=0",
-        "    tee /etc/sysctl.d/90-numa.conf",
-        "hv2 | host.tune | hv2: no change: already as the spec says",
-        "hv1 | images.clone | lab-vm1: no change: overlay exists",
-        "hv1 | images.clone | lab-vm2: no change: overlay exists",  # each target once, not once per target
-        "hv2 | images.clone | lab-vm1: cannot plan: cannot read facts",
-    ]
-
-
 def test_plain_lines_one_per_finished_result() -> None:
     stream = io.StringIO()
     out = Output(stream, tty=False)
@@ -153,6 +132,6 @@ def test_secrets_are_masked_in_every_output() -> None:
     out.step_done(res)
     out.message(f"using {value}")
     run = HostRun("hv1", "r1", "provision", "plan", T0, T0 + 1, [res], error=f"lock {value}")
-    texts = [stream.getvalue(), plan_text([run]), recap([run], []), verification_table(res)]
+    texts = [stream.getvalue(), block(res), recap([run], []), verification_table(res)]
     for text in texts:
         assert "tok-12345" not in text and "***" in text
