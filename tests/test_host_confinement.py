@@ -61,9 +61,10 @@ def hv1_host() -> Host:
     return load_inventory(REPO / "hosts", ["hv1"]).hosts["hv1"].host
 
 
-def stat_line(tid: int, comm: str, ticks: int, cpu: int) -> str:
-    """A /proc/TID/stat line as Linux 6.1 writes it: utime = ticks, stime 0, processor = cpu."""
-    fields = ["S", "1", str(tid), str(tid), "0", "-1", "4194560", "100", "0", "0", "0", str(ticks), "0", "0", "0",
+def stat_line(tid: int, comm: str, ticks: int, cpu: int, flags: int = 4194560) -> str:
+    """A /proc/TID/stat line as Linux 6.1 writes it: utime = ticks, stime 0, processor = cpu (the
+    default flags are a process's; a kernel thread's carry PF_KTHREAD, as 69238880 does)."""
+    fields = ["S", "1", str(tid), str(tid), "0", "-1", str(flags), "100", "0", "0", "0", str(ticks), "0", "0", "0",
               "20", "0", "1", "0", "100", "1000", "100", "18446744073709551615", "1", "1", "0", "0", "0", "0", "0",
               "0", "0", "0", "0", "0", "17", str(cpu), "0", "0", "0", "0", "0"]
     return f"{tid} ({comm}) " + " ".join(fields)
@@ -271,6 +272,24 @@ def test_doctor_names_host_work_on_vcpu_cpus_even_with_confinement_off() -> None
     rows = {c.name: c.kind for c in confinement_checks(off, facts)}
     assert rows["host tasks on vCPU CPUs 0-15,18-33,36-51,54-69 over 1s"] == "warning"  # verify.tuning: reported
     assert not host_work_findings(off, facts)[0].ok  # doctor: still a finding
+
+
+def test_kernel_threads_on_vcpu_cpus_are_a_warning_naming_kernel_isolation() -> None:
+    """Unbound kworkers and RCU's threads are no cgroup's: confinement cannot fail on them (it would
+    fail on whichever ran in the interval), yet they are said, with what keeps them off."""
+    host = hv1_host()
+    kworker, rcu = "kworker/u145:3-flush-254:0", "rcu_preempt"
+    text = ("@@qemu@@\n\n@@tasks1@@\n" + f"1012 {stat_line(1012, kworker, 1, 12, 69238880)}\n"
+            f"16 {stat_line(16, rcu, 3, 37, 2129984)}\n@@tasks2@@\n"
+            f"1012 {stat_line(1012, kworker, 2, 12, 69238880)}\n16 {stat_line(16, rcu, 4, 37, 2129984)}\n")
+    rows = {c.name: (c.kind, c.found) for c in confinement_checks(host, parse_confine_facts(text, 1.0))}
+    cpus = "0-15,18-33,36-51,54-69"
+    assert rows[f"host tasks on vCPU CPUs {cpus} over 1s"] == ("passed", "none")
+    kind, found = rows[f"kernel threads on vCPU CPUs {cpus} over 1s"]
+    assert kind == "warning" and found.startswith(f"{kworker} (pid 1012 tid 1012) on CPU 12, {rcu} (pid 16 tid 16)")
+    assert found.endswith("tuning.kernel_isolation keeps them off")
+    finding = next(f for f in host_work_findings(host, parse_confine_facts(text, 1.0)) if "kernel threads" in f.symptom)
+    assert "tuning.kernel_isolation" in finding.fix
 
 
 def test_monitor_reads_a_vms_llc_occupancy_from_its_resctrl_group(tmp_path: Path) -> None:

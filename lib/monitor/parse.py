@@ -282,7 +282,8 @@ def foreign_share(counters: NodeCounters) -> float:
 # --- /proc/PID/task/TID/stat -----------------------------------------------------------------------
 
 # proc(5) numbers the fields from 1; comm is field 2, so field N sits at N - 3 after it.
-_STATE, _UTIME, _STIME, _PROCESSOR = 3 - 3, 14 - 3, 15 - 3, 39 - 3
+_STATE, _FLAGS, _UTIME, _STIME, _PROCESSOR = 3 - 3, 9 - 3, 14 - 3, 15 - 3, 39 - 3
+PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,7 @@ class TaskStat:
     utime: int  # clock ticks
     stime: int
     processor: int  # CPU it last ran on
+    kthread: bool = False  # flags has PF_KTHREAD: the kernel's own, not a process cgroups confine
 
     @property
     def ticks(self) -> int:
@@ -320,6 +322,7 @@ def parse_task_stat(line: str) -> TaskStat:
         utime=_int(rest[_UTIME], "utime"),
         stime=_int(rest[_STIME], "stime"),
         processor=_int(rest[_PROCESSOR], "processor"),
+        kthread=bool(_int(rest[_FLAGS], "flags") & PF_KTHREAD),
     )
 
 

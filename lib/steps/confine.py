@@ -234,10 +234,10 @@ def intruding_irqs(before: Mapping[str, Mapping[int, int]], after: Mapping[str, 
 def intrusion_checks(host: Host, f: ConfineFacts) -> list[Check]:
     cpus = vcpu_cpus(host)
     where = format_cpulist(cpus) or "none"
-    tasks = intruding_tasks(f.tasks_before, f.tasks_after, f.task_pids, cpus, f.qemu_pids)
+    ran = intruding_tasks(f.tasks_before, f.tasks_after, f.task_pids, cpus, f.qemu_pids)
+    tasks = [t for t in ran if not t.kthread]
+    kthreads = [t for t in ran if t.kthread]
     irqs = intruding_irqs(f.interrupts_before, f.interrupts_after, cpus)
-    task_text = ", ".join(f"{t.comm} (pid {f.task_pids.get(t.tid)} tid {t.tid}) on CPU {t.processor}"
-                          for t in tasks[:8]) + (f" and {len(tasks) - 8} more" if len(tasks) > 8 else "")
     irq_text = ", ".join(f"IRQ {n} on CPU {format_cpulist(d)} ({sum(d.values())}x)" for n, d in sorted(irqs.items()))
     name_t = f"host tasks on vCPU CPUs {where} over {f.interval:g}s"
     name_i = f"device IRQs on vCPU CPUs {where} over {f.interval:g}s"
@@ -247,12 +247,22 @@ def intrusion_checks(host: Host, f: ConfineFacts) -> list[Check]:
         return [Check(name_t, "none", "not measured (no /proc task stats read)", False)]
     confined = host.tuning.confinement
     rows = []
-    for name, found, on in ((name_t, task_text, confined.host_cpus), (name_i, irq_text, confined.irqs)):
+    for name, found, on in ((name_t, _tasks_text(tasks, f), confined.host_cpus), (name_i, irq_text, confined.irqs)):
         if on:
             rows.append(Check(name, "none", found or "none", not found))
         else:  # confinement off in the inventory: what runs there is reported, never passed or failed
             rows.append(Check.warn(name, "none (confinement is off in the inventory)", found or "none"))
+    if kthreads:  # cgroups do not hold kernel threads (unbound kworkers, RCU): only kernel isolation does
+        isolated = " despite tuning.kernel_isolation" if host.tuning.kernel_isolation else \
+            "; tuning.kernel_isolation keeps them off"
+        rows.append(Check.warn(f"kernel threads on vCPU CPUs {where} over {f.interval:g}s", "none",
+                               f"{_tasks_text(kthreads, f)}{isolated}"))
     return rows
+
+
+def _tasks_text(tasks: list[mp.TaskStat], f: ConfineFacts) -> str:
+    return ", ".join(f"{t.comm} (pid {f.task_pids.get(t.tid)} tid {t.tid}) on CPU {t.processor}"
+                     for t in tasks[:8]) + (f" and {len(tasks) - 8} more" if len(tasks) > 8 else "")
 
 
 # -- plan and verify ------------------------------------------------------------------------------
