@@ -34,6 +34,7 @@ from lib.steps.confine import (
     host_cpus,
     intruding_irqs,
     intruding_tasks,
+    intrusion_checks,
     parse_confine_facts,
     parse_cpumask,
     parse_interrupts,
@@ -290,6 +291,22 @@ def test_kernel_threads_on_vcpu_cpus_are_a_warning_naming_kernel_isolation() -> 
     assert found.endswith("tuning.kernel_isolation keeps them off")
     finding = next(f for f in host_work_findings(host, parse_confine_facts(text, 1.0)) if "kernel threads" in f.symptom)
     assert "tuning.kernel_isolation" in finding.fix
+
+
+def test_a_kernel_managed_irq_is_a_warning_a_movable_one_a_failure() -> None:
+    """IRQ 30 kept CPU 0 in its affinity after host.tune (kernel-managed, as on the NUMA lab); IRQ 31
+    was moved to the host CPUs and still fired on CPU 1: only the second is confinement's failure."""
+    host = hv1_host()
+    header = "           CPU0       CPU1      CPU16\n"
+    one = header + " 30:  5  0  0  PCI-MSIX  virtio0-req.0\n 31:  0  7  0  PCI-MSIX  virtio1-input.0\n"
+    two = header + " 30:  6  0  0  PCI-MSIX  virtio0-req.0\n 31:  0  9  0  PCI-MSIX  virtio1-input.0\n"
+    text = (f"@@irqs@@\n30 0\n31 16-17\n@@qemu@@\n\n@@tasks1@@\n40 {stat_line(40, 'cron', 1, 16)}\n@@int1@@\n{one}"
+            f"@@tasks2@@\n40 {stat_line(40, 'cron', 2, 16)}\n@@int2@@\n{two}")
+    facts = parse_confine_facts(text, 1.0)
+    assert facts.irq_affinity == {30: frozenset({0}), 31: frozenset({16, 17})}
+    rows = {c.name.split(" on vCPU")[0]: (c.kind, c.found) for c in intrusion_checks(host, facts)}
+    assert rows["device IRQs"] == ("failed", "IRQ 31 on CPU 1 (2x)")
+    assert rows["kernel-managed IRQs"] == ("warning", "IRQ 30 on CPU 0 (1x); tuning.kernel_isolation keeps them off")
 
 
 def test_monitor_reads_a_vms_llc_occupancy_from_its_resctrl_group(tmp_path: Path) -> None:

@@ -374,15 +374,16 @@ class DoctorFacts:
 def host_work_findings(host: Host, f: confine.ConfineFacts) -> list[Finding]:
     """Host tasks and device IRQs measured on vCPU CPUs over the interval (host.tune's proof). A
     diagnosis, so an intruder is a finding even where the inventory turned confinement off."""
-    return [Finding(f"host: {c.name}", c.found, _HOST_WORK_FIX if not c.name.startswith("kernel threads") else
-                    _KTHREAD_FIX, c.ok and (c.kind != "warning" or c.found == "none"))
+    return [Finding(f"host: {c.name}", c.found, _KTHREAD_FIX if c.name.startswith("kernel") else _HOST_WORK_FIX,
+                    c.ok and (c.kind != "warning" or c.found == "none"))
             for c in confine.intrusion_checks(host, f) if c.kind != "evidence"]
 
 
 _HOST_WORK_FIX = ("invoke step host.tune (confinement: AllowedCPUs for the host's slices, IRQs onto the host CPUs); "
                   "or move the named task off those CPUs")
-_KTHREAD_FIX = ("kernel threads are not held by cgroups: set tuning.kernel_isolation (isolcpus, nohz_full, rcu_nocbs "
-                "on the vCPU CPUs), then invoke step host.reboot --reboot")
+_KTHREAD_FIX = ("kernel threads and kernel-managed IRQs follow no cgroup or affinity write: set "
+                "tuning.kernel_isolation (isolcpus=managed_irq,domain, nohz_full, rcu_nocbs on the vCPU CPUs), then "
+                "invoke step host.reboot --reboot")
 
 
 class Doctor(Step):
