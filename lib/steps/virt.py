@@ -183,8 +183,11 @@ def repin(vm: VM, live: LiveDomain, uri: str) -> list[Command]:
 
 def start_command(vm: VM, uri: str) -> Command:
     """virsh start, retry-safe: on a slow host (TCG, the NUMA lab) the first attempt can time out while
-    libvirtd goes on starting the domain; the retry then finds it active, which is what was asked."""
-    return sh("virsh -c {uri} start {name} || [ \"$(virsh -c {uri} domstate {name})\" = running ]",
+    libvirtd goes on starting the domain; the retry then finds it active, which is what was asked:
+    running, or still "paused (starting up)" (libvirt resumes it once QEMU is set up; vms.start's
+    verification waits for running). A domain paused for any other reason is not started here."""
+    return sh("virsh -c {uri} start {name} || case \"$(virsh -c {uri} domstate {name} --reason)\" in "
+              "running*|'paused (starting up)') true;; *) false;; esac",
               uri=uri, name=vm.name, timeout=120, why=f"start {vm.name}")
 
 
