@@ -38,6 +38,7 @@ from lib.steps.confine import (
     parse_confine_facts,
     parse_cpumask,
     parse_interrupts,
+    qemu_pids_script,
     wanted_files,
 )
 from lib.steps.hostperf import bios_perf_checks
@@ -329,3 +330,14 @@ def test_monitor_reads_a_vms_llc_occupancy_from_its_resctrl_group(tmp_path: Path
     assert (rows["LLC occupancy (resctrl)"].found, rows["LLC occupancy (resctrl)"].kind) == ("29.0 MiB", "evidence")
     rows = {c.name: c for c in monitor_checks(vm(), parse_sample(captured_stdout(), 1.0, "strict"))}
     assert rows["LLC occupancy (resctrl)"].found.startswith("not available (no resctrl group")
+
+
+def test_every_running_domains_qemu_pid_is_read_apart(tmp_path: Path) -> None:
+    """libvirt's pid files have no newline: four VMs' pids once read as one number, so every QEMU
+    vCPU thread counted as a host task on the vCPU CPUs (the NUMA lab, four domains)."""
+    for name, pid in (("a", "806"), ("b", "1379"), ("c", "1376")):
+        (tmp_path / f"{name}.pid").write_text(pid)  # as libvirt writes them
+    out = subprocess.run(["sh", "-c", qemu_pids_script(str(tmp_path))], capture_output=True, text=True,
+                         check=True).stdout
+    facts = parse_confine_facts(f"@@qemu@@\n{out}@@tasks1@@\n", 1.0)
+    assert facts.qemu_pids == frozenset({806, 1379, 1376})

@@ -100,6 +100,12 @@ class ConfineFacts:
     interval: float
 
 
+def qemu_pids_script(run_dir: str = "/run/libvirt/qemu") -> str:
+    """Shell: the running domains' QEMU pids, one a line. libvirt writes its pid files without a
+    newline, so `cat *.pid` ran several domains' pids together into one number."""
+    return f'for f in {run_dir}/*.pid; do [ -e "$f" ] && echo "$(cat "$f")"; done'
+
+
 def _raw_root(sysroot: str) -> str:
     return "" if sysroot in ("", "/") else sysroot
 
@@ -118,7 +124,7 @@ def confine_facts_command(host: Host, interval: float) -> Command:
         section("irqs"), 'for f in "$r"/proc/irq/[0-9]*/smp_affinity_list; do n=${{f%/*}}; '
                          'echo "${{n##*/}} $(cat "$f" 2>/dev/null)"; done',
         section("default"), f'cat "$r"{DEFAULT_AFFINITY} 2>/dev/null',
-        section("qemu"), "cat /run/libvirt/qemu/*.pid 2>/dev/null; echo",
+        section("qemu"), qemu_pids_script(),
         section("tasks1"), tasks, section("int1"), 'cat "$r"/proc/interrupts 2>/dev/null',
         "sleep {interval}",
         section("tasks2"), tasks, section("int2"), 'cat "$r"/proc/interrupts 2>/dev/null', "true",
