@@ -174,12 +174,15 @@ def test_verify_emulator_and_monitor() -> None:
 
 
 def test_doctor_finds_an_intruder_on_a_node1_vcpu_cpu() -> None:
-    pid = lab_shell("taskset -c 20 sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!").strip()
+    # Its own session (setsid), so the end of this SSH session does not take it down with a SIGHUP.
+    pid = lab_shell("setsid taskset -c 20 sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & echo $!").strip()
     try:
         time.sleep(5)  # ps's %CPU is over the process's life: let it be seen busy
+        alive = lab_shell(f"kill -0 {pid} && echo alive || echo gone").strip()
         done = timed("doctor (with an intruder)", "doctor", f"--host={HOST}")
     finally:
-        lab_shell(f"kill {pid}")
+        lab_shell(f"kill {pid} 2>/dev/null; true")  # never hides what doctor said
+    assert alive == "alive", "the intruder did not survive its start: nothing for doctor to find"
     assert done.returncode == 5, done.stdout[-4000:]
     assert f"pid {pid} on CPU 20" in done.stdout and "numalab-data: vCPU scheduling delays" in done.stdout
     after = invoke("doctor", f"--host={HOST}")
