@@ -174,8 +174,11 @@ def test_verify_emulator_and_monitor() -> None:
 
 
 def test_doctor_finds_an_intruder_on_a_node1_vcpu_cpu() -> None:
-    # Its own session (setsid), so the end of this SSH session does not take it down with a SIGHUP.
-    pid = lab_shell("setsid taskset -c 20 sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & echo $!").strip()
+    # host.tune confined user.slice and system.slice to the host CPUs, so from the SSH session taskset
+    # onto CPU 20 is refused (EINVAL): the intruder first leaves for the root cgroup, as work outside
+    # the confined slices would run. Its own session (setsid), so it outlives this SSH session.
+    pid = lab_shell("setsid sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs && exec taskset -c 20 sh -c "
+                    "\"while :; do :; done\"' </dev/null >/dev/null 2>&1 & echo $!").strip()
     try:
         time.sleep(5)  # ps's %CPU is over the process's life: let it be seen busy
         alive = lab_shell(f"kill -0 {pid} && echo alive || echo gone").strip()
