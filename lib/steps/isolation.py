@@ -98,7 +98,6 @@ class HostIsolation(_BootStep):
     name = "host.isolation"
     summary = ("tuning.kernel_isolation: isolcpus/nohz_full/rcu_nocbs on the vCPU CPUs in a GRUB drop-in, "
                "grub.cfg regenerated; the running kernel gets them at the next reboot (host.reboot --reboot)")
-    targets = "hypervisor"
 
     def plan(self, target: Target, facts: BootFacts | None) -> Plan:
         host = target.loaded.host
@@ -139,7 +138,7 @@ class HostIsolation(_BootStep):
             Check(f"boot loader drop-in {DROPIN}", " ".join(args),
                   "as the spec says" if facts.dropin == dropin_content(host) else
                   ("missing" if facts.dropin is None else "differs"), facts.dropin == dropin_content(host)),
-            Check("kernel command line (running)", " ".join(args), "carries them", True) if not missing else
+            cmdline_check(host, facts.cmdline) if not missing else
             Check.warn("kernel command line (running)", " ".join(args), pending),
         ]
 
@@ -149,7 +148,6 @@ class _Rebooted(_BootStep):
 
     name = "host.reboot (back)"
     summary = "a new boot id and the kernel command line"
-    targets = "hypervisor"
     converge = True
 
     def __init__(self, before: str) -> None:
@@ -162,19 +160,23 @@ class _Rebooted(_BootStep):
         return reboot_checks(target.loaded.host, facts, self.before)
 
 
+def cmdline_check(host: Host, cmdline: str) -> Check:
+    """The running kernel's command line against the isolation arguments: passed or failed."""
+    missing = missing_args(host, cmdline)
+    return Check("kernel command line (running)", " ".join(isolation_args(host)),
+                 "carries them" if not missing else f"lacks {' '.join(missing)}", not missing)
+
+
 def reboot_checks(host: Host, facts: BootFacts, before: str) -> list[Check]:
-    missing = missing_args(host, facts.cmdline)
     return [Check("rebooted (boot_id)", f"not {before[:8]}", facts.boot_id[:8] or "unknown",
                   bool(facts.boot_id) and facts.boot_id != before),
-            Check("kernel command line (running)", " ".join(isolation_args(host)),
-                  "carries them" if not missing else f"lacks {' '.join(missing)}", not missing)]
+            cmdline_check(host, facts.cmdline)]
 
 
 class HostReboot(_BootStep):
     name = "host.reboot"
     summary = ("--reboot only: reboot the hypervisor when its running kernel lacks host.isolation's arguments, "
                "wait for it, verify /proc/cmdline")
-    targets = "hypervisor"
 
     def plan(self, target: Target, facts: BootFacts | None) -> Plan:
         host, name = target.loaded.host, target.loaded.name
@@ -203,5 +205,4 @@ class HostReboot(_BootStep):
         if missing and not target.options.get("reboot"):
             return [Check.warn("kernel command line (running)", " ".join(isolation_args(host)),
                                f"lacks {' '.join(missing)}: reboot with --reboot")]
-        return [Check("kernel command line (running)", " ".join(isolation_args(host)),
-                      "carries them" if not missing else f"lacks {' '.join(missing)}", not missing)]
+        return [cmdline_check(host, facts.cmdline)]
