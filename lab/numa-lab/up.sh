@@ -69,7 +69,19 @@ if [ ! -f "$LAB/persist.qcow2" ]; then
 fi
 
 # -- QEMU ---------------------------------------------------------------------------------------
+total=$((SOCKETS * CORES * 2))
+half=$((SOCKETS * CORES))
 running() { local pid; pid=$(cat "$RUN/qemu.pid" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+console_wait() {  # until the lab's init prints this line on the serial console
+    for _ in $(seq 1 2400); do
+        tr -d '\r' < "$RUN/console.log" 2>/dev/null | grep -qE "numa-lab init: $1\$" && return 0
+        running || { echo "numa-lab up: ERROR: QEMU exited; see $RUN/console.log" >&2; tail -n 20 "$RUN/console.log" >&2; exit 1; }
+        sleep 0.5
+    done
+    echo "numa-lab up: ERROR: no \"numa-lab init: $1\" on the console after 20 min; see $RUN/console.log" >&2
+    exit 1
+}
+started=
 if ! running; then
     if ss -Hltn "sport = :$PORT" | grep -q .; then
         echo "numa-lab up: ERROR: 127.0.0.1:$PORT is taken (hosts/numalab.yaml ssh.port); free it or change the port" >&2
@@ -77,18 +89,31 @@ if ! running; then
     fi
     rm -f "$RUN/qmp.sock" "$RUN/console.log"
     nice -n 10 qemu-system-x86_64 -name numalab -machine q35 -accel tcg -cpu max,vendor=GenuineIntel \
-        -m $((MEM * SOCKETS)) -smp 1,sockets=$SOCKETS,cores="$CORES",threads=2,maxcpus=$((SOCKETS * CORES * 2)) \
+        -m $((MEM * SOCKETS)) -smp 1,sockets=$SOCKETS,cores="$CORES",threads=2,maxcpus=$total \
         -object memory-backend-ram,id=m0,size="${MEM}M" -object memory-backend-ram,id=m1,size="${MEM}M" \
         -numa node,nodeid=0,memdev=m0 -numa node,nodeid=1,memdev=m1 \
         -numa cpu,node-id=0,socket-id=0 -numa cpu,node-id=1,socket-id=1 \
         -kernel "$LAB/boot/vmlinuz" -initrd "$LAB/boot/initrd.img" \
-        -append "console=ttyS0 quiet net.ifnames=0 cloud-init=disabled nowatchdog rcupdate.rcu_cpu_stall_suppress=1 tsc=reliable systemd.show_status=false" \
+        -append "console=ttyS0 quiet net.ifnames=0 cloud-init=disabled nowatchdog rcupdate.rcu_cpu_stall_suppress=1 tsc=reliable systemd.show_status=false numalab.cpus=$total" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -drive file="$LAB/persist.qcow2",if=virtio,format=qcow2,cache=writeback \
         -netdev user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:"$PORT"-10.0.2.15:22 -device virtio-net-pci,netdev=n0 \
         -qmp unix:"$RUN/qmp.sock",server=on,wait=off -display none -serial file:"$RUN/console.log" \
         -pidfile "$RUN/qemu.pid" -daemonize
-    log "QEMU started (pid $(cat "$RUN/qemu.pid"), 1 CPU; $((SOCKETS * CORES * 2 - 1)) to hot-add once it runs)"
+    log "QEMU started (pid $(cat "$RUN/qemu.pid"), 1 CPU; $((total - 1)) to hot-add while its init waits)"
+    started=1
+fi
+
+# -- the other CPUs, hot-added in the order that gives the spread layout (qmp.py), before PID 1 ---
+# The lab's init waits for them (numalab.cpus=), so systemd starts with every CPU online, as on a
+# real host: what host.tune persisted (the IRQ default affinity among it) applies to all of them.
+if [ -n "$started" ]; then
+    console_wait "waiting for CPUs 0-$((total - 1))"
+    python3 "$here/qmp.py" "$RUN/qmp.sock" "$SOCKETS" "$CORES" 0
+    console_wait "present 0-$((half - 1))"
+    python3 "$here/qmp.py" "$RUN/qmp.sock" "$SOCKETS" "$CORES" 1
+    console_wait "online 0-$((total - 1))"
+    log "$total CPUs online before systemd ($(since) s)"
 fi
 
 for _ in $(seq 1 600); do
@@ -98,23 +123,13 @@ for _ in $(seq 1 600); do
 done
 ssh_lab true || { echo "numa-lab up: ERROR: no SSH on 127.0.0.1:$PORT after 600 s; see $RUN/console.log" >&2; exit 1; }
 log "sshd answers (${t0:+$(since) s})"
-
-# -- the other CPUs, hot-added in the order that gives the spread layout (qmp.py); then online ---
-total=$((SOCKETS * CORES * 2))
-half=$((SOCKETS * CORES))
-wait_present() {  # until the emulated kernel lists CPUs 0..$1-1 as present
-    ssh_lab "for _ in \$(seq 1 600); do [ \"\$(cat /sys/devices/system/cpu/present)\" = 0-$(($1 - 1)) ] && exit 0; sleep 1; done
-             echo \"present: \$(cat /sys/devices/system/cpu/present), wanted 0-$(($1 - 1))\" >&2; exit 1"
+# A lab that was already running (or started by an older up.sh) is checked, not trusted.
+ssh_lab "test \"\$(cat /sys/devices/system/cpu/online)\" = 0-$((total - 1))" || {
+    echo "numa-lab up: ERROR: the running lab has CPUs $(ssh_lab cat /sys/devices/system/cpu/online) online," \
+         "wanted 0-$((total - 1)): restart it (bash lab/numa-lab/down.sh; bash lab/numa-lab/up.sh)" >&2
+    exit 1
 }
-if [ "$(ssh_lab 'cat /sys/devices/system/cpu/present')" != "0-$((total - 1))" ]; then
-    python3 "$here/qmp.py" "$RUN/qmp.sock" "$SOCKETS" "$CORES" 0
-    wait_present "$half"
-    python3 "$here/qmp.py" "$RUN/qmp.sock" "$SOCKETS" "$CORES" 1
-    wait_present "$total"
-fi
-ssh_lab "for f in /sys/devices/system/cpu/cpu[0-9]*/online; do [ \"\$(cat \$f)\" = 1 ] || echo 1 > \$f; done
-         test \"\$(cat /sys/devices/system/cpu/online)\" = 0-$((total - 1))"
-log "$total CPUs online ($(since) s): node0 $(ssh_lab cat /sys/devices/system/node/node0/cpulist)," \
+log "$total CPUs online: node0 $(ssh_lab cat /sys/devices/system/node/node0/cpulist)," \
     "node1 $(ssh_lab cat /sys/devices/system/node/node1/cpulist)"
 
 # -- libvirtd, once every CPU exists (as on a real host, where they are there at boot) ------------

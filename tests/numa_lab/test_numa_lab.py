@@ -198,7 +198,11 @@ def test_a_vcpu_moved_across_nodes_is_reported_and_put_back() -> None:
     assert done.returncode == 5, done.stdout[-4000:]
     bad = [c for c in checks(newest_report(), "vms.start") if c["outcome"] == "failed"]
     assert [(c["name"], c["expected"], c["found"]) for c in bad] == [("virsh vcpupin numalab-slm 2", "25", "5")]
-    assert "virsh vcpupin numalab-slm 2" in done.stdout
+    # The failure block (stderr) names the host, the step, the vCPU, the CPU expected and the CPU found.
+    assert "numalab: FAILED (exit 5)" in done.stderr, done.stderr[-4000:]
+    assert "step vms.start on numalab-slm" in done.stderr
+    row = next(line for line in done.stderr.splitlines() if "virsh vcpupin numalab-slm 2 " in line)
+    assert row.split() == ["✗", "virsh", "vcpupin", "numalab-slm", "2", "25", "5"], row
     fixed = timed("provision (re-pin)", "provision", f"--host={HOST}", "--runbook=numa-lab")
     assert fixed.returncode == 0, fixed.stdout[-4000:]
     assert any("vcpupin numalab-slm 2 25 --live" in cmd for r in newest_report()["results"] for cmd in r["commands"])
@@ -214,6 +218,11 @@ def test_tuning_survives_a_real_restart_without_a_provision() -> None:
     # host.tune wrote to the persistent overlay; this machine's own copies are hidden by whiteouts.
     assert lab_shell("systemctl is-active systemd-sysctl.service systemd-tmpfiles-setup.service").split() == [
         "active", "active"]
+    # "active" hides a line that failed: tmpfiles-setup counts exit 73 (a write refused) as success.
+    # Every CPU is online before PID 1 (lab/numa-lab/init), so the IRQ default affinity is accepted.
+    assert lab_shell("systemctl show -p ExecMainStatus --value systemd-sysctl.service "
+                     "systemd-tmpfiles-setup.service").split() == ["0", "0"], lab_shell(
+        "journalctl -b -u systemd-tmpfiles-setup -u systemd-sysctl --no-pager | tail -n 20")
     done = timed("verify.tuning (after restart)", "verify.tuning", f"--host={HOST}")
     assert done.returncode == 0, done.stdout[-4000:]
     assert all(r["status"] == "ok" for r in newest_report()["results"])
