@@ -334,6 +334,7 @@ class Session:
         """Run one command; retry what is transient; raise CommandError on anything else."""
         shown = self._wire(cmd, reveal=False)
         transient_codes = self.policies.transient.exit_codes
+        transient_marks = self.policies.transient.stderr_marks
         attempts = 0
 
         def attempt() -> CmdResult:
@@ -368,6 +369,9 @@ class Session:
             self.log(f"{self.endpoint.name}: $ {shown}  -> exit {result.exit_code} in {result.duration:.2f} s")
             if result.exit_code not in cmd.ok_codes and result.exit_code in transient_codes:
                 raise _Transient(result, f"exit code {result.exit_code} (transient)")
+            mark = next((m for m in transient_marks if m in result.stderr), None)
+            if result.exit_code not in cmd.ok_codes and mark:
+                raise _Transient(result, f"exit code {result.exit_code}: {mark!r} (transient)")
             return result
 
         def note(state: Any) -> None:

@@ -1,7 +1,8 @@
 """Retry policies as values (tenacity), named for what they wait on.
 
 - ssh_connect: the host is not answering yet (connection refused, reset, timeout): back off.
-- transient:   a command hit a dropped connection, its timeout, or a listed exit code (apt/dpkg lock).
+- transient:   a command hit a dropped connection, its timeout, a listed exit code (apt/dpkg lock),
+               or said one of the listed messages on stderr (libvirt's domain job lock).
 - converge:    a verification waits for something to become true (a VM's SSH, a node Ready), with a deadline.
 
 Everything else fails at once. Defaults can be overridden in invoke.yaml under `retries:`.
@@ -31,6 +32,7 @@ class Policy:
     wait_max: float
     deadline: float | None = None  # seconds
     exit_codes: tuple[int, ...] = ()  # only the transient policy uses these
+    stderr_marks: tuple[str, ...] = ()  # and these: a failed command whose stderr holds one is retried
 
     def describe(self) -> str:
         limit = f"{self.attempts} attempts" if self.attempts else f"up to {self.deadline:g} s"
@@ -40,8 +42,12 @@ class Policy:
 @dataclass(frozen=True)
 class Policies:
     ssh_connect: Policy = Policy("ssh_connect", attempts=5, wait_initial=1, wait_max=15)
-    # 100: apt-get could not get the dpkg lock; 75: EX_TEMPFAIL. Both clear up by themselves.
-    transient: Policy = Policy("transient", attempts=3, wait_initial=2, wait_max=20, exit_codes=(75, 100))
+    # 100: apt-get could not get the dpkg lock; 75: EX_TEMPFAIL. Both clear up by themselves. So does
+    # libvirt's "Timed out during operation: cannot acquire state change lock": virsh exits 1 after
+    # libvirtd waited 30 s for a job another call still holds on the domain (a `virsh start` that
+    # outlived our timeout on a loaded host, for one: seen in the NUMA lab).
+    transient: Policy = Policy("transient", attempts=3, wait_initial=2, wait_max=20, exit_codes=(75, 100),
+                               stderr_marks=("cannot acquire state change lock",))
     converge: Policy = Policy("converge", attempts=0, wait_initial=2, wait_max=10, deadline=300)
 
 
@@ -63,7 +69,8 @@ def policies_from_config(overrides: Mapping[str, Any] | None) -> Policies:
         bad = set(values) - known
         if bad:
             raise ConfigError(f"invoke.yaml: retries.{name}: unknown keys {sorted(bad)} (known: {sorted(known)})")
-        update: dict[str, Any] = {k: tuple(v) if k == "exit_codes" else v for k, v in dict(values).items()}
+        update: dict[str, Any] = {k: tuple(v) if k in ("exit_codes", "stderr_marks") else v
+                                  for k, v in dict(values).items()}
         changes[name] = replace(policy, **update)
     return replace(base, **changes)
 

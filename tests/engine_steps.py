@@ -68,6 +68,31 @@ class Flaky(Step):
         return [Check("tries", "3", str(facts), facts == 3)]
 
 
+class LockBusy(Step):
+    """Fails once as virsh does when libvirtd's domain job lock stays taken (exit 1), then succeeds."""
+
+    name = "test.lockbusy"
+    summary = "libvirt job lock busy once"
+
+    def facts_command(self, target: Target) -> Command:
+        return sh("cat {f} 2>/dev/null || echo 0", f=_state(target, "locktries"), sudo=False)
+
+    def parse(self, target: Target, result: CmdResult | None) -> int:
+        return int(result.stdout.strip() or 0) if result else 0
+
+    def plan(self, target: Target, facts: Any | None) -> Plan:
+        if facts and facts >= 2:
+            return Plan(reason="already succeeded")
+        return Plan((sh('f={f}; n=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 )); echo $n > "$f"; '
+                        '[ $n -ge 2 ] || {{ echo "error: Failed to mark domain \'vm1\' as autostarted" >&2; '
+                        'echo "error: Timed out during operation: cannot acquire state change lock '
+                        '(held by monitor=remoteDispatchDomainCreate)" >&2; exit 1; }}',
+                        f=_state(target, "locktries"), sudo=False),), "autostart under a busy lock")
+
+    def verify(self, target: Target, facts: Any) -> list[Check]:
+        return [Check("tries", "2", str(facts), facts == 2)]
+
+
 class Permanent(Step):
     """Fails with exit 1: a permanent error, never retried."""
 
@@ -285,7 +310,7 @@ class SharedRead(Step):
         return [Check("read", "an answer", str(facts), True)]
 
 
-ALL: tuple[type[Step], ...] = (SharedRead, ReadsNumber, Flaky, Permanent, WrongValue, Sleepy, WithToken,
+ALL: tuple[type[Step], ...] = (SharedRead, ReadsNumber, Flaky, LockBusy, Permanent, WrongValue, Sleepy, WithToken,
                                WaitsForFile, Hangs, DropsConnection, TwoCommands,
                                mark_step("test.a"), mark_step("test.b"), mark_step("test.c"))
 REGISTRY: dict[str, type[Step]] = {s.name: s for s in ALL}

@@ -50,6 +50,14 @@ def test_transient_failure_is_retried_then_ok(world: World, hv: SshHost) -> None
     assert run.exit_code == 0
 
 
+def test_libvirts_busy_job_lock_is_transient(world: World, hv: SshHost) -> None:
+    """virsh exits 1 for it: only the message on stderr tells it from a real failure (next test)."""
+    (run,) = world.run("test.lockbusy")
+    assert statuses(run) == [("test.lockbusy", "hv1", "changed")] and run.exit_code == 0
+    assert world.state_file("hv1", "locktries").read_text().strip() == "2"
+    assert len(world.sleeps) == 1
+
+
 def test_permanent_failure_is_not_retried_and_names_everything(world: World, hv: SshHost) -> None:
     (run,) = world.run("test.a", "test.permanent", "test.b")
     assert statuses(run) == [("test.a", "hv1", "changed"), ("test.permanent", "hv1", "failed")]

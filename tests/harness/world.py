@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from lib.steps.base import Step
 
 FAST = Policies(
     ssh_connect=Policy("ssh_connect", attempts=2, wait_initial=1, wait_max=1),
-    transient=Policy("transient", attempts=3, wait_initial=1, wait_max=5, exit_codes=(75,)),
+    # the shipped transient policy (its stderr marks included), with short waits and only exit code 75
+    transient=replace(Policies().transient, wait_initial=1, wait_max=5, exit_codes=(75,)),
     converge=Policy("converge", attempts=0, wait_initial=1, wait_max=2, deadline=10),
 )
 
