@@ -50,47 +50,37 @@ class Flaky(Step):
 
     name = "test.flaky"
     summary = "fails twice then succeeds"
+    state = "tries"
+    succeeds_at = 3  # the attempt that succeeds
+    failure = 'echo "try $n: resource busy" >&2; exit 75'
 
     def facts_command(self, target: Target) -> Command:
-        return sh("cat {f} 2>/dev/null || echo 0", f=_state(target, "tries"), sudo=False)
+        return sh("cat {f} 2>/dev/null || echo 0", f=_state(target, self.state), sudo=False)
 
     def parse(self, target: Target, result: CmdResult | None) -> int:
         return int(result.stdout.strip() or 0) if result else 0
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
-        if facts and facts >= 3:
+        if facts and facts >= self.succeeds_at:
             return Plan(reason="already succeeded")
         return Plan((sh('f={f}; n=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 )); echo $n > "$f"; '
-                        '[ $n -ge 3 ] || {{ echo "try $n: resource busy" >&2; exit 75; }}',
-                        f=_state(target, "tries"), sudo=False),), "flaky write")
+                        f'[ $n -ge {self.succeeds_at} ] || {{{{ {self.failure}; }}}}',
+                        f=_state(target, self.state), sudo=False),), "flaky write")
 
     def verify(self, target: Target, facts: Any) -> list[Check]:
-        return [Check("tries", "3", str(facts), facts == 3)]
+        return [Check("tries", str(self.succeeds_at), str(facts), facts == self.succeeds_at)]
 
 
-class LockBusy(Step):
+class LockBusy(Flaky):
     """Fails once as virsh does when libvirtd's domain job lock stays taken (exit 1), then succeeds."""
 
     name = "test.lockbusy"
     summary = "libvirt job lock busy once"
-
-    def facts_command(self, target: Target) -> Command:
-        return sh("cat {f} 2>/dev/null || echo 0", f=_state(target, "locktries"), sudo=False)
-
-    def parse(self, target: Target, result: CmdResult | None) -> int:
-        return int(result.stdout.strip() or 0) if result else 0
-
-    def plan(self, target: Target, facts: Any | None) -> Plan:
-        if facts and facts >= 2:
-            return Plan(reason="already succeeded")
-        return Plan((sh('f={f}; n=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 )); echo $n > "$f"; '
-                        '[ $n -ge 2 ] || {{ echo "error: Failed to mark domain \'vm1\' as autostarted" >&2; '
-                        'echo "error: Timed out during operation: cannot acquire state change lock '
-                        '(held by monitor=remoteDispatchDomainCreate)" >&2; exit 1; }}',
-                        f=_state(target, "locktries"), sudo=False),), "autostart under a busy lock")
-
-    def verify(self, target: Target, facts: Any) -> list[Check]:
-        return [Check("tries", "2", str(facts), facts == 2)]
+    state = "locktries"
+    succeeds_at = 2
+    failure = ('echo "error: Failed to mark domain vm1 as autostarted" >&2; '
+               'echo "error: Timed out during operation: cannot acquire state change lock '
+               '(held by monitor=remoteDispatchDomainCreate)" >&2; exit 1')
 
 
 class Permanent(Step):
