@@ -150,9 +150,13 @@ class StartFacts:
     guest: tuple[Check, ...] = ()  # SSH and cloud-init, once the domain runs
 
 
-# cloud-init exits non-zero for "error" and "degraded"; the status line is what matters.
-_CLOUD_INIT = ("if command -v cloud-init >/dev/null 2>&1; then cloud-init status 2>&1 || true; "
-               "else echo 'status: not installed'; fi")
+# cloud-init exits non-zero for "error" and "degraded"; the status line is what matters. `timeout`
+# on the guest: our side gives up after _CLOUD_INIT_S, and closing the SSH channel does not stop a
+# command without a terminal, so each slow answer (under TCG, several guests on one CPU: over 30 s
+# for cloud-init's Python to start) used to stay running and slow the next attempt down further.
+_CLOUD_INIT_S = 120
+_CLOUD_INIT = (f"if command -v cloud-init >/dev/null 2>&1; then timeout {_CLOUD_INIT_S - 10} cloud-init status 2>&1 "
+               "|| true; else echo 'status: not installed'; fi")
 
 
 def guest_checks(vm: VM, reached: str | None, status_output: str) -> tuple[Check, ...]:
@@ -218,7 +222,7 @@ class VmsStart(Step):
             # The run's own session to the guest (one connect attempt while it boots): the k3s steps
             # after this one reuse the connection instead of opening another through the jump host.
             probe = session.peer(guest, once=True)
-            out = probe.run(sh(_CLOUD_INIT, timeout=30, why="is cloud-init done")).stdout
+            out = probe.run(sh(_CLOUD_INIT, timeout=_CLOUD_INIT_S, why="is cloud-init done")).stdout
             return StartFacts(live, guest_checks(vm, None, out))
         except (ConnectError, CommandError) as exc:
             return StartFacts(live, guest_checks(vm, str(exc).splitlines()[0], ""))
