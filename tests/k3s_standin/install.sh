@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/busybox sh
 # STAND-IN for the k3s install script (get.k3s.io): airgap, or online from GITHUB_URL. Tests only: NEVER shipped.
 # Runs under busybox sh. Honours the installer's contract closely enough for the product's
 # upload/install/verify code to run against tests/k3s_standin/k3s; see README.md beside it.
