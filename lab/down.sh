@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/.."
 
 if [ -f "$LAB/sshd/sshd.pid" ] && kill -0 "$(cat "$LAB/sshd/sshd.pid")" 2>/dev/null; then
-    .venv/bin/invoke teardown --host=lab --yes --include-data || echo "lab: teardown reported a failure (above); removing the lab anyway"
+    .venv/bin/invoke -f lab/invoke.yaml teardown --host=lab --yes --include-data || echo "lab: teardown reported a failure (above); removing the lab anyway"
 fi
 # Anything the runbook could not reach (a lab half set up): the domains by name, then the files.
 for name in lab-slm-heavy lab-data lab-slm lab-server-tasks; do

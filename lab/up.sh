@@ -2,7 +2,8 @@
 # The local lab that hosts/lab.yaml describes, on this one machine (see README "The lab"):
 #   - libvirtd + virtlogd (lab/services.sh)
 #   - an SSH key, and a local sshd on 127.0.0.1:2200 that plays the hypervisor's SSH endpoint
-#   - the tiny guest (kernel + busybox/dropbear initramfs, lab/build-guest.sh)
+#   - the cloud guest (lab/build-cloud-guest.sh: the Debian kernel, this machine's root over 9p,
+#     Debian's cloud-init applying each VM's seed); it builds the tiny guest it starts from
 #   - a small base qcow2 image and the directories the inventory's disk paths live in
 # Idempotent: what exists is kept. Nothing here is product code; it stands in for a real host.
 set -euo pipefail
@@ -11,7 +12,7 @@ LAB=${LAB_DIR:-/var/lib/numa-k3s-lab}
 here=$(cd "$(dirname "$0")" && pwd)
 
 bash "$here/services.sh"
-bash "$here/build-guest.sh" "$LAB/guest"
+TINY_GUEST_DIR="$LAB/guest" bash "$here/build-cloud-guest.sh" "$LAB/cloud-guest"
 
 mkdir -p "$LAB/ssh" "$LAB/sshd" "$LAB/images" "$LAB/ssd" "$LAB/hdd"
 chmod 700 "$LAB/ssh"
@@ -42,7 +43,7 @@ if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
     for _ in $(seq 1 50); do [ -s "$LAB/sshd/sshd.pid" ] && break; sleep 0.1; done
 fi
 echo "[127.0.0.1]:2200 $(cut -d' ' -f1-2 "$LAB/sshd/ssh_host_ed25519_key.pub")" > "$LAB/ssh/known_hosts.hv"
-# The VMs' keys were recorded on first use (accept-new); the tiny guests make new ones at each
+# The VMs' keys were recorded on first use (accept-new); a VM made anew makes new ones at its first
 # boot, so they are kept only while lab VMs run. The hypervisor's key is always the current one.
 touch "$LAB/ssh/known_hosts"
 if virsh -c qemu:///system list --name 2>/dev/null | grep -q '^lab-'; then
@@ -66,4 +67,4 @@ from tests.harness.k3s_standin import standin_artifacts
 standin_artifacts(Path(sys.argv[1]), sys.argv[2])
 PY
 echo "lab: k3s artifacts in $LAB/k3s-artifacts are the k3s STAND-IN $version (tests/k3s_standin), not real k3s"
-echo "lab: up (hypervisor ssh root@127.0.0.1:2200, key $LAB/ssh/id_ed25519, guest $LAB/guest)"
+echo "lab: up (hypervisor ssh root@127.0.0.1:2200, key $LAB/ssh/id_ed25519, guest $LAB/cloud-guest)"
