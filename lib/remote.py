@@ -367,10 +367,12 @@ class Session:
                 late = result.duration >= cmd.timeout or (dog is not None and dog.fired)
                 raise _Transient(result, timed_out if late else "connection lost")
             self.log(f"{self.endpoint.name}: $ {shown}  -> exit {result.exit_code} in {result.duration:.2f} s")
-            if result.exit_code not in cmd.ok_codes and result.exit_code in transient_codes:
+            if result.exit_code in cmd.ok_codes:
+                return result
+            if result.exit_code in transient_codes:
                 raise _Transient(result, f"exit code {result.exit_code} (transient)")
             mark = next((m for m in transient_marks if m in result.stderr), None)
-            if result.exit_code not in cmd.ok_codes and mark:
+            if mark:
                 raise _Transient(result, f"exit code {result.exit_code}: {mark!r} (transient)")
             return result
 

@@ -3,7 +3,7 @@
 # under QEMU TCG, booting this machine's own root read-only over 9p with a persistent overlay, and
 # systemd as PID 1 (lab/numa-lab/init). See lab/numa-lab/README.md.
 #
-#   lab/numa-lab/up.sh          idempotent: a running lab is left alone (its CPUs are completed)
+#   lab/numa-lab/up.sh          idempotent: a running lab is left alone (its CPUs are checked)
 #
 # Environment: NUMALAB_DIR (state, default /var/lib/numa-k3s-numalab), NUMALAB_CORES (cores per
 # socket, default 18: 72 CPUs; 2 gives an 8-CPU machine for quick trials of this script),
@@ -72,10 +72,13 @@ fi
 total=$((SOCKETS * CORES * 2))
 half=$((SOCKETS * CORES))
 running() { local pid; pid=$(cat "$RUN/qemu.pid" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+still_running() {  # while waiting on the emulated host: stop at once if QEMU is gone
+    running || { echo "numa-lab up: ERROR: QEMU exited; see $RUN/console.log" >&2; tail -n 20 "$RUN/console.log" >&2; exit 1; }
+}
 console_wait() {  # until the lab's init prints this line on the serial console
     for _ in $(seq 1 2400); do
         tr -d '\r' < "$RUN/console.log" 2>/dev/null | grep -qE "numa-lab init: $1\$" && return 0
-        running || { echo "numa-lab up: ERROR: QEMU exited; see $RUN/console.log" >&2; tail -n 20 "$RUN/console.log" >&2; exit 1; }
+        still_running
         sleep 0.5
     done
     echo "numa-lab up: ERROR: no \"numa-lab init: $1\" on the console after 20 min; see $RUN/console.log" >&2
@@ -118,7 +121,7 @@ fi
 
 for _ in $(seq 1 600); do
     ssh_lab true 2>/dev/null && break
-    running || { echo "numa-lab up: ERROR: QEMU exited; see $RUN/console.log" >&2; tail -n 20 "$RUN/console.log" >&2; exit 1; }
+    still_running
     sleep 1
 done
 ssh_lab true || { echo "numa-lab up: ERROR: no SSH on 127.0.0.1:$PORT after 600 s; see $RUN/console.log" >&2; exit 1; }

@@ -27,7 +27,6 @@ import yaml
 from lib.records import read_report, runs_of
 from tests.inventory_helpers import REPO
 
-# pending: written, but no run has passed it end to end yet (see the README, "Pending lab tests").
 pytestmark = pytest.mark.slow
 
 HOST = "numalab"
