@@ -381,6 +381,8 @@ class K3sSettings(Model):
     # mirror), the images tarball of the release comes from there too; without, containerd pulls images.
     install_script_url: Word = "https://get.k3s.io"
     download_url: Word | None = None
+    # Installer and download URLs must be https; true allows a plain-http mirror (named in the plan).
+    allow_http_mirror: bool = False
     # airgap: a local folder with install.sh, k3s and k3s-airgap-images-amd64.tar.zst of that version.
     artifacts_dir: Word | None = None
     api_port: Annotated[int, Field(ge=1, le=65535)] = 6443
@@ -406,6 +408,14 @@ class Host(Model):
     libvirt_uri: Word = "qemu:///system"
     # One run at a time per hypervisor: the lock file on the hypervisor (see lib/lock.py).
     lock_path: AbsPath = "/run/lock/numa-k3s.lock"
+    # A lab host (hosts/lab.yaml, hosts/numalab.yaml): lab-only settings (boot.host_root, user-mode
+    # NICs, kernel/initrd boot) are refused on every other host.
+    lab: bool = False
+    # The only places the tool creates, replaces or deletes images, seed ISOs and data disks: every
+    # such path must lie under one of these once normalised, and by its real path on the host.
+    storage_roots: tuple[AbsPath, ...] = ("/var/lib/libvirt/images", "/srv")
+    # Block devices a VM may be given (vms[].disks[].device): an explicit allow-list, empty by default.
+    block_devices: tuple[AbsPath, ...] = ()
     virt_type: Literal["kvm", "qemu"] = "kvm"
     bridge: IfaceName
     topology: Topology
