@@ -33,6 +33,7 @@ from invoke.tasks import task
 
 from lib.errors import InventoryError, ToolError
 from lib.inventory.load import Inventory, LoadedHost, load_inventory, plan_host
+from lib.sink import Sink
 
 HERE = Path(__file__).resolve().parent
 F = TypeVar("F", bound=Callable[..., Any])
@@ -227,7 +228,7 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
     if plan:  # each step's plan as soon as it is known, with the bodies of the files it writes
         from lib.planview import PlanOutput, plan_summary
 
-        output: Any = PlanOutput(sys.stdout)
+        output: Sink = PlanOutput(sys.stdout)
     else:
         output = Output(io.StringIO(), tty=False) if as_json else Output()
     runs = _run(c, host, book, output, mode=mode, resume_command=resume_command, vm=vm, **opts)
@@ -578,7 +579,7 @@ def _runs_dir(c: Context) -> Path:
     return writable_dir("the runs directory", runs_dir if runs_dir.is_absolute() else HERE / runs_dir)
 
 
-def _run(c: Context, host: str | None, book: Any, output: Any, vm: str | None = None,
+def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None = None,
          runs_dir: Path | None = None, **opts: Any) -> Any:
     """The Engine over the selected hosts with this checkout's runs dir and invoke.yaml's retries."""
     from lib.flags import names
@@ -604,7 +605,7 @@ def _run(c: Context, host: str | None, book: Any, output: Any, vm: str | None = 
 
 
 @contextlib.contextmanager
-def _stopped_by_signals(engine: Any, output: Any) -> Iterator[None]:
+def _stopped_by_signals(engine: Any, output: Sink) -> Iterator[None]:
     """Ctrl-C or SIGTERM: let the commands in flight finish, then stop and record where; again: abandon.
 
     A command cut off halfway could leave a host half-changed; a run that stops between commands is

@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import load_inventory
 from lib.output import Output
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.runbook import Runbook
 from lib.runner import Engine, RunOptions, exit_code
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, Target
+from lib.transport import CmdResult
 
 READS = (Path(__file__).resolve().parent / "reads.txt").read_text().splitlines()
 

@@ -24,7 +24,7 @@ from lib.results import HostRun, StepResult
 from lib.shell import mask
 
 if TYPE_CHECKING:
-    from lib.remote import CmdResult
+    from lib.transport import CmdResult
 
 # XML 1.0 cannot carry most control characters (stderr with ANSI colours has them): ElementTree
 # would write them raw and CI would refuse the whole file.

@@ -1,7 +1,8 @@
 """SSH sessions: the only module that opens SSH connections and runs commands on hosts.
 
-The libvirt client of an endpoint is lib/virtclient.py (a session lends it the endpoint); processes
-on the operator's machine (the seed ISO builder) are lib/local.py, re-exported here.
+A Session is lib/transport.py's Link over SSH. The libvirt client of an endpoint is
+lib/virtclient.py; lib/pool.py pairs the two into the Shell a step gets. Processes on the
+operator's machine (the seed ISO builder) are lib/local.py.
 
 One Fabric Connection per endpoint per run, opened on first use and reused by every step; VMs can
 be reached through their hypervisor's connection as a jump host. Host keys are checked strictly
@@ -25,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -37,68 +38,15 @@ from invoke.exceptions import CommandTimedOut
 from lib.errors import ToolError
 from lib.retry import Policies, Sleep, retrying
 from lib.shell import Command, mask, quote, sh
+from lib.transport import CmdResult, CommandError, ConnectError, Endpoint, Log
+
+# Re-exported: code written before lib/transport.py imports these from here.
+__all__ = ["CmdResult", "CommandError", "ConnectError", "Endpoint", "Log", "Session", "fingerprint"]
 
 # paramiko logs a traceback for every banner timeout while a VM boots; the operator gets our one
 # line per failure instead (ConnectError), so its records go nowhere rather than to stderr.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
-
-Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a target answers SSH: a hypervisor, or a VM (optionally through its hypervisor)."""
-
-    name: str
-    host: str
-    port: int = 22
-    user: str = "root"
-    key_file: str | None = None
-    known_hosts: str | None = None
-    via: Endpoint | None = None
-    accept_new: bool = False  # record an unknown host key on first use; a changed key is still refused
-    # How the operator opts in to accept-new for this endpoint, named in the refusal of an unknown key.
-    host_key_opt_in: str = "ssh.host_key: accept-new in hosts/<name>.yaml"
-
-    def __str__(self) -> str:
-        hop = f" via {self.via.name}" if self.via else ""
-        return f"{self.user}@{self.host}:{self.port}{hop}"
-
-
-@dataclass(frozen=True)
-class CmdResult:
-    command: str  # as shown: secrets masked
-    exit_code: int
-    stdout: str
-    stderr: str
-    duration: float
-    attempts: int = 1
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-
-class ConnectError(ToolError):
-    exit_code = 4
-
-    def __init__(self, endpoint: Endpoint, reason: str, attempts: int) -> None:
-        self.endpoint, self.reason, self.attempts = endpoint, reason, attempts
-        super().__init__(f"cannot connect to {endpoint} ({endpoint.name}) after {attempts} attempt(s): {reason}")
-
-
-class CommandError(ToolError):
-    """A command failed for good (after the transient policy gave up, or at once if permanent)."""
-
-    exit_code = 4
-
-    def __init__(self, target: str, result: CmdResult, reason: str = "") -> None:
-        self.target, self.result = target, result
-        tail = "\n".join(result.stderr.strip().splitlines()[-10:]) or "(empty)"
-        why = reason or f"exit code {result.exit_code}"
-        super().__init__(f"{target}: command failed ({why}) after {result.attempts} attempt(s): {result.command}\n"
-                         f"stderr: {tail}")
 
 
 class _FastRemote(Remote):  # type: ignore[misc]
@@ -200,25 +148,15 @@ class Session:
         self.commands_run = 0
         self.connects = 0
         self._conn: Any = None
-        from lib.virtclient import LibvirtClient  # it imports this module's errors
-
-        self._virt_client = LibvirtClient(endpoint, policies, sleep, self.log)
+        # A read-only run sets this: once the host did not answer after every ssh_connect attempt,
+        # later steps get the same error at once instead of waiting again.
+        self.remember_failure = False
         # Called after a lost connection is re-established (the runner re-points its host lock).
         self.on_reconnect: Callable[[Session], None] | None = None
         self._lock = threading.Lock()  # a session may be shared as a gateway by parallel VM targets
         # Fabric caches one SFTP client per connection and paramiko's SFTP client is not thread-safe:
         # parallel VM targets uploading through the same hypervisor session hung without this lock.
         self._sftp_lock = threading.Lock()
-
-    @property
-    def remember_failure(self) -> bool:
-        """A read-only run sets this: once the host (or its libvirt) did not answer after every
-        ssh_connect attempt, later steps get the same error at once instead of waiting again."""
-        return self._virt_client.remember_failure
-
-    @remember_failure.setter
-    def remember_failure(self, value: bool) -> None:
-        self._virt_client.remember_failure = value
 
     # -- connection -------------------------------------------------------------------------
     def _new_connection(self) -> Any:
@@ -303,24 +241,6 @@ class Session:
                 with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                     self._conn.close()
                 self._conn = None
-        self._virt_client.close()
-
-    def peer(self, endpoint: Endpoint, *, once: bool = False) -> Session:
-        """Another target's session, for a step that must also ask another machine (an agent asks the
-        server, vms.start probes its guest). The runner lends each target's step this (lib/runner.py),
-        one session per endpoint per run, so later steps reuse the connection; a bare session has none.
-        once: if not connected yet, connect now with one attempt (see connection())."""
-        raise ConnectError(endpoint, f"no run lends {self.endpoint.name}'s session its peers", 0)
-
-    # -- libvirt (the client lives in lib/virtclient.py; a session only lends it its endpoint) ---
-    def libvirt(self, local_uri: str) -> Any:
-        """A libvirt connection to this endpoint's daemon, opened once, over SSH (libvirt_uri())."""
-        return self._virt_client.connect(local_uri)
-
-    def live_domain(self, local_uri: str, name: str) -> dict[str, Any] | None:
-        """Live state of one domain as libvirt's API reports it (None: not defined)."""
-        self.commands_run += 1
-        return self._virt_client.live_domain(local_uri, name)
 
     # -- commands ---------------------------------------------------------------------------
     def _wire(self, cmd: Command, reveal: bool) -> str:
@@ -553,35 +473,3 @@ def _connect_reason(exc: BaseException, ep: Endpoint, timeout: float) -> str:
         return (f"no SSH handshake from {ep.host}:{ep.port} within {timeout:g} s: the port accepts connections "
                 "but sshd does not answer (hung or overloaded)")
     return str(exc) or type(exc).__name__
-
-
-@dataclass
-class SessionPool:
-    """One Session per endpoint per run; VM sessions ride on their hypervisor's session."""
-
-    policies: Policies
-    sleep: Sleep = time.sleep
-    log: Log | None = None
-    remember_failure: bool = False  # see Session.remember_failure
-    sessions: dict[str, Session] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def get(self, endpoint: Endpoint) -> Session:
-        with self._lock:
-            return self._get(endpoint)
-
-    def _get(self, endpoint: Endpoint) -> Session:
-        key = f"{endpoint.name}@{endpoint}"
-        if key not in self.sessions:
-            gateway = self._get(endpoint.via) if endpoint.via else None
-            session = Session(endpoint, self.policies, sleep=self.sleep, log=self.log, gateway=gateway)
-            session.remember_failure = self.remember_failure
-            self.sessions[key] = session
-        return self.sessions[key]
-
-    def close_all(self) -> None:
-        # VMs first: their connections ride on the hypervisor's, which must outlive them.
-        for session in reversed(list(self.sessions.values())):
-            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):  # the peer is already gone
-                session.close()
-

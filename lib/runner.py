@@ -25,21 +25,23 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from lib import lock
 from lib.errors import ToolError
 from lib.inventory.load import LoadedHost
 from lib.output import Output
+from lib.pool import ssh_pool
 from lib.records import RunRecords, new_run_id, read_journal, runs_of
-from lib.remote import CmdResult, CommandError, ConnectError, Endpoint, Session, SessionPool
 from lib.results import Check, HostRun, Status, StepResult
 from lib.retry import Policies, Sleep, retrying
 from lib.runbook import Runbook, RunbookError, select
 from lib.shell import Command
+from lib.sink import Sink
 from lib.steps.base import Await, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.steps.preflight import sudo_refusal
 from lib.targets import hypervisor_endpoint, targets_for
+from lib.transport import CmdResult, CommandError, ConnectError, Endpoint, Log, Pool, RawDomain, Shell
 
 Mode = Literal["apply", "plan", "offline", "verify"]
 
@@ -57,6 +59,11 @@ class RunOptions:
     sleep: Sleep = time.sleep
     # How the operator runs this again from where it stopped, given the host name.
     resume_command: Callable[[str], str] = lambda host: f"invoke provision --host={host} --resume"
+
+
+# Makes the shells of one host's run: (policies, sleep, log, remember_failure) -> Pool. The real one
+# is lib/pool.py's ssh_pool; tests/harness/fakeshell.py's answers from a script, in-process.
+PoolFactory = Callable[[Policies, Sleep, Log, bool], Pool]
 
 
 class Interrupted(ToolError):
@@ -110,7 +117,7 @@ class _HostRun:
 
     loaded: LoadedHost
     run_id: str
-    pool: SessionPool
+    pool: Pool
     records: RunRecords
     flags: dict[str, Any]
     carried: dict[str, str] = field(default_factory=dict)  # --resume: step -> the run it verified in
@@ -120,38 +127,43 @@ class _HostRun:
 
 
 class _Recorded:
-    """A target's view of a session: every command's answer is kept as raw evidence for its step.
+    """A target's view of its shell (a Shell itself): every command's answer is kept as raw evidence
+    for its step, and a shared read is asked once per step (Answers).
 
-    Sessions are shared (VM targets ride on the hypervisor's), so the recording is per target and
-    step, not per session; everything else is the session's own.
+    Shells are shared (VM targets ride on the hypervisor's), so the recording is per target and
+    step, not per shell; everything else is the shell's own.
     """
 
-    def __init__(self, session: Session, keep: Callable[[CmdResult], None], pool: SessionPool,
-                 endpoint: Endpoint, step: str, answers: Answers) -> None:
-        self._session, self._keep, self._pool = session, keep, pool
+    def __init__(self, shell: Shell, keep: Callable[[CmdResult], None], endpoint: Endpoint, step: str,
+                 answers: Answers) -> None:
+        self._shell, self._keep = shell, keep
         self._endpoint, self._step, self._answers = endpoint, step, answers
 
-    def peer(self, endpoint: Endpoint, *, once: bool = False) -> Session:
-        """Another target's session, lent by the run: its answers are kept as this step's evidence."""
-        session = self._pool.get(endpoint)
-        if once:
-            session.connection(once=True)
-        return cast(Session, _Recorded(session, self._keep, self._pool, endpoint, self._step, self._answers))
+    def peer(self, endpoint: Endpoint, *, once: bool = False) -> Shell:
+        """Another target's shell, lent by the run: its answers are kept as this step's evidence."""
+        return _Recorded(self._shell.peer(endpoint, once=once), self._keep, endpoint, self._step, self._answers)
 
     def run(self, cmd: Command) -> CmdResult:
         try:
             if cmd.shared:
-                result = self._answers.get((self._step, self._endpoint, cmd.real), lambda: self._session.run(cmd))
+                result = self._answers.get((self._step, self._endpoint, cmd.real), lambda: self._shell.run(cmd))
             else:
-                result = self._session.run(cmd)
+                result = self._shell.run(cmd)
         except CommandError as exc:
             self._keep(exc.result)
             raise
         self._keep(result)
         return result
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
+    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600, *, owner: str = "root",
+            group: str = "root") -> None:
+        self._shell.put(data, remote_path, mode, owner=owner, group=group)
+
+    def get(self, remote_path: str) -> bytes:
+        return self._shell.get(remote_path)
+
+    def live_domain(self, local_uri: str, name: str) -> RawDomain | None:
+        return self._shell.live_domain(local_uri, name)
 
 
 class _TargetRun:
@@ -175,18 +187,19 @@ class _TargetRun:
         return self.result("changed" if plan.actions else "ok", reason=plan.reason,
                            planned=_planned(plan.actions, self.target.name), warnings=plan.warnings)
 
-    def session(self) -> Session:
-        """The target's session, recording each command's raw answer under the run's evidence."""
-        session = self.host.pool.get(self.target.endpoint)
+    def session(self) -> Shell:
+        """The target's shell, recording each command's raw answer under the run's evidence."""
+        shell = self.host.pool.shell(self.target.endpoint)
         keep = self.host.records.evidence_writer(self.step.name, self.target.name)
-        return cast(Session, _Recorded(session, keep, self.host.pool, self.target.endpoint, self.step.name,
-                                       self.host.answers))
+        return _Recorded(shell, keep, self.target.endpoint, self.step.name, self.host.answers)
 
 
 class Engine:
-    def __init__(self, runbook: Runbook, options: RunOptions, output: Output | None = None) -> None:
+    def __init__(self, runbook: Runbook, options: RunOptions, output: Sink | None = None,
+                 pools: PoolFactory = ssh_pool) -> None:
         self.runbook, self.options = runbook, options
-        self.output = output or Output()
+        self.output: Sink = output or Output()
+        self.pools = pools
         self.stop = threading.Event()  # set by interrupt(): every host stops before its next command
 
     def interrupt(self) -> None:
@@ -232,14 +245,14 @@ class Engine:
         (records.dir / "run.json").write_text(json.dumps(
             {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode,
              "vm_filter": list(opts.flags.get("vms") or ())}))  # --vm: which VMs this run was limited to
-        pool = SessionPool(opts.policies, self._sleep, records.log, remember_failure=self.read_only)
+        pool = self.pools(opts.policies, self._sleep, records.log, self.read_only)
         ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode})
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
             self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
-                ctx.locked = self._take_lock(pool.get(hypervisor_endpoint(loaded)), loaded, run_id)
+                ctx.locked = self._take_lock(pool, hypervisor_endpoint(loaded), loaded, run_id)
             for step in chosen:
                 ctx.flags.update(step.host_options(loaded, opts.mode))
             self._run_steps(ctx, run, chosen, left_out)
@@ -273,7 +286,7 @@ class Engine:
     def _finish(self, ctx: _HostRun, run: HostRun) -> None:
         if ctx.locked:
             try:
-                ctx.pool.get(hypervisor_endpoint(ctx.loaded)).run(lock.release(ctx.loaded.host.lock_path, ctx.run_id))
+                ctx.pool.shell(hypervisor_endpoint(ctx.loaded)).run(lock.release(ctx.loaded.host.lock_path, ctx.run_id))
             except Exception as exc:
                 ctx.records.log(f"could not release the lock: {describe(exc)}")
         ctx.pool.close_all()
@@ -350,8 +363,9 @@ class Engine:
         raise RunbookError(f"{host}: no earlier run of {self.runbook.name} in {self.options.runs_dir} to resume; "
                            "run without --resume")
 
-    def _take_lock(self, session: Session, loaded: LoadedHost, run_id: str) -> bool:
+    def _take_lock(self, pool: Pool, endpoint: Endpoint, loaded: LoadedHost, run_id: str) -> bool:
         path = loaded.host.lock_path
+        session = pool.shell(endpoint)
         state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
         if state.state == "stale":
             # Its holder's SSH session is gone, so that run is gone too (a run that reconnects points
@@ -365,13 +379,13 @@ class Engine:
             raise lock.LockHeld(f"{loaded.name}: another run holds the host lock {path}: {state.describe()}; "
                                 "nothing was done: wait for it to finish")
 
-        def keep(again: Session) -> None:
-            lost = lock.refreshed(again.run(lock.refresh(path, run_id)).stdout)
+        def keep() -> None:
+            lost = lock.refreshed(session.run(lock.refresh(path, run_id)).stdout)
             if lost is not None:
                 raise lock.LockHeld(f"{loaded.name}: lost the host lock {path} while reconnecting; it is now held "
                                     f"by {lost.describe() if lost.holder else 'nobody'}; stopped")
 
-        session.on_reconnect = keep
+        pool.on_reconnect(endpoint, keep)
         return True
 
     # -- one step on its targets -------------------------------------------------------------
@@ -444,7 +458,7 @@ class Engine:
         result = self._verdict(job, checks, changed=bool(plan.actions))
         return result if result.status == "failed" else replace(result, reason=plan.reason, warnings=plan.warnings)
 
-    def _fresh_checks(self, step: Step, target: Target, session: Session, facts: Any, answers: Answers, *,
+    def _fresh_checks(self, step: Step, target: Target, session: Shell, facts: Any, answers: Answers, *,
                       changed: bool) -> list[Check]:
         # Fresh facts after a change; with nothing applied the facts just read are fresh, and a
         # convergence step only waits when they do not already hold.
@@ -453,7 +467,7 @@ class Engine:
             return self._converge(step, target, session, answers)
         return step.verify(target, step.gather(target, session)) if changed else checks
 
-    def _do(self, actions: tuple[Any, ...], session: Session, commands: list[str], target: Target,
+    def _do(self, actions: tuple[Any, ...], session: Shell, commands: list[str], target: Target,
             answers: Answers) -> None:
         for action in actions:
             self._check_stop()
@@ -482,7 +496,7 @@ class Engine:
                               f"{len(bad)} of {len(checks)} checks differ from the spec", checks=tuple(checks))
         return job.result("changed" if changed else "ok", checks=tuple(checks))
 
-    def _converge(self, step: Step, target: Target, session: Session, answers: Answers) -> list[Check]:
+    def _converge(self, step: Step, target: Target, session: Shell, answers: Answers) -> list[Check]:
         last: list[Check] = []
 
         def attempt() -> list[Check]:

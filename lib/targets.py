@@ -7,8 +7,8 @@ from typing import Any
 from lib.errors import ToolError
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM
-from lib.remote import Endpoint
 from lib.steps.base import Step, Target
+from lib.transport import Endpoint
 
 
 class TargetError(ToolError):

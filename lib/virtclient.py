@@ -1,7 +1,7 @@
 """The libvirt client of one endpoint: its daemon reached over SSH with the inventory's key and
 known_hosts, opened once per run, and the one API read the steps need (a domain's live state).
 
-Separate from the SSH command session (lib/remote.py), which only lends it the endpoint.
+Separate from the SSH command session (lib/remote.py); lib/pool.py pairs the two per endpoint.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lib.remote import CmdResult, CommandError, ConnectError, Endpoint
 from lib.retry import Policies, Sleep, retrying
+from lib.transport import CmdResult, CommandError, ConnectError, Endpoint, RawDomain
 
 
 class LibvirtClient:
     def __init__(self, endpoint: Endpoint, policies: Policies, sleep: Sleep, log: Callable[[str], None]) -> None:
         self.endpoint, self.policies, self.sleep, self.log = endpoint, policies, sleep, log
-        self.remember_failure = False  # see Session.remember_failure
+        self.remember_failure = False  # as Session.remember_failure: a daemon that did not answer stays failed
         self._conn: Any = None
         self._gave_up: ConnectError | None = None
         self._lock = threading.Lock()
@@ -43,7 +43,7 @@ class LibvirtClient:
             self.log(f"{self.endpoint.name}: libvirt connected ({uri})")
             return self._conn
 
-    def live_domain(self, local_uri: str, name: str) -> dict[str, Any] | None:
+    def live_domain(self, local_uri: str, name: str) -> RawDomain | None:
         """Live state of one domain as libvirt's API reports it (None: not defined).
 
         The raw values go to lib/domain.py's pure live_domain() for checking.
@@ -59,7 +59,7 @@ class LibvirtClient:
             raise CommandError(self.endpoint.name,
                                CmdResult(f"virDomainLookupByName({name})", 1, "", str(exc), 0.0)) from None
         state, _reason = dom.state()
-        raw: dict[str, Any] = {"state": state, "autostart": bool(dom.autostart())}
+        raw: RawDomain = {"state": state, "autostart": bool(dom.autostart())}
         if state == libvirt.VIR_DOMAIN_RUNNING:
             live = libvirt.VIR_DOMAIN_AFFECT_LIVE
             raw.update(vcpu_pins=dom.vcpuPinInfo(live), emulator_pin=dom.emulatorPinInfo(live),

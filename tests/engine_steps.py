@@ -10,10 +10,10 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, Secret, sh
 from lib.steps.base import Plan, Step, Target
+from lib.transport import CmdResult
 
 
 def _state(target: Target, name: str) -> str:

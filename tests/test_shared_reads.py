@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.remote import CmdResult, Endpoint
 from lib.runner import Answers
+from lib.transport import CmdResult, Endpoint
 from tests.engine_steps import REGISTRY
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm

@@ -1,10 +1,12 @@
 """The step contract (DESIGN.md): facts in one batched read, a pure plan, apply, verify with fresh facts.
 
-A step is a class with pure methods; the runner does all the I/O through a Session:
+A step is a class with pure methods; the runner does all the I/O through the target's Shell
+(lib/transport.py):
 
-    facts  = step.gather(target, session)     default: one Command from facts_command(), parsed by parse()
+    facts  = step.gather(target, shell)       default: one Command from facts_command(), parsed by parse()
     plan   = step.plan(target, facts)         PURE; facts is None in offline plan mode
-    apply  = session.run(cmd) for cmd in plan.commands  (or session.put for an Upload)
+    apply  = each of plan.actions: shell.run(cmd), shell.put for an Upload, the peer's shell for an
+             OnPeer, the converge policy for an Await
     checks = step.verify(target, fresh facts) PURE; every Check is evidence in the report
 """
 
@@ -23,7 +25,7 @@ from lib.shell import Command, FileBody
 if TYPE_CHECKING:
     from lib.inventory.load import LoadedHost
     from lib.inventory.model import VM
-    from lib.remote import CmdResult, Endpoint, Session
+    from lib.transport import CmdResult, Endpoint, Shell
 
 # hypervisor: the host itself. vms: one target per VM, commands on the hypervisor (virsh, qemu-img).
 # guests / server / agents: inside the VMs (all, the k3s server(s), the k3s agents), over their own SSH.
@@ -145,7 +147,7 @@ class Step(ABC):
         """Pure: command output -> typed facts."""
         return result
 
-    def gather(self, target: Target, session: Session) -> Any:
+    def gather(self, target: Target, session: Shell) -> Any:
         cmd = self.facts_command(target)
         result = session.run(cmd) if cmd else None
         try:

@@ -17,11 +17,11 @@ from lib.facts.perf import PerfFacts, joined, parse_perf_facts, perf_facts_comma
 from lib.inventory.model import Host
 from lib.inventory.rules import inventory_threads
 from lib.pinplan import LAYOUTS, layout_threads
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command
 from lib.steps.base import Plan, Step, Target
 from lib.steps.hostperf import bios_perf_checks
+from lib.transport import CmdResult
 
 # The kernel keeps some of each node's memory (firmware, kernel image, page tables): a node reports
 # a few percent under what is installed. Less than this share of the inventory's figure is a mismatch.

@@ -16,10 +16,10 @@ from lib.cloudinit import seed_files
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
 from lib.local import build_seed_iso, read_seed_iso
-from lib.remote import Session
 from lib.results import Check
 from lib.shell import Command, FileBody, sh
 from lib.steps.base import Plan, Step, Target, Upload
+from lib.transport import Shell
 
 # The primary volume descriptor starts at sector 16 (byte 32768); its volume identifier is at +40.
 _VOLUME_ID = "dd if={p} bs=1 skip=32808 count=32 2>/dev/null"
@@ -101,7 +101,7 @@ class CloudinitBuild(Step):
     summary = "NoCloud seed ISO per VM: users + keys, hostname, network, data VM disks and /data layout"
     targets = "vms"
 
-    def gather(self, target: Target, session: Session) -> SeedFacts:
+    def gather(self, target: Target, session: Shell) -> SeedFacts:
         assert target.vm is not None
         iso = build_seed_iso(seed_files(target.vm))
         uri = target.loaded.host.libvirt_uri

@@ -14,10 +14,10 @@ from typing import Any
 
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
+from lib.transport import CmdResult
 
 GIB = 1024**3
 

@@ -21,11 +21,11 @@ from lib.cpuset import format_cpulist
 from lib.facts.read import cat_if_present
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import Host
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, FileBody, root_prefix, sh
 from lib.steps.base import Await, Plan, Step, StepMismatch, Target
 from lib.steps.confine import vcpu_cpus
+from lib.transport import CmdResult
 
 DROPIN = "/etc/default/grub.d/90-numa-k3s.cfg"
 UPDATE_GRUB = "/usr/sbin/update-grub"

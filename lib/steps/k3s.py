@@ -16,11 +16,11 @@ from lib.errors import ToolError
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM, Host
-from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
 from lib.shell import MASK, Command, FileBody, Secret, seq, sh
 from lib.steps.base import Action, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.token import cluster_token
+from lib.transport import CmdResult, CommandError, ConnectError, Shell
 
 
 class ArtifactsError(ToolError):
@@ -241,7 +241,7 @@ class K3sAgents(_K3sNode):
     targets = "agents"
     service = "k3s-agent"
 
-    def gather(self, target: Target, session: Session) -> NodeFacts:
+    def gather(self, target: Target, session: Shell) -> NodeFacts:
         facts = self.parse(target, session.run(self.facts_command(target)))
         if target.peer is None:
             return facts

@@ -19,11 +19,11 @@ from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM, Host
 from lib.monitor import parse as mp
 from lib.monitor.prom import VmNumbers
-from lib.remote import CmdResult, Session
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh
 from lib.steps import confine
 from lib.steps.base import Plan, Step, Target
+from lib.transport import CmdResult, Shell
 
 DEFAULT_INTERVAL = 1.0
 # ps reports %CPU over a thread's life; an idle kernel or daemon thread that last ran on a pinned
@@ -153,7 +153,7 @@ class _VmObservation(Step):
     def interval(self, target: Target) -> float:
         return float(target.options.get("interval") or DEFAULT_INTERVAL)
 
-    def gather(self, target: Target, session: Session) -> VmSample:
+    def gather(self, target: Target, session: Shell) -> VmSample:
         assert target.vm is not None
         live = live_domain(session.live_domain(target.loaded.host.libvirt_uri, target.vm.name))
         mode = live.numa_mode if live else ""
@@ -391,7 +391,7 @@ class Doctor(Step):
     summary = "read-only: the spec's troubleshooting table (cross-NUMA, emulator, vCPU delays) as findings"
     targets = "hypervisor"
 
-    def gather(self, target: Target, session: Session) -> DoctorFacts:
+    def gather(self, target: Target, session: Shell) -> DoctorFacts:
         host = target.loaded.host
         interval = float(target.options.get("interval") or DEFAULT_INTERVAL)
         samples = {}

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lib.inventory.load import LoadedHost
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, Target
+from lib.transport import CmdResult
 
 # tool -> the Debian package that provides it: what the hypervisor's steps run.
 HYPERVISOR_TOOLS = {

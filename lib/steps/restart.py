@@ -25,7 +25,6 @@ from lib.daytwo import NodeState
 from lib.domain import domain_checks
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
-from lib.remote import CommandError, ConnectError, Session
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Action, Await, OnPeer, Plan, Step, StepMismatch, Target
@@ -38,6 +37,7 @@ from lib.steps.virt import (
     install_argv,
     parse_domain_facts,
 )
+from lib.transport import CommandError, ConnectError, Shell
 from lib.vmperf import DomainTuning, domain_tuning
 
 
@@ -54,10 +54,10 @@ def _nodes_command() -> Any:
                       why="nodes: cordoned, drained by us, Ready"), shared=True)
 
 
-def read_nodes(target: Target, session: Session) -> tuple[dict[str, NodeState] | None, str]:
+def read_nodes(target: Target, session: Shell) -> tuple[dict[str, NodeState] | None, str]:
     if target.vm is None or target.vm.k8s is None or target.peer is None:
         return None, "no k3s server in the inventory"
-    try:  # the server's session, lent by the run (Session.peer)
+    try:  # the server's session, lent by the run (Shell.peer)
         out = split_sections(session.peer(target.peer).run(_nodes_command()).stdout).get("nodes", "")
     except (CommandError, ConnectError) as exc:
         return None, str(exc).splitlines()[0]
@@ -88,7 +88,7 @@ class _Back(Step):
     targets = "vms"
     converge = True
 
-    def gather(self, target: Target, session: Session) -> tuple[DomainFacts, StartFacts]:
+    def gather(self, target: Target, session: Shell) -> tuple[DomainFacts, StartFacts]:
         assert target.vm is not None
         define = parse_domain_facts(session.run(domain_facts_command(target.vm, target.loaded.host.libvirt_uri)).stdout)
         return define, VmsStart().gather(target, session)
@@ -114,7 +114,7 @@ class _Restart(Step):
     def _mine(self, vm: VM) -> bool:
         return (vm.k8s is not None and vm.k8s.role == "server") == self.server
 
-    def gather(self, target: Target, session: Session) -> RestartFacts:
+    def gather(self, target: Target, session: Shell) -> RestartFacts:
         assert target.vm is not None
         vm, host = target.vm, target.loaded.host
         define = parse_domain_facts(session.run(domain_facts_command(vm, host.libvirt_uri)).stdout)

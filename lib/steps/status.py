@@ -10,11 +10,11 @@ from __future__ import annotations
 from lib import k3s
 from lib.domain import LiveDomain, live_checks, live_domain
 from lib.facts.sysfs import split_sections
-from lib.remote import CmdResult, Session
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, Target
 from lib.steps.k3s import nodes_section, parse_nodes_output, ready_and_taints
+from lib.transport import CmdResult, Shell
 
 
 class StatusVms(Step):
@@ -22,7 +22,7 @@ class StatusVms(Step):
     summary = "each VM's live state, vCPU/emulator pins and memory binding (libvirt API; read-only)"
     targets = "vms"
 
-    def gather(self, target: Target, session: Session) -> LiveDomain | None:
+    def gather(self, target: Target, session: Shell) -> LiveDomain | None:
         assert target.vm is not None
         return live_domain(session.live_domain(target.loaded.host.libvirt_uri, target.vm.name))
 

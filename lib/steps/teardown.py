@@ -13,10 +13,10 @@ from typing import Any
 from lib.facts import libvirt as libvirt_facts
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, Value, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
+from lib.transport import CmdResult
 
 
 def _domstate(vm: VM, uri: str) -> Command:

@@ -16,11 +16,11 @@ from lib.facts.perf import PerfFacts, joined, parse_perf_facts, perf_facts_comma
 from lib.facts.read import cat_if_present
 from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, split_sections
 from lib.inventory.model import Host
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, FileBody, root_prefix, sh
 from lib.steps import confine, hostperf
 from lib.steps.base import Plan, Step, Target
+from lib.transport import CmdResult
 
 GOVERNORS = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor"
 NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"

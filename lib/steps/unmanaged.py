@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from lib.cpuset import format_cpulist
 from lib.domain import DomainSpec, parse_domain_xml
 from lib.inventory.model import Host
-from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
 from lib.steps.virt import owner_mark
+from lib.transport import CmdResult
 
 _MARK = "@@numa-k3s-domain@@"
 

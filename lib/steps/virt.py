@@ -25,10 +25,10 @@ from lib.domain import (
 from lib.facts import libvirt as libvirt_facts
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM, Host
-from lib.remote import CmdResult, CommandError, ConnectError, Session
 from lib.results import Check
 from lib.shell import Command, Value, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
+from lib.transport import CmdResult, CommandError, ConnectError, Shell
 from lib.vmperf import DomainTuning, domain_tuning
 
 
@@ -201,7 +201,7 @@ class VmsStart(Step):
     targets = "vms"
     converge = True
 
-    def gather(self, target: Target, session: Session) -> StartFacts:
+    def gather(self, target: Target, session: Shell) -> StartFacts:
         assert target.vm is not None
         vm = target.vm
         live = live_domain(session.live_domain(target.loaded.host.libvirt_uri, vm.name))

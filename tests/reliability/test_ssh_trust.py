@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from lib.remote import ConnectError, Endpoint, Session, fingerprint
 from lib.retry import Policies, Policy
 from lib.runner import failure_text
 from lib.shell import sh
+from lib.virtclient import LibvirtClient
 from tests.engine_steps import REGISTRY
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm, SshHost, count_auths
@@ -32,6 +34,11 @@ def host(sshd_farm: SshdFarm, tmp_path: Path) -> Iterator[SshHost]:
     h = sshd_farm.start(f"trust-{tmp_path.name[-12:]}")
     yield h
     sshd_farm.stop(h.name)
+
+
+def libvirt_client(endpoint: Endpoint) -> LibvirtClient:
+    """An endpoint's libvirt client, as a run's pool (lib/pool.py) makes it beside its session."""
+    return LibvirtClient(endpoint, ONCE, time.sleep, lambda line: None)
 
 
 def endpoint(host: SshHost, known: Path, *, accept_new: bool = False) -> Endpoint:
@@ -159,15 +166,15 @@ def test_libvirt_over_ssh_refuses_an_unknown_key_and_accept_new_records_it(host:
     _libvirt_or_skip()
     known = tmp_path / "known_hosts"
     known.write_text("")
-    strict = Session(endpoint(host, known), ONCE)
+    strict = libvirt_client(endpoint(host, known))
     with pytest.raises(ConnectError) as err:
-        strict.libvirt("qemu:///system")
+        strict.connect("qemu:///system")
     assert "libvirt at qemu+libssh://" in str(err.value)
     assert known.read_text() == ""
     assert count_auths(host) == 0
-    opted = Session(endpoint(host, known, accept_new=True), ONCE)
+    opted = libvirt_client(endpoint(host, known, accept_new=True))
     try:
-        assert opted.libvirt("qemu:///system").getVersion() > 0
+        assert opted.connect("qemu:///system").getVersion() > 0
     finally:
         opted.close()
     assert f"[127.0.0.1]:{host.port} " in known.read_text()
@@ -184,6 +191,6 @@ def test_libvirt_over_ssh_refuses_a_changed_key_even_with_accept_new(sshd_farm: 
     before = known.read_text()
     for accept_new in (False, True):
         with pytest.raises(ConnectError):
-            Session(endpoint(rekeyed, known, accept_new=accept_new), ONCE).libvirt("qemu:///system")
+            libvirt_client(endpoint(rekeyed, known, accept_new=accept_new)).connect("qemu:///system")
     assert known.read_text() == before
     assert count_auths(rekeyed) == 0
