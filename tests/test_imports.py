@@ -1,0 +1,41 @@
+"""lib/ imports flow one way: no cycle, read from the AST by tools/imports.py (which prints the layers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tools.imports import cycle, graph, layers
+
+
+def test_lib_has_no_import_cycle() -> None:
+    edges = graph()
+    assert "lib.runner" in edges and "lib.transport" in edges["lib.runner"]  # the graph is really read
+    assert cycle(edges) == [], " -> ".join(cycle(edges))
+
+
+def test_the_cycle_finder_finds_a_hidden_circle(tmp_path: Path) -> None:
+    """A function-level import still counts: hiding an import does not remove the dependency."""
+    pkg = tmp_path / "lib"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from lib.b import x\n")
+    (pkg / "b.py").write_text("def x() -> None:\n    from lib import a\n")
+    (pkg / "c.py").write_text("import lib.a\n")
+    edges = graph("lib", tmp_path)
+    assert cycle(edges) == ["lib.a", "lib.b", "lib.a"]
+    edges["lib.b"].clear()
+    assert cycle(edges) == []
+    assert layers(edges) == {"lib": 0, "lib.b": 0, "lib.a": 1, "lib.c": 2}
+
+
+def test_the_transport_vocabulary_loads_no_ssh_stack() -> None:
+    """Steps and the engine's vocabulary come from lib/transport.py, which never reaches paramiko."""
+    edges = graph()
+    reach, todo = set(), ["lib.transport"]
+    while todo:
+        module = todo.pop()
+        if module not in reach:
+            reach.add(module)
+            todo += edges[module]
+    assert "lib.remote" not in reach and "lib.pool" not in reach
+    assert "lib.remote" not in edges["lib.steps.base"]
