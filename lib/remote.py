@@ -156,7 +156,8 @@ class Session:
         self._lock = threading.Lock()  # a session may be shared as a gateway by parallel VM targets
         # Fabric caches one SFTP client per connection and paramiko's SFTP client is not thread-safe:
         # parallel VM targets uploading through the same hypervisor session hung without this lock.
-        self._sftp_lock = threading.Lock()
+        self.sftp_lock = threading.Lock()
+        self._files = _Files(self)
 
     # -- connection -------------------------------------------------------------------------
     def _new_connection(self) -> Any:
@@ -310,6 +311,25 @@ class Session:
 
     def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600, *, owner: str = "root",
             group: str = "root") -> None:
+        """Write data to a remote file, its mode set before any content lands (see _Files.put)."""
+        self._files.put(data, remote_path, mode, owner=owner, group=group)
+
+    def get(self, remote_path: str) -> bytes:
+        """Read a remote file over SFTP; a dropped connection is retried under the transient policy."""
+        return self._files.get(remote_path)
+
+
+class _Files:
+    """A session's files over SFTP: uploads moved into place atomically, downloads; both retried
+    when the connection drops, as a command is."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.endpoint, self.policies, self.sleep = session.endpoint, session.policies, session.sleep
+        self.log = session.log
+
+    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600, *, owner: str = "root",
+            group: str = "root") -> None:
         """Write data to a remote file, its mode set before any content lands (secrets stay private).
 
         The bytes go to a private temp file over SFTP (as the SSH user), then one command (under sudo
@@ -332,7 +352,7 @@ class Session:
             tmp = f"/tmp/.numa-k3s-upload-{os.getpid()}-{time.monotonic_ns()}"
             left.append(tmp)
             self._transfer(lambda sftp: _write(sftp, tmp, data, mode), f"upload to {remote_path}", attempts)
-            self.run(_move_into_place(tmp, remote_path, mode, owner, group))
+            self.session.run(_move_into_place(tmp, remote_path, mode, owner, group))
             left.remove(tmp)
 
         def note(state: Any) -> None:
@@ -366,10 +386,10 @@ class Session:
     def _transfer(self, work: Callable[[Any], object], what: str, attempts: int) -> None:
         """One SFTP exchange: a lost connection is _Transient (retried); any other failure is final."""
         start = time.monotonic()
-        conn = self.connection()
-        self.commands_run += 1
+        conn = self.session.connection()
+        self.session.commands_run += 1
         try:
-            with self._sftp_lock:
+            with self.session.sftp_lock:
                 work(self._sftp(conn))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             dead = conn.transport is None or not conn.transport.is_active()
@@ -377,7 +397,7 @@ class Session:
             reason = mask(str(exc)) or type(exc).__name__
             result = CmdResult(f"sftp {what}", -1, "", reason, time.monotonic() - start, attempts)
             if lost:
-                self.close()  # the next attempt reconnects
+                self.session.close()  # the next attempt reconnects
                 raise _Transient(result, f"connection lost during the {what}: {reason}") from None
             raise CommandError(self.endpoint.name, result, f"{what} failed: {reason}") from None
 
@@ -386,7 +406,8 @@ class Session:
         if not paths:
             return
         try:
-            self.run(sh("rm -f {paths}", paths=list(paths), sudo=False, timeout=30, why="remove upload temp files"))
+            self.session.run(sh("rm -f {paths}", paths=list(paths), sudo=False, timeout=30,
+                                why="remove upload temp files"))
             paths.clear()
         except ToolError as exc:
             self.log(f"{self.endpoint.name}: could not remove upload temp files {' '.join(paths)}: {exc}")
