@@ -3,7 +3,7 @@
 The lock is a file created with O_EXCL (`set -C`) on the hypervisor. It records who holds it and the
 pid of the sshd session that created it: while the holder's run is alive its one SSH connection is
 open and that sshd process exists; when the holder dies the connection closes and the lock is
-stale. Pure: builds commands and parses their output; the runner runs them.
+stale. Builds commands and parses their output; take() runs the protocol through a Shell.
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ import getpass
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from lib.errors import ToolError
 from lib.shell import Command, seq, sh
+
+if TYPE_CHECKING:
+    from lib.transport import Link
 
 # Walk up from this shell to the sshd process serving the connection (sudo and sh may sit between).
 # OpenSSH 9.8 and later serve connections from a separate `sshd-session` binary.
@@ -107,3 +111,28 @@ def refreshed(stdout: str) -> LockState | None:
 def release(path: str, run_id: str) -> Command:
     return sh('lock={path}; grep -q {mark} "$lock" 2>/dev/null && rm -f "$lock"; true',
               path=path, mark=f"run={run_id} ", timeout=30, why="release the host lock")
+
+
+def take(shell: Link, path: str, run_id: str, host: str, say: Callable[[str], None]) -> Callable[[], None]:
+    """Take the host lock through the hypervisor's shell, breaking a stale one (and saying so);
+    raises LockHeld when a live run holds it. Returns what re-points the lock at a new SSH session
+    after a reconnect (give it to the pool's on_reconnect), which raises LockHeld if it was lost."""
+    state = parse(shell.run(acquire(path, holder_info(run_id))).stdout)
+    if state.state == "stale":
+        # Its holder's SSH session is gone, so that run is gone too (a run that reconnects points
+        # the lock at its new session at once: refresh()). Breaking it is what resume after a
+        # crash needs; the break only removes exactly the content seen, so it cannot race a new run.
+        shell.run(break_stale(path, state.holder))
+        say(f"{host}: broke a stale host lock of {state.describe()} (its SSH session is gone)")
+        state = parse(shell.run(acquire(path, holder_info(run_id))).stdout)
+    if state.state != "acquired":
+        raise LockHeld(f"{host}: another run holds the host lock {path}: {state.describe()}; "
+                       "nothing was done: wait for it to finish")
+
+    def keep() -> None:
+        lost = refreshed(shell.run(refresh(path, run_id)).stdout)
+        if lost is not None:
+            raise LockHeld(f"{host}: lost the host lock {path} while reconnecting; it is now held "
+                           f"by {lost.describe() if lost.holder else 'nobody'}; stopped")
+
+    return keep

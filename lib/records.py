@@ -16,6 +16,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,21 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class RunMeta:
+    """run.json: what a run was, so a later --resume can tell whether it continues this one."""
+
+    host: str
+    run_id: str
+    runbook: str
+    mode: str
+    vm_filter: tuple[str, ...] = ()  # --vm: which VMs this run was limited to
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "run_id": self.run_id, "runbook": self.runbook, "mode": self.mode,
+                "vm_filter": list(self.vm_filter)}
+
+
 class RunRecords:
     """The records of one host's run. Target threads and the session pool share one instance."""
 
@@ -105,6 +121,10 @@ class RunRecords:
         # Every physical line gets the stamp, so a multi-line stderr stays greppable by time.
         stamp = iso(time.time())
         self._append("run.log", "".join(f"{stamp} {part}\n" for part in line.splitlines() or [""]))
+
+    def start(self, meta: RunMeta) -> None:
+        """run.json, before any step runs."""
+        _write_atomic(self.dir / "run.json", json.dumps(meta.to_json()))
 
     def finish(self, run: HostRun) -> None:
         _write_atomic(self.dir / "report.json", json.dumps(report(run), indent=2, ensure_ascii=False) + "\n")
@@ -199,6 +219,23 @@ def runs_of(root: Path, host: str) -> list[Path]:
     """Run directories of a host, oldest first: run ids start with their UTC time, so by name."""
     base = root / host
     return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def last_run(root: Path, host: str, runbook: str, vm_filter: tuple[str, ...], *, before: str) -> Path | None:
+    """The last run of this runbook that changed this host, limited by the same --vm (a run
+    limited by --vm verified its steps on those VMs only), other than the run `before`: the run
+    that --resume continues."""
+    for run_dir in reversed(runs_of(root, host)):
+        meta_file = run_dir / "run.json"
+        if run_dir.name == before or not meta_file.exists():
+            continue
+        meta = json.loads(meta_file.read_text())
+        if meta.get("runbook") != runbook or meta.get("mode") != "apply":
+            continue
+        if meta.get("vm_filter", []) != list(vm_filter):
+            continue
+        return run_dir
+    return None
 
 
 def read_journal(run_dir: Path) -> list[StepResult]:

@@ -12,12 +12,21 @@ result (exit 4), its type and message on the terminal and in the records, its tr
 Stopping: `Engine.stop` (set by tasks.py on SIGINT/SIGTERM) lets the command in flight finish, then
 stops every host before its next command or wait; the step is recorded as interrupted (exit 130) and
 `--resume` redoes it. Nothing is left half-written because every write is a rename (see the steps).
+
+The engine only orders the work; each other job is its own unit: the shells of a host's run come
+from a pool factory (lib/pool.py's ssh_pool, or a test's), a target's Shell records its evidence
+(lib/recorded.py), plans' actions and convergence waits run in lib/actions.py, the host lock is
+lib/lock.py's take(), resume is lib/resume.py, run.json and the journal are lib/records.py, and
+every failure's wording is lib/failures.py.
+
+The per-host run, for a caller running hypervisors itself (one worker per host, say):
+`Engine(runbook, options, output, pools).run([loaded])` gives that host's HostRun, its records
+written under options.runs_dir; `exit_code(runs)` and `failure_text(runs)` sum several up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 import traceback
@@ -28,20 +37,35 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lib import lock
+from lib.actions import Executor, NotYet, failed
 from lib.errors import ToolError
+from lib.failures import (
+    describe,
+    failure_text,
+    host_failure,
+    interrupted_target,
+    not_converged,
+    verification_failed,
+    would_delete,
+)
 from lib.inventory.load import LoadedHost
 from lib.output import Output
+from lib.planview import describe as describe_action
 from lib.pool import ssh_pool
-from lib.records import RunRecords, new_run_id, read_journal, runs_of
+from lib.recorded import Answers, Recorded
+from lib.records import RunMeta, RunRecords, last_run, new_run_id, read_journal
 from lib.results import Check, HostRun, Status, StepResult
-from lib.retry import Policies, Sleep, retrying
+from lib.resume import resume_point
+from lib.retry import Policies, Sleep
 from lib.runbook import Runbook, RunbookError, select
-from lib.shell import Command
 from lib.sink import Sink
-from lib.steps.base import Await, OnPeer, Plan, Step, StepMismatch, Target, Upload
-from lib.steps.preflight import sudo_refusal
+from lib.steps.base import Action, Plan, Step, StepMismatch, Target
 from lib.targets import hypervisor_endpoint, targets_for
-from lib.transport import CmdResult, CommandError, ConnectError, Endpoint, Log, Pool, RawDomain, Shell
+from lib.transport import Endpoint, Log, Pool, Shell
+
+# Re-exported: callers (tasks.py, tests, bench) import these from the engine.
+__all__ = ["Answers", "Engine", "Interrupted", "Mode", "PoolFactory", "RunOptions", "describe", "exit_code",
+           "failure_text"]
 
 Mode = Literal["apply", "plan", "offline", "verify"]
 
@@ -72,45 +96,6 @@ class Interrupted(ToolError):
     exit_code = 130
 
 
-class _NotYet(Exception):
-    def __init__(self, checks: list[Check]) -> None:
-        super().__init__("not converged")
-        self.checks = checks
-
-
-def _failed(checks: list[Check]) -> list[Check]:
-    return [c for c in checks if not c.ok]
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as the operator reads it: our typed errors by their message, others by type too."""
-    if isinstance(exc, ToolError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-class Answers:
-    """Shared reads (Command.shared) of one host's run: asked once per step, by whichever of its
-    targets asks first, while the others wait for that answer. Anything the run changes, and every
-    convergence attempt, starts afresh: a shared answer is never older than the last change."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._answers: dict[tuple[str, Endpoint, str], tuple[threading.Lock, list[CmdResult]]] = {}
-
-    def forget(self) -> None:
-        with self._lock:
-            self._answers.clear()
-
-    def get(self, key: tuple[str, Endpoint, str], read: Callable[[], CmdResult]) -> CmdResult:
-        with self._lock:
-            slot = self._answers.setdefault(key, (threading.Lock(), []))
-        with slot[0]:  # the first asker reads; the others wait and take its answer
-            if not slot[1]:
-                slot[1].append(read())  # a failed read raises and is not kept: the next asker reads again
-            return slot[1][0]
-
-
 @dataclass
 class _HostRun:
     """What every target of one hypervisor's run shares."""
@@ -126,51 +111,11 @@ class _HostRun:
     locked: bool = False
 
 
-class _Recorded:
-    """A target's view of its shell (a Shell itself): every command's answer is kept as raw evidence
-    for its step, and a shared read is asked once per step (Answers).
-
-    Shells are shared (VM targets ride on the hypervisor's), so the recording is per target and
-    step, not per shell; everything else is the shell's own.
-    """
-
-    def __init__(self, shell: Shell, keep: Callable[[CmdResult], None], endpoint: Endpoint, step: str,
-                 answers: Answers) -> None:
-        self._shell, self._keep = shell, keep
-        self._endpoint, self._step, self._answers = endpoint, step, answers
-
-    def peer(self, endpoint: Endpoint, *, once: bool = False) -> Shell:
-        """Another target's shell, lent by the run: its answers are kept as this step's evidence."""
-        return _Recorded(self._shell.peer(endpoint, once=once), self._keep, endpoint, self._step, self._answers)
-
-    def run(self, cmd: Command) -> CmdResult:
-        try:
-            if cmd.shared:
-                result = self._answers.get((self._step, self._endpoint, cmd.real), lambda: self._shell.run(cmd))
-            else:
-                result = self._shell.run(cmd)
-        except CommandError as exc:
-            self._keep(exc.result)
-            raise
-        self._keep(result)
-        return result
-
-    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600, *, owner: str = "root",
-            group: str = "root") -> None:
-        self._shell.put(data, remote_path, mode, owner=owner, group=group)
-
-    def get(self, remote_path: str) -> bytes:
-        return self._shell.get(remote_path)
-
-    def live_domain(self, local_uri: str, name: str) -> RawDomain | None:
-        return self._shell.live_domain(local_uri, name)
-
-
 class _TargetRun:
-    """One step on one target: its clock, the commands it ran, and how its result is built."""
+    """One step on one target in one of the four modes: its clock, the commands it ran, its result."""
 
-    def __init__(self, step: Step, target: Target, host: _HostRun) -> None:
-        self.step, self.target, self.host = step, target, host
+    def __init__(self, step: Step, target: Target, host: _HostRun, executor: Executor) -> None:
+        self.step, self.target, self.host, self.executor = step, target, host, executor
         self.started = time.time()
         self.commands: list[str] = []
         self.where = f"{target.loaded.name}: {step.name} on {target.name}"
@@ -191,7 +136,51 @@ class _TargetRun:
         """The target's shell, recording each command's raw answer under the run's evidence."""
         shell = self.host.pool.shell(self.target.endpoint)
         keep = self.host.records.evidence_writer(self.step.name, self.target.name)
-        return _Recorded(shell, keep, self.target.endpoint, self.step.name, self.host.answers)
+        return Recorded(shell, keep, self.target.endpoint, self.step.name, self.host.answers)
+
+    # -- the four modes, one function each --------------------------------------------------
+    def offline(self) -> StepResult:
+        return self.planned(self.step.plan(self.target, None))
+
+    def plan(self) -> StepResult:
+        self.executor.check_stop()
+        return self.planned(self.step.plan(self.target, self.step.gather(self.target, self.session())))
+
+    def verify(self) -> StepResult:
+        self.executor.check_stop()
+        facts = self.step.gather(self.target, self.session())
+        return self._verdict(self.step.verify(self.target, facts), changed=False)
+
+    def apply(self, one_at_a_time: threading.Lock) -> StepResult:
+        job, step, target = self, self.step, self.target
+        self.executor.check_stop()
+        session = job.session()
+        facts = step.gather(target, session)
+        plan = step.plan(target, facts)
+        if step.destructive and plan.actions and not target.options.get("yes"):
+            return job.failed(2, would_delete(job.where, plan.reason), planned=tuple(a.shown for a in plan.actions))
+        with one_at_a_time if plan.exclusive else contextlib.nullcontext():
+            self.executor.do(plan.actions, session, job.commands, target, job.host.answers)
+            checks = self._fresh_checks(step, target, session, facts, job.host.answers, changed=bool(plan.actions))
+        result = self._verdict(checks, changed=bool(plan.actions))
+        return result if result.status == "failed" else replace(result, reason=plan.reason, warnings=plan.warnings)
+
+    def _fresh_checks(self, step: Step, target: Target, session: Shell, facts: object, answers: Answers, *,
+                      changed: bool) -> list[Check]:
+        # Fresh facts after a change; with nothing applied the facts just read are fresh, and a
+        # convergence step only waits when they do not already hold.
+        checks = [] if changed else step.verify(target, facts)
+        if step.converge and (changed or failed(checks)):
+            return self.executor.converge(step, target, session, answers)
+        return step.verify(target, step.gather(target, session)) if changed else checks
+
+    def _verdict(self, checks: list[Check], *, changed: bool) -> StepResult:
+        job = self
+        bad = failed(checks)
+        if bad:
+            return job.failed(job.step.mismatch_exit, verification_failed(
+                job.target.loaded.name, job.step.name, job.target.name, len(bad), len(checks)), checks=tuple(checks))
+        return job.result("changed" if changed else "ok", checks=tuple(checks))
 
 
 class Engine:
@@ -201,6 +190,7 @@ class Engine:
         self.output: Sink = output or Output()
         self.pools = pools
         self.stop = threading.Event()  # set by interrupt(): every host stops before its next command
+        self.executor = Executor(options.policies.converge, self._sleep, self._check_stop, self.output)
 
     def interrupt(self) -> None:
         self.stop.set()
@@ -213,6 +203,10 @@ class Engine:
             self.options.sleep(seconds)
         if self.stop.is_set():
             raise Interrupted("interrupted by the operator while waiting")
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted("interrupted by the operator")
 
     @property
     def read_only(self) -> bool:
@@ -242,9 +236,7 @@ class Engine:
         records = RunRecords(opts.runs_dir, loaded.name, run_id)
         run = HostRun(loaded.name, run_id, self.runbook.name, opts.mode, time.time(),
                       records=str(records.dir.resolve()))
-        (records.dir / "run.json").write_text(json.dumps(
-            {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode,
-             "vm_filter": list(opts.flags.get("vms") or ())}))  # --vm: which VMs this run was limited to
+        records.start(RunMeta(loaded.name, run_id, self.runbook.name, opts.mode, self._vm_filter))
         pool = self.pools(opts.policies, self._sleep, records.log, self.read_only)
         ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode})
         try:
@@ -301,15 +293,8 @@ class Engine:
         """A failure outside any target: journalled as a failed result, so every record shows it."""
         host, step = run.host, ctx.current
         ctx.records.log(f"{host}: {describe(exc)}\n{traceback.format_exc()}")
-        error = describe(exc)
-        exit_code = getattr(exc, "exit_code", 4)
-        refused = None if ctx.locked else sudo_refusal(host, hypervisor_endpoint(ctx.loaded).user, exc)
-        if refused:  # the lock is the first thing that needs sudo: say what preflight would
-            error, exit_code = f"{refused}; nothing was changed", 3
-        elif isinstance(exc, ConnectError | CommandError) and not ctx.locked and step and self.options.mode == "apply":
-            error = f"{host}: before step {step}, taking the host lock: {exc}"
-        elif not error.startswith(f"{host}:"):
-            error = f"{host}: {error}"
+        error, exit_code = host_failure(host, step, exc, locked=ctx.locked, changing=self.options.mode == "apply",
+                                        user=hypervisor_endpoint(ctx.loaded).user)
         run.error = error
         now = time.time()
         self._record(ctx.records, run, StepResult(host, step or "(run)", host, "failed", now, now, error=error,
@@ -334,57 +319,20 @@ class Engine:
         chosen, left_out = select(self.runbook, from_step=from_step, only=opts.only, skip=opts.skip)
         return chosen, left_out, carried
 
-    def _resume_point(self, host: str, this_run: str) -> tuple[str | None, dict[str, str]]:
-        """Start at the first step the last run of this runbook on this host did not verify.
+    @property
+    def _vm_filter(self) -> tuple[str, ...]:
+        return tuple(self.options.flags.get("vms") or ())
 
-        Read from the journal's structured fields (status, verified_in), never from reason text: a
-        step that was skipped, failed or never reached is run again, whatever its reason says.
-        """
-        for run_dir in reversed(runs_of(self.options.runs_dir, host)):
-            meta_file = run_dir / "run.json"
-            if run_dir.name == this_run or not meta_file.exists():
-                continue
-            meta = json.loads(meta_file.read_text())
-            if meta.get("runbook") != self.runbook.name or meta.get("mode") != "apply":
-                continue
-            if meta.get("vm_filter", []) != list(self.options.flags.get("vms") or ()):
-                continue  # a run limited by --vm verified its steps on those VMs only
-            results = read_journal(run_dir)
-            verified_in: dict[str, str] = {}
-            for name in self.runbook.names:
-                runs = {r.verified_in for r in results if r.step == name}
-                if not runs or "" in runs:
-                    break
-                verified_in[name] = sorted(runs)[0]
-            if len(verified_in) == len(self.runbook.names):
-                raise RunbookError(f"{host}: every step of {self.runbook.name} was verified in run {run_dir.name}; "
-                                   "nothing to resume (run without --resume to check again)")
-            return self.runbook.names[len(verified_in)], verified_in
-        raise RunbookError(f"{host}: no earlier run of {self.runbook.name} in {self.options.runs_dir} to resume; "
-                           "run without --resume")
+    def _resume_point(self, host: str, this_run: str) -> tuple[str | None, dict[str, str]]:
+        """Start at the first step the last run of this runbook on this host did not verify."""
+        last = last_run(self.options.runs_dir, host, self.runbook.name, self._vm_filter, before=this_run)
+        if last is None:
+            raise RunbookError(f"{host}: no earlier run of {self.runbook.name} in {self.options.runs_dir} to resume; "
+                               "run without --resume")
+        return resume_point(host, self.runbook.name, self.runbook.names, last.name, read_journal(last))
 
     def _take_lock(self, pool: Pool, endpoint: Endpoint, loaded: LoadedHost, run_id: str) -> bool:
-        path = loaded.host.lock_path
-        session = pool.shell(endpoint)
-        state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
-        if state.state == "stale":
-            # Its holder's SSH session is gone, so that run is gone too (a run that reconnects points
-            # the lock at its new session at once: refresh()). Breaking it is what resume after a
-            # crash needs; the break only removes exactly the content seen, so it cannot race a new run.
-            session.run(lock.break_stale(path, state.holder))
-            self.output.message(f"{loaded.name}: broke a stale host lock of {state.describe()} (its SSH session "
-                                "is gone)")
-            state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
-        if state.state != "acquired":
-            raise lock.LockHeld(f"{loaded.name}: another run holds the host lock {path}: {state.describe()}; "
-                                "nothing was done: wait for it to finish")
-
-        def keep() -> None:
-            lost = lock.refreshed(session.run(lock.refresh(path, run_id)).stdout)
-            if lost is not None:
-                raise lock.LockHeld(f"{loaded.name}: lost the host lock {path} while reconnecting; it is now held "
-                                    f"by {lost.describe() if lost.holder else 'nobody'}; stopped")
-
+        keep = lock.take(pool.shell(endpoint), loaded.host.lock_path, run_id, loaded.name, self.output.message)
         pool.on_reconnect(endpoint, keep)
         return True
 
@@ -409,134 +357,28 @@ class Engine:
 
     def _run_target(self, step: Step, target: Target, ctx: _HostRun, one_at_a_time: threading.Lock) -> StepResult:
         self.output.step_started(target.loaded.name, step.name, target.name)
-        job = _TargetRun(step, target, ctx)
-        modes: dict[Mode, Callable[[_TargetRun], StepResult]] = {
-            "offline": self._offline, "plan": self._plan, "verify": self._verify,
-            "apply": lambda j: self._apply(j, one_at_a_time),
+        job = _TargetRun(step, target, ctx, self.executor)
+        modes: dict[Mode, Callable[[], StepResult]] = {
+            "offline": job.offline, "plan": job.plan, "verify": job.verify,
+            "apply": lambda: job.apply(one_at_a_time),
         }
         try:
-            return modes[self.options.mode](job)
+            return modes[self.options.mode]()
         except StepMismatch as drift:
             return job.failed(drift.exit_code, f"{job.where}: {drift.message}", checks=tuple(drift.checks))
-        except _NotYet as late:
-            return job.failed(4, f"{job.where}: did not converge within {self.options.policies.converge.deadline:g} s",
+        except NotYet as late:
+            return job.failed(4, not_converged(job.where, self.options.policies.converge.deadline),
                               checks=tuple(late.checks))
         except Interrupted:
-            done = f"after {len(job.commands)} of its commands" if job.commands else "before any of its commands"
-            return job.failed(Interrupted.exit_code, f"{job.where}: interrupted by the operator {done} (the command "
-                                                     "in flight finished); the step is redone on resume")
+            return job.failed(Interrupted.exit_code, interrupted_target(job.where, len(job.commands)))
         except Exception as exc:  # anything at all: this target failed, every other one goes on
             ctx.records.log(f"{job.where}: {describe(exc)}\n{traceback.format_exc()}")
             return job.failed(getattr(exc, "exit_code", 4) if isinstance(exc, ToolError) else 4,
                               f"{job.where}: {describe(exc)}")
 
-    # -- the four modes, one function each --------------------------------------------------
-    def _offline(self, job: _TargetRun) -> StepResult:
-        return job.planned(job.step.plan(job.target, None))
 
-    def _plan(self, job: _TargetRun) -> StepResult:
-        self._check_stop()
-        return job.planned(job.step.plan(job.target, job.step.gather(job.target, job.session())))
-
-    def _verify(self, job: _TargetRun) -> StepResult:
-        self._check_stop()
-        facts = job.step.gather(job.target, job.session())
-        return self._verdict(job, job.step.verify(job.target, facts), changed=False)
-
-    def _apply(self, job: _TargetRun, one_at_a_time: threading.Lock) -> StepResult:
-        step, target = job.step, job.target
-        self._check_stop()
-        session = job.session()
-        facts = step.gather(target, session)
-        plan = step.plan(target, facts)
-        if step.destructive and plan.actions and not target.options.get("yes"):
-            return job.failed(2, f"{job.where} would delete: {plan.reason}; nothing was deleted: rerun with --yes "
-                                 "to delete it", planned=tuple(_shown(a) for a in plan.actions))
-        with one_at_a_time if plan.exclusive else contextlib.nullcontext():
-            self._do(plan.actions, session, job.commands, target, job.host.answers)
-            checks = self._fresh_checks(step, target, session, facts, job.host.answers, changed=bool(plan.actions))
-        result = self._verdict(job, checks, changed=bool(plan.actions))
-        return result if result.status == "failed" else replace(result, reason=plan.reason, warnings=plan.warnings)
-
-    def _fresh_checks(self, step: Step, target: Target, session: Shell, facts: Any, answers: Answers, *,
-                      changed: bool) -> list[Check]:
-        # Fresh facts after a change; with nothing applied the facts just read are fresh, and a
-        # convergence step only waits when they do not already hold.
-        checks = [] if changed else step.verify(target, facts)
-        if step.converge and (changed or _failed(checks)):
-            return self._converge(step, target, session, answers)
-        return step.verify(target, step.gather(target, session)) if changed else checks
-
-    def _do(self, actions: tuple[Any, ...], session: Shell, commands: list[str], target: Target,
-            answers: Answers) -> None:
-        for action in actions:
-            self._check_stop()
-            commands.append(_shown(action))
-            answers.forget()  # a change: no shared read from before it serves anyone after it
-            if isinstance(action, Upload):
-                session.put(action.source or action.data, action.path, action.mode,
-                            owner=action.owner, group=action.group)
-            elif isinstance(action, OnPeer):  # kubectl on the k3s server, for a VM whose commands run elsewhere
-                (session.peer(target.peer) if target.peer else session).run(action.command)
-            elif isinstance(action, Await):
-                self._converge(action.step, target, session, answers)
-            else:
-                session.run(action)
-            answers.forget()  # and none read while it ran
-
-    def _check_stop(self) -> None:
-        if self.stop.is_set():
-            raise Interrupted("interrupted by the operator")
-
-    def _verdict(self, job: _TargetRun, checks: list[Check], *, changed: bool) -> StepResult:
-        bad = _failed(checks)
-        if bad:
-            return job.failed(job.step.mismatch_exit,
-                              f"{job.target.loaded.name}: verification of {job.step.name} failed on {job.target.name}: "
-                              f"{len(bad)} of {len(checks)} checks differ from the spec", checks=tuple(checks))
-        return job.result("changed" if changed else "ok", checks=tuple(checks))
-
-    def _converge(self, step: Step, target: Target, session: Shell, answers: Answers) -> list[Check]:
-        last: list[Check] = []
-
-        def attempt() -> list[Check]:
-            nonlocal last
-            answers.forget()  # waiting for a change: every attempt reads afresh
-            try:
-                checks = step.verify(target, step.gather(target, session))
-            except (CommandError, ConnectError) as exc:
-                checks = [Check("reachable", "yes", str(exc).splitlines()[0], False)]
-            last = checks
-            if _failed(checks):
-                raise _NotYet(checks)
-            return checks
-
-        policy = self.options.policies.converge
-
-        def waiting(state: Any) -> None:  # signs of life: what it waits for, the attempt, the time
-            first = next(iter(_failed(last)), None)
-            now = first.found.splitlines()[0][:60] if first and first.found else ""
-            what = f"{first.name} (now {now})" if first else "the step's checks"
-            elapsed = max(state.idle_for, state.seconds_since_start or 0.0)
-            limit = f" of {policy.deadline:g} s" if policy.deadline else ""
-            # Attempt and time first: a narrow terminal cuts the end of the line, not the progress.
-            self.output.waiting(target.loaded.name, f"{step.name} {target.name}: attempt {state.attempt_number}, "
-                                                    f"{elapsed:.0f} s{limit}, waiting for {what}")
-
-        try:
-            return retrying(policy, lambda e: isinstance(e, _NotYet), self._sleep, waiting)(attempt)
-        except _NotYet:
-            raise _NotYet(last) from None
-
-
-def _shown(action: Any) -> str:
-    return str(action.shown)
-
-
-def _planned(actions: tuple[Any, ...], host: str) -> tuple[str, ...]:
+def _planned(actions: tuple[Action, ...], host: str) -> tuple[str, ...]:
     """Plan modes: each action as shown, with the bodies (or diffs) of the files it writes."""
-    from lib.planview import describe as describe_action
-
     return tuple(describe_action(a, host) for a in actions)
 
 
@@ -544,26 +386,3 @@ def exit_code(runs: list[HostRun]) -> int:
     """The most fundamental failure wins: 2 inventory < 3 mismatch < 4 step < 5 verify < 6 lock < 130 stopped."""
     codes = [r.exit_code for r in runs if r.exit_code]
     return min(codes) if codes else 0
-
-
-def failure_text(runs: list[HostRun]) -> str:
-    """For each host that failed: where, what was expected and found, and the command to resume."""
-    from lib.output import verification_table
-
-    blocks: list[str] = []
-    for run in runs:
-        if not run.exit_code:
-            continue
-        lines = [f"{run.host}: FAILED (exit {run.exit_code})"]
-        for failed in (r for r in run.results if r.status == "failed"):
-            lines.append(f"  step {failed.step} on {failed.target}")
-            lines += [f"  {line}" for line in failed.error.splitlines()]
-            if failed.checks:
-                lines.append(verification_table(failed))
-        if not any(r.status == "failed" for r in run.results):
-            lines.append(f"  {run.error}")
-        if run.resume_hint and run.exit_code != 2:
-            lines.append(f"  resume: {run.resume_hint}")
-        lines.append(f"  records: {run.records}")
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
