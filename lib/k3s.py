@@ -16,6 +16,20 @@ import yaml
 
 from lib.inventory.model import VM, Host
 from lib.shell import Command, Secret, sh
+from lib.taints import (
+    ADDONS,
+    PACKAGED_TOLERATIONS,
+    Taint,
+    Toleration,
+    addon_nodes,
+    enabled_addons,
+    parse_taint,
+    untolerated,
+)
+
+# Re-exported: steps and tests name these k3s.Taint, k3s.untolerated, ...
+__all__ = ["ADDONS", "PACKAGED_TOLERATIONS", "Taint", "Toleration", "addon_nodes", "enabled_addons", "parse_taint",
+           "untolerated"]
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
 INSTALL_SCRIPT = "/var/lib/numa-k3s/install.sh"
@@ -32,23 +46,6 @@ API_PORT = 6443
 # Taint keys this tool owns: a taint under one of these keys that the inventory does not list is
 # removed; taints under other keys (k3s's own, another operator's) are left alone.
 BASE_MANAGED_KEYS = frozenset({"workload"})
-
-
-@dataclass(frozen=True, order=True)
-class Taint:
-    key: str
-    value: str
-    effect: str
-
-    def __str__(self) -> str:
-        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
-
-
-def parse_taint(text: str) -> Taint:
-    """key[=value]:Effect, as the inventory writes it (validated there)."""
-    head, effect = text.rsplit(":", 1)
-    key, _, value = head.partition("=")
-    return Taint(key, value, effect)
 
 
 def server_vm(host: Host) -> VM:
@@ -203,10 +200,9 @@ def shown_taints(taints: frozenset[Taint] | set[Taint]) -> str:
 
 
 # -- the packaged add-ons against the nodes' taints --------------------------------------------------
-# k3s deploys coredns, local-storage (local-path-provisioner), metrics-server and traefik from
+# k3s deploys coredns, local-storage (local-path-provisioner), metrics-server and traefik (ADDONS) from
 # manifests it rewrites on every start; all of them, and the Traefik chart's helm-install jobs,
-# tolerate exactly these taints (k3s manifests/*.yaml, the chart values k3s passes).
-ADDONS = ("coredns", "local-storage", "metrics-server", "traefik")
+# tolerate exactly PACKAGED_TOLERATIONS (k3s manifests/*.yaml, the chart values k3s passes).
 # The controllers whose pods show an add-on works: a Deployment's pod Running and Ready, a Job's Succeeded.
 ADDON_WORKLOADS = {"coredns": ("coredns",), "local-storage": ("local-path-provisioner",),
                    "metrics-server": ("metrics-server",),
@@ -215,48 +211,6 @@ DEFAULT_TOLERATIONS = "scheduler.alpha.kubernetes.io/defaultTolerations"
 # k3s runs kube-apiserver with enable-admission-plugins=NodeRestriction; a kube-apiserver-arg for the
 # same flag replaces it, so ours keeps NodeRestriction.
 ADMISSION_ARG = "enable-admission-plugins=NodeRestriction,PodTolerationRestriction"
-_SCHEDULING = ("NoSchedule", "NoExecute")  # PreferNoSchedule never keeps a pod off a node
-
-
-@dataclass(frozen=True, order=True)
-class Toleration:
-    key: str
-    operator: str  # Exists | Equal
-    value: str = ""
-    effect: str = ""  # empty: every effect
-
-    def tolerates(self, taint: Taint) -> bool:
-        """Kubernetes' ToleratesTaint."""
-        if self.effect and self.effect != taint.effect:
-            return False
-        if self.operator == "Exists":
-            return not self.key or self.key == taint.key
-        return self.key == taint.key and self.value == taint.value
-
-    def as_json(self) -> dict[str, str]:
-        out = {"key": self.key, "operator": self.operator, "effect": self.effect, "value": self.value}
-        return {k: v for k, v in out.items() if v}
-
-
-PACKAGED_TOLERATIONS = (Toleration("CriticalAddonsOnly", "Exists"),
-                        Toleration("node-role.kubernetes.io/control-plane", "Exists", "", "NoSchedule"),
-                        Toleration("node-role.kubernetes.io/master", "Exists", "", "NoSchedule"))
-
-
-def untolerated(taints: Iterable[Taint], tolerations: Iterable[Toleration]) -> list[Taint]:
-    """The taints that keep a pod with these tolerations off the node (in the node's order)."""
-    tols = tuple(tolerations)
-    return [t for t in taints if t.effect in _SCHEDULING and not any(tol.tolerates(t) for tol in tols)]
-
-
-def enabled_addons(host: Host) -> tuple[str, ...]:
-    return tuple(a for a in ADDONS if a not in host.k3s.disable)
-
-
-def addon_nodes(host: Host) -> list[VM]:
-    """The k3s VMs where the packaged add-ons schedule as k3s ships them."""
-    return [vm for vm in host.vms if vm.k8s and not untolerated(
-        [parse_taint(t) for t in vm.k8s.taints], PACKAGED_TOLERATIONS)]
 
 
 def addon_tolerations(host: Host) -> tuple[Toleration, ...]:

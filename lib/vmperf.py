@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lib.cores import sibling_pairs, socket_of
 from lib.cpuset import format_cpulist
 from lib.inventory.model import VM, Host
 from lib.pinplan import Core
@@ -34,36 +35,9 @@ class GuestTopology:
         return f"sockets={self.sockets},cores={self.cores},threads={self.threads}"
 
 
-def _core_of(cores: Sequence[Core]) -> dict[int, Core]:
-    return {cpu: core for core in cores for cpu in core.threads}
-
-
-def sibling_pairs(pins: Sequence[int], cores: Sequence[Core]) -> bool:
-    """True when every vCPU pair (2k, 2k+1) sits on the two threads of one two-thread core."""
-    if not pins or len(pins) % 2:
-        return False
-    core_of = _core_of(cores)
-    for k in range(0, len(pins), 2):
-        a, b = core_of.get(pins[k]), core_of.get(pins[k + 1])
-        if a is None or a is not b or len(a.threads) != 2 or pins[k] == pins[k + 1]:
-            return False
-    return True
-
-
 def guest_topology(pins: Sequence[int], cores: Sequence[Core]) -> GuestTopology:
     n = max(len(pins), 1)
     return GuestTopology(1, n // 2, 2) if sibling_pairs(pins, cores) else GuestTopology(1, n, 1)
-
-
-def unpaired_whole_cores(pins: Sequence[int], cores: Sequence[Core]) -> list[Core]:
-    """Cores whose threads are all this VM's vCPUs but not as a (2k, 2k+1) pair: the guest could
-    have been told they are siblings and is not (the inventory rule topology.unpaired-siblings).
-
-    An odd vCPU count can never be threads=2 (sockets x cores x threads must equal it): no hint then."""
-    if len(pins) % 2 or sibling_pairs(pins, cores):
-        return []
-    pinned = set(pins)
-    return [core for core in cores if len(core.threads) > 1 and set(core.threads) <= pinned]
 
 
 @dataclass(frozen=True)
@@ -94,14 +68,6 @@ def hugepage_kb(host: Host, vm: VM) -> int | None:
         return None
     sizes = {r.size_kb for r in host.hugepages if r.node in vm.tuning.numa_memory.nodes and r.count}
     return min(sizes) if sizes else None
-
-
-def socket_of(cpu: int, cores: Sequence[Core], cores_per_socket: int) -> int:
-    """Cores are listed socket by socket (lib.inventory.load), so a core's position gives its socket."""
-    for index, core in enumerate(cores):
-        if cpu in core.threads:
-            return index // cores_per_socket
-    return 0
 
 
 # TCG's default qemu64 is an AMD model without topoext, so its guest sees every vCPU as its own core.

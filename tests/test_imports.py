@@ -31,11 +31,27 @@ def test_the_cycle_finder_finds_a_hidden_circle(tmp_path: Path) -> None:
 def test_the_transport_vocabulary_loads_no_ssh_stack() -> None:
     """Steps and the engine's vocabulary come from lib/transport.py, which never reaches paramiko."""
     edges = graph()
-    reach, todo = set(), ["lib.transport"]
-    while todo:
-        module = todo.pop()
-        if module not in reach:
-            reach.add(module)
-            todo += edges[module]
+    reach = reaches(edges, "lib.transport")
     assert "lib.remote" not in reach and "lib.pool" not in reach
     assert "lib.remote" not in edges["lib.steps.base"]
+
+
+def reaches(edges: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += edges[module]
+    return seen - {start}
+
+
+def test_lower_layers_never_reach_up() -> None:
+    """Shared facts sit where both sides see them (lib/cores.py, lib/monitor/prom.py's NUMBERS_ROW)."""
+    edges = graph()
+    for module in [m for m in edges if m.startswith("lib.monitor.")]:
+        assert not {m for m in reaches(edges, module) if m.startswith("lib.steps")}, module
+    for module in [m for m in edges if m.startswith("lib.inventory.")]:
+        assert not reaches(edges, module) & {"lib.vmperf", "lib.k3s", "lib.domain"}, module
+    for module in [m for m in edges if m.startswith("lib.steps.")]:
+        assert "lib.runner" not in reaches(edges, module) and "lib.remote" not in reaches(edges, module), module

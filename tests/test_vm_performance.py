@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from lib.cores import unpaired_whole_cores
 from lib.domain import parse_domain_xml, performance_checks, virt_install_args
 from lib.errors import InventoryError
 from lib.inventory.load import LoadedHost, load_inventory
 from lib.inventory.model import VM
 from lib.pinplan import Core, cores_from_layout
-from lib.vmperf import GuestTopology, domain_tuning, guest_topology, tcg_cpu_model, unpaired_whole_cores
+from lib.vmperf import GuestTopology, domain_tuning, guest_topology, tcg_cpu_model
 from tests.inventory_helpers import REPO, hv1, write_inventory
 
 SPREAD = cores_from_layout(2, 18, 2, {0: frozenset([*range(18), *range(36, 54)]),

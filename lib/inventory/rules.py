@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
+from lib import taints
+from lib.cores import socket_of, unpaired_whole_cores
 from lib.cpuset import format_cpulist, parse_cpulist
 from lib.errors import Severity
 from lib.inventory.model import VM, Host, Topology
 from lib.pinplan import Core, LayoutError, layout_problems, layout_threads
-from lib.vmperf import socket_of, unpaired_whole_cores
 
 
 @dataclass(frozen=True)
@@ -348,19 +349,17 @@ def check_k3s(host: Host) -> Iterator[Finding]:
 def check_addon_node(host: Host, members: list[VM]) -> Iterator[Finding]:
     """k3s's packaged add-ons need a node whose taints they tolerate (k3s ships them tolerating only
     CriticalAddonsOnly and the control-plane/master taints), else CoreDNS and the rest stay Pending."""
-    from lib import k3s  # lib.k3s imports the model, as this module does
-
     named = host.k3s.addon_node
     if named is not None and named not in {vm.name for vm in members}:
         yield Finding("k3s.addon-node", "k3s.addon_node",
                       f"{named!r} is not a k3s VM of this host (one of: {', '.join(vm.name for vm in members)})")
         return
-    if named is not None or not k3s.enabled_addons(host) or k3s.addon_nodes(host):
+    if named is not None or not taints.enabled_addons(host) or taints.addon_nodes(host):
         return
     blocking = []
     for vm in members:
         assert vm.k8s is not None
-        first = k3s.untolerated([k3s.parse_taint(t) for t in vm.k8s.taints], k3s.PACKAGED_TOLERATIONS)[0]
+        first = taints.untolerated([taints.parse_taint(t) for t in vm.k8s.taints], taints.PACKAGED_TOLERATIONS)[0]
         blocking.append(f"{vm.name} has {first}")
     server = next((vm.name for vm in members if vm.k8s and vm.k8s.role == "server"), members[0].name)
     yield Finding("k3s.addons-no-node", "vms",

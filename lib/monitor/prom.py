@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest, write_to_textf
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 PREFIX = "numa_k3s_"
+# The evidence row of monitor.sample (lib/steps/observe.py) that carries one VM's numbers as JSON.
+NUMBERS_ROW = "numbers (for --prometheus)"
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,7 @@ def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None 
 
 def show_prometheus(runs: list[HostRun], path: str, out: TextIO | None = None) -> None:
     """The sample's numbers (monitor.sample's NUMBERS_ROW) as Prometheus text: to `path`, or `-` for stdout."""
-    from lib.monitor.prom import VmNumbers, exposition, write_textfile
-    from lib.steps.observe import NUMBERS_ROW
+    from lib.monitor.prom import NUMBERS_ROW, VmNumbers, exposition, write_textfile
 
     rows = [(run.host, r.target, VmNumbers.from_json(json.loads(c.found)))
             for run in runs for r in run.results for c in r.checks if c.name == NUMBERS_ROW]

@@ -18,7 +18,7 @@ from lib.domain import live_domain
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM, Host
 from lib.monitor import parse as mp
-from lib.monitor.prom import VmNumbers
+from lib.monitor.prom import NUMBERS_ROW, VmNumbers
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh
 from lib.steps import confine
@@ -257,8 +257,6 @@ def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
     rows.append(Check.evidence("LLC occupancy (resctrl)", occupancy))
     return rows
 
-
-NUMBERS_ROW = "numbers (for --prometheus)"
 
 
 def vm_numbers(vm: VM, s: VmSample) -> VmNumbers:
