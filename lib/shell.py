@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import NoReturn
 
@@ -125,6 +125,18 @@ def sh(template: str, /, *, timeout: float = 120.0, sudo: bool = True, ok_codes:
 def root_prefix(sysroot: str) -> str:
     """The sysroot as a quoted prefix for paths in a command template ("" on a real host)."""
     return "" if sysroot in ("", "/") else shlex.quote(sysroot.rstrip("/"))
+
+
+def write_file(root: str, path: str, content: str, *, before: str | None, why: str, then: str = "") -> Command:
+    """Write a root-owned 0644 file on the host: beside it first, then renamed into place, so an
+    interrupted write never leaves half a file; owner and mode explicit, so neither sudo's umask nor
+    the SSH user decides them. root: root_prefix(sysroot). then: shell code run after the rename.
+    Plans show the body, and a diff against `before` (what the host has; None: no such file)."""
+    directory = path.rsplit("/", 1)[0]
+    cmd = sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}.tmp && "
+             f"chown 0:0 {root}{path}.tmp && chmod 644 {root}{path}.tmp && mv -f {root}{path}.tmp {root}{path}{then}",
+             content=content, why=why)
+    return replace(cmd, writes=(FileBody(path, content, before),))
 
 
 def rooted(sysroot: str, path: str) -> str:

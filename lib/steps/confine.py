@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from lib.cpuset import format_cpulist, parse_cpulist
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import Host
 from lib.monitor import parse as mp
 from lib.results import Check
-from lib.shell import Command, FileBody, root_prefix, sh
+from lib.shell import Command, root_prefix, sh, write_file
 
 UNITS = ("system.slice", "user.slice", "init.scope")
 DROPIN = "50-numa-k3s-cpus.conf"
@@ -294,13 +294,8 @@ def plan_confinement(host: Host, f: ConfineFacts | None) -> tuple[list[Command],
         return actions, changes
     for path, content in wanted_files(host).items():
         if f is None or f.files.get(path, "") != content:
-            directory = path.rsplit("/", 1)[0]
-            # Owner and mode explicit (sudo's umask must not decide them); plans show the body and a diff.
-            write = sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}.tmp && "
-                       f"chown 0:0 {root}{path}.tmp && chmod 644 {root}{path}.tmp && "
-                       f"mv -f {root}{path}.tmp {root}{path}", content=content, why=f"persist in {path}")
             before = (f.files.get(path) or None) if f else None
-            actions.append(replace(write, writes=(FileBody(path, content, before),)))
+            actions.append(write_file(root, path, content, before=before, why=f"persist in {path}"))
             changes.append(f"write {path}")
     want = format_cpulist(cpus)
     if c.host_cpus and (f is None or any(f.cgroup_cpus.get(u) != want for u in UNITS)):

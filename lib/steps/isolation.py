@@ -15,14 +15,14 @@ hypervisor when the running kernel lacks them, waits for it to come back (a new 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from lib.cpuset import format_cpulist
 from lib.facts.read import cat_if_present
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import Host
 from lib.results import Check
-from lib.shell import Command, FileBody, root_prefix, sh
+from lib.shell import Command, root_prefix, sh, write_file
 from lib.steps.base import Await, Plan, Step, StepMismatch, Target
 from lib.steps.confine import vcpu_cpus
 from lib.transport import CmdResult
@@ -117,11 +117,8 @@ class HostIsolation(_BootStep):
         if want is None:
             return Plan((sh(f"rm -f {root}{DROPIN}{_regenerate(root)}", why=f"remove {DROPIN}"),),
                         f"kernel isolation off: remove {DROPIN} (the running kernel keeps it until a reboot)")
-        write = sh(f"mkdir -p {root}/etc/default/grub.d && printf %s {{content}} > {root}{DROPIN}.tmp && "
-                   f"chown 0:0 {root}{DROPIN}.tmp && chmod 644 {root}{DROPIN}.tmp && mv -f {root}{DROPIN}.tmp "
-                   f"{root}{DROPIN}{_regenerate(root)}", content=want,
-                   why="the kernel command line for the next boot")
-        write = replace(write, writes=(FileBody(DROPIN, want, facts.dropin if facts else None),))
+        write = write_file(root, DROPIN, want, before=facts.dropin if facts else None, then=_regenerate(root),
+                           why="the kernel command line for the next boot")
         return Plan((write,), f"write {DROPIN} ({' '.join(isolation_args(host))}), regenerate grub.cfg; "
                               "effective at the next reboot (host.reboot --reboot)")
 

@@ -9,7 +9,7 @@ so tests run it against generated trees.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from lib.cpuset import format_cpulist
 from lib.facts.perf import PerfFacts, joined, parse_perf_facts, perf_facts_command
@@ -17,7 +17,7 @@ from lib.facts.read import cat_if_present
 from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, split_sections
 from lib.inventory.model import Host
 from lib.results import Check
-from lib.shell import Command, FileBody, root_prefix, sh
+from lib.shell import Command, root_prefix, sh, write_file
 from lib.steps import confine, hostperf
 from lib.steps.base import Plan, Step, Target
 from lib.transport import CmdResult
@@ -110,14 +110,7 @@ def plan_tuning(host: Host, facts: TuneFacts | None) -> Plan:
              (TMPFILES_FILE, tmpfiles_content(host), facts.tmpfiles_file if facts else None)]
     for path, content, found in files:
         if found is None or not _same(found, content):
-            directory = path.rsplit("/", 1)[0]
-            # Written beside, then renamed: an interrupted write never leaves half a file in place.
-            # Owner and mode explicit: sudo's umask and the SSH user must not decide them.
-            write = sh(f"mkdir -p {root}{directory} && printf %s {{content}} > {root}{path}.tmp && "
-                       f"chown 0:0 {root}{path}.tmp && chmod 644 {root}{path}.tmp && "
-                       f"mv -f {root}{path}.tmp {root}{path}", content=content, why=f"persist in {path}")
-            # Plans show the file itself, and a diff when the host has one (planview).
-            actions.append(replace(write, writes=(FileBody(path, content, found or None),)))  # "": none there
+            actions.append(write_file(root, path, content, before=found or None, why=f"persist in {path}"))  # "": none
             changes.append(f"{'write' if not found else 'update'} {path}")
     if not actions:
         return Plan(reason="governor, numa_balancing, THP and the persisted files already as the spec says")
