@@ -14,7 +14,7 @@ APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt
 # cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 # libxml2-utils: xmllint, which virt-xml-validate runs to check domain XML against libvirt's schema.
 
-.PHONY: test test-reliability test-pending services demo demo-clean numa-lab numa-lab-clean test-numa-lab bench bench-noop bench-quick lint typecheck unit system venv clean
+.PHONY: test test-reliability test-pending services demo demo-clean numa-lab numa-lab-clean test-numa-lab bench bench-noop bench-quick lint typecheck system venv clean
 
 # apt-get only when a package is missing, so repeated runs stay fast.
 system:
