@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from lib.confine import host_cpus
 from lib.cpuset import format_cpulist
 from lib.inventory.load import LoadedHost
-from lib.steps.confine import host_cpus
 from lib.vmperf import domain_tuning
 
 

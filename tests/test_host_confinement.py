@@ -19,14 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.cpuset import parse_cpulist
-from lib.facts.perf import parse_perf_facts, perf_facts_command
-from lib.inventory.load import load_inventory
-from lib.inventory.model import Host
-from lib.monitor import parse as mp
-from lib.shell import sh
-from lib.steps import REGISTRY
-from lib.steps.confine import (
+from lib.confine import (
     IRQBALANCE_DROPIN,
     confinement_checks,
     cpumask,
@@ -41,7 +34,14 @@ from lib.steps.confine import (
     qemu_pids_script,
     wanted_files,
 )
-from lib.steps.hostperf import bios_perf_checks
+from lib.cpuset import parse_cpulist
+from lib.facts.perf import parse_perf_facts, perf_facts_command
+from lib.hostperf import bios_perf_checks
+from lib.inventory.load import load_inventory
+from lib.inventory.model import Host
+from lib.monitor import parse as mp
+from lib.shell import sh
+from lib.steps import REGISTRY
 from lib.steps.observe import (
     host_work_findings,
     llc_occupancy_script,

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from lib.cpuset import format_cpulist
 from lib.facts.host import HostFacts, host_facts_command, parse_host_facts
 from lib.facts.perf import PerfFacts, joined, parse_perf_facts, perf_facts_command
+from lib.hostperf import bios_perf_checks
 from lib.inventory.model import Host
 from lib.inventory.rules import inventory_threads
 from lib.pinplan import LAYOUTS, layout_threads
 from lib.results import Check
 from lib.shell import Command
 from lib.steps.base import Plan, Step, Target
-from lib.steps.hostperf import bios_perf_checks
 from lib.transport import CmdResult
 
 # The kernel keeps some of each node's memory (firmware, kernel image, page tables): a node reports

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lib.confine import vcpu_cpus
 from lib.cpuset import format_cpulist
 from lib.facts.read import cat_if_present
 from lib.facts.sysfs import section, split_sections
@@ -24,7 +25,6 @@ from lib.inventory.model import Host
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh, write_file
 from lib.steps.base import Await, Plan, Step, StepMismatch, Target
-from lib.steps.confine import vcpu_cpus
 from lib.transport import CmdResult
 
 DROPIN = "/etc/default/grub.d/90-numa-k3s.cfg"

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from lib import confine
 from lib.cpuset import format_cpulist
 from lib.domain import live_domain
 from lib.facts.sysfs import section, split_sections
@@ -21,7 +22,6 @@ from lib.monitor import parse as mp
 from lib.monitor.prom import NUMBERS_ROW, VmNumbers
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh
-from lib.steps import confine
 from lib.steps.base import Plan, Step, Target
 from lib.transport import CmdResult, Shell
 

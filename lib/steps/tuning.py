@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lib import confine, hostperf
 from lib.cpuset import format_cpulist
 from lib.facts.perf import PerfFacts, joined, parse_perf_facts, perf_facts_command
 from lib.facts.read import cat_if_present
@@ -18,7 +19,6 @@ from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, spli
 from lib.inventory.model import Host
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh, write_file
-from lib.steps import confine, hostperf
 from lib.steps.base import Plan, Step, Target
 from lib.transport import CmdResult
 
