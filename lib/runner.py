@@ -34,7 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lib import lock
 from lib.actions import Executor, NotYet, failed
@@ -59,15 +59,13 @@ from lib.resume import resume_point
 from lib.retry import Policies, Sleep
 from lib.runbook import Runbook, RunbookError, select
 from lib.sink import Sink
-from lib.steps.base import Action, Plan, Step, StepMismatch, Target
+from lib.steps.base import Action, Mode, Plan, Step, StepMismatch, Target
 from lib.targets import hypervisor_endpoint, targets_for
 from lib.transport import Endpoint, Log, Pool, Shell
 
 # Re-exported: callers (tasks.py, tests, bench) import these from the engine.
 __all__ = ["Answers", "Engine", "Interrupted", "Mode", "PoolFactory", "RunOptions", "describe", "exit_code",
            "failure_text"]
-
-Mode = Literal["apply", "plan", "offline", "verify"]
 
 
 @dataclass(frozen=True)

@@ -44,18 +44,19 @@ def targets_for(step: Step, loaded: LoadedHost, options: dict[str, Any] | None =
 
 def _all_targets(step: Step, loaded: LoadedHost, opts: dict[str, Any]) -> list[Target]:
     hv = hypervisor_endpoint(loaded)
+    mode = opts.get("mode", "apply")
     if step.targets == "hypervisor":
-        return [Target(loaded.name, "hypervisor", hv, loaded, None, opts)]
+        return [Target(loaded.name, "hypervisor", hv, loaded, None, opts, mode=mode)]
     servers = [vm for vm in loaded.host.vms if vm.k8s and vm.k8s.role == "server"]
     if step.targets == "vms":  # one target per VM, commands run on the hypervisor (virsh, qemu-img)
         # The k3s server as peer: where a VM's node is cordoned and drained before a restart.
         server = vm_endpoint(loaded, servers[0]) if servers and servers[0].ssh and servers[0].ssh.host else None
         return [Target(vm.name, "vm", hv, loaded, vm, opts, vm_endpoint(loaded, vm, discover=True) if vm.ssh else None,
-                       peer=server) for vm in loaded.host.vms]
+                       peer=server, mode=mode) for vm in loaded.host.vms]
     vms = list(loaded.host.vms)
     if step.targets == "server":
         vms = servers
     elif step.targets == "agents":
         vms = [vm for vm in vms if vm.k8s and vm.k8s.role == "agent"]
     peer = vm_endpoint(loaded, servers[0]) if step.targets == "agents" and servers else None
-    return [Target(vm.name, "vm", vm_endpoint(loaded, vm), loaded, vm, opts, peer=peer) for vm in vms]
+    return [Target(vm.name, "vm", vm_endpoint(loaded, vm), loaded, vm, opts, peer=peer, mode=mode) for vm in vms]

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # hypervisor: the host itself. vms: one target per VM, commands on the hypervisor (virsh, qemu-img).
 # guests / server / agents: inside the VMs (all, the k3s server(s), the k3s agents), over their own SSH.
 TargetKind = Literal["hypervisor", "vms", "guests", "server", "agents"]
+# How a run treats hosts: apply changes them; plan and offline plan only (offline reads nothing);
+# verify only reads and checks.
+Mode = Literal["apply", "plan", "offline", "verify"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Target:
     guest: Endpoint | None = None
     # For a k3s agent: the server VM's endpoint, where the agent's node must show up.
     peer: Endpoint | None = None
+    mode: Mode = "apply"  # the run's mode: a plan may word itself for a plan run, never read the engine
 
 
 class StepMismatch(Exception):

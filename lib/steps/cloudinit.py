@@ -106,7 +106,7 @@ class CloudinitBuild(Step):
         iso = build_seed_iso(seed_files(target.vm))
         uri = target.loaded.host.libvirt_uri
         facts = parse_seed(iso, session.run(seed_facts_command(target.vm, uri)).stdout)
-        if target.options.get("mode") == "plan" and facts.remote_sha256 not in ("", facts.sha256):
+        if target.mode == "plan" and facts.remote_sha256 not in ("", facts.sha256):
             # What the guest was told before: fetched only to show the plan's diff.
             facts = replace(facts, remote_files=read_seed_iso(session.get(target.vm.cloud_init_iso_path)))
         return facts

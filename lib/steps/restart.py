@@ -149,7 +149,7 @@ class _Restart(Step):
         if not drift.restart and dom is None:
             return Plan(reason=f"{vm.name} is not defined: vms.define creates it")
         flagged = bool(target.options.get("restart"))
-        mode = str(target.options.get("mode", "apply"))
+        mode = target.mode
         if drift.restart and state == "shut off" and not ours and not flagged:
             return Plan(reason=f"{vm.name} is shut off: vms.define redefines it with --redefine "
                                f"({drift.restart_fields})")

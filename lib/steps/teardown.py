@@ -102,7 +102,7 @@ class DisksRemove(Step):
         vm = target.vm
         delete, _keep = removable(vm, bool(target.options.get("include_data")))
         after_vms_remove: tuple[str, ...] = ()
-        if facts is not None and facts.domain != "not defined" and target.options.get("mode") == "plan":
+        if facts is not None and facts.domain != "not defined" and target.mode == "plan":
             # Planning the whole teardown: vms.remove runs first and undefines the domain.
             after_vms_remove = (f"domain {vm.name} is {facts.domain}: these are deleted only after vms.remove",)
         elif facts is not None and facts.domain != "not defined":

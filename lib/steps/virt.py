@@ -133,7 +133,7 @@ class VmsDefine(Step):
     def plan(self, target: Target, facts: DomainFacts | None) -> Plan:
         assert target.vm is not None
         return plan_domain(target.loaded.host, target.vm, facts, bool(target.options.get("redefine")),
-                           _tuning(target), str(target.options.get("mode", "apply")), target.loaded.name)
+                           _tuning(target), target.mode, target.loaded.name)
 
     def verify(self, target: Target, facts: DomainFacts) -> list[Check]:
         assert target.vm is not None
