@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lib.steps import REGISTRY
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, fast_tmp_dir, write_tree
+from tests.harness.world import World
 
 
 @pytest.fixture(autouse=True)
@@ -53,5 +55,21 @@ def spec_sysroot(make_sysroot: Callable[[HostShape], Path]) -> Path:
 def ssh_host(sshd_farm: SshdFarm, spec_sysroot: Path) -> Iterator[SshHost]:
     """One running sshd host for this test, carrying the spec sysroot; stopped afterwards."""
     host = sshd_farm.start("hv1", sysroot=spec_sysroot)
+    yield host
+    sshd_farm.stop(host.name)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    """This test's hosts/, runbooks/, state and records dirs, running the product's steps (a module
+    whose world differs, such as tests/engine_steps.py's test steps, defines its own `world`)."""
+    return World(tmp_path, REGISTRY)
+
+
+@pytest.fixture
+def hv(sshd_farm: SshdFarm, world: World) -> Iterator[SshHost]:
+    """A running sshd for this test's world; writing hosts/hv1.yaml for it is the test's (or its
+    module's `hv`, which can take this one: `def hv(hv, world)`)."""
+    host = sshd_farm.start(f"hv-{world.tmp.name[-12:]}")
     yield host
     sshd_farm.stop(host.name)

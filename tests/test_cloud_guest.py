@@ -29,6 +29,7 @@ from lib.steps import REGISTRY
 from tests.harness.guest import build_cloud_guest, free_port
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm
+from tests.harness.virsh import virsh
 from tests.harness.world import FAST, World
 
 pytestmark = pytest.mark.slow
@@ -40,10 +41,6 @@ BOOT = replace(FAST, converge=replace(FAST.converge, wait_initial=2, wait_max=5,
 TOPOLOGY = {"sockets": 1, "cores_per_socket": 2, "threads_per_core": 1, "l3_cache_mb": 32,
             "nodes": [{"id": 0, "cpus": "0-1", "memory_mb": 2048}]}
 STEPS = ("images.clone", "cloudinit.build", "vms.define", "vms.start")
-
-
-def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=120)
 
 
 @dataclass

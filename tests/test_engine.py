@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,11 +30,10 @@ def world(tmp_path: Path) -> World:
 
 
 @pytest.fixture
-def hv(sshd_farm: SshdFarm, world: World) -> Iterator[SshHost]:
-    host = sshd_farm.start(f"hv-{world.tmp.name[-12:]}")
-    write_host(world.hosts, "hv1", host)
-    yield host
-    sshd_farm.stop(host.name)
+def hv(hv: SshHost, world: World) -> SshHost:
+    """conftest's host, as hosts/hv1.yaml."""
+    write_host(world.hosts, "hv1", hv)
+    return hv
 
 
 def statuses(run: HostRun) -> list[tuple[str, str, str]]:

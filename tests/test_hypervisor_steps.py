@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,25 +15,12 @@ from lib.cpuset import parse_cpulist
 from lib.facts.host import host_facts_command, parse_host_facts
 from lib.remote import Endpoint, Session
 from lib.retry import Policies
-from lib.steps import REGISTRY
 from tests.harness.inventory import write_host
-from tests.harness.sshd import SshdFarm, SshHost
+from tests.harness.sshd import SshHost
 from tests.harness.sysfs import HostShape, write_tree
 from tests.harness.world import World
 
 MakeRoot = Callable[[HostShape], Path]
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(tmp_path, REGISTRY)
-
-
-@pytest.fixture
-def hv(sshd_farm: SshdFarm, world: World) -> Iterator[SshHost]:
-    host = sshd_farm.start(f"hvs-{world.tmp.name[-12:]}")
-    yield host
-    sshd_farm.stop(host.name)
 
 
 @pytest.fixture

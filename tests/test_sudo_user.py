@@ -18,7 +18,6 @@ import pytest
 from lib.inventory.load import load_inventory
 from lib.remote import Endpoint, Session
 from lib.shell import Secret
-from lib.steps import REGISTRY
 from lib.steps.base import Target, Upload
 from lib.steps.k3s import plan_node
 from lib.steps.preflight import SUDOERS_DROPIN
@@ -31,11 +30,6 @@ from tests.harness.world import FAST, World
 from tests.inventory_helpers import REPO
 
 pytestmark = pytest.mark.skipif(not sudo_available(), reason="needs root, useradd and Debian's sudo package")
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(tmp_path, REGISTRY)
 
 
 def as_user(farm: SshdFarm, name: str, user: str) -> Iterator[SshHost]:

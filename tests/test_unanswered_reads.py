@@ -12,24 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lib.steps import REGISTRY
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, write_tree
 from tests.harness.world import World
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(tmp_path, REGISTRY)
-
-
-@pytest.fixture
-def hv(sshd_farm: SshdFarm, world: World) -> Iterator[SshHost]:
-    host = sshd_farm.start(f"una-{world.tmp.name[-12:]}")
-    yield host
-    sshd_farm.stop(host.name)
-
 
 # sshd (and every command and libvirt connection through it) sees an empty /run/libvirt: no socket.
 NO_LIBVIRTD = ("unshare", "-m", "--propagation", "private", "sh", "-c",

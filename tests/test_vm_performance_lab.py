@@ -24,8 +24,9 @@ from lib.steps import REGISTRY
 from tests.harness.guest import build_guest
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm, SshHost
+from tests.harness.virsh import virsh
 from tests.harness.world import World
-from tests.test_vms_lab import BOOT, URI, tiny_vm, virsh
+from tests.test_vms_lab import BOOT, URI, tiny_vm
 
 # What the inventory says this machine is, for this test: one core, its two threads 0 and 1.
 ONE_CORE_TWO_THREADS = {"sockets": 1, "cores_per_socket": 1, "threads_per_core": 2, "sibling_layout": "adjacent",

@@ -17,15 +17,12 @@ from lib.domain import parse_domifaddr
 from lib.steps import REGISTRY
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm
+from tests.harness.virsh import virsh
 from tests.harness.world import World
 from tests.inventory_helpers import hv1
 
 URI = "qemu:///system"
 SPEC_NAMES = ["k3s-worker-slm-heavy", "k3s-worker-data", "k3s-worker-slm", "k3s-server-tasks"]
-
-
-def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=120)
 
 
 def pools_under(path: Path) -> list[str]:

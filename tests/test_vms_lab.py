@@ -24,6 +24,7 @@ from lib.steps import REGISTRY
 from tests.harness.guest import build_guest, free_port
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm
+from tests.harness.virsh import virsh
 from tests.harness.world import FAST, World
 from tests.operator_views import status_shows_the_moved_pin, watch_marks_breaches_in_text
 
@@ -34,11 +35,6 @@ BOOT = replace(FAST, converge=replace(FAST.converge, wait_initial=1, wait_max=2,
 # This machine's shape: one socket, two cores, one NUMA node.
 TOPOLOGY = {"sockets": 1, "cores_per_socket": 2, "threads_per_core": 1, "l3_cache_mb": 32,
             "nodes": [{"id": 0, "cpus": "0-1", "memory_mb": 2048}]}
-
-
-def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=120)
-
 
 
 def sha(path: Path) -> str:

@@ -27,6 +27,7 @@ from tests.harness.guest import free_port
 from tests.harness.k3s_standin import standin_artifacts
 from tests.harness.sshd import SshHost
 from tests.harness.sysfs import HostShape, write_tree
+from tests.harness.virsh import virsh as run_virsh
 from tests.inventory_helpers import REPO
 
 URI = "qemu:///system"
@@ -37,8 +38,7 @@ TEMP_MARKS = (".creating.", ".uploading", ".tmp", ".numa-k3s-upload-")
 
 
 def virsh(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=120)
-    return done.stdout
+    return run_virsh(*args, check=check).stdout
 
 
 def sha(path: Path) -> str:
