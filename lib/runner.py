@@ -211,6 +211,7 @@ class Engine:
         return self.options.mode != "apply"
 
     def run(self, hosts: list[LoadedHost]) -> list[HostRun]:
+        """The per-host run, each host in its own thread; one HostRun per host, in order, records written."""
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
             futures = [pool.submit(self._run_host, host) for host in hosts]
             # Wake up now and then: a signal may be delivered to a worker thread, and Python runs
@@ -229,6 +230,7 @@ class Engine:
 
     # -- one hypervisor ----------------------------------------------------------------------
     def _run_host(self, loaded: LoadedHost) -> HostRun:
+        """One hypervisor's run (the caller keeps failures of the records themselves: run())."""
         opts = self.options
         run_id = new_run_id()
         records = RunRecords(opts.runs_dir, loaded.name, run_id)
