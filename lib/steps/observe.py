@@ -258,7 +258,6 @@ def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
     return rows
 
 
-
 def vm_numbers(vm: VM, s: VmSample) -> VmNumbers:
     """The sample as numbers, for `monitor --prometheus` (the rows above are the same values as text)."""
     if s.pid is None or s.numa_maps is None:
