@@ -229,11 +229,12 @@ class Engine:
         records = RunRecords(opts.runs_dir, loaded.name, run_id)
         run = HostRun(loaded.name, run_id, self.runbook.name, opts.mode, time.time(),
                       records=str(records.dir.resolve()))
-        (records.dir / "run.json").write_text(json.dumps(
+        records.write("run.json", json.dumps(
             {"host": loaded.name, "run_id": run_id, "runbook": self.runbook.name, "mode": opts.mode,
              "vm_filter": list(opts.flags.get("vms") or ())}))  # --vm: which VMs this run was limited to
         pool = SessionPool(opts.policies, self._sleep, records.log, remember_failure=self.read_only)
-        ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode})
+        # run_id: what lib/ownership records as the run that made a file.
+        ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode, "run_id": run_id})
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
@@ -353,6 +354,7 @@ class Engine:
     def _take_lock(self, session: Session, loaded: LoadedHost, run_id: str) -> bool:
         path = loaded.host.lock_path
         state = lock.parse(session.run(lock.acquire(path, lock.holder_info(run_id))).stdout)
+        lock.refuse_foreign(loaded.name, path, state)
         if state.state == "stale":
             # Its holder's SSH session is gone, so that run is gone too (a run that reconnects points
             # the lock at its new session at once: refresh()). Breaking it is what resume after a
