@@ -70,7 +70,7 @@ _SHAPED = ('[ "$(wc -l < "$lock")" = 1 ] && grep -qxE \'' + _SHAPE + '\' "$lock"
 _ACQUIRE = (
     'mkdir -p "$(dirname "$lock")" && ' + _FOREIGN + '; '
     'if (set -C; printf "%s session=%s\\n" "$info" "$s" > "$lock") 2>/dev/null; then echo acquired; exit 0; fi; '
-    + _FOREIGN + '; if ! ' + _SHAPED + '; then echo "foreign regular file"; exit 0; fi; '
+    + _FOREIGN + '; if ! { ' + _SHAPED + '; }; then echo "foreign regular file"; exit 0; fi; '
     'holder=$(cat "$lock" 2>/dev/null); '
     'hs=$(printf "%s\\n" "$holder" | sed -n "s/.*session=\\([0-9]*\\).*/\\1/p"); '
     # A killed session not yet reaped is a zombie (state Z) whose comm still reads sshd: dead too.

@@ -39,11 +39,16 @@ def small_vm(name: str, index: int, guest: SshHost | None = None, *, role: str =
     return vm
 
 
+LOCKS_HANDED_OUT: set[Path] = set()  # removed at the session's end (tests/conftest.py)
+
+
 def lock_path_for(hosts_dir: Path, name: str) -> Path:
     """The test's own lock file, in /run/lock as the inventory requires (rule lock.path), named after
     the test's directory so parallel tests and sessions never share one."""
     digest = hashlib.sha256(str(hosts_dir.resolve()).encode()).hexdigest()[:16]
-    return Path("/run/lock") / f"numa-k3s-test-{digest}-{name}.lock"
+    path = Path("/run/lock") / f"numa-k3s-test-{digest}-{name}.lock"
+    LOCKS_HANDED_OUT.add(path)
+    return path
 
 
 def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None = None,
