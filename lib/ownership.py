@@ -5,8 +5,8 @@ hypervisor itself (`<sysroot>/var/lib/numa-k3s/owned/`, 0700; one 0600 file per 
 the sha256 of its real path), so losing the control node loses nothing. A record holds the file's
 identity when the tool made it (device, inode, birth time where the filesystem has one, size),
 the run that made it, its kind and its VM. A file at the same path with another identity is not
-the tool's: a replaced file gets a new inode (and birth time), so size is only compared for seeds,
-which never grow; qcow2 images do.
+the tool's: a replaced file gets a new inode (and birth time). The size is kept as information
+only: qcow2 images grow, and a seed written into in place is still the tool's file to rewrite.
 
 Pure, like lib/lock.py: builds the commands and parses their answers; the steps run them. Every
 path is judged by its REAL path on the host (`realpath -m`), so `./`, `//`, `..` and symlinks
@@ -176,9 +176,8 @@ def judge(seen: Seen, survey: Survey, *, adoptable: str | None = None) -> Verdic
                        "point the inventory at a path under storage_roots that the tool may create")
     record = seen.record
     if record is not None:
-        same = record.identity.same_file(seen.identity) and (
-            record.kind != "seed" or record.identity.size == seen.identity.size)
-        if same:
+        # The same file written into in place (a tampered seed) is still the tool's own to rewrite.
+        if record.identity.same_file(seen.identity):
             return Verdict("owned", f"made by run {record.run}")
         return Verdict("refuse", f"the tool made this {record.kind} in run {record.run} "
                                  f"({record.identity.shown()}, {record.identity.size} bytes), but the file there "

@@ -18,7 +18,7 @@ from lib.facts import libvirt as libvirt_facts
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM
-from lib.local import build_seed_iso
+from lib.local import LocalToolError, build_seed_iso
 from lib.remote import CmdResult
 from lib.results import Check
 from lib.shell import Command, Value, seq, sh
@@ -135,8 +135,11 @@ class _DiskSurvey(Step):
         # The seeds the tool would build now: an unrecorded seed is adopted only with this content.
         if mode == "offline":
             return {}
-        return {"seed_sha256": {vm.name: hashlib.sha256(build_seed_iso(seed_files(vm))).hexdigest()
-                                for vm in loaded.host.vms}}
+        try:
+            return {"seed_sha256": {vm.name: hashlib.sha256(build_seed_iso(seed_files(vm))).hexdigest()
+                                    for vm in loaded.host.vms}}
+        except LocalToolError:
+            return {}  # no xorriso here: a seed without a record is then refused, never guessed at
 
     def facts_command(self, target: Target) -> Command:
         assert target.vm is not None
