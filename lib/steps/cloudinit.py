@@ -19,7 +19,7 @@ from lib.inventory.model import VM
 from lib.local import build_seed_iso, read_seed_iso
 from lib.remote import Session
 from lib.results import Check
-from lib.shell import Command, FileBody, sh
+from lib.shell import Command, FileBody, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target, Upload
 
 # The primary volume descriptor starts at sector 16 (byte 32768); its volume identifier is at +40.
@@ -67,6 +67,10 @@ def media_command(vm: VM, uri: str) -> Command:
 
 def seed_paths(vm: VM) -> list[tuple[str, ownership.Probe]]:
     return [(vm.cloud_init_iso_path, "")]
+
+
+def judged_real(facts: SeedFacts, vm: VM) -> str:
+    return facts.survey.seen[vm.cloud_init_iso_path].real if facts.survey else vm.cloud_init_iso_path
 
 
 def seed_verdict(vm: VM, facts: SeedFacts) -> tuple[ownership.Seen, ownership.Verdict] | None:
@@ -147,15 +151,19 @@ class CloudinitBuild(Step):
     def gather(self, target: Target, session: Session) -> SeedFacts:
         assert target.vm is not None
         iso = build_seed_iso(seed_files(target.vm))
-        host, uri = target.loaded.host, target.loaded.host.libvirt_uri
-        facts = parse_seed(iso, session.run(seed_facts_command(target.vm, uri)).stdout)
-        paths = seed_paths(target.vm)
-        survey = session.run(ownership.survey_command(host.sysroot, host.storage_roots, [target.vm.base_image_path],
-                                                      paths)).stdout
-        facts = replace(facts, survey=ownership.parse_survey(survey, paths))
-        if target.options.get("mode") == "plan" and facts.remote_sha256 not in ("", facts.sha256):
-            # What the guest was told before: fetched only to show the plan's diff.
-            facts = replace(facts, remote_files=read_seed_iso(session.get(target.vm.cloud_init_iso_path)))
+        host, uri, vm = target.loaded.host, target.loaded.host.libvirt_uri, target.vm
+        paths = seed_paths(vm)
+        read = seq(seed_facts_command(vm, uri), ownership.survey_command(host.sysroot, host.storage_roots,
+                                                                         [vm.base_image_path], paths),
+                   timeout=90, why="hash the seed ISO; is its VM running; real path and ownership record")
+        out = session.run(read).stdout
+        facts = replace(parse_seed(iso, out), survey=ownership.parse_survey(out, paths))
+        mine = ownership.judge(facts.survey.seen[vm.cloud_init_iso_path], facts.survey) if facts.survey else None
+        if (target.options.get("mode") == "plan" and facts.remote_sha256 not in ("", facts.sha256)
+                and mine is not None and mine.action == "owned"):
+            # What the guest was told before: fetched only to show the plan's diff, and only from a
+            # seed path the tool may write (never a file that is not its own).
+            facts = replace(facts, remote_files=read_seed_iso(session.get(judged_real(facts, vm))))
         return facts
 
     def plan(self, target: Target, facts: SeedFacts | None) -> Plan:
