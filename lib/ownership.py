@@ -153,6 +153,7 @@ class Verdict:
     action: Literal["owned", "adopt", "absent", "refuse"]
     why: str = ""  # refuse: what is wrong; adopt: what matched
     fix: str = ""  # refuse: what the operator can do
+    unrecorded: bool = False  # refused only for want of a record (a regular file in the roots)
 
 
 def judge(seen: Seen, survey: Survey, *, adoptable: str | None = None) -> Verdict:
@@ -187,7 +188,7 @@ def judge(seen: Seen, survey: Survey, *, adoptable: str | None = None) -> Verdic
         return Verdict("adopt", adoptable)
     return Verdict("refuse", "the tool has no record of making it and it is not what the tool would have made",
                    f"if it is yours, point the inventory elsewhere; if it is an old copy, move it aside "
-                   f"(mv {real} {real}.old), then run again")
+                   f"(mv {real} {real}.old), then run again", unrecorded=True)
 
 
 def record_command() -> str:

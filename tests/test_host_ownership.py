@@ -263,11 +263,15 @@ def test_an_unrecorded_file_unlike_the_tools_is_never_adopted(box: Box) -> None:
     assert box.sums() == before
 
 
-def test_a_fifo_or_directory_at_a_seed_path_is_refused(box: Box) -> None:
-    fifo = box.root / "fifo.iso"
+def test_a_fifo_or_directory_at_an_image_or_seed_path_is_refused_and_never_read(box: Box) -> None:
+    fifo, directory = box.root / "fifo.iso", box.root / "dir.qcow2"
     os.mkfifo(fifo)
-    box.write(box.vm(box.a, 0, cloud_init_iso_path=str(fifo)))
-    (run,) = box.world.run("cloudinit.build")
-    assert run.exit_code == 3
-    assert f"{fifo}: it is a fifo, not a file the tool made" in error_of(run, "cloudinit.build", box.a)
-    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    directory.mkdir()
+    (directory / "keep").write_text("mine")
+    box.write(box.vm(box.a, 0, cloud_init_iso_path=str(fifo), disk_path=str(directory)))
+    (seed,) = box.world.run("cloudinit.build")  # a read of the FIFO would hang until the timeout
+    (images,) = box.world.run("images.clone")
+    assert (seed.exit_code, images.exit_code) == (3, 3)
+    assert f"{fifo}: it is a fifo, not a file the tool made" in error_of(seed, "cloudinit.build", box.a)
+    assert f"{directory}: it is a directory, not a file the tool made" in error_of(images, "images.clone", box.a)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and (directory / "keep").read_text() == "mine"

@@ -55,8 +55,10 @@ def images_command(vm: VM) -> Command:
     paths = [vm.base_image_path] + [d.path for d in disks_of(vm)]
     parts = []
     for i, _ in enumerate(paths):
-        parts.append(f"{section(f'd{i}')}; if [ -b {{p{i}}} ]; then echo block; elif [ -e {{p{i}}} ]; then "
-                     f"echo present; qemu-img info --output=json -U {{p{i}}} 2>&1; fi")
+        # Only a regular file is opened: a FIFO there would hang qemu-img (lib/ownership refuses it).
+        parts.append(f"{section(f'd{i}')}; if [ -b {{p{i}}} ]; then echo block; elif [ -f {{p{i}}} ]; then "
+                     f"echo present; qemu-img info --output=json -U {{p{i}}} 2>&1; elif [ -e {{p{i}}} ]; then "
+                     "echo present; echo not a regular file; fi")
     values: dict[str, Any] = {f"p{i}": p for i, p in enumerate(paths)}  # one quoted word per path
     return sh("; ".join(parts) + "; true", timeout=60, why="read image formats, backing files and sizes", **values)
 
@@ -165,8 +167,7 @@ def plan_images(vm: VM, facts: ImagesFacts | None, sysroot: str = "/", run: str 
             if info is not None and info.exists and all(c.ok for c in disk_checks(disk, info)):
                 matches = f"{kind_of(disk)} with the spec's format, backing file and size"
             verdict = ownership.judge(seen, facts.survey, adoptable=matches)
-            if verdict.action == "refuse" and not (seen.record is None and seen.type == "regular file"
-                                                   and verdict.why.startswith("the tool has no record")):
+            if verdict.action == "refuse" and not verdict.unrecorded:
                 refused.append((disk.path, verdict))  # an unrecorded image unlike the spec's is drift, below
                 continue
             if verdict.action == "adopt":
