@@ -463,7 +463,8 @@ def _busiest_emulator(runs: list[Any]) -> None:
 
 # Every read-only verification there is, in runbook order; verify.all runs each even after a failure.
 VERIFY_ALL = ("preflight.access", "bios.check", "host.tune", "host.isolation", "host.reboot", "vms.unmanaged",
-              "images.clone", "cloudinit.build", "vms.restart.agents", "vms.restart.server", "vms.define", "vms.start",
+              "images.clone", "cloudinit.build", "disks.owned", "vms.restart.agents", "vms.restart.server",
+              "vms.define", "vms.start",
               "k3s.server", "k3s.addons", "k3s.agents", "k3s.taints", "numa.check", "emulator.check")
 
 

@@ -33,9 +33,15 @@ class LockHeld(ToolError):
     exit_code = 6
 
 
+class LockRefused(ToolError):
+    """Something at the lock path that this tool did not write: never written over, never removed."""
+
+    exit_code = 3
+
+
 @dataclass(frozen=True)
 class LockState:
-    state: Literal["acquired", "live", "stale"]
+    state: Literal["acquired", "live", "stale", "foreign"]
     holder: str = ""  # the lock file's content: user=... client=... pid=... started=... run=... session=...
 
     def field(self, key: str) -> str:
@@ -54,11 +60,21 @@ def holder_info(run_id: str) -> str:
     return f"user={getpass.getuser()} client={socket.gethostname()} pid={os.getpid()} started={started} run={run_id}"
 
 
+# What this tool writes into a lock file, and nothing else: one line of these six fields. A file
+# at the lock path without this shape (empty, or one line like /etc/machine-id) is not a lock.
+_SHAPE = "user=[^ ]+ client=[^ ]+ pid=[0-9]+ started=[^ ]+ run=[^ ]+ session=[0-9]*"
+# Anything but a regular file (a device: `set -C` does not stop a write to /dev/sda; a FIFO, a
+# directory, a symlink) is refused before anything is written to it.
+_FOREIGN = ('if [ -L "$lock" ] || { [ -e "$lock" ] && [ ! -f "$lock" ]; }; then '
+            'echo "foreign $(stat -c %F -- "$lock" 2>/dev/null)"; exit 0; fi')
+_SHAPED = ('[ "$(wc -l < "$lock")" = 1 ] && grep -qxE \'' + _SHAPE + '\' "$lock"')
+
 # Shell code after `lock=...; info=...` and _SESSION: composed with shell.seq, never str.format-ed,
 # so its braces are the shell's own.
 _ACQUIRE = (
-    'mkdir -p "$(dirname "$lock")" && '
+    'mkdir -p "$(dirname "$lock")" && ' + _FOREIGN + '; '
     'if (set -C; printf "%s session=%s\\n" "$info" "$s" > "$lock") 2>/dev/null; then echo acquired; exit 0; fi; '
+    + _FOREIGN + '; if ! { ' + _SHAPED + '; }; then echo "foreign regular file"; exit 0; fi; '
     'holder=$(cat "$lock" 2>/dev/null); '
     'hs=$(printf "%s\\n" "$holder" | sed -n "s/.*session=\\([0-9]*\\).*/\\1/p"); '
     # A killed session not yet reaped is a zombie (state Z) whose comm still reads sshd: dead too.
@@ -75,14 +91,15 @@ def acquire(path: str, info: str) -> Command:
 def parse(stdout: str) -> LockState:
     line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     state, _, holder = line.partition(" ")
-    if state not in ("acquired", "live", "stale"):
+    if state not in ("acquired", "live", "stale", "foreign"):
         raise ToolError(f"unexpected answer from the lock command: {line!r}")
     return LockState(state, holder)  # type: ignore[arg-type]
 
 
 def break_stale(path: str, holder: str) -> Command:
     """Remove the lock only if it still holds exactly the stale holder we saw (no race with a new run)."""
-    return sh('lock={path}; [ "$(cat "$lock" 2>/dev/null)" = {holder} ] && rm -f "$lock"; true',
+    return sh('lock={path}; [ -f "$lock" ] && [ ! -L "$lock" ] && [ "$(cat "$lock" 2>/dev/null)" = {holder} ] && '
+              'rm -f "$lock"; true',
               path=path, holder=holder, timeout=30, why="break a stale host lock")
 
 
@@ -109,8 +126,17 @@ def refreshed(stdout: str) -> LockState | None:
 
 
 def release(path: str, run_id: str) -> Command:
-    return sh('lock={path}; grep -q {mark} "$lock" 2>/dev/null && rm -f "$lock"; true',
+    return sh('lock={path}; [ -f "$lock" ] && [ ! -L "$lock" ] && grep -q {mark} "$lock" 2>/dev/null && '
+              'rm -f "$lock"; true',
               path=path, mark=f"run={run_id} ", timeout=30, why="release the host lock")
+
+
+def refuse_foreign(host: str, path: str, state: LockState) -> None:
+    """Stop the run when the lock path holds something this tool did not write (nothing was done)."""
+    if state.state == "foreign":
+        raise LockRefused(f"{host}: the lock path {path} holds a {state.holder or 'file'} that numa-k3s did not "
+                          "write; it was not changed and nothing was done: point lock_path at a free name under "
+                          "/run/lock (the default is /run/lock/numa-k3s.lock)")
 
 
 def take(shell: Link, path: str, run_id: str, host: str, say: Callable[[str], None]) -> Callable[[], None]:
@@ -118,6 +144,7 @@ def take(shell: Link, path: str, run_id: str, host: str, say: Callable[[str], No
     raises LockHeld when a live run holds it. Returns what re-points the lock at a new SSH session
     after a reconnect (give it to the pool's on_reconnect), which raises LockHeld if it was lost."""
     state = parse(shell.run(acquire(path, holder_info(run_id))).stdout)
+    refuse_foreign(host, path, state)
     if state.state == "stale":
         # Its holder's SSH session is gone, so that run is gone too (a run that reconnects points
         # the lock at its new session at once: refresh()). Breaking it is what resume after a

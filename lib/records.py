@@ -61,10 +61,37 @@ def masked(data: Any) -> Any:
     return data
 
 
+# Records hold hostnames, users, commands and the hosts' answers: only their owner reads them.
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def private_dirs(root: Path, *parts: str) -> Path:
+    """root/parts..., each directory made here 0700; the host and run directories are the tool's own, so
+    an older, wider one is narrowed too. The root itself (runs_dir) is narrowed only when made here:
+    an operator may point it at a directory that is not only the tool's."""
+    if not root.exists():
+        root.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        root.chmod(PRIVATE_DIR)  # mkdir's mode passes through the umask; chmod does not
+    path = root
+    for part in parts:
+        path = path / part
+        path.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        path.chmod(PRIVATE_DIR)
+    return path
+
+
+def write_private(path: Path, text: str, *, append: bool = False) -> None:
+    """Write (or append) text to a file created 0600, masked."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    with os.fdopen(os.open(path, flags, PRIVATE_FILE), "w", encoding="utf-8") as handle:
+        handle.write(mask(text))
+        handle.flush()
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write beside, then rename: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(mask(text), encoding="utf-8")
+    write_private(tmp, text)
     os.replace(tmp, path)
 
 
@@ -87,15 +114,16 @@ class RunRecords:
     """The records of one host's run. Target threads and the session pool share one instance."""
 
     def __init__(self, root: Path, host: str, run_id: str) -> None:
-        self.dir = root / host / run_id
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dirs(root, host, run_id)
         self._lock = threading.Lock()
+
+    def write(self, name: str, text: str) -> None:
+        _write_atomic(self.dir / name, text)
 
     def _append(self, name: str, text: str) -> None:
         # Open per append (O_APPEND) and flush: whatever a crash cuts, the lines before it are on disk.
-        with self._lock, (self.dir / name).open("a", encoding="utf-8") as handle:
-            handle.write(mask(text))
-            handle.flush()
+        with self._lock:
+            write_private(self.dir / name, text, append=True)
 
     def journal(self, result: StepResult) -> None:
         line = json.dumps(masked(result.to_json()), sort_keys=True, ensure_ascii=False)
@@ -110,7 +138,7 @@ class RunRecords:
         name = f"evidence/{_safe(step)}/{_safe(target)}.txt"
 
         def keep(result: CmdResult) -> None:
-            (self.dir / name).parent.mkdir(parents=True, exist_ok=True)
+            private_dirs(self.dir, *Path(name).parent.parts)
             self._append(name, f"$ {result.command}\nexit {result.exit_code} after {result.attempts} attempt(s), "
                                f"{result.duration:.3f} s\n--- stdout\n{_ended(result.stdout)}--- stderr\n"
                                f"{_ended(result.stderr)}\n")

@@ -238,7 +238,7 @@ class Engine:
                       records=str(records.dir.resolve()))
         records.start(RunMeta(loaded.name, run_id, self.runbook.name, opts.mode, self._vm_filter))
         pool = self.pools(opts.policies, self._sleep, records.log, self.read_only)
-        ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode})
+        ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode, "run_id": run_id})
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")

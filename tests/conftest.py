@@ -11,9 +11,22 @@ from pathlib import Path
 import pytest
 
 from lib.steps import REGISTRY
+from tests.harness.inventory import LOCKS_HANDED_OUT
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, fast_tmp_dir, write_tree
 from tests.harness.world import World
+
+
+@pytest.fixture(autouse=True, scope="session")
+def test_lock_files() -> Iterator[None]:
+    """The hosts' lock files live in /run/lock (rule lock.path): those a test left (a refused run's
+    decoy, a held lock it wrote) go when the session ends."""
+    yield
+    for path in LOCKS_HANDED_OUT:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)

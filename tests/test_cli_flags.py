@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 import tasks
+from tests.harness.inventory import lock_path_for
 from tests.inventory_helpers import HOSTS, REPO
 
 TASKS = sorted(tasks.ns.task_names)
@@ -42,7 +43,7 @@ class Invoker:
         for host in ("hv1", "hv2"):
             data = yaml.safe_load((HOSTS / "hv1.yaml").read_text())
             data["ssh"] = {"host": "127.0.0.1", "port": 1}  # refused: nothing listens on port 1
-            data["lock_path"] = str(tmp / f"{host}.lock")
+            data["lock_path"] = str(lock_path_for(self.hosts, host))
             data["k3s"] = {**data.get("k3s", {}), "token_file": str(tmp / f"{host}.token")}
             (self.hosts / f"{host}.yaml").write_text(yaml.safe_dump(data))
         self.config = tmp / "invoke.yaml"  # one connect attempt: a refused port fails at once either way
@@ -78,7 +79,8 @@ def _fuzz(inv: Invoker, cases: list[list[str]]) -> None:
         if out.returncode:
             assert out.stderr.strip(), f"{argv}: failed without a word"
     # Nothing was changed or even locked: no lock file, no token, on any "host".
-    assert not list(inv.hosts.parent.glob("*.lock")) and not list(inv.hosts.parent.glob("*.token"))
+    assert not any(lock_path_for(inv.hosts, h).exists() for h in ("hv1", "hv2"))
+    assert not list(inv.hosts.parent.glob("*.token"))
 
 
 def test_every_flag_of_every_task_with_a_bad_value_never_gives_a_traceback(inv: Invoker) -> None:

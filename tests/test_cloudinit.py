@@ -128,7 +128,8 @@ def world(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[World]:
     vms = [small_vm("slm", 0, role="server"), small_vm("data", 1)]
     for vm in vms:
         vm["cloud_init_iso_path"] = str(tmp_path / "images" / f"{vm['name']}-seed.iso")
-    write_host(w.hosts, "hv1", host, vms=vms)
+    # A sysroot of its own: the seeds' ownership records stay in the test's tree (lib/ownership).
+    write_host(w.hosts, "hv1", host, vms=vms, sysroot=tmp_path / "sysroot")
     yield w
     sshd_farm.stop(host.name)
 

@@ -19,7 +19,7 @@ from lib.results import HostRun
 from lib.runbook import load_runbook
 from lib.runner import Engine, RunOptions, exit_code
 from tests.engine_steps import REGISTRY, TOKEN_VALUE
-from tests.harness.inventory import small_vm, write_host
+from tests.harness.inventory import lock_path_for, small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost, count_auths
 from tests.harness.world import FAST, World, wait_for
 
@@ -208,7 +208,7 @@ def test_convergence_deadline_fails_with_exit_4(world: World, hv: SshHost) -> No
 
 
 def test_lock_refuses_a_second_run_and_names_the_holder(world: World, hv: SshHost) -> None:
-    lock = world.tmp / "locks" / "hv1.lock"
+    lock = lock_path_for(world.hosts, "hv1")
     lock.parent.mkdir(parents=True, exist_ok=True)
     # A live holder: its session pid is an sshd process that is alive (here the test host's sshd).
     held = (f"user=alice client=ops-laptop pid=4242 started=2026-11-28T17:00:00Z run=R1 session={hv.pid}\n")
@@ -225,7 +225,7 @@ def test_lock_refuses_a_second_run_and_names_the_holder(world: World, hv: SshHos
 
 @pytest.mark.parametrize("holder", ["gone", "zombie"])
 def test_stale_lock_is_broken_with_a_message(world: World, hv: SshHost, holder: str) -> None:
-    lock = world.tmp / "locks" / "hv1.lock"
+    lock = lock_path_for(world.hosts, "hv1")
     lock.parent.mkdir(parents=True, exist_ok=True)
     # A killed sshd session that nobody has reaped yet is a zombie whose comm still reads "sshd".
     sshd = world.tmp / "sshd"
@@ -262,7 +262,7 @@ def test_a_reconnecting_run_keeps_its_lock(world: World, hv: SshHost) -> None:
 
 def test_a_run_that_lost_its_lock_stops(world: World, hv: SshHost) -> None:
     # While the connection is down another run breaks the (stale-looking) lock and takes it.
-    lock = world.tmp / "locks" / "hv1.lock"
+    lock = lock_path_for(world.hosts, "hv1")
     taker = f"user=carol client=other pid=7 started=2026-11-29T00:00:00Z run=R9 session={hv.pid}\n"
 
     def sleep(_seconds: float) -> None:
@@ -299,7 +299,7 @@ def test_interrupt_finishes_the_command_in_flight_then_stops(world: World, hv: S
     assert world.state_file("hv1", "two-log").read_text() == "first\n"  # the command in flight finished
     assert not world.state_file("hv1", "two").exists()  # the next command never ran
     assert run.resume_hint == "invoke provision --host=hv1 --resume"
-    assert not (world.tmp / "locks" / "hv1.lock").exists()  # released
+    assert not (lock_path_for(world.hosts, "hv1")).exists()  # released
     (resumed,) = world.run("test.a", "test.two", "test.b", resume=True)
     assert statuses(resumed) == [("test.a", "hv1", "skipped"), ("test.two", "hv1", "changed"),
                                  ("test.b", "hv1", "changed")]
@@ -308,7 +308,7 @@ def test_interrupt_finishes_the_command_in_flight_then_stops(world: World, hv: S
 
 def test_lock_is_released_after_a_run_and_taken_during_it(world: World, hv: SshHost) -> None:
     (run,) = world.run("test.a")
-    lock = world.tmp / "locks" / "hv1.lock"
+    lock = lock_path_for(world.hosts, "hv1")
     assert not lock.exists()
     log = (world.runs / "hv1" / run.run_id / "run.log").read_text()
     assert "take the host lock" in log or "lock" in log
@@ -322,7 +322,7 @@ def test_plan_mode_changes_nothing(world: World, hv: SshHost) -> None:
     assert run.results[0].planned == (f"echo test.a >> {world.state_file('hv1', 'ran')}",)
     assert "***" in run.results[2].planned[0] and TOKEN_VALUE not in run.results[2].planned[0]
     assert _snapshot(world.state) == before
-    assert not (world.tmp / "locks").exists()  # plan mode takes no lock: a lock file is a change too
+    assert not lock_path_for(world.hosts, "hv1").exists()  # plan mode takes no lock: a lock file is a change too
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:

@@ -59,7 +59,8 @@ def images(tmp_path: Path) -> Path:
 def world(tmp_path: Path, images: Path, sshd_farm: SshdFarm) -> Iterator[World]:
     host: SshHost = sshd_farm.start(f"img-{tmp_path.name[-12:]}")
     w = World(tmp_path, REGISTRY)
-    write_host(w.hosts, "hv1", host, vms=vm_dicts(images))
+    # A sysroot of its own: the images' ownership records stay in the test's tree (lib/ownership).
+    write_host(w.hosts, "hv1", host, vms=vm_dicts(images), sysroot=tmp_path / "sysroot")
     yield w
     sshd_farm.stop(host.name)
 
@@ -204,14 +205,16 @@ def test_block_device_disk_must_exist_and_is_never_created() -> None:
     assert [(c.name, c.found) for c in err.value.checks] == [("cold disk /dev/sdz", "missing")]
 
 
-def test_create_never_replaces_a_disk_that_appears_after_the_facts(tmp_path: Path) -> None:
+def test_create_never_replaces_a_disk_that_appears_after_the_facts(tmp_path: Path,
+                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     # The facts said "missing"; by the time the create command runs, someone else made the file.
     base = make_base(tmp_path)
     vm = spec_vm().model_copy(update={"disk_path": str(tmp_path / "os.qcow2"), "base_image_path": str(base),
                                       "disks": ()})
     facts = ImagesFacts(parse_image("present\n" + json.dumps({"format": "qcow2", "virtual-size": 64 << 20})),
                         {vm.disk_path: parse_image("")})
-    (create,) = plan_images(vm, facts).actions
+    # The create records the disk as owned: in a registry of the test's own, outside tmp_path.
+    (create,) = plan_images(vm, facts, sysroot=str(tmp_path_factory.mktemp("sysroot"))).actions
     assert isinstance(create, Command)
     theirs = tmp_path / "os.qcow2"
     theirs.write_bytes(b"somebody's data")

@@ -6,6 +6,7 @@ schema-valid Host; they yield every problem they see so an operator fixes them a
 
 from __future__ import annotations
 
+import posixpath
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -371,8 +372,22 @@ def check_addon_node(host: Host, members: list[VM]) -> Iterator[Finding]:
                   "under k3s.disable and deploy your own")
 
 
+LOCK_DIRS = ("/run/lock", "/var/lock")
+
+
+def check_lock_path(host: Host) -> Iterator[Finding]:
+    """The lock lives where locks live: a typo there must not make the tool write over a system file.
+
+    Compared after normalising (`.`, `..`, `//`), so `/run/lock/../../etc/x` is not under /run/lock."""
+    path = posixpath.normpath(host.lock_path)
+    if not any(path.startswith(d + "/") for d in LOCK_DIRS):
+        yield Finding("lock.path", "lock_path", f"{host.lock_path} is not in a directory meant for locks: put it "
+                      "under /run/lock or /var/lock (the default is /run/lock/numa-k3s.lock)")
+
+
 def check_host(host: Host, cores: list[Core]) -> Iterator[Finding]:
     yield from check_names(host)
+    yield from check_lock_path(host)
     yield from check_vm_pins(host)
     shared = check_shared_pins(host, cores)
     if host.pin_sharing == "allow":

@@ -11,7 +11,7 @@ from lib.steps.k3s import K3sAddons, K3sAgents, K3sAgentsRemove, K3sServer, K3sS
 from lib.steps.observe import Doctor, EmulatorCheck, MonitorSample, NumaCheck
 from lib.steps.preflight import PreflightAccess
 from lib.steps.restart import VmsRestartAgents, VmsRestartServer
-from lib.steps.teardown import DisksRemove, VmsRemove
+from lib.steps.teardown import DisksOwned, DisksRemove, VmsRemove
 from lib.steps.tuning import HostTune
 from lib.steps.unmanaged import VmsUnmanaged
 from lib.steps.virt import VmsDefine, VmsStart
@@ -19,6 +19,6 @@ from lib.steps.virt import VmsDefine, VmsStart
 STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, HostIsolation, HostReboot, VmsUnmanaged,
                                    ImagesClone, CloudinitBuild, VmsRestartAgents, VmsRestartServer,
                                    VmsDefine, VmsStart, K3sServer, K3sAddons, K3sAgents, K3sTaints, K3sAgentsRemove,
-                                   K3sServerRemove, VmsRemove, DisksRemove, NumaCheck, EmulatorCheck, MonitorSample,
-                                   Doctor)
+                                   K3sServerRemove, DisksOwned, VmsRemove, DisksRemove, NumaCheck, EmulatorCheck,
+                                   MonitorSample, Doctor)
 REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field, replace
 
 import yaml
 
+from lib import ownership
 from lib.cloudinit import seed_files
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
 from lib.local import build_seed_iso, read_seed_iso
 from lib.results import Check
-from lib.shell import Command, FileBody, sh
-from lib.steps.base import Plan, Step, Target, Upload
+from lib.shell import Command, FileBody, seq, sh
+from lib.steps.base import Plan, Step, StepMismatch, Target, Upload
 from lib.transport import Shell
 
 # The primary volume descriptor starts at sector 16 (byte 32768); its volume identifier is at +40.
@@ -33,11 +34,14 @@ class SeedFacts:
     remote_label: str
     remote_files: dict[str, str] | None = None  # the host's seed files, read for a plan's diff only
     running: bool = False  # the VM's QEMU is up, with the seed's old file open as its CD-ROM
+    survey: ownership.Survey | None = None  # the seed path's real path, identity and ownership record
 
 
 def seed_facts_command(vm: VM, uri: str) -> Command:
-    return sh(f"{section('sha')}; sha256sum < {{p}} 2>/dev/null | cut -d' ' -f1; {section('label')}; "
-              f"{_VOLUME_ID}; echo; {section('state')}; virsh -c {{uri}} domstate {{name}} 2>/dev/null; true",
+    # Only a regular file is read: a FIFO there would hang the read (lib/ownership refuses it).
+    return sh(f"{section('sha')}; [ -f {{p}} ] && sha256sum < {{p}} 2>/dev/null | cut -d' ' -f1; {section('label')}; "
+              f"[ -f {{p}} ] && {_VOLUME_ID}; echo; {section('state')}; "
+              "virsh -c {uri} domstate {name} 2>/dev/null; true",
               p=vm.cloud_init_iso_path, uri=uri, name=vm.name, timeout=60, why="hash the seed ISO; is its VM running")
 
 
@@ -61,8 +65,39 @@ def media_command(vm: VM, uri: str) -> Command:
               why=f"{vm.name}'s CD-ROM onto the new seed (read at its next boot)")
 
 
-def plan_seed(vm: VM, facts: SeedFacts | None, uri: str = "qemu:///system") -> Plan:
+def seed_paths(vm: VM) -> list[tuple[str, ownership.Probe]]:
+    return [(vm.cloud_init_iso_path, "")]
+
+
+def judged_real(facts: SeedFacts, vm: VM) -> str:
+    return facts.survey.seen[vm.cloud_init_iso_path].real if facts.survey else vm.cloud_init_iso_path
+
+
+def seed_verdict(vm: VM, facts: SeedFacts) -> tuple[ownership.Seen, ownership.Verdict] | None:
+    """May the upload replace what is at the seed path? A file the tool did not make never is."""
+    if facts.survey is None:
+        return None
+    seen = facts.survey.seen[vm.cloud_init_iso_path]
+    same = facts.remote_label == "cidata" and facts.remote_sha256 == facts.sha256
+    verdict = ownership.judge(seen, facts.survey, adoptable="a seed ISO (volume id cidata) with this VM's content"
+                              if same else None)
+    if verdict.action == "refuse":
+        raise StepMismatch([Check(vm.cloud_init_iso_path, "absent, or a seed ISO numa-k3s made", verdict.why, False)],
+                           exit_code=3, message=f"cloudinit.build refused {vm.name}'s seed path "
+                                                f"{vm.cloud_init_iso_path}: {verdict.why}: {verdict.fix}; "
+                                                "nothing was changed")
+    return seen, verdict
+
+
+def plan_seed(vm: VM, facts: SeedFacts | None, uri: str = "qemu:///system", sysroot: str = "/",
+              run: str = "") -> Plan:
+    judged = seed_verdict(vm, facts) if facts is not None else None
+    record = ownership.record(sysroot, judged[0].real if judged else vm.cloud_init_iso_path, "seed", vm.name, run,
+                              why="record the seed ISO as numa-k3s's own")
     if facts is not None and facts.remote_sha256 == facts.sha256:
+        if judged and judged[1].action == "adopt":
+            return Plan((record,), f"adopt the seed ISO at {vm.cloud_init_iso_path} ({judged[1].why}, made before "
+                                   "ownership records)")
         return Plan(reason=f"seed ISO at {vm.cloud_init_iso_path} already has the spec's content")
     iso = facts.iso if facts else b""
     what = f"seed ISO (sha256 {facts.sha256[:12]})" if facts else "seed ISO (built at apply time)"
@@ -78,9 +113,15 @@ def plan_seed(vm: VM, facts: SeedFacts | None, uri: str = "qemu:///system") -> P
     shows = tuple(FileBody(f"{vm.cloud_init_iso_path}:{name}", text,
                            None if before is None else before.get(name, ""))
                   for name, text in seed_files(vm).items())
-    upload = Upload(vm.cloud_init_iso_path, iso, 0o644, why="cloud-init seed", what=what, shows=shows)
+    # Onto the real path (a symlink inside the roots is not replaced by a file), only while the file
+    # there is still the one judged, and recorded as the tool's own right after.
+    upload = Upload(judged[0].real if judged else vm.cloud_init_iso_path, iso, 0o644, why="cloud-init seed",
+                    what=what, shows=shows)
+    guard = (ownership.guard(judged[0], why="the seed path still holds what was read"),) if judged else ()
     swap = (media_command(vm, uri),) if facts is not None and facts.running else ()
-    return Plan((upload, *swap), f"upload the seed ISO ({why if facts else 'offline: always'})", warnings)
+    recorded = (record,) if judged else ()
+    return Plan((*guard, upload, *recorded, *swap), f"upload the seed ISO ({why if facts else 'offline: always'})",
+                warnings)
 
 
 def seed_instance_id(vm: VM) -> str:
@@ -89,11 +130,17 @@ def seed_instance_id(vm: VM) -> str:
 
 
 def seed_checks(vm: VM, facts: SeedFacts) -> list[Check]:
-    return [
+    checks = [
         Check(f"seed ISO {vm.cloud_init_iso_path} sha256", facts.sha256[:16], facts.remote_sha256[:16] or "missing",
               facts.remote_sha256 == facts.sha256),
         Check("seed ISO volume label", "cidata", facts.remote_label or "missing", facts.remote_label == "cidata"),
     ]
+    if facts.survey is not None and facts.remote_sha256:
+        verdict = ownership.judge(facts.survey.seen[vm.cloud_init_iso_path], facts.survey)
+        checks.append(Check(f"{vm.cloud_init_iso_path} owned by numa-k3s", "recorded, same file",
+                            verdict.why if verdict.action == "owned" else f"not: {verdict.why}",
+                            verdict.action == "owned"))
+    return checks
 
 
 class CloudinitBuild(Step):
@@ -104,16 +151,25 @@ class CloudinitBuild(Step):
     def gather(self, target: Target, session: Shell) -> SeedFacts:
         assert target.vm is not None
         iso = build_seed_iso(seed_files(target.vm))
-        uri = target.loaded.host.libvirt_uri
-        facts = parse_seed(iso, session.run(seed_facts_command(target.vm, uri)).stdout)
-        if target.mode == "plan" and facts.remote_sha256 not in ("", facts.sha256):
-            # What the guest was told before: fetched only to show the plan's diff.
-            facts = replace(facts, remote_files=read_seed_iso(session.get(target.vm.cloud_init_iso_path)))
+        host, uri, vm = target.loaded.host, target.loaded.host.libvirt_uri, target.vm
+        paths = seed_paths(vm)
+        read = seq(seed_facts_command(vm, uri), ownership.survey_command(host.sysroot, host.storage_roots,
+                                                                         [vm.base_image_path], paths),
+                   timeout=90, why="hash the seed ISO; is its VM running; real path and ownership record")
+        out = session.run(read).stdout
+        facts = replace(parse_seed(iso, out), survey=ownership.parse_survey(out, paths))
+        mine = ownership.judge(facts.survey.seen[vm.cloud_init_iso_path], facts.survey) if facts.survey else None
+        if (target.mode == "plan" and facts.remote_sha256 not in ("", facts.sha256)
+                and mine is not None and mine.action == "owned"):
+            # What the guest was told before: fetched only to show the plan's diff, and only from a
+            # seed path the tool may write (never a file that is not its own).
+            facts = replace(facts, remote_files=read_seed_iso(session.get(judged_real(facts, vm))))
         return facts
 
     def plan(self, target: Target, facts: SeedFacts | None) -> Plan:
         assert target.vm is not None
-        return plan_seed(target.vm, facts, target.loaded.host.libvirt_uri)
+        host = target.loaded.host
+        return plan_seed(target.vm, facts, host.libvirt_uri, host.sysroot, str(target.options.get("run_id", "")))
 
     def verify(self, target: Target, facts: SeedFacts) -> list[Check]:
         assert target.vm is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,28 @@ def small_vm(name: str, index: int, guest: SshHost | None = None, *, role: str =
     return vm
 
 
+LOCKS_HANDED_OUT: set[Path] = set()  # removed at the session's end (tests/conftest.py)
+
+
+def lock_path_for(hosts_dir: Path, name: str) -> Path:
+    """The test's own lock file, in /run/lock as the inventory requires (rule lock.path), named after
+    the test's directory so parallel tests and sessions never share one."""
+    digest = hashlib.sha256(str(hosts_dir.resolve()).encode()).hexdigest()[:16]
+    path = Path("/run/lock") / f"numa-k3s-test-{digest}-{name}.lock"
+    LOCKS_HANDED_OUT.add(path)
+    return path
+
+
 def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None = None,
                vms: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
-    """A host file whose hypervisor is the given sshd host; the lock file lives in the test's dir."""
+    """A host file whose hypervisor is the given sshd host; the lock file is the test's own
+    (lock_path_for) and the test's directory is a storage root beside the default ones."""
     hosts_dir.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
         "ssh": ssh_of(ssh),
         "sysroot": str(sysroot) if sysroot else "/",
-        "lock_path": str(hosts_dir.parent / "locks" / f"{name}.lock"),
+        "lock_path": str(lock_path_for(hosts_dir, name)),
+        "storage_roots": [str(hosts_dir.parent), "/var/lib/libvirt/images", "/srv"],
         "bridge": "br0",
         "topology": SPEC_TOPOLOGY,
         "k3s": {"version": "v1.31.4+k3s1"},

@@ -24,6 +24,7 @@ import yaml
 
 from lib.records import runs_of
 from tests.harness.guest import free_port
+from tests.harness.inventory import lock_path_for
 from tests.harness.k3s_standin import standin_artifacts
 from tests.harness.sshd import SshHost
 from tests.harness.sysfs import HostShape, write_tree
@@ -113,7 +114,8 @@ class Lab:
                 vms.append(vm)
         lab.update(ssh={"host": self.hv.host, "port": self.hv.port, "user": self.hv.user,
                         "key_file": str(self.hv.key_file), "known_hosts": str(self.known_vms)},
-                   sysroot=str(self.sysroot), lock_path=str(self.tmp / "locks" / f"{HOST}.lock"), vms=vms)
+                   sysroot=str(self.sysroot), lock_path=str(lock_path_for(self.hosts, HOST)),
+                   storage_roots=[str(self.images)], vms=vms)
         lab["k3s"].update(server_url=f"https://10.0.2.2:{api_port}", token_file=str(self.token_file),
                           artifacts_dir=str(standin_artifacts(self.tmp / "k3s-artifacts")))
         if lab["k3s"].get("addon_node") in keep:  # the node the add-ons run on, renamed with its VM

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lib.records import read_journal, runs_of
+from tests.harness.inventory import lock_path_for
 from tests.harness.sysfs import HostShape
 from tests.harness.world import wait_for
 from tests.inventory_helpers import REPO
@@ -82,7 +83,7 @@ def held_in_bios_check(c: Cli) -> bool:
 
 
 def lock_file(c: Cli) -> Path:
-    return c.tmp / "locks" / "hv1.lock"
+    return lock_path_for(c.hosts, "hv1")
 
 
 @pytest.fixture
