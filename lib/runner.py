@@ -36,7 +36,7 @@ from lib.remote import CmdResult, CommandError, ConnectError, Endpoint, Session,
 from lib.results import Check, HostRun, Status, StepResult
 from lib.retry import Policies, Sleep, retrying
 from lib.runbook import Runbook, RunbookError, select
-from lib.shell import Command
+from lib.shell import Command, public
 from lib.steps.base import Await, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.steps.preflight import sudo_refusal
 from lib.targets import hypervisor_endpoint, targets_for
@@ -183,6 +183,15 @@ class _TargetRun:
                                        self.host.answers))
 
 
+def _names(loaded: LoadedHost) -> list[str]:
+    """The host's and its VMs' names and the paths the inventory gives (disks, seeds, base images)."""
+    names = [loaded.name, loaded.host.ssh.host, *loaded.host.storage_roots]
+    for vm in loaded.host.vms:
+        names += [vm.name, vm.disk_path, vm.cloud_init_iso_path, vm.base_image_path]
+        names += [d.device or d.path for d in vm.disks]
+    return names
+
+
 class Engine:
     def __init__(self, runbook: Runbook, options: RunOptions, output: Output | None = None) -> None:
         self.runbook, self.options = runbook, options
@@ -206,6 +215,8 @@ class Engine:
         return self.options.mode != "apply"
 
     def run(self, hosts: list[LoadedHost]) -> list[HostRun]:
+        # What the run shows by name stays readable whatever a secret is (shell.mask).
+        public(*self.runbook.names, *(name for loaded in hosts for name in _names(loaded)))
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
             futures = [pool.submit(self._run_host, host) for host in hosts]
             # Wake up now and then: a signal may be delivered to a worker thread, and Python runs
@@ -239,6 +250,10 @@ class Engine:
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
             self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
+                # The steps' options (the cluster token, the airgap folder) checked on this machine as a
+                # plan would, creating nothing: a weak token is refused before the host is contacted.
+                for step in chosen:
+                    step.host_options(loaded, "plan")
                 ctx.locked = self._take_lock(pool.get(hypervisor_endpoint(loaded)), loaded, run_id)
             for step in chosen:
                 ctx.flags.update(step.host_options(loaded, opts.mode))

@@ -6,6 +6,7 @@ Pure: planners build Commands here; only remote.py runs them. A Command carries 
 
 from __future__ import annotations
 
+import re
 import shlex
 import threading
 from dataclasses import dataclass, field
@@ -14,6 +15,10 @@ from typing import NoReturn
 
 MASK = "***"
 _known: set[str] = set()
+# Names the tool shows itself (steps, hosts, VMs, the inventory's paths): public, never a secret's
+# hiding place. A secret that happens to be part of one (a token `k3s`, the step `k3s.agents`) is
+# masked in values, but the name stays whole: `***.agents` is unreadable and points at the token.
+_public: set[str] = set()
 _known_lock = threading.Lock()
 
 
@@ -50,14 +55,38 @@ class Secret:
         raise TypeError("a Secret cannot be pickled")
 
 
+def public(*words: str) -> None:
+    """Register names the tool itself prints; mask() leaves a secret inside one of them alone."""
+    with _known_lock:
+        _public.update(w for w in words if w)
+
+
 def mask(text: str) -> str:
-    """Replace every known secret value in text with ***: the last line of defence for output."""
+    """Replace every known secret value in text with ***: the last line of defence for output.
+
+    An occurrence that lies inside a public name longer than the secret is part of that name, not
+    the secret, and stays; everywhere else (a value, an echoed config file, an error) it is ***."""
     with _known_lock:
         values = sorted(_known, key=len, reverse=True)
+        words = list(_public)
     for value in values:
         if value in text:
-            text = text.replace(value, MASK)
+            text = _masked(text, value, [w for w in words if value in w and w != value])
     return text
+
+
+def _masked(text: str, value: str, names: list[str]) -> str:
+    if not names:
+        return text.replace(value, MASK)
+    kept = [(m.start(), m.start() + len(name)) for name in names if name in text
+            for m in re.finditer(re.escape(name), text)]
+    out, at = [], 0
+    for hit in re.finditer(re.escape(value), text):
+        if any(start <= hit.start() and hit.end() <= end for start, end in kept):
+            continue
+        out += [text[at:hit.start()], MASK]
+        at = hit.end()
+    return "".join(out) + text[at:]
 
 
 Value = str | int | float | PurePosixPath | Secret

@@ -132,10 +132,14 @@ def plan_images(vm: VM, facts: ImagesFacts | None) -> Plan:
     actions: list[Command] = []
     created: list[str] = []
     drift: list[Check] = []
+    unknown: list[str] = []
     for disk in disks_of(vm):
         info = facts.disks.get(disk.path) if facts else None
         if info is not None and info.exists:
             drift += [c for c in disk_checks(disk, info) if not c.ok]
+            continue
+        if disk.device and facts is None:  # offline: no facts to compare, and a device is never created
+            unknown.append(f"{disk.role} disk {disk.path}: a block device, unknown offline (read when the host is)")
             continue
         if disk.device:
             drift.append(Check(f"{disk.role} disk {disk.path}", "block device", "missing", False))
@@ -160,8 +164,8 @@ def plan_images(vm: VM, facts: ImagesFacts | None) -> Plan:
             "existing disk(s) differ from the spec; they are never overwritten or resized: move them aside "
             "or fix the inventory"))
     if not actions:
-        return Plan(reason="every disk exists with the spec's format, backing file and size")
-    return Plan(tuple(actions), "create " + "; ".join(created))
+        return Plan(reason="every disk exists with the spec's format, backing file and size", warnings=tuple(unknown))
+    return Plan(tuple(actions), "create " + "; ".join(created), tuple(unknown))
 
 
 class ImagesClone(Step):
