@@ -50,7 +50,9 @@ def _operator_errors(fn: F) -> F:
 
             raise Exit("\n".join(lines(exc.problems)), code=exc.exit_code) from None
         except ToolError as exc:
-            raise Exit(str(exc), code=exc.exit_code) from None
+            from lib.shell import terminal
+
+            raise Exit(terminal(str(exc)), code=exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -262,7 +264,9 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
         after(runs)
     code = exit_code(runs)
     if code:
-        raise Exit(failure_text(runs), code=code)
+        from lib.shell import terminal
+
+        raise Exit(terminal(failure_text(runs)), code=code)
 
 
 @_task({"runbook": "runbook name under runbooks/ (default: provision)"})
@@ -363,6 +367,8 @@ def teardown(c: Context, host: str | None = None, all_: bool = False, yes: bool 
     host = _changing(c, "teardown", host, all_)
     book = _runbook("teardown")
     flags = {"include_data": include_data}
+    if yes:  # what the deleting run would refuse is refused before its plan contacts the host
+        _inventory(c, host, applying=True)
     _execute(c, host, book, "plan", _again("teardown", include_data=include_data), flags=flags)
     if not yes:
         shown = " --include-data" if include_data else ""

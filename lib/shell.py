@@ -89,6 +89,23 @@ def _masked(text: str, value: str, names: list[str]) -> str:
     return "".join(out) + text[at:]
 
 
+# What a terminal would act on instead of showing: C0 controls but newline and tab (ESC starts the
+# sequences that clear the screen, move the cursor, retitle the window), DEL, C1 controls, and the
+# zero-width and bidirectional marks that make a text read other than it is.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Control characters shown as escapes (ESC as \\x1b), so no value can drive the terminal."""
+    return _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def terminal(text: str) -> str:
+    """What reaches the operator's terminal: secrets masked, control characters escaped. Records keep
+    the raw bytes (masked): the evidence is what the host said, the screen is what is safe to show."""
+    return printable(mask(text))
+
+
 Value = str | int | float | PurePosixPath | Secret
 
 

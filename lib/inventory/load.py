@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails
 
 from lib.errors import InventoryError, Problem, Severity
 from lib.inventory.keys import check_key, looks_private
-from lib.inventory.model import Host
+from lib.inventory.model import Host, is_name
 from lib.inventory.rules import check_host, check_topology, inventory_threads, shape_name
 from lib.pinplan import Core, PinRequest, PlanError, cores_from_threads, plan_pins, plan_what_fits
 from lib.smallfile import NotSmallFile, read_small
@@ -104,6 +104,14 @@ def load_inventory(hosts_dir: Path, names: Sequence[str] | None = None) -> Inven
                     f"unknown host {n!r}; {hosts_dir} has {', '.join(known) or 'no host files'}")
             for n in unknown
         ])
+    # The file's name is the host's name: in every message, and a directory of .runs (`...yaml`
+    # would be the host "..", whose records land outside .runs).
+    misnamed = [n for n in wanted if not is_name(n)]
+    if misnamed:
+        raise InventoryError([
+            Problem("file.name", str(hosts_dir / f"{n}.yaml"), "",
+                    f"{n!r} is not a host name: name the file <host>.yaml with 1-63 lowercase letters, digits and "
+                    "'-' (RFC 1123)") for n in misnamed])
     problems: list[Problem] = []
     defaults_file = hosts_dir / DEFAULTS
     defaults: dict[str, Any] = {}

@@ -58,6 +58,10 @@ def _not_option(value: str) -> str:
     return value
 
 
+def is_name(value: str) -> bool:
+    return bool(_NAME.fullmatch(value))
+
+
 def _name(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise PydanticCustomError(
