@@ -113,7 +113,8 @@ class Lab:
                 vms.append(vm)
         lab.update(ssh={"host": self.hv.host, "port": self.hv.port, "user": self.hv.user,
                         "key_file": str(self.hv.key_file), "known_hosts": str(self.known_vms)},
-                   sysroot=str(self.sysroot), lock_path=str(self.tmp / "locks" / f"{HOST}.lock"), vms=vms)
+                   sysroot=str(self.sysroot), lock_path=str(self.tmp / "locks" / f"{HOST}.lock"), vms=vms,
+                   storage_roots=[str(self.images)])  # lab.yaml's root, moved with its files
         lab["k3s"].update(server_url=f"https://10.0.2.2:{api_port}", token_file=str(self.token_file),
                           artifacts_dir=str(standin_artifacts(self.tmp / "k3s-artifacts")))
         if lab["k3s"].get("addon_node") in keep:  # the node the add-ons run on, renamed with its VM
