@@ -437,7 +437,7 @@ def test_online_install_from_a_mirror_pins_the_version_and_upgrades(k3s_world: K
         path = kw.world.hosts / "lab.yaml"
         data = yaml.safe_load(path.read_text())
         data["k3s"] |= {"install": "online", "install_script_url": f"{mirror.url}/install.sh",
-                        "download_url": mirror.url}
+                        "download_url": mirror.url, "allow_http_mirror": True}  # a local plain-http mirror
         del data["k3s"]["artifacts_dir"]
         path.write_text(yaml.safe_dump(data))
         steps = ("k3s.server", "k3s.addons", "k3s.agents", "k3s.taints")

@@ -38,6 +38,18 @@ def small_vm(name: str, index: int, guest: SshHost | None = None, *, role: str =
     return vm
 
 
+DEFAULT_ROOTS = ("/var/lib/libvirt/images", "/srv")
+
+
+def storage_roots_of(vms: list[dict[str, Any]]) -> list[str]:
+    """The default roots plus the directory of every VM file outside them (a test's tmp_path/images)."""
+    files = [p for vm in vms for p in (vm.get("disk_path"), vm.get("cloud_init_iso_path"), vm.get("base_image_path"))]
+    files += [d.get("path") for vm in vms for d in vm.get("disks", [])]
+    extra = {str(Path(f).parent) for f in files if isinstance(f, str)
+             and not any(f.startswith(root + "/") for root in DEFAULT_ROOTS)}
+    return [*DEFAULT_ROOTS, *sorted(extra)]
+
+
 def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None = None,
                vms: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
     """A host file whose hypervisor is the given sshd host; the lock file lives in the test's dir."""
@@ -51,6 +63,8 @@ def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None
         "k3s": {"version": "v1.31.4+k3s1"},
         "vms": vms or [],
     } | extra
+    if "storage_roots" not in extra:  # the test's own image directories are where its files may live (#26)
+        data["storage_roots"] = storage_roots_of(data["vms"])
     # Every VM small_vm() writes is tainted: the packaged add-ons need a node (rule k3s.addons-no-node).
     servers = [vm["name"] for vm in data["vms"] if vm.get("k8s", {}).get("role") == "server"]
     if servers and "addon_node" not in data["k3s"]:
