@@ -155,6 +155,27 @@ def test_a_data_disk_mounted_over_the_guests_system_is_refused(tmp_path: Path) -
         "/etc is a system directory of the guest")
 
 
+@pytest.mark.parametrize("args", [["teardown", "--host=hv1", "--yes", "--include-data"], ["provision", "--host=hv1"]])
+def test_system_files_named_by_the_inventory_are_untouched_and_no_host_is_contacted(
+        tmp_path: Path, ssh_host: SshHost, args: list[str]) -> None:
+    """The real files on this machine (the sshd host is this machine) keep their bytes. (Not /etc/passwd:
+    other tests on this machine add users while this one runs.)"""
+    decoys = [Path("/etc/os-release"), Path("/etc/hostname")]
+    before = [sha(p) for p in decoys]
+    vm = small_vm("decoy-vm", 0, role="server") | {"disk_path": "/etc/os-release",
+                                                   "cloud_init_iso_path": "/etc//hostname"}
+    hosts = tmp_path / "hosts"
+    write_host(hosts, "hv1", ssh_host, vms=[vm], storage_roots=["/var/lib/libvirt/images"])
+    (hosts / "defaults.yaml").write_text((REPO / "hosts" / "defaults.yaml").read_text())
+    out = cli(tmp_path, *args, hosts=hosts, env={ENV: "a-strong-enough-token-0001"})
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr
+    assert (f"ERROR [path.system] {hosts / HV1}: vms[0] (decoy-vm).disk_path: /etc/os-release is in the host's system "
+            "tree: the tool would create, overwrite and delete it; put it under a storage root "
+            "(/var/lib/libvirt/images)") in out.stderr.splitlines()
+    assert "vms[0] (decoy-vm).cloud_init_iso_path: /etc/hostname is in the host's system tree" in out.stderr
+    assert [sha(p) for p in decoys] == before and count_auths(ssh_host) == 0 and not (tmp_path / "runs").exists()
+
+
 # -- 2. block devices ---------------------------------------------------------------------------------------
 
 def _device(vm: int, disk: int, device: str) -> Mutation:

@@ -42,7 +42,7 @@ from lib.shell import Command, Secret, Value, sh
 from lib.steps import REGISTRY
 from lib.targets import targets_for
 from tests.harness.inventory import SPEC_TOPOLOGY
-from tests.inventory_helpers import HOSTS, REPO, hv1
+from tests.inventory_helpers import HOSTS, REAL_KEY, REPO, hv1
 
 # A few seconds per property in `make test`; FUZZ_EXAMPLES=5000 for a longer hunt by hand.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -409,8 +409,6 @@ ifaces = st.from_regex(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}", fullmatch=True)  # 
 users = st.from_regex(r"[a-z_][a-z0-9_-]{0,12}", fullmatch=True)
 # A local libvirt URI (a remote one is refused) whose query carries every shell-safe character.
 uris = st.from_regex(r"[A-Za-z0-9._/:@+=,%~-]{0,20}", fullmatch=True).map(lambda q: "qemu:///system?" + q)
-# A real public key (its private half was thrown away): keys are checked with ssh-keygen -l (#26).
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJW5J3lsIsf6/qRrVkq+NRu+PENpGXQp/hcDxmzgyjIe bench@numa-k3s"
 PROVISION = load_runbook(REPO / "runbooks" / "provision.yaml", REGISTRY)
 
 
@@ -428,7 +426,7 @@ def valid_hosts(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
             "bridge_network_interface": draw(ifaces), "cloud_init_iso_path": iso,
             "tuning": {"vcpu_pins": [i + 1, i + 37], "emulator_cpuset": "16-17,52-53",
                        "numa_memory": {"nodeset": "0", "mode": "strict"}},
-            "user_configs": [{"username": draw(users), "ssh_authorized_keys": [KEY]}],
+            "user_configs": [{"username": draw(users), "ssh_authorized_keys": [REAL_KEY]}],
             "disks": [{"name": "hot", "tier": "ssd", "path": hot, "size_gb": 5, "target": "vdb", "mount": mount,
                        "directories": ["clean"]}],
             "ssh": {"host": f"10.0.0.{i + 10}"},
