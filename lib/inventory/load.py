@@ -237,13 +237,13 @@ def _key_file(name: str, vm: str, file: str, where: str, problems: list[Problem]
         text = data.decode()
     except OSError as exc:
         problems.append(Problem("key.file", file, where,
-                                f"{name}: {exc.strerror or exc}; {vm} gets no key from it", "warning"))
+                                f"{path}: {exc.strerror or exc}; {vm} gets no key from it", "warning"))
         return []
     except NotSmallFile as exc:
         problems.append(Problem("key.file", file, where, f"{path} is {exc}: name a public key file (.pub)"))
         return []
     except (RuntimeError, ValueError) as exc:  # unknown ~user, a NUL in the name, not UTF-8 text
-        why = str(exc).rstrip(".") if not isinstance(exc, UnicodeDecodeError) else "not UTF-8 text"
+        why = str(exc).rstrip(".")
         problems.append(Problem("key.file", file, where, f"{name!r}: {why}; {vm} gets no key from it", "warning"))
         return []
     if looks_private(text):  # said once for the file, never its lines
