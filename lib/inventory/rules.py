@@ -520,7 +520,8 @@ def check_urls(host: Host) -> Iterator[Finding]:
 def check_libvirt_uri(host: Host) -> Iterator[Finding]:
     """libvirt on this hypervisor only: a remote URI (qemu+ssh://other/system) would define, start and
     destroy domains on another host than the one this file names."""
-    match = re.fullmatch(r"[a-z0-9]+(\+unix)?://(?P<host>[^/]*)/[a-z]+(\?.*)?", host.libvirt_uri)
+    # driver[+unix]:///path: no host part, and no transport that could lead to one (+ssh, +tcp, +tls).
+    match = re.fullmatch(r"[a-z0-9]+(\+unix)?://(?P<host>[^/]*)(/.*)?", host.libvirt_uri)
     if not match or match["host"]:
         yield Finding("libvirt.uri", "libvirt_uri",
                       f"{host.libvirt_uri!r} is not a local libvirt URI: the tool acts on this hypervisor's own "

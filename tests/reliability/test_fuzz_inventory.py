@@ -412,8 +412,8 @@ abs_paths = st.lists(segments, min_size=1, max_size=3).map(lambda parts: ROOT + 
 vm_names = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,12}[a-z0-9])?", fullmatch=True)
 ifaces = st.from_regex(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}", fullmatch=True)  # no leading '-' (an option)
 users = st.from_regex(r"[a-z_][a-z0-9_-]{0,12}", fullmatch=True)
-# A local libvirt URI (a remote one is refused) whose query carries every shell-safe character.
-uris = st.from_regex(r"[A-Za-z0-9._/:@+=,%~-]{0,20}", fullmatch=True).map(lambda q: "qemu:///system?" + q)
+# A local libvirt URI (a remote one is refused) whose path carries every shell-safe character.
+uris = st.from_regex(r"[A-Za-z0-9._/:@+=,%~-]{0,20}", fullmatch=True).map(lambda q: "qemu:///" + q)
 PROVISION = load_runbook(REPO / "runbooks" / "provision.yaml", REGISTRY)
 
 
