@@ -51,7 +51,9 @@ def _operator_errors(fn: F) -> F:
 
             raise Exit("\n".join(lines(exc.problems)), code=exc.exit_code) from None
         except ToolError as exc:
-            raise Exit(str(exc), code=exc.exit_code) from None
+            from lib.shell import terminal
+
+            raise Exit(terminal(str(exc)), code=exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -82,10 +84,19 @@ def _hosts_dir(c: Context) -> Path:
 _warned: set[str] = set()  # each warning once per invocation (monitor --watch loads the inventory per sample)
 
 
-def _inventory(c: Context, host: str | None) -> Inventory:
+def _inventory(c: Context, host: str | None, applying: bool = False) -> Inventory:
+    """The selected hosts' inventory, its warnings printed once. A run that applies refuses what is
+    only a warning for commands that read: the spec's placeholder keys would lock the VM's user out."""
+    from lib.errors import Problem
+    from lib.inventory.keys import PLACEHOLDER_RULE
     from lib.inventory.report import lines
 
     inv = load_inventory(_hosts_dir(c), _names(host))
+    if applying:
+        refused = [Problem(p.rule, p.file, p.path, f"{p.message}; a run that changes hosts refuses it (plan and "
+                           "inventory.check only warn)") for p in inv.warnings if p.rule == PLACEHOLDER_RULE]
+        if refused:
+            raise InventoryError(refused)
     for warning in lines(inv.warnings):
         if warning not in _warned:
             _warned.add(warning)
@@ -254,7 +265,9 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
         after(runs)
     code = exit_code(runs)
     if code:
-        raise Exit(failure_text(runs), code=code)
+        from lib.shell import terminal
+
+        raise Exit(terminal(failure_text(runs)), code=code)
 
 
 @_task({"runbook": "runbook name under runbooks/ (default: provision)"})
@@ -355,6 +368,8 @@ def teardown(c: Context, host: str | None = None, all_: bool = False, yes: bool 
     host = _changing(c, "teardown", host, all_)
     book = _runbook("teardown")
     flags = {"include_data": include_data}
+    if yes:  # what the deleting run would refuse is refused before its plan contacts the host
+        _inventory(c, host, applying=True)
     _execute(c, host, book, "plan", _again("teardown", include_data=include_data), flags=flags)
     if not yes:
         shown = " --include-data" if include_data else ""
@@ -587,7 +602,7 @@ def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None =
     from lib.retry import policies_from_config
     from lib.runner import Engine, RunOptions
 
-    inv = _inventory(c, host)
+    inv = _inventory(c, host, applying=opts.get("mode") == "apply")
     if vm is not None:  # checked against the selected hosts' VMs before any host is contacted
         known = [v.name for loaded in inv.hosts.values() for v in loaded.host.vms]
         chosen = names("vm", vm, known, "VM", f"the VMs of {', '.join(inv.hosts)}")

@@ -21,6 +21,9 @@ from lib.inventory.load import load_inventory
 
 HOSTS, VMS_PER_HOST, RUNS = 100, 10, 5
 
+# A real public key (its private half was thrown away): keys are checked with ssh-keygen -l (#26).
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJW5J3lsIsf6/qRrVkq+NRu+PENpGXQp/hcDxmzgyjIe bench@numa-k3s"
+
 
 def _host(index: int, planned: bool) -> dict[str, object]:
     vms = []
@@ -40,7 +43,7 @@ def _host(index: int, planned: bool) -> dict[str, object]:
             "disk_path": f"/var/lib/libvirt/images/vm{v}.qcow2", "disk_size_gb": 40,
             "base_image_path": "/var/lib/libvirt/images/base.qcow2", "bridge_network_interface": "br0",
             "cloud_init_iso_path": f"/var/lib/libvirt/images/vm{v}-seed.iso", "tuning": tuning,
-            "user_configs": [{"username": "admin", "ssh_authorized_keys": ["ssh-ed25519 AAAA k@h"]}],
+            "user_configs": [{"username": "admin", "ssh_authorized_keys": [KEY]}],
             "k8s": {"role": "server" if v == 0 else "agent", "taints": ["workload=x:NoSchedule"]},
         })
     return {

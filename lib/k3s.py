@@ -117,6 +117,15 @@ def install_command(host: Host, vm: VM) -> Command:
               why=f"install k3s {k3s.version} ({vm.k8s.role}, online from {k3s.download_url or 'GitHub'})")
 
 
+def plain_http_urls(host: Host) -> list[str]:
+    """What an online install fetches over plain http (only with k3s.allow_http_mirror: the rules
+    refuse it otherwise); the plan names each, so nobody runs one unawares."""
+    k3s = host.k3s
+    if k3s.install != "online":
+        return []
+    return [url for url in (k3s.install_script_url, k3s.download_url) if url and url.startswith("http://")]
+
+
 def _fetch(out: str, url: str) -> str:
     """Shell: url to out with whichever of curl and wget the guest has. out and url are sh()
     placeholders, passed as data and never formatted here, so no brace needs escaping twice."""

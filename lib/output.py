@@ -1,7 +1,7 @@
 """What the operator sees: one live line per host on a TTY, plain lines otherwise, and the recap.
 
 Hosts (and a step's targets) run in parallel threads, so every write holds one lock; every text
-passes through mask() before it reaches the terminal.
+passes through terminal() before it reaches the terminal: secrets masked, control characters escaped.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from lib.results import OUTCOMES, STATUSES, Check, HostRun, StepResult
-from lib.shell import mask
+from lib.shell import terminal
 
 if TYPE_CHECKING:  # rich is only imported when a terminal is really driven
     from rich.live import Live
@@ -72,7 +72,7 @@ class Output:
         from rich.text import Text
 
         width = max(len(h) for h in self._hosts)
-        lines = [mask(line.render(host, width)) for host, line in sorted(self._hosts.items())]
+        lines = [terminal(line.render(host, width)) for host, line in sorted(self._hosts.items())]
         self._ensure_live().update(Text("\n".join(lines), no_wrap=True, overflow="ellipsis"), refresh=True)
 
     def _host(self, host: str) -> _HostLine:
@@ -96,7 +96,7 @@ class Output:
 
     def waiting(self, host: str, text: str) -> None:
         """A step waits or retries: on a TTY under the host's live line, else one plain line per attempt."""
-        text = mask(text)
+        text = terminal(text)
         with self._lock:
             if not self.tty:
                 self.stream.write(f"{host} | {text}\n")
@@ -124,7 +124,7 @@ class Output:
             self._refresh()
 
     def message(self, text: str) -> None:
-        text = mask(text)
+        text = terminal(text)
         with self._lock:
             if self._live is not None:
                 self._live.console.print(text, markup=False, soft_wrap=True)
@@ -151,7 +151,7 @@ def plain_line(result: StepResult) -> str:
     head = f"{result.host} | {result.step} | {result.target}"
     lines = [f"{head} | {tail}".rstrip()]
     lines += [f"{head} | WARNING | {w}" for w in result.warnings]
-    return mask("\n".join(lines))
+    return terminal("\n".join(lines))
 
 
 def recap(runs: list[HostRun], step_order: list[str]) -> str:
@@ -180,7 +180,7 @@ def recap(runs: list[HostRun], step_order: list[str]) -> str:
         name_width = max([len(n) + 2 for n in names] + [16])
         lines += ["", "STEP TIMES (wall, slowest target)"]
         lines += [f"{name:<{name_width}}{times[name]:.2f}s" for name in names]
-    return mask("\n".join(lines))
+    return terminal("\n".join(lines))
 
 
 def _cell(text: str) -> str:
@@ -201,4 +201,4 @@ def verification_table(result: StepResult) -> str:
     rows += [(OUTCOME_MARKS[c.kind], _cell(c.name), _cell(c.expected), _cell(c.found)) for c in checks]
     name_w = max(len(r[1]) for r in rows) + 2
     exp_w = max(len(r[2]) for r in rows) + 2
-    return mask("\n".join(f"{m} {n:<{name_w}}{e:<{exp_w}}{f}".rstrip() for m, n, e, f in rows))
+    return terminal("\n".join(f"{m} {n:<{name_w}}{e:<{exp_w}}{f}".rstrip() for m, n, e, f in rows))

@@ -15,7 +15,7 @@ import threading
 from typing import Any, TextIO
 
 from lib.results import HostRun, StepResult
-from lib.shell import Command, FileBody, mask
+from lib.shell import Command, FileBody, mask, terminal
 
 # Longer commands show their first LONG characters on the terminal; the journal keeps them whole.
 LONG = 300
@@ -139,7 +139,7 @@ class PlanOutput:
 
     def step_done(self, result: StepResult) -> None:
         with self._lock:
-            self.stream.write(block(result) + "\n")
+            self.stream.write(terminal(block(result)) + "\n")
             self.stream.flush()
 
     def waiting(self, host: str, text: str) -> None:
@@ -147,7 +147,7 @@ class PlanOutput:
 
     def message(self, text: str) -> None:
         with self._lock:
-            self.stream.write(mask(text) + "\n")
+            self.stream.write(terminal(text) + "\n")
             self.stream.flush()
 
     def close(self) -> None:

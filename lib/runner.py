@@ -58,6 +58,7 @@ from lib.results import Check, HostRun, Status, StepResult
 from lib.resume import resume_point
 from lib.retry import Policies, Sleep
 from lib.runbook import Runbook, RunbookError, select
+from lib.shell import public
 from lib.sink import Sink
 from lib.steps.base import Action, Mode, Plan, Step, StepMismatch, Target
 from lib.targets import hypervisor_endpoint, targets_for
@@ -181,6 +182,15 @@ class _TargetRun:
         return job.result("changed" if changed else "ok", checks=tuple(checks))
 
 
+def _names(loaded: LoadedHost) -> list[str]:
+    """The host's and its VMs' names and the paths the inventory gives (disks, seeds, base images)."""
+    names = [loaded.name, loaded.host.ssh.host, *loaded.host.storage_roots]
+    for vm in loaded.host.vms:
+        names += [vm.name, vm.disk_path, vm.cloud_init_iso_path, vm.base_image_path]
+        names += [d.device or d.path for d in vm.disks]
+    return names
+
+
 class Engine:
     def __init__(self, runbook: Runbook, options: RunOptions, output: Sink | None = None,
                  pools: PoolFactory = ssh_pool) -> None:
@@ -212,6 +222,8 @@ class Engine:
 
     def run(self, hosts: list[LoadedHost]) -> list[HostRun]:
         """The per-host run, each host in its own thread; one HostRun per host, in order, records written."""
+        # What the run shows by name stays readable whatever a secret is (shell.mask).
+        public(*self.runbook.names, *(name for loaded in hosts for name in _names(loaded)))
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
             futures = [pool.submit(self._run_host, host) for host in hosts]
             # Wake up now and then: a signal may be delivered to a worker thread, and Python runs
@@ -244,6 +256,10 @@ class Engine:
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
             self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
+                # The steps' options (the cluster token, the airgap folder) checked on this machine as a
+                # plan would, creating nothing: a weak token is refused before the host is contacted.
+                for step in chosen:
+                    step.host_options(loaded, "plan")
                 ctx.locked = self._take_lock(pool, hypervisor_endpoint(loaded), loaded, run_id)
             for step in chosen:
                 ctx.flags.update(step.host_options(loaded, opts.mode))

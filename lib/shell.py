@@ -6,6 +6,7 @@ Pure: planners build Commands here; only remote.py runs them. A Command carries 
 
 from __future__ import annotations
 
+import re
 import shlex
 import threading
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,10 @@ from typing import NoReturn
 
 MASK = "***"
 _known: set[str] = set()
+# Names the tool shows itself (steps, hosts, VMs, the inventory's paths): public, never a secret's
+# hiding place. A secret that happens to be part of one (a token `k3s`, the step `k3s.agents`) is
+# masked in values, but the name stays whole: `***.agents` is unreadable and points at the token.
+_public: set[str] = set()
 _known_lock = threading.Lock()
 
 
@@ -50,14 +55,55 @@ class Secret:
         raise TypeError("a Secret cannot be pickled")
 
 
+def public(*words: str) -> None:
+    """Register names the tool itself prints; mask() leaves a secret inside one of them alone."""
+    with _known_lock:
+        _public.update(w for w in words if w)
+
+
 def mask(text: str) -> str:
-    """Replace every known secret value in text with ***: the last line of defence for output."""
+    """Replace every known secret value in text with ***: the last line of defence for output.
+
+    An occurrence that lies inside a public name longer than the secret is part of that name, not
+    the secret, and stays; everywhere else (a value, an echoed config file, an error) it is ***."""
     with _known_lock:
         values = sorted(_known, key=len, reverse=True)
+        words = list(_public)
     for value in values:
         if value in text:
-            text = text.replace(value, MASK)
+            text = _masked(text, value, [w for w in words if value in w and w != value])
     return text
+
+
+def _masked(text: str, value: str, names: list[str]) -> str:
+    if not names:
+        return text.replace(value, MASK)
+    kept = [(m.start(), m.start() + len(name)) for name in names if name in text
+            for m in re.finditer(re.escape(name), text)]
+    out, at = [], 0
+    for hit in re.finditer(re.escape(value), text):
+        if any(start <= hit.start() and hit.end() <= end for start, end in kept):
+            continue
+        out += [text[at:hit.start()], MASK]
+        at = hit.end()
+    return "".join(out) + text[at:]
+
+
+# What a terminal would act on instead of showing: C0 controls but newline and tab (ESC starts the
+# sequences that clear the screen, move the cursor, retitle the window), DEL, C1 controls, and the
+# zero-width and bidirectional marks that make a text read other than it is.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Control characters shown as escapes (ESC as \\x1b), so no value can drive the terminal."""
+    return _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+def terminal(text: str) -> str:
+    """What reaches the operator's terminal: secrets masked, control characters escaped. Records keep
+    the raw bytes (masked): the evidence is what the host said, the screen is what is safe to show."""
+    return printable(mask(text))
 
 
 Value = str | int | float | PurePosixPath | Secret

@@ -20,7 +20,7 @@ import yaml
 
 import tasks
 from tests.harness.inventory import lock_path_for
-from tests.inventory_helpers import HOSTS, REPO
+from tests.inventory_helpers import HOSTS, REPO, with_real_keys
 
 TASKS = sorted(tasks.ns.task_names)
 BAD = ("abc", "-1", "", "/missing/dir/x.svg", "nan", "1e999", "hv1,,", "é\u202e", "0")
@@ -41,7 +41,7 @@ class Invoker:
         self.hosts.mkdir()
         (self.hosts / "defaults.yaml").write_text((HOSTS / "defaults.yaml").read_text())
         for host in ("hv1", "hv2"):
-            data = yaml.safe_load((HOSTS / "hv1.yaml").read_text())
+            data = with_real_keys(yaml.safe_load((HOSTS / "hv1.yaml").read_text()))  # runs that apply get that far
             data["ssh"] = {"host": "127.0.0.1", "port": 1}  # refused: nothing listens on port 1
             data["lock_path"] = str(lock_path_for(self.hosts, host))
             data["k3s"] = {**data.get("k3s", {}), "token_file": str(tmp / f"{host}.token")}

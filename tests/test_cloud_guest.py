@@ -116,7 +116,7 @@ def cloud_lab(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[CloudLab]:
     }
     w = World(tmp_path, REGISTRY)
     write_host(w.hosts, "lab", hv, vms=[vm], topology=TOPOLOGY, libvirt_uri=URI, virt_type="qemu",
-               pin_sharing="allow", host_reserved_memory_mb=256)
+               pin_sharing="allow", host_reserved_memory_mb=256, lab=True, storage_roots=[str(images)])
     yield CloudLab(w, name, port, hv.key_file, known)
     virsh("destroy", name, check=False)
     virsh("undefine", name, check=False)

@@ -90,6 +90,7 @@ def k3s_world(tmp_path: Path, sshd_farm: SshdFarm, monkeypatch: pytest.MonkeyPat
         token_file = tmp_path / "operator" / "token"
         w = World(tmp_path, REGISTRY)
         write_host(w.hosts, "lab", hv, vms=vms, virt_type="qemu", pin_sharing="allow", host_reserved_memory_mb=512,
+                   lab=True, storage_roots=["/var/lib/x"],
                    topology={"sockets": 1, "cores_per_socket": 2, "threads_per_core": 1, "l3_cache_mb": 32,
                              "nodes": [{"id": 0, "cpus": "0-1", "memory_mb": 4096}]},
                    k3s={"version": V1, "install": "airgap", "artifacts_dir": str(artifacts),
@@ -436,7 +437,7 @@ def test_online_install_from_a_mirror_pins_the_version_and_upgrades(k3s_world: K
         path = kw.world.hosts / "lab.yaml"
         data = yaml.safe_load(path.read_text())
         data["k3s"] |= {"install": "online", "install_script_url": f"{mirror.url}/install.sh",
-                        "download_url": mirror.url}
+                        "download_url": mirror.url, "allow_http_mirror": True}  # a local plain-http mirror
         del data["k3s"]["artifacts_dir"]
         path.write_text(yaml.safe_dump(data))
         steps = ("k3s.server", "k3s.addons", "k3s.agents", "k3s.taints")

@@ -50,7 +50,7 @@ def guest_vm(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[tuple[World, str, 
     vm["tuning"]["vcpu_pins"] = [0, 1]
     world = World(tmp_path, REGISTRY)
     write_host(world.hosts, "lab", hv, vms=[vm], topology=ONE_CORE_TWO_THREADS, libvirt_uri=URI, virt_type="qemu",
-               pin_sharing="allow", host_reserved_memory_mb=256)
+               pin_sharing="allow", host_reserved_memory_mb=256, lab=True, storage_roots=[str(images)])
     yield world, name, hv
     virsh("destroy", name, check=False)
     virsh("undefine", name, check=False)

@@ -78,7 +78,7 @@ def world(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[World]:
     w = World(tmp_path, REGISTRY)
     topology = hv1()["topology"]
     write_host(w.hosts, "hv1", host, vms=spec_vms_in(images), topology=topology, libvirt_uri=URI,
-               hugepages=hv1()["hugepages"])
+               hugepages=hv1()["hugepages"], storage_roots=[str(images)])
     yield w
     undefine_spec_domains()
     remove_pools_under(tmp_path)  # only when the test failed: defining makes none

@@ -84,7 +84,7 @@ def lab(tmp_path: Path, sshd_farm: SshdFarm, guest: Path) -> Iterator[tuple[Worl
            tiny_vm(names[1], images, guest, Path(f"{hv.key_file}.pub"), ssh)]
     w = World(tmp_path, REGISTRY)
     write_host(w.hosts, "lab", hv, vms=vms, topology=TOPOLOGY, libvirt_uri=URI, virt_type="qemu",
-               pin_sharing="allow", host_reserved_memory_mb=256)
+               pin_sharing="allow", host_reserved_memory_mb=256, lab=True, storage_roots=[str(images)])
     yield w, names
     for name in names:
         virsh("destroy", name, check=False)

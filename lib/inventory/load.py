@@ -18,13 +18,18 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from lib.errors import InventoryError, Problem
-from lib.inventory.model import Host
+from lib.errors import InventoryError, Problem, Severity
+from lib.inventory.keys import check_key, looks_private
+from lib.inventory.model import Host, is_name
 from lib.inventory.rules import check_host, check_topology, inventory_threads, shape_name
 from lib.pinplan import Core, PinRequest, PlanError, cores_from_threads, plan_pins, plan_what_fits
+from lib.smallfile import NotSmallFile, read_small
 
 DEFAULTS = "defaults.yaml"
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# hv1.yaml is 8 KB; a host with a hundred VMs stays far below. Checked before the file is read.
+MAX_FILE_BYTES = 1024 * 1024
+# An authorized keys file holds a few lines of a few hundred bytes each.
+MAX_KEY_FILE_BYTES = 64 * 1024
 # No hosts file nests more than a handful of levels or holds more than a few thousand values; deeper
 # data would only exhaust Python's recursion in validation and error messages (a recursive alias is
 # infinitely deep), and aliases of aliases ("billion laughs") expand to more values than memory holds.
@@ -35,6 +40,37 @@ MAX_VALUES = 100_000
 # file with more of them is parsed by the pure-Python loader, which raises RecursionError instead.
 _COLLECTION_CHARS = b"[{-?:"
 _C_LOADER_MAX_COLLECTIONS = 5000
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, first: yaml.Mark, second: yaml.Mark) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.second = key, first, second
+
+
+def _unique_keys(constructor: yaml.constructor.SafeConstructor, node: yaml.MappingNode, deep: bool = False) -> Any:
+    """YAML says a mapping's keys are unique; PyYAML keeps the last silently (a second `vms: []`
+    would empty the host). Checked on the mapping's own keys: `<<` merges may override, by design."""
+    first: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = constructor.construct_object(key_node)
+        try:
+            if key in first:
+                raise DuplicateKey(key, first[key], key_node.start_mark)
+            first[key] = key_node.start_mark
+        except TypeError:  # an unhashable key: the constructor itself refuses it below
+            continue
+    return yaml.constructor.SafeConstructor.construct_mapping(constructor, node, deep=deep)
+
+
+class _UniqueLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    construct_mapping = _unique_keys
+
+
+class _UniquePyLoader(yaml.SafeLoader):
+    construct_mapping = _unique_keys
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,14 @@ def load_inventory(hosts_dir: Path, names: Sequence[str] | None = None) -> Inven
                     f"unknown host {n!r}; {hosts_dir} has {', '.join(known) or 'no host files'}")
             for n in unknown
         ])
+    # The file's name is the host's name: in every message, and a directory of .runs (`...yaml`
+    # would be the host "..", whose records land outside .runs).
+    misnamed = [n for n in wanted if not is_name(n)]
+    if misnamed:
+        raise InventoryError([
+            Problem("file.name", str(hosts_dir / f"{n}.yaml"), "",
+                    f"{n!r} is not a host name: name the file <host>.yaml with 1-63 lowercase letters, digits and "
+                    "'-' (RFC 1123)") for n in misnamed])
     problems: list[Problem] = []
     defaults_file = hosts_dir / DEFAULTS
     defaults: dict[str, Any] = {}
@@ -158,43 +202,84 @@ def _plan(host: Host, cores: list[Core], file: str, problems: list[Problem]) -> 
 
 
 def _read_key_files(host: Host, file: str, problems: list[Problem]) -> Host:
-    """Add the keys of ssh_authorized_key_files to ssh_authorized_keys (a missing file is a warning)."""
+    """Check every inline key and add the keys of ssh_authorized_key_files (a missing file is a warning).
+
+    A key file is read only when it is a small regular file, and its lines are never quoted in a
+    message: a file named by mistake (a private key, any other secret) must not reach the output."""
     vms = []
     for i, vm in enumerate(host.vms):
         users = []
         for j, user in enumerate(vm.user_configs):
-            keys = list(user.ssh_authorized_keys)
+            base = f"vms[{i}].user_configs[{j}]"
+            keys: list[str] = []
+            for k, key in enumerate(user.ssh_authorized_keys):
+                if _key_ok(key, file, f"{base}.ssh_authorized_keys[{k}]", "this key", problems):
+                    keys.append(key)
             for k, name in enumerate(user.ssh_authorized_key_files):
-                where = f"vms[{i}].user_configs[{j}].ssh_authorized_key_files[{k}]"
-                try:
-                    path = Path(name).expanduser()  # RuntimeError: "~nobody/..." names no known user
-                    if path.exists() and not path.is_file():  # /dev/zero or a FIFO would never end
-                        raise ValueError("not a regular file")
-                    keys += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-                except OSError as exc:
-                    problems.append(Problem("key.file", file, where,
-                                            f"{path}: {exc.strerror}; {vm.name} gets no key from it", "warning"))
-                except (RuntimeError, ValueError) as exc:  # unknown ~user, a NUL in the name, not UTF-8 text
-                    why = str(exc).rstrip(".")
-                    problems.append(Problem("key.file", file, where,
-                                            f"{name!r}: {why}; {vm.name} gets no key from it", "warning"))
+                keys += _key_file(name, vm.name, file, f"{base}.ssh_authorized_key_files[{k}]", problems)
             users.append(user.model_copy(update={"ssh_authorized_keys": tuple(dict.fromkeys(keys))}))
         vms.append(vm.model_copy(update={"user_configs": tuple(users)}))
     return host.model_copy(update={"vms": tuple(vms)})
 
 
+def _key_ok(key: str, file: str, where: str, what: str, problems: list[Problem]) -> bool:
+    verdict = check_key(key)
+    if verdict.rule:
+        severity: Severity = "warning" if verdict.severity == "warning" else "error"
+        problems.append(Problem(verdict.rule, file, where, f"{what} {verdict.why}", severity))
+    return not verdict.rule or verdict.severity == "warning"
+
+
+def _key_file(name: str, vm: str, file: str, where: str, problems: list[Problem]) -> list[str]:
+    try:
+        path = Path(name).expanduser()  # RuntimeError: "~nobody/..." names no known user
+        data = read_small(path, MAX_KEY_FILE_BYTES)
+        text = data.decode()
+    except OSError as exc:
+        problems.append(Problem("key.file", file, where,
+                                f"{path}: {exc.strerror or exc}; {vm} gets no key from it", "warning"))
+        return []
+    except NotSmallFile as exc:
+        problems.append(Problem("key.file", file, where, f"{path} is {exc}: name a public key file (.pub)"))
+        return []
+    except (RuntimeError, ValueError) as exc:  # unknown ~user, a NUL in the name, not UTF-8 text
+        why = str(exc).rstrip(".")
+        problems.append(Problem("key.file", file, where, f"{name!r}: {why}; {vm} gets no key from it", "warning"))
+        return []
+    if looks_private(text):  # said once for the file, never its lines
+        problems.append(Problem("key.private", file, where,
+                                f"{path} holds a PRIVATE key, not a public one: name its public half "
+                                f"({path}.pub); the private key was not copied anywhere"))
+        return []
+    keys = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line and not line.startswith("#") and _key_ok(line, file, where, f"line {n} of {path}", problems):
+            keys.append(line)
+    return keys
+
+
 def _read_yaml(file: Path, problems: list[Problem]) -> dict[str, Any] | None:
     try:
-        text = file.read_bytes()  # bytes: YAML's reader detects the encoding and names a bad byte
+        text = read_small(file, MAX_FILE_BYTES)  # bytes: YAML's reader detects the encoding and names a bad byte
     except FileNotFoundError:
         problems.append(Problem("file.missing", str(file), "", "file not found"))
+        return None
+    except NotSmallFile as exc:
+        problems.append(Problem("file.too-big" if exc.too_big else "file.not-regular", str(file), "",
+                                f"is {exc}; a hosts file is a small regular YAML file (a symlink to one is followed)"))
         return None
     except OSError as exc:
         problems.append(Problem("file.unreadable", str(file), "", exc.strerror or str(exc)))
         return None
     shallow = sum(text.count(c) for c in _COLLECTION_CHARS) <= _C_LOADER_MAX_COLLECTIONS
     try:
-        data = yaml.load(text, Loader=_Loader if shallow else yaml.SafeLoader)  # noqa: S506 - SafeLoaders
+        data = yaml.load(text, Loader=_UniqueLoader if shallow else _UniquePyLoader)  # noqa: S506 - SafeLoaders
+    except DuplicateKey as exc:
+        problems.append(Problem("yaml.duplicate-key", str(file), f"line {exc.second.line + 1}",
+                                f"duplicate key {exc.key!r}: it is also on line {exc.first.line + 1} of the same "
+                                "mapping, and YAML keeps only one of them silently; remove or rename one"))
+        return None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         position = getattr(exc, "position", None)  # a ReaderError: not text in a YAML encoding

@@ -25,12 +25,18 @@ _SAFE = re.compile(r"[A-Za-z0-9._/:@+=,%~-]*")
 # RFC 1123 hostname label; also a valid libvirt domain name.
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_IFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_IFACE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}")
 _TAINT = re.compile(r"(?P<key>[A-Za-z0-9./_-]+)(=(?P<value>[A-Za-z0-9._-]*))?:(?P<effect>[A-Za-z]+)")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# A Kubernetes label: [prefix/]name=value, name and value 63 characters at most, alphanumeric at both
+# ends (the API server's own check). Anything else reaches k3s's --node-label and is refused there.
+_LABEL_NAME = r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([a-z0-9.-]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
 
 
 def _safe(value: str) -> str:
+    _not_option(value)
     if not _SAFE.fullmatch(value):
         bad = sorted({c for c in value if not _SAFE.fullmatch(c)})
         raise PydanticCustomError(
@@ -39,6 +45,21 @@ def _safe(value: str) -> str:
             {"value": repr(value), "bad": " ".join(repr(c) for c in bad)},
         )
     return value
+
+
+def _not_option(value: str) -> str:
+    """A value that becomes a command's argument (apt, kubectl, virsh, qemu-img) must not start with
+    '-': the command would read it as an option, whatever quoting the shell gets."""
+    if value.startswith("-"):
+        raise PydanticCustomError(
+            "value.option-like",
+            "{value} starts with '-', which the command it reaches would read as an option; remove the '-'",
+            {"value": repr(value)})
+    return value
+
+
+def is_name(value: str) -> bool:
+    return bool(_NAME.fullmatch(value))
 
 
 def _name(value: str) -> str:
@@ -52,13 +73,20 @@ def _name(value: str) -> str:
     return value
 
 
+def normal_path(value: str) -> str:
+    """The one spelling rules compare and steps use: '//' and '/./' collapsed, no trailing '/'.
+    Not '..': which directory it leads to depends on symlinks on the host, so it is refused instead."""
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    return "/" + "/".join(parts)
+
+
 def _abs_path(value: str) -> str:
     _safe(value)
     if not value.startswith("/"):
         raise PydanticCustomError("path.not-absolute", "{value} is not an absolute path", {"value": repr(value)})
-    if "/../" in value + "/" or value.endswith("/.."):
+    if ".." in value.split("/"):
         raise PydanticCustomError("path.not-absolute", "{value} must not contain '..'", {"value": repr(value)})
-    return value
+    return normal_path(value)
 
 
 def _rel_path(value: str) -> str:
@@ -108,8 +136,13 @@ AbsPath = Annotated[str, AfterValidator(_abs_path)]
 RelPath = Annotated[str, AfterValidator(_rel_path)]
 Cpulist = Annotated[str, AfterValidator(_cpulist)]
 UserName = Annotated[str, AfterValidator(_pattern("name.invalid", _USER, "Linux user name"))]
-IfaceName = Annotated[str, AfterValidator(_pattern("name.invalid", _IFACE, "network interface name"))]
-Taint = Annotated[str, AfterValidator(_taint)]
+IfaceName = Annotated[str, AfterValidator(_not_option),
+                      AfterValidator(_pattern("name.invalid", _IFACE, "network interface name"))]
+Taint = Annotated[str, AfterValidator(_not_option), AfterValidator(_taint)]
+LabelKey = Annotated[str, AfterValidator(_not_option),
+                     AfterValidator(_pattern("k3s.label", _LABEL_KEY, "Kubernetes label key ([prefix/]name)"))]
+LabelValue = Annotated[str, AfterValidator(_not_option),
+                       AfterValidator(_pattern("k3s.label", _LABEL_VALUE, "Kubernetes label value"))]
 # A unicast MAC address, lower case, colon separated (what libvirt and cloud-init's match compare).
 MacAddress = Annotated[str, AfterValidator(_pattern("mac.invalid", re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}"),
                                                     "unicast MAC address (lower case, aa:bb:cc:dd:ee:ff)"))]
@@ -189,7 +222,7 @@ class ExtraDisk(Model):
 class K8sNode(Model):
     role: Literal["server", "agent"]
     taints: tuple[Taint, ...] = ()
-    labels: dict[Word, Word] = Field(default_factory=dict)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
 
 class VmNetwork(Model):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lib.cpuset import format_cpulist
 from lib.errors import Problem
+from lib.shell import printable
 
 _VM = re.compile(r"^vms\[(\d+)\]")
 _ENTRY = re.compile(r"^(.*)\[(\d+)\]$")
@@ -58,19 +59,20 @@ def lines(problems: Iterable[Problem]) -> list[str]:
         key: tuple[str, ...] = ("message", p.severity, p.rule, p.file, p.message) if len(same) > 1 else \
             ("list", p.severity, p.rule, p.file, entry.group(1) if entry else p.path)
         groups.setdefault(key, []).append(p)
-    out: list[str] = []
-    for key, members in groups.items():
-        first = members[0]
-        head = f"{first.severity.upper()} [{first.rule}] {first.file}: "
-        if key[0] == "message":
-            where = "; ".join(named(p.path, names[p.file]) for p in members)
-            out.append(f"{head}{len(members)} places ({where}): {first.message}")
-        elif len(members) >= GROUP_AT:
-            indexes = [_ENTRY.match(p.path) for p in members]
-            shown = format_cpulist(int(m.group(2)) for m in indexes if m) if all(indexes) else ""
-            where = named(key[4], names[first.file])
-            out.append(f"{head}{where}: {len(members)} entries{f' ([{shown}])' if shown else ''} break this rule; "
-                       f"the first: {first.message}")
-        else:
-            out += [str(Problem(p.rule, p.file, named(p.path, names[p.file]), p.message, p.severity)) for p in members]
-    return out
+    # Every line escaped here: a file name or value may carry control characters (ESC [2J ...).
+    return [printable(line) for key, members in groups.items() for line in _group_lines(key, members, names)]
+
+
+def _group_lines(key: tuple[str, ...], members: list[Problem], names: dict[str, list[str]]) -> list[str]:
+    first = members[0]
+    head = f"{first.severity.upper()} [{first.rule}] {first.file}: "
+    if key[0] == "message":
+        where = "; ".join(named(p.path, names[p.file]) for p in members)
+        return [f"{head}{len(members)} places ({where}): {first.message}"]
+    if len(members) >= GROUP_AT:
+        indexes = [_ENTRY.match(p.path) for p in members]
+        shown = format_cpulist(int(m.group(2)) for m in indexes if m) if all(indexes) else ""
+        where = named(key[4], names[first.file])
+        return [f"{head}{where}: {len(members)} entries{f' ([{shown}])' if shown else ''} break this rule; "
+                f"the first: {first.message}"]
+    return [str(Problem(p.rule, p.file, named(p.path, names[p.file]), p.message, p.severity)) for p in members]

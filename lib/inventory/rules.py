@@ -7,10 +7,12 @@ schema-valid Host; they yield every problem they see so an operator fixes them a
 from __future__ import annotations
 
 import posixpath
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from ipaddress import IPv4Address
 
 from lib import taints
 from lib.cores import socket_of, unpaired_whole_cores
@@ -282,22 +284,91 @@ def check_l3(host: Host, cores: list[Core]) -> Iterator[Finding]:
                           "L3 to the host and the emulators")
 
 
+# Trees of the host's own system: never a storage root, whatever the inventory says.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run",
+                "/sbin", "/sys", "/usr", "/var/lib/dpkg", "/var/lib/rpm", "/var/log")
+# Roots wider than any image directory: they hold every service's state (and /var/lib/dpkg, ...).
+TOO_WIDE = ("/", "/home", "/var", "/var/lib")
+# A data disk mounted over one of these inside the guest would hide the guest's own system.
+GUEST_SYSTEM = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/root", "/run",
+                "/sbin", "/sys", "/tmp", "/usr", "/var")
+
+
+def _under(path: str, root: str) -> bool:
+    """Strictly inside root (both in normal form, as the model stores every path)."""
+    return path != root and path.startswith(root.rstrip("/") + "/")
+
+
+def _in_tree(path: str, tree: str) -> bool:
+    """path is tree or inside it; "/" as a tree is only itself (every path is inside it)."""
+    return path == tree or (tree != "/" and _under(path, tree))
+
+
+def _owned_paths(i: int, vm: VM) -> list[tuple[str, str]]:
+    """The files the tool creates, replaces and deletes for one VM: (field path, normal path)."""
+    paths = [(f"vms[{i}].disk_path", vm.disk_path), (f"vms[{i}].cloud_init_iso_path", vm.cloud_init_iso_path)]
+    # A device disk's path is unused today; checked all the same, so no later use can reach outside.
+    return paths + [(f"vms[{i}].disks[{k}].path", d.path) for k, d in enumerate(vm.disks)]
+
+
+def _field(host: Host, where: str) -> str:
+    """vms[2].disk_path -> vms[2].disk_path (k3s-worker-slm): the other side of a clash, named."""
+    match = re.match(r"vms\[(\d+)\]", where)
+    return f"{where} ({host.vms[int(match[1])].name})" if match else where
+
+
+def check_storage_roots(host: Host) -> Iterator[Finding]:
+    for k, root in enumerate(host.storage_roots):
+        if root in TOO_WIDE or any(_in_tree(root, tree) for tree in SYSTEM_TREES):
+            yield Finding("path.storage-root", f"storage_roots[{k}]",
+                          f"{root} is {'a system directory' if root not in TOO_WIDE else 'too wide'}: a storage root "
+                          "holds only the tool's images, seeds and data disks; name a directory of its own, such as "
+                          "/var/lib/libvirt/images or /srv/vms")
+
+
 def check_disks(host: Host) -> Iterator[Finding]:
+    """Every file the tool creates lies under a storage root, is no system file, and is one VM's alone.
+
+    Paths arrive in normal form (model.normal_path): /var/lib/libvirt/images/./base.qcow2 and
+    //var/lib/libvirt/images/base.qcow2 are the same string here, so one comparison sees them."""
     seen: dict[str, str] = {}
     bases: dict[str, int] = {}
+    roots = ", ".join(host.storage_roots) or "(none)"
     for i, vm in enumerate(host.vms):
         bases.setdefault(vm.base_image_path, i)
+    everything = [p for i, vm in enumerate(host.vms) for p in _owned_paths(i, vm)]
     for i, vm in enumerate(host.vms):
-        paths = [(f"vms[{i}].disk_path", vm.disk_path), (f"vms[{i}].cloud_init_iso_path", vm.cloud_init_iso_path)]
-        paths += [(f"vms[{i}].disks[{k}].path", d.path) for k, d in enumerate(vm.disks)]
+        paths = _owned_paths(i, vm)
+        if not any(_under(vm.base_image_path, r) for r in host.storage_roots):
+            yield Finding("path.outside-roots", f"vms[{i}].base_image_path",
+                          f"{vm.base_image_path} is not under a storage root ({roots}); put the base image there "
+                          "or add its directory to storage_roots")
         for where, path in paths:
+            if any(_in_tree(path, tree) for tree in SYSTEM_TREES):
+                yield Finding("path.system", where, f"{path} is in the host's system tree: the tool would create, "
+                                                    f"overwrite and delete it; put it under a storage root ({roots})")
+            elif not any(_under(path, r) for r in host.storage_roots):
+                yield Finding("path.outside-roots", where,
+                              f"{path} is not under a storage root ({roots}): the tool creates, replaces and deletes "
+                              "only there; move it under one, or add its directory to storage_roots")
             if path in seen:
-                yield Finding("disk.duplicate", where, f"{path} is also {seen[path]}")
+                yield Finding("disk.duplicate", where, f"{path} is also {_field(host, seen[path])}, once both are "
+                                                       "normalised; every VM file needs a path of its own")
             seen.setdefault(path, where)
             if path in bases:
                 b = bases[path]
                 yield Finding("disk.base-image", where,
-                              f"{path} is the base image of {_vm(b, host.vms[b])}; it must never be a VM's own disk")
+                              f"{path} is the base image of {_vm(b, host.vms[b])}; it must never be a VM's own disk or "
+                              "seed (compared normalised)")
+            inside = next((w for w, p in everything if _under(p, path)), None)
+            if inside:
+                yield Finding("path.nested", where, f"{path} is a directory of {_field(host, inside)}; a disk or "
+                                                    "seed is a file, never another's directory")
+
+
+def check_disk_options(host: Host) -> Iterator[Finding]:
+    for i, vm in enumerate(host.vms):
+        paths = _owned_paths(i, vm)
         # virt-install reads ",name=value" inside --disk path=... and --boot kernel=... as another
         # sub-option, and a bare ",part" as an unknown one; it has no escape for a comma.
         given = list(paths)
@@ -314,6 +385,149 @@ def check_disks(host: Host) -> Iterator[Finding]:
                 yield Finding("disk.target", f"vms[{i}].disks[{k}].target",
                               f"{d.target} is also the target of vms[{i}].disks[{targets[d.target]}]")
             targets.setdefault(d.target, k)
+            if any(_in_tree(d.mount, tree) for tree in GUEST_SYSTEM):
+                yield Finding("disk.mount", f"vms[{i}].disks[{k}].mount",
+                              f"{d.mount} is a system directory of the guest: mounting the disk there hides it; "
+                              "mount data under a directory of its own, such as /data/hot")
+
+
+def check_devices(host: Host) -> Iterator[Finding]:
+    """A block device only from the host's explicit allow-list, and each to one disk of one VM."""
+    allowed = ", ".join(host.block_devices) or "none"
+    for k, dev in enumerate(host.block_devices):
+        if not _under(dev, "/dev"):
+            yield Finding("disk.device", f"block_devices[{k}]", f"{dev} is not under /dev: list block devices "
+                                                                 "such as /dev/disk/by-id/... here")
+    owner: dict[str, str] = {}
+    for i, vm in enumerate(host.vms):
+        for k, d in enumerate(vm.disks):
+            if not d.device:
+                continue
+            where = f"vms[{i}].disks[{k}].device"
+            if d.device not in host.block_devices:
+                yield Finding("disk.device", where,
+                              f"{d.device} is not in block_devices (allowed: {allowed}); a VM gets a whole device "
+                              "only when the host lists it: add it to block_devices if it is meant for this VM")
+            if d.device in owner:
+                yield Finding("disk.device-shared", where, f"{d.device} is also {_field(host, owner[d.device])}; "
+                                                           "two disks on one device overwrite each other's data")
+            owner.setdefault(d.device, where)
+
+
+def check_lab_only(host: Host) -> Iterator[Finding]:
+    """Settings made for the test machine's lab, which on a production host expose it or bypass the bridge."""
+    for i, vm in enumerate(host.vms):
+        if vm.user_nic and vm.user_nic.listen != IPv4Address("127.0.0.1") and not vm.user_nic.listen.is_loopback:
+            yield Finding("lab.listen", f"vms[{i}].user_nic.listen",
+                          f"{vm.user_nic.listen} is not a loopback address: the VM's SSH (and forwards) would be "
+                          "open to the network; use 127.0.0.1")
+        if host.lab:
+            continue
+        if vm.boot and vm.boot.host_root:
+            yield Finding("lab.only", f"vms[{i}].boot.host_root",
+                          "host_root shares the hypervisor's own / with the guest over 9p: a lab setting; remove it, "
+                          "or mark the host as a lab with `lab: true` if it is one")
+        elif vm.boot:
+            yield Finding("lab.only", f"vms[{i}].boot",
+                          "kernel/initrd boot is a lab setting (the lab's tiny guests); a production VM boots its "
+                          "disk: remove boot:, or mark the host as a lab with `lab: true` if it is one")
+        if vm.user_nic:
+            yield Finding("lab.only", f"vms[{i}].user_nic",
+                          "a user-mode NIC is a lab setting and replaces the bridge "
+                          f"({vm.bridge_network_interface}); remove user_nic, or mark the host as a lab with "
+                          "`lab: true` if it is one")
+
+
+def check_network(host: Host) -> Iterator[Finding]:
+    """Static addresses: one per VM, never the gateway, never the subnet's own addresses; the gateway
+    inside the subnet."""
+    first: dict[IPv4Address, int] = {}
+    for i, vm in enumerate(host.vms):
+        net = vm.network
+        if net is None:
+            continue
+        ip, subnet = net.address.ip, net.address.network
+        where = f"vms[{i}].network.address"
+        if ip in first:
+            yield Finding("network.duplicate", where,
+                          f"{ip} is also the address of {_vm(first[ip], host.vms[first[ip]])}; give each VM its own")
+        first.setdefault(ip, i)
+        if subnet.prefixlen < 31 and ip in (subnet.network_address, subnet.broadcast_address):
+            which = "network" if ip == subnet.network_address else "broadcast"
+            yield Finding("network.address", where, f"{ip} is the {which} address of {subnet}; give the VM a host "
+                                                    "address")
+        if net.gateway is not None:
+            if net.gateway == ip:
+                yield Finding("network.gateway", f"vms[{i}].network.gateway",
+                              f"the gateway {net.gateway} is the VM's own address ({where}); use the router's address")
+            elif net.gateway not in subnet:
+                yield Finding("network.gateway", f"vms[{i}].network.gateway",
+                              f"the gateway {net.gateway} is outside the VM's subnet {subnet} ({where}); the VM "
+                              "could not reach it: use an address inside the subnet")
+    for i, vm in enumerate(host.vms):  # another VM's address as this VM's gateway
+        net = vm.network
+        if net is not None and net.gateway in first and first[net.gateway] != i:
+            k = first[net.gateway]
+            yield Finding("network.gateway", f"vms[{i}].network.gateway",
+                          f"the gateway {net.gateway} is the address of {_vm(k, host.vms[k])}; use the router's "
+                          "address")
+
+
+def check_endpoints(host: Host) -> Iterator[Finding]:
+    """Two VMs reached at one SSH endpoint, or forwarding one host port: steps meant for one VM
+    would run on the other."""
+    ssh: dict[tuple[str, int], int] = {}
+    ports: dict[int, str] = {}
+    for i, vm in enumerate(host.vms):
+        if vm.ssh and vm.ssh.host:
+            key = (vm.ssh.host, vm.ssh.port)
+            if key in ssh:
+                k = ssh[key]
+                yield Finding("ssh.duplicate", f"vms[{i}].ssh", f"{vm.ssh.host}:{vm.ssh.port} is also where "
+                              f"{_vm(k, host.vms[k])} is reached: the steps for one VM would run on the other")
+            ssh.setdefault(key, i)
+        if vm.user_nic:
+            wanted = [(f"vms[{i}].user_nic.host_port", vm.user_nic.host_port)]
+            wanted += [(f"vms[{i}].user_nic.forwards", p) for p in vm.user_nic.forwards]
+            for where, port in wanted:
+                if port in ports:
+                    yield Finding("nic.port-duplicate", where, f"host port {port} is also {_field(host, ports[port])}")
+                ports.setdefault(port, where)
+
+
+_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[^/?#@]+)(?P<rest>[/?#].*)?")
+
+
+def check_urls(host: Host) -> Iterator[Finding]:
+    """What is fetched and piped to sh (install.sh) or run (the k3s binary) comes over https, unless
+    the inventory opts in to a plain-http mirror; the k3s API is always https."""
+    k3s = host.k3s
+    fetched = [("k3s.install_script_url", k3s.install_script_url), ("k3s.download_url", k3s.download_url)]
+    for where, url in [*fetched, ("k3s.server_url", k3s.server_url)]:
+        if url is None:
+            continue
+        match = _URL.fullmatch(url)
+        if not match or match["scheme"] not in ("https", "http"):
+            yield Finding("url.invalid", where, f"{url!r} is not an https:// URL")
+        elif match["scheme"] == "http" and (where == "k3s.server_url" or not k3s.allow_http_mirror):
+            fix = ("k3s serves its API over https only" if where == "k3s.server_url" else
+                   "what it fetches is run as root; use https, or set k3s.allow_http_mirror: true for a "
+                   "plain-http mirror you trust (the plan then names it)")
+            yield Finding("url.plain-http", where, f"{url} is plain http: {fix}")
+    if k3s.allow_http_mirror and not any(u and u.startswith("http://") for _, u in fetched):
+        yield Finding("url.plain-http", "k3s.allow_http_mirror",
+                      "allow_http_mirror is true but no URL is plain http; remove it", "warning")
+
+
+def check_libvirt_uri(host: Host) -> Iterator[Finding]:
+    """libvirt on this hypervisor only: a remote URI (qemu+ssh://other/system) would define, start and
+    destroy domains on another host than the one this file names."""
+    # driver[+unix]:///path: no host part, and no transport that could lead to one (+ssh, +tcp, +tls).
+    match = re.fullmatch(r"[a-z0-9]+(\+unix)?://(?P<host>[^/]*)(/.*)?", host.libvirt_uri)
+    if not match or match["host"]:
+        yield Finding("libvirt.uri", "libvirt_uri",
+                      f"{host.libvirt_uri!r} is not a local libvirt URI: the tool acts on this hypervisor's own "
+                      "libvirtd only; use qemu:///system")
 
 
 def check_names(host: Host) -> Iterator[Finding]:
@@ -397,5 +611,13 @@ def check_host(host: Host, cores: list[Core]) -> Iterator[Finding]:
     yield from check_memory(host)
     yield from check_guest_topology(host, cores)
     yield from check_l3(host, cores)
+    yield from check_storage_roots(host)
     yield from check_disks(host)
+    yield from check_disk_options(host)
+    yield from check_devices(host)
+    yield from check_lab_only(host)
+    yield from check_network(host)
+    yield from check_endpoints(host)
+    yield from check_urls(host)
+    yield from check_libvirt_uri(host)
     yield from check_k3s(host)

@@ -147,6 +147,13 @@ def refusal(vm: VM, refused: list[tuple[str, ownership.Verdict]], step: str) -> 
     return StepMismatch(checks, exit_code=3, message=f"{step} refused {vm.name}'s {lines}; nothing was changed")
 
 
+def _device_row(disk: DiskSpec, *, online: bool, drift: list[Check], unknown: list[str]) -> None:
+    if online:
+        drift.append(Check(f"{disk.role} disk {disk.path}", "block device", "missing", False))
+    else:  # offline: no facts to compare
+        unknown.append(f"{disk.role} disk {disk.path}: a block device, unknown offline (read when the host is)")
+
+
 def plan_images(vm: VM, facts: ImagesFacts | None, sysroot: str = "/", run: str = "") -> Plan:
     if facts is not None:
         bad_base = [c for c in base_checks(vm, facts.base) if not c.ok]
@@ -158,6 +165,7 @@ def plan_images(vm: VM, facts: ImagesFacts | None, sysroot: str = "/", run: str 
     created: list[str] = []
     adopted: list[str] = []
     drift: list[Check] = []
+    unknown: list[str] = []
     refused: list[tuple[str, ownership.Verdict]] = []
     for disk in disks_of(vm):
         info = facts.disks.get(disk.path) if facts else None
@@ -179,8 +187,8 @@ def plan_images(vm: VM, facts: ImagesFacts | None, sysroot: str = "/", run: str 
         if info is not None and info.exists:
             drift += [c for c in disk_checks(disk, info) if not c.ok]
             continue
-        if disk.device:
-            drift.append(Check(f"{disk.role} disk {disk.path}", "block device", "missing", False))
+        if disk.device:  # a device is never created: missing is drift, and offline it is unknown
+            _device_row(disk, online=facts is not None, drift=drift, unknown=unknown)
             continue
         backing = "-b {base} -F qcow2 " if disk.backing else ""
         opts = f"-o cluster_size={disk.cluster} " if disk.cluster else ""
@@ -207,9 +215,10 @@ def plan_images(vm: VM, facts: ImagesFacts | None, sysroot: str = "/", run: str 
             "existing disk(s) differ from the spec; they are never overwritten or resized: move them aside "
             "or fix the inventory"))
     if not actions:
-        return Plan(reason="every disk exists with the spec's format, backing file and size")
+        return Plan(reason="every disk exists with the spec's format, backing file and size", warnings=tuple(unknown))
     return Plan(tuple(actions), "; ".join(x for x in ("create " + "; ".join(created) if created else "",
-                                                     "adopt " + "; ".join(adopted) if adopted else "") if x))
+                                                     "adopt " + "; ".join(adopted) if adopted else "") if x),
+                tuple(unknown))
 
 
 def ownership_checks(vm: VM, survey: ownership.Survey) -> list[Check]:

@@ -17,7 +17,7 @@ from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM, Host
 from lib.results import Check
-from lib.shell import MASK, Command, FileBody, Secret, seq, sh
+from lib.shell import MASK, Command, FileBody, Secret, mask, seq, sh
 from lib.steps.base import Action, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.token import cluster_token
 from lib.transport import CmdResult, CommandError, ConnectError, Shell
@@ -141,7 +141,7 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
         config = k3s.node_config(host, vm, token)
         want = k3s.digest(config)
         if facts is None or facts.config_sha != want or facts.config_mode != "600":
-            shown = config.decode().replace(token.reveal(), MASK)  # plans show the body, never the token
+            shown = mask(config.decode())  # plans show the body, never the token (names stay whole)
             before = facts.config_body if facts else None  # online: a diff against the host's file
             actions.append(Upload(k3s.CONFIG, config, 0o600, what="config.yaml (token ***)",
                                   why="node-name, taints, labels, server and token",
@@ -180,7 +180,8 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
         actions.append(OnPeer(daytwo.uncordon_command(vm.name)))
     if installed:
         return Plan(tuple(actions), f"config.yaml differs: write it and restart {k3s.service(vm)}")
-    return Plan(tuple(actions), f"install k3s {version} as {role} ({host.k3s.install})")
+    return Plan(tuple(actions), f"install k3s {version} as {role} ({host.k3s.install})",
+                tuple(f"fetched over plain http (k3s.allow_http_mirror): {url}" for url in k3s.plain_http_urls(host)))
 
 
 def node_checks(target: Target, facts: NodeFacts, nodes: dict[str, k3s.Node] | None, api_error: str) -> list[Check]:

@@ -51,6 +51,18 @@ def lock_path_for(hosts_dir: Path, name: str) -> Path:
     return path
 
 
+DEFAULT_ROOTS = ("/var/lib/libvirt/images", "/srv")
+
+
+def storage_roots_of(vms: list[dict[str, Any]]) -> list[str]:
+    """The default roots plus the directory of every VM file outside them (a test's tmp_path/images)."""
+    files = [p for vm in vms for p in (vm.get("disk_path"), vm.get("cloud_init_iso_path"), vm.get("base_image_path"))]
+    files += [d.get("path") for vm in vms for d in vm.get("disks", [])]
+    extra = {str(Path(f).parent) for f in files if isinstance(f, str)
+             and not any(f.startswith(root + "/") for root in DEFAULT_ROOTS)}
+    return [*DEFAULT_ROOTS, *sorted(extra)]
+
+
 def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None = None,
                vms: list[dict[str, Any]] | None = None, **extra: Any) -> Path:
     """A host file whose hypervisor is the given sshd host; the lock file is the test's own
@@ -66,6 +78,9 @@ def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None
         "k3s": {"version": "v1.31.4+k3s1"},
         "vms": vms or [],
     } | extra
+    if "storage_roots" not in extra:  # the test's own image directories are where its files may live (#26)
+        # and the test's directory, where safety tests put their decoys and ownership registries.
+        data["storage_roots"] = list(dict.fromkeys([str(hosts_dir.parent), *storage_roots_of(data["vms"])]))
     # Every VM small_vm() writes is tainted: the packaged add-ons need a node (rule k3s.addons-no-node).
     servers = [vm["name"] for vm in data["vms"] if vm.get("k8s", {}).get("role") == "server"]
     if servers and "addon_node" not in data["k3s"]:

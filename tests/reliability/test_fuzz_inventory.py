@@ -42,7 +42,7 @@ from lib.shell import Command, Secret, Value, sh
 from lib.steps import REGISTRY
 from lib.targets import targets_for
 from tests.harness.inventory import SPEC_TOPOLOGY
-from tests.inventory_helpers import HOSTS, REPO, hv1
+from tests.inventory_helpers import HOSTS, REAL_KEY, REPO, hv1, with_real_keys
 
 # A few seconds per property in `make test`; FUZZ_EXAMPLES=5000 for a longer hunt by hand.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -186,7 +186,7 @@ def _errors(tmp: Path, content: bytes | dict[str, Any]) -> list[str]:
 
 
 def _vm0(change: dict[str, Any], tuning: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    data = hv1()
+    data = with_real_keys(hv1())  # not the spec's placeholder keys: their warnings would be in every list
     data["vms"][0] |= change
     data["vms"][0]["tuning"] |= tuning or {}
     for key in drop:
@@ -236,19 +236,23 @@ def test_no_pins_and_an_empty_nodeset_names_the_nodeset(tmp_path: Path) -> None:
 def test_odd_key_files_are_warnings_not_crashes(tmp_path: Path) -> None:
     binary = tmp_path / "binary.pub"
     binary.write_bytes(b"\xff\xfe\x00")
-    files = ["~no-such-user-here/k.pub", "/tmp/a\0b", str(binary), "/dev/zero"]
-    data = hv1()
+    files = ["~no-such-user-here/k.pub", "/tmp/a\0b", str(binary)]
+    data = with_real_keys(hv1())
     data["vms"][0]["user_configs"][0]["ssh_authorized_key_files"] = files
     hosts, file = _write(tmp_path, data)
     inv = load_inventory(hosts)
     where = f"WARNING [key.file] {file}: vms[0].user_configs[0].ssh_authorized_key_files"
+    # /dev/zero, a warning before #26, is refused since: a key file is a small regular file, checked unread.
+    data["vms"][0]["user_configs"][0]["ssh_authorized_key_files"] = ["/dev/zero"]
+    assert _errors(tmp_path, data) == [f"ERROR [key.file] {file}: vms[0].user_configs[0].ssh_authorized_key_files[0]: "
+                                       "/dev/zero is a character device, not a regular file: name a public key "
+                                       "file (.pub)"]
     assert [str(w) for w in inv.warnings] == [
         f"{where}[0]: '~no-such-user-here/k.pub': Could not determine home directory; k3s-worker-slm-heavy gets "
         "no key from it",
         f"{where}[1]: '/tmp/a\\x00b': embedded null byte; k3s-worker-slm-heavy gets no key from it",
         f"{where}[2]: '{binary}': 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte; "
         "k3s-worker-slm-heavy gets no key from it",
-        f"{where}[3]: '/dev/zero': not a regular file; k3s-worker-slm-heavy gets no key from it",
     ]
 
 
@@ -317,7 +321,8 @@ def test_cli_on_many_nasty_files_at_once(tmp_path: Path) -> None:
     (b"- just\n- a list\n", 2, "[yaml.not-mapping]"),
     (b"\x00\xff\xfe garbage \x80\x81", 2, "[yaml.syntax]"),
     (b"ssh: {host: h}\nvms: " + b"[" * 50_000 + b"]" * 50_000, 2, "[yaml.too-big]"),
-    (yaml.safe_dump(_vm0({"user_configs": [{"username": "admin", "ssh_authorized_key_files": ["/dev/zero"]}]}))
+    # (a missing key file: /dev/zero there was a warning before #26, refused since)
+    (yaml.safe_dump(_vm0({"user_configs": [{"username": "admin", "ssh_authorized_key_files": ["/no/such.pub"]}]}))
      .encode(), 0, "hv1: ok"),
 ], ids=["syntax", "not-mapping", "binary", "deep", "ok-with-a-warning"])
 def test_cli_exit_code_and_no_traceback(tmp_path: Path, content: bytes, code: int, expect: str) -> None:
@@ -401,11 +406,14 @@ def test_a_nul_byte_is_refused_by_name(before: str, after: str, how: str) -> Non
 
 SAFE_SEGMENT = r"[A-Za-z0-9._:@+=,%~-]{1,10}"  # model._SAFE without '/'
 segments = st.from_regex(SAFE_SEGMENT, fullmatch=True).filter(lambda s: s not in (".", ".."))
-abs_paths = st.lists(segments, min_size=1, max_size=3).map(lambda parts: "/" + "/".join(parts))
+# Under the storage root the generated hosts name (#26: the tool's files live only under one).
+ROOT = "/srv"
+abs_paths = st.lists(segments, min_size=1, max_size=3).map(lambda parts: ROOT + "/" + "/".join(parts))
 vm_names = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,12}[a-z0-9])?", fullmatch=True)
-ifaces = st.from_regex(r"[A-Za-z0-9_.-]{1,15}", fullmatch=True)
+ifaces = st.from_regex(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}", fullmatch=True)  # no leading '-' (an option)
 users = st.from_regex(r"[a-z_][a-z0-9_-]{0,12}", fullmatch=True)
-uris = st.from_regex(r"[A-Za-z0-9._/:@+=,%~-]{1,20}", fullmatch=True)
+# A local libvirt URI (a remote one is refused) whose path carries every shell-safe character.
+uris = st.from_regex(r"[A-Za-z0-9._/:@+=,%~-]{0,20}", fullmatch=True).map(lambda q: "qemu:///" + q)
 PROVISION = load_runbook(REPO / "runbooks" / "provision.yaml", REGISTRY)
 
 
@@ -423,14 +431,14 @@ def valid_hosts(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
             "bridge_network_interface": draw(ifaces), "cloud_init_iso_path": iso,
             "tuning": {"vcpu_pins": [i + 1, i + 37], "emulator_cpuset": "16-17,52-53",
                        "numa_memory": {"nodeset": "0", "mode": "strict"}},
-            "user_configs": [{"username": draw(users), "ssh_authorized_keys": ["ssh-ed25519 AAAA k@h"]}],
+            "user_configs": [{"username": draw(users), "ssh_authorized_keys": [REAL_KEY]}],
             "disks": [{"name": "hot", "tier": "ssd", "path": hot, "size_gb": 5, "target": "vdb", "mount": mount,
                        "directories": ["clean"]}],
             "ssh": {"host": f"10.0.0.{i + 10}"},
             "k8s": {"role": "server" if i == 0 else "agent"},
         })
     data: dict[str, Any] = {"ssh": {"host": "hv.example"}, "bridge": draw(ifaces), "libvirt_uri": draw(uris),
-            "topology": SPEC_TOPOLOGY, "k3s": {"version": "v1.31.4+k3s1"}, "vms": vms}
+            "storage_roots": [ROOT], "topology": SPEC_TOPOLOGY, "k3s": {"version": "v1.31.4+k3s1"}, "vms": vms}
     values: list[str] = [*names, *paths, *(str(vm["base_image_path"]) for vm in vms),
                          *(str(vm["bridge_network_interface"]) for vm in vms), data["libvirt_uri"]]
     return data, values
@@ -466,7 +474,9 @@ def test_inventory_values_stay_one_token_in_the_offline_plan(generated: tuple[di
             loaded = load_inventory(hosts).hosts["hv1"]
         except InventoryError as exc:
             # Only the comma rule may refuse these: everything else is within the schema's character sets.
-            assert {p.rule for p in exc.problems} <= {"path.comma", "disk.duplicate", "disk.base-image"}, exc
+            # (path.nested: one generated path can be a directory of another.)
+            assert {p.rule for p in exc.problems} <= {"path.comma", "disk.duplicate", "disk.base-image",
+                                                      "path.nested"}, exc
             event("refused: " + ",".join(sorted({p.rule for p in exc.problems})))
             return
     commands = offline_plan(loaded)
