@@ -656,6 +656,124 @@ def _unread_exit(runs: list[Any]) -> None:
         raise Exit("\n".join(lines), code=min(r.exit_code or 4 for r in missed))
 
 
+# -- fleets: many hypervisors in waves with a failure budget (lib/fleet/, docs/fleets.md) --------------
+
+_FLEET = {"host": "hypervisors, comma-separated", "all": "every host in hosts/", "site": "every host of this site",
+          "waves": "wave sizes as Ansible's serial: e.g. 1,10%,50%,100% (the last repeats; default: one wave)",
+          "max-fail": "failures tolerated per wave and overall, N or N% (exceeded only when failures go over it; "
+                      "default 0)",
+          "per-site": "at most this many hosts of one site at once (default 0: no limit)",
+          "pause": "between waves, wait for `invoke fleet.approve`",
+          "soak": "between waves, wait S seconds, then re-verify the finished waves' hosts"}
+
+
+def _fleet_flags(host: str | None, all_: bool, site: str | None, waves: str | None, max_fail: str | None,
+                 per_site: str | None, pause: bool, soak: str | None) -> Any:
+    from lib.fleet.front import RolloutFlags
+
+    return RolloutFlags(host, all_, site, waves, max_fail, per_site, pause, soak)
+
+
+@_task(_FLEET)
+def fleet_plan(c: Context, host: str | None = None, all_: bool = False, site: str | None = None,
+               waves: str | None = None, max_fail: str | None = None, per_site: str | None = None,
+               pause: bool = False, soak: str | None = None) -> None:
+    """The wave plan of a rollout: which hosts in which wave, the budget, what happens between waves."""
+    from lib.fleet.front import plan_from_flags, sites_of
+    from lib.fleet.plan import plan_text
+
+    flags = _fleet_flags(host, all_, site, waves, max_fail, per_site, pause, soak)
+    print(plan_text(plan_from_flags(sites_of(_inventory(c, None).hosts), flags)))
+
+
+@_task({**_FLEET, "runbook": "runbook name under runbooks/ (default: provision)",
+        "resume": "continue the last fleet run (or --run=ID): verified hosts are skipped, failed and unstarted ones "
+                  "run again", "run": "with --resume: the fleet run id",
+        "parallel": "at most this many hosts at once (default: as many as 4 descriptors per host allow)"})
+def fleet_provision(c: Context, host: str | None = None, all_: bool = False, site: str | None = None,
+                    waves: str | None = None, max_fail: str | None = None, per_site: str | None = None,
+                    pause: bool = False, soak: str | None = None, runbook: str | None = None, resume: bool = False,
+                    run: str | None = None, parallel: str = "0") -> None:
+    """Roll a runbook across hosts in waves: the first wave is the canary; stops when the budget is exceeded."""
+    from lib.flags import FlagError, number
+    from lib.fleet.front import new_state, plan_from_flags, resumed, run_local, sites_of
+    from lib.fleet.hostrun import HostRunner
+    from lib.fleet.plan import plan_text
+    from lib.fleet.show import exit_code, recap, verdict
+    from lib.retry import policies_from_config
+
+    flags = _fleet_flags(host, all_, site, waves, max_fail, per_site, pause, soak)
+    slots = number("parallel", parallel, low=0, high=100_000)
+    if run is not None and not resume:
+        raise FlagError("--run goes with --resume (which fleet run to continue)")
+    runs_dir = _runs_dir(c)
+    inv = _inventory(c, None)
+    if resume:
+        state, plan = resumed(runs_dir, run, flags)
+        if runbook is not None and runbook != state.runbook:
+            raise FlagError(f"--runbook={runbook}: fleet run {state.run_id} rolls out {state.runbook}")
+    else:
+        plan = plan_from_flags(sites_of(inv.hosts), flags)
+        state = new_state(plan, runbook or "provision", "local")
+        print(plan_text(plan))
+    book = _runbook(state.runbook)
+    runner = HostRunner(book, runs_dir, policies_from_config(c.config.get("retries")),
+                        resume_command=lambda h: f"{state.resume}  (or one host: invoke provision --host={h} --resume)")
+    output = _Say()
+    holder: list[Any] = []
+    with _stopped_by_signals(_Stoppable(holder), output):
+        record = run_local(plan, state, inv.hosts, runner, runs_dir, say=output.message, parallel=int(slots),
+                           resume=resume, started=holder.append)
+    print(recap(record.state, runs_dir))
+    code = exit_code(record.state)
+    if code:
+        raise Exit(verdict(record.state, record.dir), code=code)
+
+
+class _Say:
+    """The fleet's progress: one plain line each (hosts finish in any order; no live lines to fight over)."""
+
+    def message(self, text: str) -> None:
+        from lib.shell import mask
+
+        print(mask(text), flush=True)
+
+
+class _Stoppable:
+    def __init__(self, holder: list[Any]) -> None:
+        self.holder = holder
+
+    def interrupt(self) -> None:
+        for rollout in self.holder:
+            rollout.interrupt()
+
+
+@_task({"run": "fleet run id (default: the latest)", "json": "print the fleet record as JSON"})
+def fleet_status(c: Context, run: str | None = None, json: bool = False) -> None:
+    """A rollout's state from its record: per host its wave, site, outcome, failed step and records."""
+    from lib.fleet.record import FLEET_DIR, load
+    from lib.fleet.show import recap, verdict
+
+    runs_dir = _runs_dir(c)
+    state = load(runs_dir, run)
+    if json:
+        import json as json_
+
+        print(json_.dumps(state.to_json(), indent=2))
+        return
+    print(recap(state, runs_dir))
+    print(verdict(state, runs_dir / FLEET_DIR / state.run_id))
+
+
+@_task({"run": "fleet run id (default: the latest)"})
+def fleet_approve(c: Context, run: str | None = None) -> None:
+    """Let a rollout paused between waves (--pause) start its next wave."""
+    from lib.fleet.record import approve
+
+    state, wave = approve(_runs_dir(c), run)
+    print(f"fleet run {state.run_id}: wave {wave} approved")
+
+
 inventory = Collection("inventory", check)
 verify = Collection("verify")
 verify.add_task(verify_bios, "bios")
@@ -666,6 +784,11 @@ verify.add_task(verify_k3s, "k3s")
 verify.add_task(verify_numa, "numa")
 verify.add_task(verify_emulator, "emulator")
 verify.add_task(verify_all, "all")
+fleet = Collection("fleet")
+fleet.add_task(fleet_plan, "plan")
+fleet.add_task(fleet_provision, "provision")
+fleet.add_task(fleet_status, "status")
+fleet.add_task(fleet_approve, "approve")
 ns = Collection(topology, pins, steps, provision, plan, step, teardown, status, monitor, doctor, inventory,
-                verify)
+                verify, fleet)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})
