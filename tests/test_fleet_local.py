@@ -114,6 +114,7 @@ def test_a_failing_canary_stops_after_wave_one_and_touches_no_other_host(fleet: 
     assert "failed hosts: hv00" in text and f"resume: invoke fleet.provision --resume --run={data['run_id']}" in text
 
 
+@pytest.mark.slow  # three rollouts of 20 hosts: make test-reliability
 def test_a_ten_percent_budget_tolerates_one_bad_host_of_a_wave_and_stops_at_the_second(
         fleet: FleetWorld, tmp_path: Path) -> None:
     hosts_dir = fleet.copy(tmp_path)

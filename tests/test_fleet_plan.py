@@ -136,3 +136,19 @@ def test_in_flight_bound_fits_100_hosts_in_the_default_1024_descriptors() -> Non
 def test_pause_and_soak_exclude_each_other() -> None:
     with pytest.raises(FlagError, match="choose one"):
         Between(pause=True, soak=5)
+
+
+def test_the_local_engine_never_imports_temporalio() -> None:
+    """Start-up of every task (and a whole fleet.plan) pays nothing for the Temporal engine."""
+    import subprocess
+    import sys
+
+    from tests.inventory_helpers import REPO
+
+    code = ("import sys, tasks, lib.fleet.front, lib.fleet.local\n"
+            "assert 'temporalio' not in sys.modules, sorted(m for m in sys.modules if 'temporal' in m)\n"
+            "import lib.fleet.temporal.client\n"
+            "assert 'temporalio' in sys.modules\n")  # the check itself can fail: the engine does import it
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr

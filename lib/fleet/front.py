@@ -68,11 +68,12 @@ def new_state(plan: RolloutPlan, runbook: str, engine: str) -> FleetState:
     run_id = new_fleet_id()
     hosts = {h: HostEntry(plan.wave_of(h), site_of(plan.sites, h)) for h in plan.hosts}
     return FleetState(run_id, runbook, engine, [list(w) for w in plan.waves], str(plan.budget.size), plan.per_site,
-                      plan.between.pause, plan.between.soak, hosts, resume=resume_command(run_id))
+                      plan.between.pause, plan.between.soak, hosts, resume=resume_command(run_id, engine))
 
 
-def resume_command(run_id: str) -> str:
-    return f"invoke fleet.provision --resume --run={run_id}"
+def resume_command(run_id: str, engine: str = "local") -> str:
+    shown = "" if engine == "local" else f" --engine={engine}"
+    return f"invoke fleet.provision{shown} --resume --run={run_id}"
 
 
 def resumed(runs_dir: Path, run_id: str | None, flags: RolloutFlags) -> tuple[FleetState, RolloutPlan]:

@@ -101,4 +101,7 @@ def host_runs(runs_dir: Path, host: str) -> list[Path]:
 
 
 def journal(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's journal lines; none for a run killed before its first step ended."""
+    if not (run_dir / "journal.jsonl").exists():
+        return []
     return [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
