@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,22 @@ from lib.fleet.temporal.workflows import RolloutWorkflow
 from lib.retry import Policies
 
 
+def _reachable(config: TemporalConfig) -> None:
+    """A plain TCP connect first: an address nobody listens on is refused by name at once, before
+    temporalio's runtime starts (its threads, cut off by an exit during a failed connect, can abort
+    the interpreter as it finalizes)."""
+    host, _, port = config.address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=10):
+            pass
+    except (OSError, ValueError) as exc:
+        raise TemporalError(f"cannot reach Temporal at {config.address} (namespace {config.namespace}): "
+                            f"{getattr(exc, 'strerror', None) or exc}; set temporal.address in invoke.yaml or "
+                            "--address") from None
+
+
 async def connect(config: TemporalConfig) -> Client:
+    _reachable(config)
     try:
         return await Client.connect(config.address, namespace=config.namespace)
     except (RuntimeError, RPCError, OSError) as exc:
@@ -73,7 +89,7 @@ def _changes(state: dict[str, Any], seen: dict[str, str], say: Callable[[str], N
 
 async def start_rollout(config: TemporalConfig, state: FleetState, steps: list[str], queues: dict[str, str],
                         parallel: int, policies: Policies, say: Callable[[str], None],
-                        poll: float = 1.0) -> FleetState:
+                        poll: float = 0.2) -> FleetState:
     client = await connect(config)
     arg = RolloutInput(state.to_json(), steps, queues, parallel, config.heartbeat, config.step_timeout,
                        retry_of(policies))
