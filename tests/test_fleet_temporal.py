@@ -227,3 +227,18 @@ def test_a_killed_worker_s_step_finishes_on_the_other_and_a_second_rollout_is_re
                                                        for e in journal(r))]
     assert len(retried) == 1  # the step ran again, once, on the surviving worker, and verified
     assert not lock.exists()  # the stale lock was broken and the retried run released its own
+
+
+def test_a_ten_percent_budget_tolerates_one_bad_host_of_a_wave_and_stops_at_the_second(site: Site) -> None:
+    site.world.mismatch(site.hosts, site.tmp, "hv03", "hv07")
+    out = site.invoke("fleet.provision", "--engine=temporal", "--runbook=hypervisor", "--all", "--waves=10",
+                      "--max-fail=10%", "--parallel=2")
+    assert out.returncode == 3, out.stdout + out.stderr
+    state = load(site.runs)
+    got = {n: e.outcome for n, e in state.hosts.items()}
+    assert state.state == "stopped" and "2 of 10 hosts of the wave failed" in state.reason
+    assert got["hv03"] == got["hv07"] == "failed"
+    assert got["hv04"] == got["hv05"] == "verified"  # hv03's failure alone was within the budget: it went on
+    assert got["hv09"] == "pending" and not host_runs(site.runs, "hv09")  # nothing started after the second
+    assert all(got[n] == "pending" and not host_runs(site.runs, n) for n in site.world.names[10:])
+    assert "failed hosts: hv03, hv07" in out.stderr
