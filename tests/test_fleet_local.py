@@ -6,6 +6,7 @@ run directories and journals (a host the rollout never started has none). Nothin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -226,3 +227,16 @@ def test_the_cli_stops_a_failed_canary_names_it_and_prints_the_resume_command(fl
     assert status.returncode == 0 and f"rollout {state.run_id} stopped" in status.stdout
     again = invoke("fleet.provision", "--resume", "--waves=2")
     assert again.returncode == 2 and "leave out --waves" in again.stderr
+
+
+def test_a_soak_re_verifies_the_finished_waves_before_the_next(fleet: FleetWorld, tmp_path: Path) -> None:
+    hosts_dir = fleet.copy(tmp_path)
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+    record = rollout(hosts_dir, runs, RolloutFlags(host="hv00,hv01,hv02", waves="1", soak="0.01"), lines=lines)
+    assert record.state.state == "done" and {e.outcome for e in record.state.hosts.values()} == {"verified"}
+    modes = {n: sorted(json.loads((r / "run.json").read_text())["mode"] for r in host_runs(runs, n))
+             for n in ("hv00", "hv01", "hv02")}
+    # Before wave 2, hv00 was verified again (read-only); before wave 3, hv00 and hv01; hv02 never.
+    assert modes == {"hv00": ["apply", "verify", "verify"], "hv01": ["apply", "verify"], "hv02": ["apply"]}
+    assert "soak: 2 hosts of the finished waves still verify" in lines
