@@ -735,8 +735,9 @@ def fleet_provision(c: Context, host: str | None = None, all_: bool = False, sit
         record = run_rollout(temporal, plan, state, book.names, int(slots), policies, runs_dir, _Say().message)
         _fleet_end(record, runs_dir)
         return
-    runner = HostRunner(book, runs_dir, policies_from_config(c.config.get("retries")),
-                        resume_command=lambda h: f"{state.resume}  (or one host: invoke provision --host={h} --resume)")
+    shown = "" if state.runbook == "provision" else f" --runbook={state.runbook}"
+    runner = HostRunner(book, runs_dir, policies_from_config(c.config.get("retries")), resume_command=lambda h: (
+        f"{state.resume} (one host: invoke provision --host={h}{shown} --resume)"))
     output = _Say()
     holder: list[Any] = []
     with _stopped_by_signals(_Stoppable(holder), output):

@@ -105,9 +105,12 @@ def test_a_failing_canary_stops_after_wave_one_and_touches_no_other_host(fleet: 
     data = fleet_json(record)
     assert data["state"] == "stopped" and data["wave"] == 1
     assert "wave 1: 1 of 1 hosts of the wave failed" in data["reason"]
-    assert data["hosts"]["hv00"] | {"records": ""} == {"wave": 1, "site": "-", "outcome": "failed", "exit_code": 3,
-                                                       "failed_step": "bios.check", "records": "",
-                                                       "error": data["hosts"]["hv00"]["error"]}
+    canary = data["hosts"]["hv00"]
+    assert canary | {"records": "", "error": "", "details": ""} == {
+        "wave": 1, "site": "-", "outcome": "failed", "exit_code": 3, "failed_step": "bios.check", "records": "",
+        "error": "", "details": ""}
+    assert canary["error"] == "hv00: verification of bios.check failed on hv00: 4 of 18 checks differ from the spec"
+    assert f"records: {canary['records']}" in canary["details"]  # expected and found live in the host's own text
     assert {n: o for n, o in outcomes(data).items() if n != "hv00"} == dict.fromkeys(fleet.names[1:], "pending")
     assert [p.name for p in runs.iterdir() if p.name != "fleet"] == ["hv00"]  # no other host was contacted
     assert exit_code(record.state) == 3
@@ -219,7 +222,8 @@ def test_the_cli_stops_a_failed_canary_names_it_and_prints_the_resume_command(fl
     assert "failed hosts: hv00" in out.stderr
     state = load(runs)
     assert f"resume: invoke fleet.provision --resume --run={state.run_id}" in out.stderr
-    assert "hv00: FAILED" not in out.stdout  # one row per host in the recap, the detail in the host's records
+    # The failed host's own failure: the row that differs, expected and found, its records.
+    assert "hv00: FAILED (exit 3)" in out.stderr and "sockets" in out.stderr and "records: " in out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("hv0")]
     assert [r.split()[3] for r in rows[-4:]] == ["failed", "pending", "pending", "pending"]
 

@@ -13,6 +13,7 @@ from lib.flags import FlagError, number
 from lib.fleet.hostrun import HostRunner
 from lib.fleet.local import LocalRollout, Waiting
 from lib.fleet.plan import (
+    NO_SITE,
     Between,
     Budget,
     RolloutPlan,
@@ -84,7 +85,7 @@ def resumed(runs_dir: Path, run_id: str | None, flags: RolloutFlags) -> tuple[Fl
     for entry in state.hosts.values():
         if entry.outcome != "verified":
             entry.outcome = "pending"
-    sites = {h: (None if e.site == "-" else e.site) for h, e in state.hosts.items()}
+    sites = {h: (None if e.site == NO_SITE else e.site) for h, e in state.hosts.items()}
     order = [h for wave in state.waves for h in wave]
     plan = RolloutPlan(tuple(order), sites, tuple(tuple(w) for w in state.waves), Budget(parse_budget(state.max_fail)),
                        state.per_site, Between(pause=state.pause, soak=state.soak))

@@ -37,6 +37,7 @@ class HostEntry:
     failed_step: str = ""
     error: str = ""
     records: str = ""
+    details: str = ""  # a failed host's own failure text: expected, found, its records, its resume
 
 
 @dataclass
@@ -95,6 +96,7 @@ class FleetRecord:
         entry.outcome = "verified" if done.verified else "stopped" if done.stopped else "failed"
         entry.exit_code, entry.failed_step, entry.error, entry.records = (
             done.exit_code, done.failed_step, done.error, done.records)
+        entry.details = done.details if not done.verified and not done.stopped else ""
         self.save()
 
     def set(self, state: State, reason: str = "", wave: int | None = None) -> None:

@@ -10,6 +10,7 @@ from lib.fleet.record import FleetState
 
 _COLUMNS = (("host", 12), ("site", 8), ("wave", 4), ("outcome", 8), ("exit", 4), ("failed step", 14))
 WIDTH = 80
+SHOWN = 3  # failed hosts whose whole failure (expected, found, records) the verdict prints
 
 
 def _cut(text: str, width: int) -> str:
@@ -55,6 +56,10 @@ def verdict(state: FleetState, records_dir: Path) -> str:
     left = [h for wave in state.waves for h in wave if state.hosts[h].outcome in ("pending", "stopped", "running")]
     lines = [f"rollout {state.run_id} {state.state}" + (f": {state.reason}" if state.reason else "")]
     if failed:
+        shown = failed[:SHOWN]
+        lines += [state.hosts[h].details or f"{h}: {state.hosts[h].error}" for h in shown]
+        if len(failed) > len(shown):
+            lines.append(f"... and {len(failed) - len(shown)} more failed hosts: invoke fleet.status")
         lines.append(f"failed hosts: {', '.join(failed)}")
     if left:
         lines.append(f"not verified, not failed (stopped or never started): {len(left)}")

@@ -135,7 +135,8 @@ class RolloutWorkflow:
                 entry = hosts[host]
                 entry["outcome"] = "verified" if out.exit_code == 0 else "stopped" if out.stopped else "failed"
                 entry.update(exit_code=out.exit_code, failed_step=out.step if out.exit_code else "",
-                             error=out.error, records=out.records or entry["records"])
+                             error=out.error, records=out.records or entry["records"],
+                             details=out.details if entry["outcome"] == "failed" else "")
                 failed_wave = sum(1 for h in wave if hosts[h]["outcome"] == "failed")
                 failed_all = sum(1 for e in hosts.values() if e["outcome"] == "failed")
                 reason = budget.exceeded(failed_wave, len(wave), failed_all, len(hosts))
