@@ -18,6 +18,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 
+from lib.errors import ToolError
 from lib.fleet.plan import RolloutPlan
 from lib.fleet.record import FleetRecord, FleetState
 from lib.fleet.temporal.config import TemporalConfig, TemporalError
@@ -133,6 +134,16 @@ def run_rollout(config: TemporalConfig, plan: RolloutPlan, state: FleetState, st
     record = FleetRecord(runs_dir, state)
     say(f"fleet run {state.run_id}: {len(plan.hosts)} hosts, {len(plan.waves)} waves on Temporal; "
         f"record {record.file}")
-    record.state = asyncio.run(start_rollout(config, state, steps, queues, parallel, policies, say))
+    try:
+        record.state = asyncio.run(start_rollout(config, state, steps, queues, parallel, policies, say))
+    except KeyboardInterrupt:  # Ctrl-C stops this command, not the rollout: it lives on the workers
+        raise Followed(f"stopped following fleet run {state.run_id}; the rollout goes on on the workers: "
+                       f"invoke fleet.status --engine=temporal --run={state.run_id}") from None
     record.save()
     return record
+
+
+class Followed(ToolError):
+    """The operator stopped watching a Temporal rollout (it was not stopped)."""
+
+    exit_code = 130
