@@ -242,3 +242,31 @@ def test_a_ten_percent_budget_tolerates_one_bad_host_of_a_wave_and_stops_at_the_
     assert got["hv09"] == "pending" and not host_runs(site.runs, "hv09")  # nothing started after the second
     assert all(got[n] == "pending" and not host_runs(site.runs, n) for n in site.world.names[10:])
     assert "failed hosts: hv03, hv07" in out.stderr
+
+
+def test_each_site_s_steps_run_on_that_site_s_worker(world: FleetWorld, temporal_server: DevServer,
+                                                      tmp_path: Path) -> None:
+    tag = secrets.token_hex(3)
+    east, west = f"east-{tag}", f"west-{tag}"
+    chosen = [f"hv{i:02d}" for i in range(8)]
+    hosts = world.copy(tmp_path, sites=lambda n: east if n in chosen[:4] else west if n in chosen else None)
+    runs = tmp_path / "runs"
+    config = config_file(tmp_path, temporal_server, f"q-{tag}", HEARTBEAT)
+    env = invoke_env(hosts, runs, NUMA_K3S_TOKEN=TOKEN)
+    workers = {site: start_worker(config, env, tmp_path / f"{site}.log", f"--task-queue={site}")
+               for site in (east, west)}
+    try:
+        out = invoke(config, env, "fleet.provision", "--engine=temporal", "--runbook=hypervisor",
+                     f"--host={','.join(chosen)}", "--waves=50%", "--per-site=2")
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    assert out.returncode == 0, out.stdout + out.stderr
+    state = load(runs)
+    assert [sorted({state.hosts[h].site for h in wave}) for wave in state.waves] == [[east], [west]]
+    for name in chosen:
+        events = json.loads(temporal_server.history(f"numa-k3s-host-{name}"))["events"]
+        ran_on = {e["activityTaskStartedEventAttributes"]["identity"] for e in events
+                  if "activityTaskStartedEventAttributes" in e}
+        site = east if name in chosen[:4] else west
+        assert ran_on == {f"{workers[site].proc.pid}@{socket.gethostname()}"}, name

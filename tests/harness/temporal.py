@@ -135,12 +135,12 @@ def invoke_env(hosts_dir: Path, runs_dir: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "INVOKE_HOSTS_DIR": str(hosts_dir), "INVOKE_RUNS_DIR": str(runs_dir), **extra}
 
 
-def start_worker(config: Path, env: dict[str, str], log: Path) -> WorkerProc:
+def start_worker(config: Path, env: dict[str, str], log: Path, *args: str) -> WorkerProc:
     """`invoke fleet.worker` in its own process group; returns once it polls its queues."""
     handle = log.open("w")
     # setpriv: a worker dies with the test process that started it (start it from the main thread).
     proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", sys.executable, "-m", "invoke",
-                             "--search-root", str(REPO), "-f", str(config), "fleet.worker"], stdout=handle,
+                             "--search-root", str(REPO), "-f", str(config), "fleet.worker", *args], stdout=handle,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True, cwd=REPO)
     handle.close()
     deadline = time.monotonic() + START_TIMEOUT_S
