@@ -90,7 +90,7 @@ def _changes(state: dict[str, Any], seen: dict[str, str], say: Callable[[str], N
 
 async def start_rollout(config: TemporalConfig, state: FleetState, steps: list[str], queues: dict[str, str],
                         parallel: int, policies: Policies, say: Callable[[str], None],
-                        poll: float = 0.2) -> FleetState:
+                        poll: float = 1.0) -> FleetState:
     client = await connect(config)
     arg = RolloutInput(state.to_json(), steps, queues, parallel, config.heartbeat, config.step_timeout,
                        retry_of(policies))

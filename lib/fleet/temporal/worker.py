@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from lib.fleet.plan import in_flight_bound
 from lib.fleet.temporal.activities import StepActivities
@@ -46,12 +46,16 @@ async def serve(config: TemporalConfig, activity_queue: str, inv: Inventory, hos
     bound = in_flight_bound(fd_limit)  # each activity holds one host's SSH session: 4 descriptors at most
     steps = StepActivities(hosts_dir, runs_dir, books, policies, config.heartbeat)
     executor = ThreadPoolExecutor(max_workers=bound)
+    # Pollers scale with the work: a wave of 100 hosts is 100 host workflows and a step each at once.
+    polls = PollerBehaviorAutoscaling()
     workers = [Worker(client, task_queue=config.task_queue, workflows=[RolloutWorkflow, HostWorkflow],
                       activities=[steps.run_step, steps.verify_host] if activity_queue == config.task_queue else [],
-                      activity_executor=executor, max_concurrent_activities=bound)]
+                      activity_executor=executor, max_concurrent_activities=bound,
+                      workflow_task_poller_behavior=polls, activity_task_poller_behavior=polls)]
     if activity_queue != config.task_queue:
         workers.append(Worker(client, task_queue=activity_queue, activities=[steps.run_step, steps.verify_host],
-                              activity_executor=executor, max_concurrent_activities=bound))
+                              activity_executor=executor, max_concurrent_activities=bound,
+                              activity_task_poller_behavior=polls))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # stop polling, let the steps under way finish
