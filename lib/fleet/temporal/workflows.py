@@ -6,6 +6,7 @@ functions the local engine calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -144,7 +145,10 @@ class RolloutWorkflow:
                     self.why = f"the failure budget was exceeded in wave {number}: {reason}"
                     for other, handle in children.items():
                         if other in running.values():
-                            await handle.signal(HostWorkflow.drain, self.why)
+                            # A child may have ended since this activation began: signalling it fails,
+                            # and nothing is lost (its result is taken below). It must not fail the rollout.
+                            with contextlib.suppress(Exception):
+                                await handle.signal(HostWorkflow.drain, self.why)
 
     async def _host(self, inp: RolloutInput, host: str, children: dict[str, Any]) -> StepOutput:
         host_input = HostInput(self.state["run_id"], host, self.state["runbook"], inp.steps, inp.queues[host],
