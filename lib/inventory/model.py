@@ -444,6 +444,9 @@ class Host(Model):
     # A lab host (hosts/lab.yaml, hosts/numalab.yaml): lab-only settings (boot.host_root, user-mode
     # NICs, kernel/initrd boot) are refused on every other host.
     lab: bool = False
+    # Where the hypervisor stands (a data centre, a rack row): fleet rollouts order their waves by it,
+    # limit how many hosts of one site run at once, and `--site=X` selects by it (lib/fleet/plan.py).
+    site: Name | None = None
     # The only places the tool creates, replaces or deletes images, seed ISOs and data disks: every
     # such path must lie under one of these once normalised, and by its real path on the host.
     storage_roots: tuple[AbsPath, ...] = ("/var/lib/libvirt/images", "/srv")
