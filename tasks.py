@@ -612,7 +612,7 @@ def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None =
     engine = Engine(book, options, output)
     # Only a run that changes hosts stops between commands; a read-only one (verify, plan, monitor
     # --watch) has nothing half-done to protect and ends at Ctrl-C as any command does.
-    stopping = _stopped_by_signals(engine, output) if options.mode == "apply" else contextlib.nullcontext()
+    stopping = _stopped_by_signals(engine, output.message) if options.mode == "apply" else contextlib.nullcontext()
     try:
         with stopping:
             return engine.run(list(inv.hosts.values()))
@@ -621,14 +621,14 @@ def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None =
 
 
 @contextlib.contextmanager
-def _stopped_by_signals(engine: Any, output: Sink) -> Iterator[None]:
+def _stopped_by_signals(engine: Any, say: Callable[[str], None]) -> Iterator[None]:
     """Ctrl-C or SIGTERM: let the commands in flight finish, then stop and record where; again: abandon.
 
     A command cut off halfway could leave a host half-changed; a run that stops between commands is
     recorded as interrupted, releases its lock and prints the command that resumes it.
     """
     def first(signum: int, _frame: Any) -> None:
-        output.message(f"{signal.Signals(signum).name}: stopping after the commands in flight (again to abandon "
+        say(f"{signal.Signals(signum).name}: stopping after the commands in flight (again to abandon "
                        "them at once; the next run breaks the stale lock and --resume redoes the step)")
         engine.interrupt()
         signal.signal(signal.SIGINT, again)
@@ -757,7 +757,7 @@ def fleet_provision(c: Context, host: str | None = None, all_: bool = False, sit
         f"{state.resume} (one host: invoke provision --host={h}{shown} --resume)"))
     output = _Say()
     holder: list[Any] = []
-    with _stopped_by_signals(_Stoppable(holder), output):
+    with _stopped_by_signals(_Stoppable(holder), output.message):
         record = run_local(plan, state, inv.hosts, runner, runs_dir, say=output.message, parallel=int(slots),
                            resume=resume, started=holder.append)
     _fleet_end(record, runs_dir)

@@ -219,7 +219,7 @@ def test_ctrl_c_stops_between_commands_and_a_second_one_abandons_at_once(world: 
 
     monkeypatch.setattr(os, "_exit", abandon)
     output = Output(out, tty=False)
-    with tasks._stopped_by_signals(eng, output):
+    with tasks._stopped_by_signals(eng, output.message):
         def first_ctrl_c(cmd: Command) -> CmdResult:  # the operator presses Ctrl-C while s.b writes
             signal.raise_signal(signal.SIGINT)  # from this worker thread: the main thread handles it
             assert eng.stop.wait(60), "the Ctrl-C handler never ran"  # a safety net, not a timing check
