@@ -165,6 +165,9 @@ def recap(runs: list[HostRun], step_order: list[str]) -> str:
         checks = run.check_counts()
         if any(checks.values()):
             lines.append(f"{'':<{width}}   checks: " + " ".join(f"{k}={checks[k]}" for k in OUTCOMES))
+        # Each warning named, not only counted: host | step | target | check | what was found.
+        lines += [_cell(f"{'':<{width}}   ! {run.host} | {r.step} | {r.target} | {c.name} | {c.found}")
+                  for r in run.results for c in r.checks if c.kind == "warning"]
         if run.error:
             lines.append(f"{'':<{width}}   {_first_line(run.error)}")  # the whole error follows the recap
         if run.records:
