@@ -96,11 +96,11 @@ RUN_QUEUE_WAIT = Verdict(
     "vcpu_wait", "NumaK3sVcpuRunQueueWait", "a vCPU waits on the host run queue over 5% of the time", 0.05,
     "warning", "10m", "governor performance (invoke step host.tune); move or stop what shares the vCPU's CPU")
 HOST_TASKS = Verdict(
-    "host_tasks", "NumaK3sHostWorkOnVcpuCpus", "a host task ran on a vCPU CPU", None, "warning", "5m",
+    "host_tasks", "NumaK3sHostTaskOnVcpuCpu", "a host task ran on a vCPU CPU", None, "warning", "5m",
     "invoke step host.tune (confinement: AllowedCPUs for the host's slices); or move the named task off "
     "those CPUs", switch=_confine("host_cpus"))
 DEVICE_IRQS = Verdict(
-    "device_irqs", "NumaK3sHostWorkOnVcpuCpus", "a device IRQ fired on a vCPU CPU", None, "warning", "5m",
+    "device_irqs", "NumaK3sDeviceIrqOnVcpuCpu", "a device IRQ fired on a vCPU CPU", None, "warning", "5m",
     "invoke step host.tune (confinement: IRQ affinity onto the host CPUs)", switch=_confine("irqs"))
 KERNEL_WORK = Verdict(
     "kernel_work", "", "kernel threads or kernel-managed IRQs ran on a vCPU CPU", None, "warning", "",
