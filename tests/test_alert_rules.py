@@ -133,3 +133,16 @@ def test_each_alert_fires_past_its_for_and_not_before_nor_under_its_threshold(al
     done = subprocess.run(["promtool", "test", "rules", str(path)], check=False, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_docs_show_the_shipped_scrape_config() -> None:
+    """docs/metrics.md's scrape config is monitoring/prometheus.yml's (the one the slow test runs), and promtool
+    accepts that file."""
+    docs = (REPO / "docs" / "metrics.md").read_text()
+    block = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shown = yaml.safe_load(block)
+    shipped = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())
+    assert shown["scrape_configs"] == shipped["scrape_configs"] and shown["rule_files"] == shipped["rule_files"]
+    done = subprocess.run(["promtool", "check", "config", str(REPO / "monitoring" / "prometheus.yml")], check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
