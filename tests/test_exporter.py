@@ -64,6 +64,7 @@ def test_a_probe_reads_the_host_and_absent_metrics_come_with_a_reason(hosts: dic
     finally:
         prober.close()
     assert named(text, "numa_k3s_probe_success")[0].value == 1
+    assert not Path(hosts["hv1"].host.lock_path).exists()  # never took (so never made) the host lock
     vm = hosts["hv1"].host.vms[0].name
     assert [(s.labels, s.value) for s in named(text, "numa_k3s_vm_running")] == [({"host": "hv1", "vm": vm}, 0)]
     # The spec sysroot is untuned: powersave on every CPU, numa_balancing 1, THP madvise.
