@@ -79,6 +79,10 @@ def test_recap_lists_each_warning_with_host_step_name_and_found() -> None:
     warn = Check.warn("kernel threads on vCPU CPUs 1 over 1s", "none", "rcu_preempt (pid 16 tid 16) on CPU 1")
     run = HostRun("hv1", "r", "verify-all", "verify", 0.0, 1.0,
                   [StepResult("hv1", "host.tune", "hv1", "ok", 0.0, 1.0, checks=(warn,))])
-    lines = recap([run], ["host.tune"]).splitlines()
-    assert any(line.strip() == "! hv1 | host.tune | hv1 | kernel threads on vCPU CPUs 1 over 1s | "
-               "rcu_preempt (pid 16 tid 16) on CPU 1" for line in lines)
+    lines = [line.strip() for line in recap([run], ["host.tune"]).splitlines()]
+    at = lines.index("! hv1 | host.tune | hv1 | kernel threads on vCPU CPUs 1 over 1s")
+    assert lines[at + 1] == "found: rcu_preempt (pid 16 tid 16) on CPU 1"
+    long = Check.warn("kernel threads", "none", "kworker/u145:3 on CPU 12, " * 10)
+    text = recap([HostRun("hv1", "r", "verify-all", "verify", 0.0, 1.0, [StepResult(
+        "hv1", "host.tune", "hv1", "ok", 0.0, 1.0, checks=(long,))])], [])
+    assert max(len(line) for line in text.splitlines()) <= 80 and "found: kworker/u145:3 on CPU 12" in text
