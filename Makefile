@@ -7,12 +7,14 @@ INV := $(VENV)/bin/invoke
 LAB_INV := $(INV) -f lab/invoke.yaml
 APT_PACKAGES := openssh-server libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients virtinst \
 	qemu-utils qemu-system-x86 genisoimage cloud-image-utils libvirt-dev pkg-config numactl \
-	xorriso cloud-init cpio busybox-static procps libxml2-utils sudo gdisk wget
+	xorriso cloud-init cpio busybox-static procps libxml2-utils sudo gdisk wget prometheus
 # xorriso builds reproducible seed ISOs; cloud-init checks seeds (`cloud-init schema`, net-convert)
 # and runs in the lab's cloud guests, whose root is this machine's: sudo, gdisk (cloud-init's
 # disk_setup runs sgdisk) and wget (the k3s stand-in agent registers with it) are there for them.
 # cpio packs the lab guest's initramfs; busybox-static fills the test VMs' chroots.
 # libxml2-utils: xmllint, which virt-xml-validate runs to check domain XML against libvirt's schema.
+# prometheus: promtool checks and unit-tests monitoring/alerts.yml; the server itself scrapes the
+# exporter in the slow test (tests/reliability/test_prometheus_alerts.py). Started by hand, never by systemd.
 
 .PHONY: test test-reliability test-pending services demo demo-clean numa-lab numa-lab-clean test-numa-lab bench bench-noop bench-quick bench-fleet lint typecheck system venv clean
 

@@ -588,6 +588,23 @@ def doctor(c: Context, host: str | None = None, interval: str = "1") -> None:
         raise Exit(code=5)
 
 
+@_task({"listen": "HOST:PORT to serve on (default 127.0.0.1:9464)",
+        "interval": "seconds between the two samples of each rate, per probe (default 1)",
+        "timeout": "a probe's budget when Prometheus sends no scrape timeout, in seconds (default 9.5)",
+        "max_probes": "targets probed at once; more scrapes fail at once as busy (default 4)"})
+def exporter(c: Context, listen: str = "127.0.0.1:9464", interval: str = "1", timeout: str = "9.5",
+             max_probes: str = "4") -> None:
+    """Prometheus exporter: /probe?target=HOST samples that host read-only (docs/metrics.md); until Ctrl-C."""
+    from lib.exporter.server import Settings, serve
+    from lib.flags import number
+    from lib.retry import policies_from_config
+
+    settings = Settings(interval=_interval(interval), timeout=number("timeout", timeout, low=0, high=3600,
+                                                                     low_open=True),
+                        max_probes=int(number("max-probes", max_probes, low=1, high=256)))
+    serve(listen, _inventory(c, None).hosts, policies_from_config(c.config.get("retries")), settings)
+
+
 def _runs_dir(c: Context) -> Path:
     from lib.flags import writable_dir
 
@@ -894,6 +911,6 @@ fleet.add_task(fleet_provision, "provision")
 fleet.add_task(fleet_status, "status")
 fleet.add_task(fleet_approve, "approve")
 fleet.add_task(fleet_worker, "worker")
-ns = Collection(topology, pins, steps, provision, plan, step, teardown, status, monitor, doctor, inventory,
+ns = Collection(topology, pins, steps, provision, plan, step, teardown, status, monitor, doctor, exporter, inventory,
                 verify, fleet)
 ns.configure({"hosts_dir": "hosts", "runs_dir": ".runs"})

@@ -237,18 +237,33 @@ def intruding_irqs(before: Mapping[str, Mapping[int, int]], after: Mapping[str, 
     return out
 
 
-def intrusion_checks(host: Host, f: ConfineFacts) -> list[Check]:
+@dataclass(frozen=True)
+class HostWork:
+    """What ran on vCPU CPUs over the interval, split by who can move it (doctor, verify and the exporter)."""
+
+    tasks: list[mp.TaskStat]  # host processes: confinement's to keep off
+    kthreads: list[mp.TaskStat]  # kernel threads: only kernel isolation keeps them off
+    irqs: dict[str, dict[int, int]]  # device IRQs: IRQ affinity's
+    managed: dict[str, dict[int, int]]  # kernel-managed IRQs: only isolcpus=managed_irq moves them
+
+
+def host_work(host: Host, f: ConfineFacts) -> HostWork:
     cpus = vcpu_cpus(host)
-    where = format_cpulist(cpus) or "none"
     ran = intruding_tasks(f.tasks_before, f.tasks_after, f.task_pids, cpus, f.qemu_pids)
-    tasks = [t for t in ran if not t.kthread]
-    kthreads = [t for t in ran if t.kthread]
     fired = intruding_irqs(f.interrupts_before, f.interrupts_after, cpus)
     # A kernel-managed IRQ (a multi-queue device's per-CPU vector) keeps its affinity whatever host.tune
     # writes: only isolcpus=managed_irq moves it, so it is said apart, as kernel threads are.
     managed = {n: d for n, d in fired.items() if not f.irq_affinity.get(int(n), frozenset()) <= host_cpus(host)
                and int(n) in f.irq_affinity}
-    irqs = {n: d for n, d in fired.items() if n not in managed}
+    return HostWork([t for t in ran if not t.kthread], [t for t in ran if t.kthread],
+                    {n: d for n, d in fired.items() if n not in managed}, managed)
+
+
+def intrusion_checks(host: Host, f: ConfineFacts) -> list[Check]:
+    cpus = vcpu_cpus(host)
+    where = format_cpulist(cpus) or "none"
+    work = host_work(host, f)
+    tasks, kthreads, irqs, managed = work.tasks, work.kthreads, work.irqs, work.managed
     irq_text = _irqs_text(irqs)
     name_t = f"host tasks on vCPU CPUs {where} over {f.interval:g}s"
     name_i = f"device IRQs on vCPU CPUs {where} over {f.interval:g}s"

@@ -165,6 +165,12 @@ def recap(runs: list[HostRun], step_order: list[str]) -> str:
         checks = run.check_counts()
         if any(checks.values()):
             lines.append(f"{'':<{width}}   checks: " + " ".join(f"{k}={checks[k]}" for k in OUTCOMES))
+        # Each warning named, not only counted: host | step | target | check, then what was found, cut to
+        # the 80-column terminal (the whole text is in the run's report.json and junit.xml).
+        for r in run.results:
+            for c in (c for c in r.checks if c.kind == "warning"):
+                lines.append(_cell(f"{'':<{width}}   ! {run.host} | {r.step} | {r.target} | {c.name}"))
+                lines.append(_fit(_cell(f"{'':<{width}}       found: {c.found}")))
         if run.error:
             lines.append(f"{'':<{width}}   {_first_line(run.error)}")  # the whole error follows the recap
         if run.records:
@@ -181,6 +187,10 @@ def recap(runs: list[HostRun], step_order: list[str]) -> str:
         lines += ["", "STEP TIMES (wall, slowest target)"]
         lines += [f"{name:<{name_width}}{times[name]:.2f}s" for name in names]
     return terminal("\n".join(lines))
+
+
+def _fit(text: str, columns: int = 80) -> str:
+    return text if len(text) <= columns else text[: columns - 3] + "..."
 
 
 def _cell(text: str) -> str:

@@ -235,6 +235,12 @@ class Session:
                 raise error from None
             return self._conn, True
 
+    @property
+    def connected(self) -> bool:
+        """An SSH connection is open now (the exporter reports it per target)."""
+        conn = self._conn
+        return conn is not None and bool(conn.is_connected)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

@@ -27,8 +27,11 @@ class LibvirtClient:
         import libvirt
 
         with self._lock:
-            if self._conn is not None:
+            if self._conn is not None and self._conn.isAlive():
                 return self._conn
+            # A connection whose SSH transport died (the host restarted) stays dead: open a new one,
+            # as the SSH session does, rather than fail every later call (the exporter lives for days).
+            self._conn = None
             if self._gave_up is not None:
                 raise self._gave_up
             uri = libvirt_uri(self.endpoint, local_uri)

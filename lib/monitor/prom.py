@@ -109,6 +109,11 @@ _COUNTERS = [
 ]
 
 
+def families(rows: Iterable[tuple[str, str, VmNumbers]]) -> list[Metric]:
+    """The per-VM and per-node families of one sample (the exporter adds its own beside them)."""
+    return list(_Sample(rows).collect())
+
+
 def _registry(rows: Iterable[tuple[str, str, VmNumbers]]) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Sample(rows))  # a Collector by protocol: it has collect()

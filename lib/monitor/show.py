@@ -9,8 +9,10 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
+from lib import verdicts
 from lib.results import HostRun, StepResult
 from lib.shell import mask
+from lib.verdicts import not_available
 
 
 def unread(runs: list[HostRun]) -> list[StepResult]:
@@ -41,13 +43,23 @@ def metrics(runs: list[HostRun]) -> dict[str, dict[str, dict[str, dict[str, Any]
     for run in runs:
         host = out.setdefault(run.host, {})
         for r in run.results:
+            # ok is null for a value that could not be read: "not available" is never "ok".
             rows = {c.name: {"value": _value(c.found), "unit": (number_of(c.found) or (0, ""))[1], "text": c.found,
-                             "threshold": c.expected, "ok": c.ok} for c in r.checks}
+                             "threshold": c.expected, "ok": None if not_available(c.found) else c.ok}
+                    for c in r.checks}
             if r.status == "failed" and not r.checks:
                 rows = {"error": {"value": _first_line(r.error), "unit": "", "text": _first_line(r.error),
                                   "threshold": "readable", "ok": False}}
             host.setdefault(r.target, {}).update(rows)
     return out
+
+
+_MARKS = {"ok": "", "breach": "  BREACH", "not available": "  N/A"}
+
+
+def row_state(row: dict[str, Any]) -> str:
+    """ok, breach or not available: one row of metrics(), as every monitor view marks it."""
+    return "not available" if row["ok"] is None else ("ok" if row["ok"] else "breach")
 
 
 def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None = None) -> None:
@@ -62,8 +74,8 @@ def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None 
             for column in ("metric", "value", "threshold"):
                 table.add_column(column)
             for name, row in rows.items():
-                style = "" if row["ok"] else "bold red"
-                text = row["text"] + ("" if row["ok"] else "  BREACH")  # marked in text, not only in colour
+                style = "" if row["ok"] is not False else "bold red"
+                text = row["text"] + _MARKS[row_state(row)]  # marked in text, not only in colour
                 table.add_row(name, f"[{style}]{text}[/]" if style else text, row["threshold"])
             console.print(table)
 
@@ -80,6 +92,10 @@ def show_prometheus(runs: list[HostRun], path: str, out: TextIO | None = None) -
         write_textfile(path, rows)
 
 
+# A finding that could not be measured is N/A, and a kernel thread on a vCPU CPU a WARNING: neither is "ok".
+_FINDING_MARKS = {"ok": "ok     ", "breach": "PROBLEM", "warning": "WARNING", "not available": "N/A    "}
+
+
 def show_findings(runs: list[HostRun], out: TextIO | None = None) -> bool:
     """Each finding: symptom, evidence, fix. Returns True when any finding is a problem or any host or
     target could not be examined (never "no problems found" for a host that was not reached)."""
@@ -88,15 +104,20 @@ def show_findings(runs: list[HostRun], out: TextIO | None = None) -> bool:
     missed = unread(runs)
     for result in missed:
         stream.write(mask(f"NOT EXAMINED {result.host} ({result.target}): {_first_line(result.error)}\n"))
+    warnings = 0
     for run in runs:
         for result in run.results:
             for check in result.checks:
-                mark = "ok     " if check.ok else "PROBLEM"
-                stream.write(mask(f"{mark} {run.host}: {check.name}\n        evidence: {check.found}\n")
-                             + ("" if check.ok else mask(f"        fix: {check.expected}\n")))
+                state = verdicts.state(check)
+                head = f"{_FINDING_MARKS[state]} {run.host}: {check.name}"
+                stream.write(mask(f"{head}\n        evidence: {check.found}\n")
+                             + ("" if state == "ok" else mask(f"        fix: {check.expected}\n")))
                 problems += not check.ok
+                warnings += state == "warning"
+    also = f" ({warnings} warning(s): reported, no step fixes them or the inventory accepts them)" if warnings else ""
     if missed:
-        stream.write(f"\n{problems} problem(s) found; {len(missed)} target(s) not examined, so there may be more\n")
+        stream.write(f"\n{problems} problem(s) found{also}; {len(missed)} target(s) not examined, "
+                     "so there may be more\n")
     else:
-        stream.write(f"\n{problems} problem(s) found\n" if problems else "\nno problems found\n")
+        stream.write(f"\n{problems} problem(s) found{also}\n" if problems else f"\nno problems found{also}\n")
     return problems > 0 or bool(missed)

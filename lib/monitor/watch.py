@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from lib.monitor.show import metrics
+from lib.monitor.show import metrics, row_state
 from lib.results import HostRun
 from lib.shell import mask
 
@@ -32,7 +32,7 @@ def plain_sample(runs: list[HostRun], when: str) -> str:
     for host, vms in metrics(runs).items():
         for vm, rows in vms.items():
             for name, row in rows.items():
-                mark = "BREACH" if not row["ok"] else "ok"
+                mark = {"breach": "BREACH", "not available": "n/a"}.get(row_state(row), "ok")
                 lines.append(f"{when} {host} {vm} | {name} | {row['text']} | threshold {row['threshold']} | {mark}")
     return mask("\n".join(lines))
 
@@ -50,9 +50,9 @@ def live_view(runs: list[HostRun], when: str, samples: int, breached: int) -> An
             for column in ("metric", "value", "threshold", ""):
                 table.add_column(column)
             for name, row in rows.items():
-                bad = not row["ok"]
+                bad = row["ok"] is False
                 table.add_row(name, Text(mask(str(row["text"])), style="bold red" if bad else ""), row["threshold"],
-                              Text("BREACH", style="bold red") if bad else Text("ok"))
+                              Text("BREACH", style="bold red") if bad else Text("n/a" if row["ok"] is None else "ok"))
             parts.append(table)
     return Group(*parts)
 

@@ -13,14 +13,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib import confine
+from lib import confine, verdicts
 from lib.cpuset import format_cpulist
 from lib.domain import live_domain
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM, Host
 from lib.monitor import parse as mp
 from lib.monitor.prom import NUMBERS_ROW, VmNumbers
-from lib.results import Check
+from lib.results import Check, Outcome
 from lib.shell import Command, root_prefix, sh
 from lib.steps.base import Plan, Step, Target
 from lib.transport import CmdResult, Shell
@@ -237,9 +237,10 @@ def monitor_checks(vm: VM, s: VmSample) -> list[Check]:
                  for i, v in s.domstats_after.vcpus.items() if i in s.domstats_before.vcpus}
         rows.append(Check("vCPU utilisation", "per vCPU", " ".join(f"{i}:{u:.0%}" for i, u in sorted(util.items())),
                           True))
-        rows.append(Check("vCPU wait (run-queue delay)", "< 5% of the interval",
+        wait = verdicts.RUN_QUEUE_WAIT.limit()
+        rows.append(Check("vCPU wait (run-queue delay)", f"< {wait:.0%} of the interval",
                           " ".join(f"{i}:{d / 1e6:.1f}ms" for i, d in sorted(delay.items())),
-                          all(d < 0.05 * s.interval * 1e9 for d in delay.values())))
+                          all(d < wait * s.interval * 1e9 for d in delay.values())))
     else:
         rows.append(Check.warn("vCPU utilisation", "per vCPU", "not available (virsh domstats)"))
     rows += [c for c in numa_checks(vm, s, mp.REMOTE_SHARE_LIMIT) if c.name in ("remote memory", "numatune mode")]
@@ -300,6 +301,7 @@ class Finding:
     evidence: str
     fix: str
     ok: bool
+    outcome: Outcome | None = None  # "warning": said, never a problem (lib/verdicts.py decides)
 
 
 def doctor_findings(vm: VM, s: VmSample, ps: tuple[mp.PsThread, ...], qemu_pids: frozenset[int],
@@ -369,18 +371,27 @@ class DoctorFacts:
 
 
 def host_work_findings(host: Host, f: confine.ConfineFacts) -> list[Finding]:
-    """Host tasks and device IRQs measured on vCPU CPUs over the interval (host.tune's proof). A
-    diagnosis, so an intruder is a finding even where the inventory turned confinement off."""
-    return [Finding(f"host: {c.name}", c.found, _KTHREAD_FIX if c.name.startswith("kernel") else _HOST_WORK_FIX,
-                    c.ok and (c.kind != "warning" or c.found == "none"))
-            for c in confine.intrusion_checks(host, f) if c.kind != "evidence"]
+    """Host tasks and device IRQs measured on vCPU CPUs over the interval (host.tune's proof), each
+    classified by lib/verdicts.py as verify.tuning and the exporter classify it: kernel threads and
+    kernel-managed IRQs are warnings (no step moves them), and where the inventory turned
+    confinement off the finding names that field instead of offering host.tune."""
+    out = []
+    for c in confine.intrusion_checks(host, f):
+        if c.kind == "evidence":
+            continue
+        verdict = _work_verdict(c.name)
+        if not c.ok:  # "not measured": no task stats were read, never a pass
+            out.append(Finding(f"host: {c.name}", c.found, verdict.advice(host), False))
+            continue
+        outcome = verdict.outcome(host, c.found != "none")
+        out.append(Finding(f"host: {c.name}", c.found, verdict.advice(host), outcome != "failed", outcome))
+    return out
 
 
-_HOST_WORK_FIX = ("invoke step host.tune (confinement: AllowedCPUs for the host's slices, IRQs onto the host CPUs); "
-                  "or move the named task off those CPUs")
-_KTHREAD_FIX = ("kernel threads and kernel-managed IRQs follow no cgroup or affinity write: set "
-                "tuning.kernel_isolation (isolcpus=managed_irq,domain, nohz_full, rcu_nocbs on the vCPU CPUs), then "
-                "invoke step host.reboot --reboot")
+def _work_verdict(name: str) -> verdicts.Verdict:
+    if name.startswith("kernel"):
+        return verdicts.KERNEL_WORK
+    return verdicts.DEVICE_IRQS if name.startswith("device IRQs") else verdicts.HOST_TASKS
 
 
 class Doctor(Step):
@@ -413,4 +424,4 @@ class Doctor(Step):
         if facts.confine is not None:
             findings += host_work_findings(host, facts.confine)
         # A finding as a Check: the symptom is the row, the fix what is expected, the evidence what was found.
-        return [Check(f.symptom, f.fix, f.evidence, f.ok) for f in findings]
+        return [Check(f.symptom, f.fix, f.evidence, f.ok, f.outcome) for f in findings]
