@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 from invoke.collection import Collection
 from invoke.context import Context
-from invoke.exceptions import Exit
+from invoke.exceptions import Exit, ParseError
+from invoke.program import Program
 from invoke.tasks import task
 
 from lib.errors import InventoryError, ToolError
@@ -36,6 +37,27 @@ from lib.inventory.load import Inventory, LoadedHost, load_inventory, plan_host
 
 HERE = Path(__file__).resolve().parent
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_parse_tasks = Program.parse_tasks
+
+
+def _parse_tasks_in_our_words(self: Program) -> None:
+    """invoke's parser exits 1 with "No idea what '--restart' is!"; a mistyped task or flag is a bad
+    flag like any other here: exit 2 with a suggestion. invoke has no hook for this, and this is the
+    one place its Program reads the tasks' flags (after loading this file), so it is wrapped here."""
+    from lib.grammar import parse_error
+
+    try:
+        _parse_tasks(self)
+    except ParseError as exc:
+        context = exc.context
+        names = [n for name, aliases in self.collection.task_names.items() for n in (name, *aliases)]
+        raise Exit(parse_error(str(exc), context.name if context else None,
+                               context.flags if context else (), names), code=2) from None
+
+
+Program.parse_tasks = _parse_tasks_in_our_words  # type: ignore[method-assign]
 
 
 def _operator_errors(fn: F) -> F:
@@ -205,8 +227,16 @@ def _selection(book: Any, from_: str | None, only: str | None, skip: str | None)
     start = names("from", from_, book.names, "step", where)
     if len(start) > 1:
         raise FlagError(f"--from: one step, not {len(start)}")
-    return {"from_step": start[0] if start else None, "only": names("only", only, book.names, "step", where),
-            "skip": names("skip", skip, book.names, "step", where)}
+    first = start[0] if start else None
+    chosen_only = names("only", only, book.names, "step", where)
+    chosen_skip = names("skip", skip, book.names, "step", where)
+    from lib.grammar import empty_selection
+    from lib.runbook import select
+
+    steps, left_out = select(book, from_step=first, only=chosen_only, skip=chosen_skip)
+    if not steps:
+        raise FlagError(empty_selection(book.names, left_out, chosen_only, first, chosen_skip))
+    return {"from_step": first, "only": chosen_only, "skip": chosen_skip}
 
 
 def _again(task_name: str, **flags: Any) -> Callable[[str], str]:
@@ -243,7 +273,7 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
             for result in (r for r in run.results if r.checks and r.status != "failed"):
                 print(f"\n{run.host} | {result.step} | {result.target}\n{verification_table(result)}")
     if not as_json:
-        print(recap(runs, book.names))
+        print(recap(runs, book.names, times=not plan))
     if plan:
         print(plan_summary(runs))
         for run in runs:
@@ -316,15 +346,20 @@ def _restart_flags(restart: bool, force_off: bool, drain_timeout: str, shutdown_
     return {k: v for k, v in flags.items() if v}
 
 
-@_task({"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host", **_SELECT})
+@_task({"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host", **_SELECT,
+        **_RESTART_HELP, **_REBOOT_HELP})
 def plan(c: Context, host: str | None = None, offline: bool = False, runbook: str = "provision",
          from_: str | None = None, only: str | None = None, skip: str | None = None, redefine: bool = False,
-         vm: str | None = None) -> None:
-    """What provision would do, per step and host: the commands, the files' bodies and diffs. Changes nothing."""
+         vm: str | None = None, restart: bool = False, force_off: bool = False, drain_timeout: str = "0",
+         shutdown_timeout: str = "0", reboot: bool = False) -> None:
+    """What provision would do, per step and host: the commands, the files' bodies and diffs, and with
+    provision's --restart or --reboot the drain, shutdown, restart and reboot sequence. Changes nothing."""
+    day_two = {**_restart_flags(restart, force_off, drain_timeout, shutdown_timeout),
+               **({"reboot": True} if reboot else {})}
     book = _runbook(runbook)
     again = _again("plan", offline=offline, runbook=runbook if runbook != "provision" else None,
-                   redefine=redefine, vm=vm)
-    _execute(c, host, book, "offline" if offline else "plan", again, vm=vm, flags={"redefine": redefine},
+                   redefine=redefine, vm=vm, **day_two)
+    _execute(c, host, book, "offline" if offline else "plan", again, vm=vm, flags={"redefine": redefine, **day_two},
              **_selection(book, from_, only, skip))
 
 
@@ -493,10 +528,12 @@ def monitor(c: Context, host: str | None = None, interval: str = "1", watch: boo
 
         output_file("prometheus", prometheus)  # before any sampling: never sample, then fail to save
     samples = number("count", count, low=0, high=1_000_000)
-    if samples != int(samples):
-        from lib.flags import FlagError
+    from lib.flags import FlagError
 
+    if samples != int(samples):
         raise FlagError(f"--count={count}: a whole number of samples")
+    if samples and not watch:  # one sample is what monitor takes without --watch: a count would be ignored
+        raise FlagError(f"--count={count} only goes with --watch (monitor without --watch takes one sample)")
     if watch:
         from lib.monitor.watch import watch_samples
 
