@@ -629,6 +629,10 @@ def _run(c: Context, host: str | None, book: Any, output: Any, vm: str | None = 
         opts["flags"] = {**opts.get("flags", {}), "vms": chosen}
     options = RunOptions(runs_dir=runs_dir or _runs_dir(c), policies=policies_from_config(c.config.get("retries")),
                          **opts)
+    if not getattr(output, "tty", False):  # a live display shows its own; others get a status line on stderr
+        from lib.progress import Ticker
+
+        output = Ticker(output)
     engine = Engine(book, options, output)
     # Only a run that changes hosts stops between commands; a read-only one (verify, plan, monitor
     # --watch) has nothing half-done to protect and ends at Ctrl-C as any command does.

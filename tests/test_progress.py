@@ -1,0 +1,133 @@
+"""Progress in every wait (issue #30): a status line on the terminal's stderr naming host, step, the
+targets still waited on and for how long; never on stdout, in --json or in the run's records."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from lib.progress import Ticker, status_line
+from lib.results import StepResult
+from tests.inventory_helpers import HOSTS, REPO
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Inner:
+    """What the runner's real output would print (stdout, records): everything it was handed."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def host_started(self, host: str, steps: int) -> None:
+        self.seen.append(f"host {host}")
+
+    def step_started(self, host: str, step: str, target: str) -> None:
+        self.seen.append(f"start {step} {target}")
+
+    def step_done(self, result: StepResult) -> None:
+        self.seen.append(f"done {result.step} {result.target}")
+
+    def waiting(self, host: str, text: str) -> None:
+        self.seen.append(text)
+
+    def message(self, text: str) -> None:
+        self.seen.append(text)
+
+    def close(self) -> None:
+        self.seen.append("closed")
+
+
+def test_status_line_names_host_step_targets_and_time_after_two_seconds() -> None:
+    waiting = {("lab", "vms.start"): {"lab-data": 10.0, "lab-slm": 11.0}, ("hv1", "bios.check"): {"hv1": 20.5}}
+    assert status_line(waiting, 21.0, 2.0) == "lab | vms.start | waiting on lab-data, lab-slm for 11 s"
+    assert status_line(waiting, 11.0, 2.0) == ""
+
+
+def test_the_ticker_draws_on_the_terminal_only_and_clears_before_any_output() -> None:
+    clock, tty, inner = Clock(), io.StringIO(), Inner()
+    ticker = Ticker(inner, tty, tty=True, every=3600, clock=clock)
+    ticker.step_started("lab", "vms.start", "lab-data")
+    ticker.step_started("lab", "vms.start", "lab-slm")
+    ticker.tick()
+    assert tty.getvalue() == ""  # under 2 s: nothing
+    clock.now += 12
+    ticker.tick()
+    assert tty.getvalue().endswith("lab | vms.start | waiting on lab-data, lab-slm for 12 s")
+    ticker.step_done(StepResult("lab", "vms.start", "lab-data", "ok", 0.0, 1.0))
+    assert tty.getvalue().endswith("\r\x1b[K")  # cleared before the result is printed
+    ticker.tick()
+    assert tty.getvalue().endswith("lab | vms.start | waiting on lab-slm for 12 s")
+    ticker.close()
+    assert tty.getvalue().endswith("\r\x1b[K")
+    assert not any("waiting on" in line for line in inner.seen)  # never handed to stdout or the records
+    assert inner.seen[-1] == "closed"
+
+
+def test_not_a_terminal_no_line() -> None:
+    clock, stream = Clock(), io.StringIO()
+    ticker = Ticker(Inner(), stream, tty=False, every=3600, clock=clock)
+    ticker.step_started("hv1", "bios.check", "hv1")
+    clock.now += 30
+    ticker.close()
+    assert stream.getvalue() == ""
+
+
+def test_a_silent_host_shows_on_the_terminal_and_never_in_json_or_records(tmp_path: Path) -> None:
+    """A TCP listener that never sends an SSH banner: the connection waits 10 s (banner timeout)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    hosts, runs = tmp_path / "hosts", tmp_path / "runs"
+    hosts.mkdir()
+    (hosts / "defaults.yaml").write_text((HOSTS / "defaults.yaml").read_text())
+    data = yaml.safe_load((HOSTS / "hv1.yaml").read_text())
+    data["ssh"] = {"host": "127.0.0.1", "port": port}
+    (hosts / "hv1.yaml").write_text(yaml.safe_dump(data))
+    config = tmp_path / "invoke.yaml"
+    config.write_text(yaml.safe_dump({"retries": {"ssh_connect": {"attempts": 1}}}))
+    env = {**os.environ, "INVOKE_HOSTS_DIR": str(hosts), "INVOKE_RUNS_DIR": str(runs)}
+    parent, child = pty.openpty()  # stderr is a terminal; stdout a pipe, as in `... --json | jq`
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(REPO), "-f", str(config),
+                                 "verify.bios", "--host=hv1", "--json"], stdout=subprocess.PIPE, stderr=child,
+                                env=env, cwd=tmp_path, text=True)
+        os.close(child)
+        terminal = b""
+        while True:
+            ready, _, _ = select.select([parent], [], [], 120)
+            if not ready:
+                break
+            try:
+                chunk = os.read(parent, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(parent)
+        listener.close()
+    assert "hv1 | bios.check | waiting on hv1 for" in terminal.decode(errors="replace"), terminal
+    json.loads(stdout)
+    assert "waiting on" not in stdout
+    for record in runs.rglob("*"):
+        if record.is_file():
+            assert "waiting on" not in record.read_text(errors="replace"), record
