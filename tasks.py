@@ -175,9 +175,24 @@ def topology(c: Context, host: str | None = None, svg: str | None = None, html: 
     for flag, value in (("svg", svg), ("html", html)):
         if value is not None:
             output_file(flag, value)  # before any work: never draw, then fail to save
-    loaded = _one(c, host)
+    refused: InventoryError | None = None
+    try:
+        loaded = _one(c, host)
+    except InventoryError as exc:  # a picture of the overlap helps most now: drawn, then exit 2
+        from lib.inventory.draft import load_despite_rules
+
+        drawn = load_despite_rules(_hosts_dir(c), host) if host else None
+        if drawn is None:
+            raise
+        loaded, refused = drawn, exc
+    from lib.inventory.draft import conflict_cpus
+
     console = _console(record=bool(svg or html))
-    console.print(topology_picture(loaded))
+    console.print(topology_picture(loaded, conflict_cpus(loaded.host) if refused else frozenset()))
+    if refused is not None:
+        from lib.inventory.report import lines
+
+        raise Exit("\n".join(lines(refused.problems)), code=2)
     console.print(vm_settings_table(loaded))
     if svg:
         console.save_svg(svg, title=f"{loaded.name} topology", clear=False)

@@ -100,18 +100,27 @@ def _memory_line(loaded: LoadedHost, node_id: int, node_mb: int) -> Fit:
     return Fit(line(" "), line("\n       "))
 
 
-def _core_cell(index: int, threads: tuple[int, ...], owners: dict[int, Owner]) -> Text:
+_CONFLICT = "bold white on red"
+
+
+def _core_cell(index: int, threads: tuple[int, ...], owners: dict[int, Owner],
+               conflicts: frozenset[int] = frozenset()) -> Text:
     cell = Text(f"core {index}\n", style="bold")
     for n, cpu in enumerate(threads):
         owner = owners.get(cpu, Owner(".", _FREE, "free"))
         cell.append(f"{cpu:>3} ")
-        cell.append(f"{owner.tag:<4}", style=owner.style)
+        if cpu in conflicts:  # "!" marks it without colour too
+            cell.append(f"{owner.tag}!", style=_CONFLICT)
+            cell.append(" " * max(0, 3 - len(owner.tag)))
+        else:
+            cell.append(f"{owner.tag:<4}", style=owner.style)
         if n < len(threads) - 1:
             cell.append("\n")
     return cell
 
 
-def topology_picture(loaded: LoadedHost) -> RenderableType:
+def topology_picture(loaded: LoadedHost, conflicts: frozenset[int] = frozenset()) -> RenderableType:
+    """The picture; `conflicts` (an invalid inventory's clashing CPUs) are marked `!` and listed."""
     host, topo = loaded.host, loaded.host.topology
     owners = thread_owners(loaded)
     per_socket = topo.cores_per_socket
@@ -124,7 +133,8 @@ def topology_picture(loaded: LoadedHost) -> RenderableType:
             grid = Table.grid(padding=(0, 2))
             here = [(k - socket * per_socket, core) for k, core in cores if core.node == node_id]
             for row in range(0, len(here), _COLUMNS):
-                grid.add_row(*(_core_cell(k, core.threads, owners) for k, core in here[row:row + _COLUMNS]))
+                grid.add_row(*(_core_cell(k, core.threads, owners, conflicts)
+                               for k, core in here[row:row + _COLUMNS]))
             title = (f"socket {socket} · NUMA node {node_id} · CPUs {node.cpus} · "
                      + (f"L3 {topo.l3_cache_mb} MB" if topo.l3_cache_mb else "no L3 reported"))
             panels.append(Panel(Group(grid, Text(), _memory_line(loaded, node_id, node.memory_mb)),
@@ -158,6 +168,9 @@ def topology_picture(loaded: LoadedHost) -> RenderableType:
     free = topo.all_cpus - owners.keys()
     legend.append(f"{'.':<{width}}", style=_FREE)
     legend.append(f"  free: CPUs {format_cpulist(free) or 'none'}")
+    if conflicts:
+        legend.append(f"\n{'!':<{width}}", style=_CONFLICT)
+        legend.append(f"  conflict: CPUs {format_cpulist(conflicts)} (the inventory's errors say which fields)")
     return Group(heading, *vm_lines, legend, *panels)
 
 
