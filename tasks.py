@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -33,7 +33,9 @@ from invoke.program import Program
 from invoke.tasks import task
 
 from lib.errors import InventoryError, ToolError
-from lib.inventory.load import Inventory, LoadedHost, load_inventory, plan_host
+
+if TYPE_CHECKING:  # pydantic's models cost ~0.1 s to import: only the tasks that read the inventory pay it
+    from lib.inventory.load import Inventory, LoadedHost
 
 HERE = Path(__file__).resolve().parent
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,6 +106,7 @@ _warned: set[str] = set()  # each warning once per invocation (monitor --watch l
 
 
 def _inventory(c: Context, host: str | None) -> Inventory:
+    from lib.inventory.load import load_inventory
     from lib.inventory.report import lines
 
     inv = load_inventory(_hosts_dir(c), _names(host))
@@ -212,6 +215,8 @@ def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
     replanned = None
     if replan:
         try:
+            from lib.inventory.load import plan_host
+
             replanned = plan_host(loaded.host, loaded.cores, replan=True)
         except PlanError as exc:
             raise Exit(f"{loaded.name}: the planner cannot place every VM from its counts: {exc}", code=2) from None
