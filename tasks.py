@@ -636,7 +636,7 @@ def _runs_dir(c: Context) -> Path:
 
 
 def _run(c: Context, host: str | None, book: Any, output: Any, vm: str | None = None,
-         runs_dir: Path | None = None, **opts: Any) -> Any:
+         runs_dir: Path | None = None, progress: bool = True, **opts: Any) -> Any:
     """The Engine over the selected hosts with this checkout's runs dir and invoke.yaml's retries."""
     from lib.flags import names
     from lib.retry import policies_from_config
@@ -649,7 +649,9 @@ def _run(c: Context, host: str | None, book: Any, output: Any, vm: str | None = 
         opts["flags"] = {**opts.get("flags", {}), "vms": chosen}
     options = RunOptions(runs_dir=runs_dir or _runs_dir(c), policies=policies_from_config(c.config.get("retries")),
                          **opts)
-    if not getattr(output, "tty", False):  # a live display shows its own; others get a status line on stderr
+    # A live display shows its own progress (as does monitor --watch's screen, progress=False); the
+    # others get a status line on stderr.
+    if progress and not getattr(output, "tty", False):
         from lib.progress import Ticker
 
         output = Ticker(output)
@@ -700,7 +702,7 @@ def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any], r
 
     with tempfile.TemporaryDirectory(prefix="numa-k3s-sample-") if not records else contextlib.nullcontext() as tmp:
         runs = _run(c, host, book, _quiet(), mode="verify", flags=flags,
-                    runs_dir=Path(tmp) if tmp else None)
+                    runs_dir=Path(tmp) if tmp else None, progress=records)  # a watch's screen is its progress
     if records:
         for run in runs:
             print(f"{run.host}: records: {run.records}", file=sys.stderr)

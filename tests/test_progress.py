@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -131,3 +132,31 @@ def test_a_silent_host_shows_on_the_terminal_and_never_in_json_or_records(tmp_pa
     for record in runs.rglob("*"):
         if record.is_file():
             assert "waiting on" not in record.read_text(errors="replace"), record
+
+
+def test_monitor_watch_samples_draw_no_status_line_over_the_watch_screen(monkeypatch: Any, tmp_path: Path) -> None:
+    """A watch's own screen is its progress: its samples run without the ticker; a one-off sample has it."""
+    from types import SimpleNamespace
+
+    from invoke.config import Config
+    from invoke.context import Context
+
+    import lib.runner
+    import tasks
+
+    handed: list[Any] = []
+
+    class Engine:
+        def __init__(self, _book: Any, _options: Any, output: Any) -> None:
+            handed.append(output)
+
+        def run(self, _hosts: Any) -> list[Any]:
+            return []
+
+    monkeypatch.setattr(lib.runner, "Engine", Engine)
+    monkeypatch.setattr(tasks, "_inventory", lambda _c, _h: SimpleNamespace(hosts={}))
+    c = Context(config=Config(overrides={"runs_dir": str(tmp_path), "hosts_dir": "hosts"}))
+    book = tasks._book("monitor", "monitor.sample")
+    tasks._run_quiet(c, None, book, {}, records=False)  # a --watch sample
+    tasks._run_quiet(c, None, book, {}, records=True)  # monitor once
+    assert [isinstance(o, Ticker) for o in handed] == [False, True]
