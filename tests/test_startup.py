@@ -26,3 +26,12 @@ def _loaded_after(*argv: str) -> list[str]:
 def test_list_and_help_import_nothing_heavy() -> None:
     assert _loaded_after("--list") == []
     assert _loaded_after("plan", "-h") == []
+
+
+def test_the_engine_loads_no_metrics_writer_terminal_ui_or_libvirt_binding() -> None:
+    """Every run loads the engine and every step; prometheus_client, rich and libvirt only where used."""
+    code = ("import json, sys\nimport lib.runner, lib.steps\n"
+            "print(json.dumps([m for m in ('prometheus_client', 'rich', 'libvirt') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert json.loads(out.stdout) == []
