@@ -649,12 +649,12 @@ def _run(c: Context, host: str | None, book: Any, output: Any, vm: str | None = 
         opts["flags"] = {**opts.get("flags", {}), "vms": chosen}
     options = RunOptions(runs_dir=runs_dir or _runs_dir(c), policies=policies_from_config(c.config.get("retries")),
                          **opts)
-    # A live display shows its own progress (as does monitor --watch's screen, progress=False); the
-    # others get a status line on stderr.
-    if progress and not getattr(output, "tty", False):
+    # What is still waited on: in a live display's host line, else on stderr when it is a terminal;
+    # monitor --watch's screen is its own progress (progress=False).
+    if progress:
         from lib.progress import Ticker
 
-        output = Ticker(output)
+        output = Ticker(output, live=bool(getattr(output, "tty", False)))
     engine = Engine(book, options, output)
     # Only a run that changes hosts stops between commands; a read-only one (verify, plan, monitor
     # --watch) has nothing half-done to protect and ends at Ctrl-C as any command does.

@@ -37,10 +37,14 @@ class Ticker:
     """The runner's output, plus the status line of what is still being waited on (terminal only)."""
 
     def __init__(self, inner: Any, stream: TextIO | None = None, *, after: float = 2.0, every: float = 1.0,
-                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic, live: bool = False) -> None:
         self.inner = inner
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
+        # live: the inner output is provision's and verify's live display; the line goes into its
+        # host line (its own `waiting` note), never beside it on stderr, which would tear the display.
+        self.live = live
+        self.tty = live or (self.stream.isatty() if tty is None else tty)
+        self._noted: dict[str, float] = {}  # host -> when the runner last said what it waits for
         self.after, self.every, self.clock = after, every, clock
         self._waiting: dict[tuple[str, str], dict[str, float]] = {}
         self._lock = threading.RLock()
@@ -56,6 +60,9 @@ class Ticker:
             self.tick()
 
     def tick(self) -> None:
+        if self.live:
+            self._note()
+            return
         with self._lock:
             line = status_line(self._waiting, self.clock(), self.after)
             width = shutil.get_terminal_size((80, 24)).columns - 1
@@ -65,6 +72,16 @@ class Ticker:
                 self._shown = True
             else:
                 self._clear()
+
+    def _note(self) -> None:
+        """Each host's live line says what it waits on, unless the runner said so itself lately (its
+        note names the attempt and the deadline, more than this one can)."""
+        now = self.clock()
+        with self._lock:
+            for (host, step), targets in list(self._waiting.items()):
+                line = status_line({(host, step): targets}, now, self.after)
+                if line and now - self._noted.get(host, -1e9) > 2 * self.every + self.after:
+                    self.inner.waiting(host, line.split(" | ", 1)[1])
 
     def _clear(self) -> None:
         if self._shown:
@@ -91,6 +108,7 @@ class Ticker:
 
     def waiting(self, host: str, text: str) -> None:
         with self._lock:
+            self._noted[host] = self.clock()
             self._clear()
             self.inner.waiting(host, text)
 

@@ -160,3 +160,20 @@ def test_monitor_watch_samples_draw_no_status_line_over_the_watch_screen(monkeyp
     tasks._run_quiet(c, None, book, {}, records=False)  # a --watch sample
     tasks._run_quiet(c, None, book, {}, records=True)  # monitor once
     assert [isinstance(o, Ticker) for o in handed] == [False, True]
+
+
+def test_a_live_display_gets_the_line_in_its_host_line_unless_the_runner_just_said_more() -> None:
+    clock, stderr, inner = Clock(), io.StringIO(), Inner()
+    ticker = Ticker(inner, stderr, live=True, every=3600, clock=clock)
+    ticker.step_started("hv1", "verify.all", "hv1")
+    ticker.step_started("hv1", "vms.start", "vm-a")
+    clock.now += 20
+    ticker.tick()
+    assert "vms.start | waiting on vm-a for 20 s" in inner.seen
+    ticker.waiting("hv1", "vms.start vm-a: attempt 3, 23 s of 300 s, waiting for ssh")  # the runner's own note
+    inner.seen.clear()
+    clock.now += 1
+    ticker.tick()
+    assert inner.seen == []  # the runner's note stays: it names the attempt and the deadline
+    assert stderr.getvalue() == ""  # never beside the live display
+    ticker.close()
