@@ -24,19 +24,43 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke.collection import Collection
 from invoke.context import Context
-from invoke.exceptions import Exit
+from invoke.exceptions import Exit, ParseError
+from invoke.program import Program
 from invoke.tasks import task
 
 from lib.errors import InventoryError, ToolError
-from lib.inventory.load import Inventory, LoadedHost, load_inventory, plan_host
-from lib.sink import Sink
+
+if TYPE_CHECKING:  # pydantic's models cost ~0.1 s to import: only the tasks that read the inventory pay it
+    from lib.inventory.load import Inventory, LoadedHost
+    from lib.sink import Sink
 
 HERE = Path(__file__).resolve().parent
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_parse_tasks = Program.parse_tasks
+
+
+def _parse_tasks_in_our_words(self: Program) -> None:
+    """invoke's parser exits 1 with "No idea what '--restart' is!"; a mistyped task or flag is a bad
+    flag like any other here: exit 2 with a suggestion. invoke has no hook for this, and this is the
+    one place its Program reads the tasks' flags (after loading this file), so it is wrapped here."""
+    from lib.grammar import parse_error
+
+    try:
+        _parse_tasks(self)
+    except ParseError as exc:
+        context = exc.context
+        names = [n for name, aliases in self.collection.task_names.items() for n in (name, *aliases)]
+        raise Exit(parse_error(str(exc), context.name if context else None,
+                               context.flags if context else (), names), code=2) from None
+
+
+Program.parse_tasks = _parse_tasks_in_our_words  # type: ignore[method-assign]
 
 
 def _operator_errors(fn: F) -> F:
@@ -89,6 +113,7 @@ def _inventory(c: Context, host: str | None, applying: bool = False) -> Inventor
     only a warning for commands that read: the spec's placeholder keys would lock the VM's user out."""
     from lib.errors import Problem
     from lib.inventory.keys import PLACEHOLDER_RULE
+    from lib.inventory.load import load_inventory
     from lib.inventory.report import lines
 
     inv = load_inventory(_hosts_dir(c), _names(host))
@@ -165,9 +190,24 @@ def topology(c: Context, host: str | None = None, svg: str | None = None, html: 
     for flag, value in (("svg", svg), ("html", html)):
         if value is not None:
             output_file(flag, value)  # before any work: never draw, then fail to save
-    loaded = _one(c, host)
+    refused: InventoryError | None = None
+    try:
+        loaded = _one(c, host)
+    except InventoryError as exc:  # a picture of the overlap helps most now: drawn, then exit 2
+        from lib.inventory.draft import load_despite_rules
+
+        drawn = load_despite_rules(_hosts_dir(c), host) if host else None
+        if drawn is None:
+            raise
+        loaded, refused = drawn, exc
+    from lib.inventory.draft import conflict_cpus
+
     console = _console(record=bool(svg or html))
-    console.print(topology_picture(loaded))
+    console.print(topology_picture(loaded, conflict_cpus(loaded.host) if refused else frozenset()))
+    if refused is not None:
+        from lib.inventory.report import lines
+
+        raise Exit("\n".join(lines(refused.problems)), code=2)
     console.print(vm_settings_table(loaded))
     if svg:
         console.save_svg(svg, title=f"{loaded.name} topology", clear=False)
@@ -187,6 +227,8 @@ def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
     replanned = None
     if replan:
         try:
+            from lib.inventory.load import plan_host
+
             replanned = plan_host(loaded.host, loaded.cores, replan=True)
         except PlanError as exc:
             raise Exit(f"{loaded.name}: the planner cannot place every VM from its counts: {exc}", code=2) from None
@@ -217,8 +259,16 @@ def _selection(book: Any, from_: str | None, only: str | None, skip: str | None)
     start = names("from", from_, book.names, "step", where)
     if len(start) > 1:
         raise FlagError(f"--from: one step, not {len(start)}")
-    return {"from_step": start[0] if start else None, "only": names("only", only, book.names, "step", where),
-            "skip": names("skip", skip, book.names, "step", where)}
+    first = start[0] if start else None
+    chosen_only = names("only", only, book.names, "step", where)
+    chosen_skip = names("skip", skip, book.names, "step", where)
+    from lib.grammar import empty_selection
+    from lib.runbook import select
+
+    steps, left_out = select(book, from_step=first, only=chosen_only, skip=chosen_skip)
+    if not steps:
+        raise FlagError(empty_selection(book.names, left_out, chosen_only, first, chosen_skip))
+    return {"from_step": first, "only": chosen_only, "skip": chosen_skip}
 
 
 def _again(task_name: str, **flags: Any) -> Callable[[str], str]:
@@ -255,7 +305,7 @@ def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command:
             for result in (r for r in run.results if r.checks and r.status != "failed"):
                 print(f"\n{run.host} | {result.step} | {result.target}\n{verification_table(result)}")
     if not as_json:
-        print(recap(runs, book.names))
+        print(recap(runs, book.names, times=not plan))
     if plan:
         print(plan_summary(runs))
         for run in runs:
@@ -330,15 +380,20 @@ def _restart_flags(restart: bool, force_off: bool, drain_timeout: str, shutdown_
     return {k: v for k, v in flags.items() if v}
 
 
-@_task({"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host", **_SELECT})
+@_task({"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host", **_SELECT,
+        **_RESTART_HELP, **_REBOOT_HELP})
 def plan(c: Context, host: str | None = None, offline: bool = False, runbook: str = "provision",
          from_: str | None = None, only: str | None = None, skip: str | None = None, redefine: bool = False,
-         vm: str | None = None) -> None:
-    """What provision would do, per step and host: the commands, the files' bodies and diffs. Changes nothing."""
+         vm: str | None = None, restart: bool = False, force_off: bool = False, drain_timeout: str = "0",
+         shutdown_timeout: str = "0", reboot: bool = False) -> None:
+    """What provision would do, per step and host: the commands, the files' bodies and diffs, and with
+    provision's --restart or --reboot the drain, shutdown, restart and reboot sequence. Changes nothing."""
+    day_two = {**_restart_flags(restart, force_off, drain_timeout, shutdown_timeout),
+               **({"reboot": True} if reboot else {})}
     book = _runbook(runbook)
     again = _again("plan", offline=offline, runbook=runbook if runbook != "provision" else None,
-                   redefine=redefine, vm=vm)
-    _execute(c, host, book, "offline" if offline else "plan", again, vm=vm, flags={"redefine": redefine},
+                   redefine=redefine, vm=vm, **day_two)
+    _execute(c, host, book, "offline" if offline else "plan", again, vm=vm, flags={"redefine": redefine, **day_two},
              **_selection(book, from_, only, skip))
 
 
@@ -510,10 +565,12 @@ def monitor(c: Context, host: str | None = None, interval: str = "1", watch: boo
 
         output_file("prometheus", prometheus)  # before any sampling: never sample, then fail to save
     samples = number("count", count, low=0, high=1_000_000)
-    if samples != int(samples):
-        from lib.flags import FlagError
+    from lib.flags import FlagError
 
+    if samples != int(samples):
         raise FlagError(f"--count={count}: a whole number of samples")
+    if samples and not watch:  # one sample is what monitor takes without --watch: a count would be ignored
+        raise FlagError(f"--count={count} only goes with --watch (monitor without --watch takes one sample)")
     if watch:
         from lib.monitor.watch import watch_samples
 
@@ -613,7 +670,7 @@ def _runs_dir(c: Context) -> Path:
 
 
 def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None = None,
-         runs_dir: Path | None = None, **opts: Any) -> Any:
+         runs_dir: Path | None = None, progress: bool = True, **opts: Any) -> Any:
     """The Engine over the selected hosts with this checkout's runs dir and invoke.yaml's retries."""
     from lib.flags import names
     from lib.retry import policies_from_config
@@ -626,6 +683,12 @@ def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None =
         opts["flags"] = {**opts.get("flags", {}), "vms": chosen}
     options = RunOptions(runs_dir=runs_dir or _runs_dir(c), policies=policies_from_config(c.config.get("retries")),
                          **opts)
+    # What is still waited on: in a live display's host line, else on stderr when it is a terminal;
+    # monitor --watch's screen is its own progress (progress=False).
+    if progress:
+        from lib.progress import Ticker
+
+        output = Ticker(output, live=bool(getattr(output, "tty", False)))
     engine = Engine(book, options, output)
     # Only a run that changes hosts stops between commands; a read-only one (verify, plan, monitor
     # --watch) has nothing half-done to protect and ends at Ctrl-C as any command does.
@@ -673,7 +736,7 @@ def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any], r
 
     with tempfile.TemporaryDirectory(prefix="numa-k3s-sample-") if not records else contextlib.nullcontext() as tmp:
         runs = _run(c, host, book, _quiet(), mode="verify", flags=flags,
-                    runs_dir=Path(tmp) if tmp else None)
+                    runs_dir=Path(tmp) if tmp else None, progress=records)  # a watch's screen is its progress
     if records:
         for run in runs:
             print(f"{run.host}: records: {run.records}", file=sys.stderr)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The local lab that hosts/lab.yaml describes, on this one machine (see README "The lab"):
+# The local lab that hosts/lab.yaml describes, on this one machine (see docs/labs.md "The lab"):
 #   - libvirtd + virtlogd (lab/services.sh)
 #   - an SSH key, and a local sshd on 127.0.0.1:2200 that plays the hypervisor's SSH endpoint
 #   - the cloud guest (lab/build-cloud-guest.sh: the Debian kernel, this machine's root over 9p,

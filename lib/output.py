@@ -154,8 +154,9 @@ def plain_line(result: StepResult) -> str:
     return terminal("\n".join(lines))
 
 
-def recap(runs: list[HostRun], step_order: list[str]) -> str:
-    """Ansible's PLAY RECAP, plus each step's wall time (its slowest target, the slowest host)."""
+def recap(runs: list[HostRun], step_order: list[str], times: bool = True) -> str:
+    """Ansible's PLAY RECAP, plus each step's wall time (its slowest target, the slowest host) unless
+    times=False (a plan: its steps only read, their times say nothing)."""
     width = max([len(r.host) for r in runs] + [10])
     lines = ["PLAY RECAP " + "*" * 69]
     for run in runs:
@@ -175,17 +176,17 @@ def recap(runs: list[HostRun], step_order: list[str]) -> str:
             lines.append(f"{'':<{width}}   {_first_line(run.error)}")  # the whole error follows the recap
         if run.records:
             lines.append(f"{'':<{width}}   records: {run.records}")
-    times: dict[str, float] = {}
+    durations: dict[str, float] = {}
     for run in runs:
         for result in run.results:
             if result.status != "skipped":  # a skipped step took no time; listing 0.00s is noise
-                times[result.step] = max(times.get(result.step, 0.0), result.duration)
-    if times:
+                durations[result.step] = max(durations.get(result.step, 0.0), result.duration)
+    if times and durations:
         # Runbook order first; steps outside it (an ad hoc step) after, in the order they ran.
-        names = [n for n in step_order if n in times] + [n for n in times if n not in step_order]
+        names = [n for n in step_order if n in durations] + [n for n in durations if n not in step_order]
         name_width = max([len(n) + 2 for n in names] + [16])
         lines += ["", "STEP TIMES (wall, slowest target)"]
-        lines += [f"{name:<{name_width}}{times[name]:.2f}s" for name in names]
+        lines += [f"{name:<{name_width}}{durations[name]:.2f}s" for name in names]
     return terminal("\n".join(lines))
 
 

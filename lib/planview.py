@@ -124,12 +124,44 @@ def plan_summary(runs: list[HostRun]) -> str:
     return f"plan: {change} to change, {same} unchanged, {unknown} unknown"
 
 
+def _folded_reason(result: StepResult) -> str | None:
+    """The reason a result folds with others on one line (skipped, or restarted by another step), else None."""
+    if result.warnings or result.planned or result.status not in ("skipped", "ok"):
+        return None
+    reason = result.reason.removeprefix(f"{result.target}: ")
+    if result.status == "skipped":
+        return f"skipped: {reason}"
+    return f"no change: {reason}" if reason.startswith("restarted by ") else None
+
+
+def folded(host: str, results: list[StepResult]) -> list[str]:
+    """Skipped and "restarted by" results as one line per reason: the steps (or targets) it covers."""
+    groups: dict[str, list[StepResult]] = {}
+    for result in results:
+        groups.setdefault(_folded_reason(result) or "", []).append(result)
+    lines = []
+    for reason, members in groups.items():
+        steps = list(dict.fromkeys(r.step for r in members))
+        targets = list(dict.fromkeys(r.target for r in members))
+        if len(steps) == 1:
+            lines.append(f"{host} | {steps[0]} | {', '.join(targets)}: {reason}")
+        elif targets == [host]:
+            lines.append(f"{host} | {len(steps)} steps {reason}: {', '.join(steps)}")
+        else:
+            lines.append(f"{host} | {reason}: " + ", ".join(
+                f"{s} ({', '.join(r.target for r in members if r.step == s)})" for s in steps))
+    return lines
+
+
 class PlanOutput:
-    """The runner's output in plan modes: each target's plan printed as soon as it is made."""
+    """The runner's output in plan modes: each target's plan printed as soon as it is made; skipped
+    steps, and targets another step restarts, folded into one line per reason (416 lines of hv1's
+    plan were 24 lines of those)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
         self._lock = threading.Lock()
+        self._folding: dict[str, list[StepResult]] = {}
 
     def host_started(self, host: str, steps: int) -> None:
         pass
@@ -137,8 +169,17 @@ class PlanOutput:
     def step_started(self, host: str, step: str, target: str) -> None:
         pass
 
+    def _flush(self, host: str) -> None:
+        pending = self._folding.pop(host, [])
+        if pending:
+            self.stream.write(terminal("\n".join(folded(host, pending))) + "\n")
+
     def step_done(self, result: StepResult) -> None:
         with self._lock:
+            if _folded_reason(result) is not None:
+                self._folding.setdefault(result.host, []).append(result)
+                return
+            self._flush(result.host)
             self.stream.write(terminal(block(result)) + "\n")
             self.stream.flush()
 
@@ -151,4 +192,7 @@ class PlanOutput:
             self.stream.flush()
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            for host in list(self._folding):
+                self._flush(host)
+            self.stream.flush()

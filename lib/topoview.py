@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lib.cpuset import format_cpulist
+from lib.fit import Fit, stacked
 from lib.inventory.load import LoadedHost
 
 # 256-colour names, not the 16 ANSI ones: terminal and SVG themes remap those (blue came out pale,
@@ -69,7 +70,7 @@ def _size(mb: float) -> str:
     return f"{mb / 1024:g} GiB" if mb % 1024 == 0 else f"{mb:g} MiB"
 
 
-def _memory_line(loaded: LoadedHost, node_id: int, node_mb: int) -> Text:
+def _memory_line(loaded: LoadedHost, node_id: int, node_mb: int) -> Fit:
     host = loaded.host
     parts: list[tuple[str, float, str]] = []
     for i, vm in enumerate(host.vms):
@@ -86,27 +87,40 @@ def _memory_line(loaded: LoadedHost, node_id: int, node_mb: int) -> Text:
         bar.append("█" * max(1, round(width * mb / node_mb)), style=style.split(" on ")[-1])
     bar.append("▒" * max(1, round(width * reserve / node_mb)), style="grey50")
     bar.append("·" * max(0, width - len(bar.plain)), style=_FREE)
-    text = Text("memory ")
-    text.append_text(bar)
     vms = " + ".join(f"{tag} {_size(mb)}" for tag, mb, _ in parts) or "no VMs"
     free_style = "bold red" if free < 0 else "green"
-    text.append(f"\n       {vms} + host {_size(reserve)} = {_size(used)} of {_size(node_mb)}, ")
-    text.append(f"free {_size(free)}", style=free_style)
-    return text
+
+    def line(sum_break: str) -> Text:  # the sum on one line, or its total on the next (never "128⏎GiB")
+        text = Text("memory ")
+        text.append_text(bar.copy())
+        text.append(f"\n       {vms} + host {_size(reserve)}{sum_break}= {_size(used)} of {_size(node_mb)}, ")
+        text.append(f"free {_size(free)}", style=free_style)
+        return text
+
+    return Fit(line(" "), line("\n       "))
 
 
-def _core_cell(index: int, threads: tuple[int, ...], owners: dict[int, Owner]) -> Text:
+_CONFLICT = "bold white on red"
+
+
+def _core_cell(index: int, threads: tuple[int, ...], owners: dict[int, Owner],
+               conflicts: frozenset[int] = frozenset()) -> Text:
     cell = Text(f"core {index}\n", style="bold")
     for n, cpu in enumerate(threads):
         owner = owners.get(cpu, Owner(".", _FREE, "free"))
         cell.append(f"{cpu:>3} ")
-        cell.append(f"{owner.tag:<4}", style=owner.style)
+        if cpu in conflicts:  # "!" marks it without colour too
+            cell.append(f"{owner.tag}!", style=_CONFLICT)
+            cell.append(" " * max(0, 3 - len(owner.tag)))
+        else:
+            cell.append(f"{owner.tag:<4}", style=owner.style)
         if n < len(threads) - 1:
             cell.append("\n")
     return cell
 
 
-def topology_picture(loaded: LoadedHost) -> RenderableType:
+def topology_picture(loaded: LoadedHost, conflicts: frozenset[int] = frozenset()) -> RenderableType:
+    """The picture; `conflicts` (an invalid inventory's clashing CPUs) are marked `!` and listed."""
     host, topo = loaded.host, loaded.host.topology
     owners = thread_owners(loaded)
     per_socket = topo.cores_per_socket
@@ -119,20 +133,29 @@ def topology_picture(loaded: LoadedHost) -> RenderableType:
             grid = Table.grid(padding=(0, 2))
             here = [(k - socket * per_socket, core) for k, core in cores if core.node == node_id]
             for row in range(0, len(here), _COLUMNS):
-                grid.add_row(*(_core_cell(k, core.threads, owners) for k, core in here[row:row + _COLUMNS]))
+                grid.add_row(*(_core_cell(k, core.threads, owners, conflicts)
+                               for k, core in here[row:row + _COLUMNS]))
             title = (f"socket {socket} · NUMA node {node_id} · CPUs {node.cpus} · "
                      + (f"L3 {topo.l3_cache_mb} MB" if topo.l3_cache_mb else "no L3 reported"))
             panels.append(Panel(Group(grid, Text(), _memory_line(loaded, node_id, node.memory_mb)),
                                 title=title, title_align="left", expand=False))
-    legend = Text(f"{loaded.name}: {topo.sockets} sockets x {topo.cores_per_socket} cores x "
-                  f"{topo.threads_per_core} threads, {topo.cpu_count} CPUs\n", style="bold")
-    # Lines, not a table: at 80 columns a table squeezes names to "k3s-worke…"; a line wraps whole.
+    heading = Text(f"{loaded.name}: {topo.sockets} sockets x {topo.cores_per_socket} cores x "
+                 f"{topo.threads_per_core} threads, {topo.cpu_count} CPUs", style="bold")
+    # Lines, not a table: at 80 columns a table squeezes names to "k3s-worke…". A line that does not
+    # fit puts each phrase on a line of its own, so no phrase breaks ("60⏎GiB").
     width = max([len(o.tag) for o in owners.values()] + [3])
+    vm_lines: list[RenderableType] = []
     for i, vm in enumerate(host.vms):
-        legend.append(f"{f'VM{i + 1}':<{width}}", style=_VM_STYLES[i % len(_VM_STYLES)])
         numa = vm.tuning.numa_memory
-        legend.append(f"  {vm.name}: {vm.vcpu_count} vCPUs on {format_cpulist(vm.pins)}, emulator on "
-                      f"{vm.tuning.emulator_cpuset}, {_size(vm.memory_mb)} on node {numa.nodeset} ({numa.mode})\n")
+        said = (f"{vm.name}: {vm.vcpu_count} vCPUs on {format_cpulist(vm.pins)},", f"emulator on "
+                f"{vm.tuning.emulator_cpuset},", f"{_size(vm.memory_mb)} on node {numa.nodeset} ({numa.mode})")
+        lines = []
+        for sep in (" ", "\n" + " " * (width + 2)):
+            text = Text(f"{f'VM{i + 1}':<{width}}", style=_VM_STYLES[i % len(_VM_STYLES)])
+            text.append("  " + sep.join(said))
+            lines.append(text)
+        vm_lines.append(Fit(*lines))
+    legend = Text()
     shown = {o.tag: o for o in owners.values()}
     for tag, owner in shown.items():  # the shared and emulator cells, each with whose it is
         if "," in tag or tag.startswith("E") or "+" in tag:
@@ -145,19 +168,26 @@ def topology_picture(loaded: LoadedHost) -> RenderableType:
     free = topo.all_cpus - owners.keys()
     legend.append(f"{'.':<{width}}", style=_FREE)
     legend.append(f"  free: CPUs {format_cpulist(free) or 'none'}")
-    return Group(legend, *panels)
+    if conflicts:
+        legend.append(f"\n{'!':<{width}}", style=_CONFLICT)
+        legend.append(f"  conflict: CPUs {format_cpulist(conflicts)} (the inventory's errors say which fields)")
+    return Group(heading, *vm_lines, legend, *panels)
 
 
-def pins_table(loaded: LoadedHost, replanned: dict[str, tuple[int, ...]] | None = None) -> Table:
-    """Per VM: its pins vCPU by vCPU, where they came from, and (with replanned) what the planner picks."""
-    table = Table(title=f"{loaded.name}: vCPU pins", title_justify="left")
-    for col in ("VM", "vCPUs", "nodeset", "source", "pins (vCPU 0, 1, ...)", "cpulist", "emulator"):
-        table.add_column(col, no_wrap=col != "pins (vCPU 0, 1, ...)", ratio=3 if col.startswith("pins") else None)
+def pins_table(loaded: LoadedHost, replanned: dict[str, tuple[int, ...]] | None = None) -> RenderableType:
+    """Per VM: its pins vCPU by vCPU, where they came from, and (with replanned) what the planner picks.
+    A table where every cell fits whole; else one block per VM (the pins never squeezed away)."""
+    title = f"{loaded.name}: vCPU pins"
+    headers = ["VM", "vCPUs", "nodeset", "source", "pins (vCPU 0, 1, ...)", "cpulist", "emulator"]
     if replanned is not None:
-        table.add_column("planner")
+        headers.append("planner")
+    table = Table(title=title, title_justify="left")
+    for col in headers:
+        table.add_column(col, no_wrap=col != "pins (vCPU 0, 1, ...)", ratio=3 if col.startswith("pins") else None)
+    rows: list[list[str | Text]] = []
     for vm in loaded.host.vms:
         source = "planned" if vm.name in loaded.planned else "given"
-        row: list[RenderableType] = [
+        row: list[str | Text] = [
             vm.name, str(vm.vcpu_count), f"{vm.tuning.numa_memory.nodeset} {vm.tuning.numa_memory.mode}", source,
             " ".join(map(str, vm.pins)), format_cpulist(vm.pins), vm.tuning.emulator_cpuset,
         ]
@@ -166,4 +196,5 @@ def pins_table(loaded: LoadedHost, replanned: dict[str, tuple[int, ...]] | None 
             row.append(Text("same", style="green") if same
                        else Text(",".join(map(str, replanned.get(vm.name, ()))), style="yellow"))
         table.add_row(*row)
-    return table
+        rows.append(row)
+    return Fit(table, stacked(headers, rows, title), wrap=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lib.inventory.model import Host
 from lib.results import Check, Outcome
@@ -135,3 +135,8 @@ def state(check: Check) -> Literal["ok", "breach", "warning", "not available"]:
     if not check.ok:
         return "breach"
     return "warning" if check.kind == "warning" else "ok"
+
+
+def row_state(row: dict[str, Any]) -> str:
+    """ok, breach or not available: one row of lib/monitor/show.metrics(), as every monitor view marks it."""
+    return "not available" if row["ok"] is None else ("ok" if row["ok"] else "breach")

@@ -132,6 +132,10 @@ def what_cloud_init_did(lab: CloudLab) -> tuple[str, str]:
     """Everything the seed asked for, read with the guest's own tools; (instance-id, the lake's UUID)."""
     # cloud-init's own account of the boot, and what it did, read with the guest's tools
     assert lab.guest("cloud-init status --wait").strip() == "status: done"
+    # The files real cloud-init wrote in this boot say the same, read with a cat (lib/guest_state.py).
+    from lib import guest_state
+
+    assert guest_state.parse(lab.guest(guest_state.command(60))) == "done"
     times = stage_times(lab.guest("cat /run/numa-k3s-cloud-init.times"))
     assert list(times) == ["start", "init-local", "init", "config", "final"]
     print(f"cloud guest: kernel boot to cloud-init done {times['final']:.0f} s (stages {times})")

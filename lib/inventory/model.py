@@ -427,7 +427,7 @@ class K3sSettings(Model):
     token_file: str = "~/.config/numa-k3s/{host}.token"  # noqa: S105 - a path, not a secret
     # The k3s VM whose taints kube-system tolerates, so that k3s's packaged add-ons (CoreDNS,
     # metrics-server, local-path-provisioner, Traefik) run there when no node takes them as k3s
-    # ships them (README: "Add-ons and the spec's taints"). The taints themselves stay as written.
+    # ships them (docs/steps.md: "Add-ons and the spec's taints"). The taints themselves stay as written.
     addon_node: Name | None = None
     # k3s's own --disable: packaged components not deployed (and not checked by verify.k3s).
     disable: tuple[Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server"], ...] = ()

@@ -168,13 +168,17 @@ def check_vm_pins(host: Host) -> Iterator[Finding]:
 def check_shared_pins(host: Host, cores: list[Core]) -> Iterator[Finding]:
     """Pins across VMs: no CPU is two VMs' vCPU, emulators and host stay off vCPU CPUs."""
     owner: dict[int, int] = {}
+    first: dict[int, int] = {}  # CPU -> its index in its first owner's vcpu_pins
     for i, vm in enumerate(host.vms):
         for j, cpu in enumerate(vm.pins):
             if cpu in owner and owner[cpu] != i:
                 k = owner[cpu]
+                # Both sides: the operator may have changed either VM, and the later one is flagged.
                 yield Finding("pins.shared", f"vms[{i}].tuning.vcpu_pins[{j}]",
-                              f"CPU {cpu} is already a vCPU pin of {_vm(k, host.vms[k])}")
+                              f"this field and {_vm(k, host.vms[k])}.tuning.vcpu_pins[{first[cpu]}] both pin CPU "
+                              f"{cpu} (change either): CPU {cpu} is already a vCPU pin of {_vm(k, host.vms[k])}")
             owner.setdefault(cpu, i)
+            first.setdefault(cpu, j)
     for i, vm in enumerate(host.vms):
         clash = vm.tuning.emulator_cpus & owner.keys()
         for k in sorted({owner[c] for c in clash}):

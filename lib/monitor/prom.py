@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+if TYPE_CHECKING:  # imported where used: every run loads this module (via observe), few write metrics
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 PREFIX = "numa_k3s_"
 # The evidence row of monitor.sample (lib/steps/observe.py) that carries one VM's numbers as JSON.
@@ -55,6 +56,8 @@ class _Sample:
         self.rows = list(rows)
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         g = {name: GaugeMetricFamily(PREFIX + name, text, labels=labels) for name, text, labels in _GAUGES}
         c = {name: CounterMetricFamily(PREFIX + name, text, labels=labels) for name, text, labels in _COUNTERS}
         nodes_done: set[tuple[str, int]] = set()
@@ -115,15 +118,21 @@ def families(rows: Iterable[tuple[str, str, VmNumbers]]) -> list[Metric]:
 
 
 def _registry(rows: Iterable[tuple[str, str, VmNumbers]]) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Sample(rows))  # a Collector by protocol: it has collect()
     return registry
 
 
 def exposition(rows: Iterable[tuple[str, str, VmNumbers]]) -> str:
+    from prometheus_client import generate_latest
+
     return generate_latest(_registry(rows)).decode()
 
 
 def write_textfile(path: str, rows: Iterable[tuple[str, str, VmNumbers]]) -> None:
     """Written beside, then renamed (prometheus_client does both): node_exporter reads whole files only."""
+    from prometheus_client import write_to_textfile
+
     write_to_textfile(path, _registry(rows))

@@ -7,7 +7,6 @@ import sys
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.table import Table
 
 from lib import verdicts
 from lib.results import HostRun, StepResult
@@ -54,30 +53,16 @@ def metrics(runs: list[HostRun]) -> dict[str, dict[str, dict[str, dict[str, Any]
     return out
 
 
-_MARKS = {"ok": "", "breach": "  BREACH", "not available": "  N/A"}
-
-
-def row_state(row: dict[str, Any]) -> str:
-    """ok, breach or not available: one row of metrics(), as every monitor view marks it."""
-    return "not available" if row["ok"] is None else ("ok" if row["ok"] else "breach")
-
-
 def show_runs(runs: list[HostRun], *, as_json: bool = False, out: TextIO | None = None) -> None:
     stream = out or sys.stdout
     if as_json:
         stream.write(mask(json.dumps(metrics(runs), indent=2)) + "\n")
         return
+    from lib.monitor.screen import host_view
+
     console = Console(file=stream, highlight=False)
-    for host, vms in metrics(runs).items():
-        for vm, rows in vms.items():
-            table = Table(title=f"{host} / {vm}", title_justify="left")
-            for column in ("metric", "value", "threshold"):
-                table.add_column(column)
-            for name, row in rows.items():
-                style = "" if row["ok"] is not False else "bold red"
-                text = row["text"] + _MARKS[row_state(row)]  # marked in text, not only in colour
-                table.add_row(name, f"[{style}]{text}[/]" if style else text, row["threshold"])
-            console.print(table)
+    for host, vms in metrics(runs).items():  # a column per VM where it fits (lib/monitor/screen.py)
+        console.print(host_view(host, vms))
 
 
 def show_prometheus(runs: list[HostRun], path: str, out: TextIO | None = None) -> None:

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from lib.monitor.show import metrics, row_state
+from lib.monitor.show import metrics
 from lib.results import HostRun
 from lib.shell import mask
+from lib.verdicts import not_available, row_state
 
 
 def stamp(now: float | None = None) -> str:
@@ -23,7 +24,7 @@ def stamp(now: float | None = None) -> str:
 
 
 def breaches(runs: list[HostRun]) -> int:
-    return sum(1 for run in runs for r in run.results for c in r.checks if not c.ok)
+    return sum(1 for run in runs for r in run.results for c in r.checks if not c.ok and not not_available(c.found))
 
 
 def plain_sample(runs: list[HostRun], when: str) -> str:
@@ -38,22 +39,20 @@ def plain_sample(runs: list[HostRun], when: str) -> str:
 
 
 def live_view(runs: list[HostRun], when: str, samples: int, breached: int) -> Any:
-    """The screen for one sample: a header with the time, then one table per VM."""
+    """The screen for one sample: a header with the time and what breached now, then per host one
+    table with a column per VM (lib/monitor/screen.py)."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
+    from lib.monitor.screen import breached as breached_now
+    from lib.monitor.screen import host_view
+
+    found = metrics(runs)
+    now = breached_now(found)
     parts: list[Any] = [Text(f"monitor  {when}  sample {samples}  breached samples {breached}  (Ctrl-C ends)")]
-    for host, vms in metrics(runs).items():
-        for vm, rows in vms.items():
-            table = Table(title=f"{host} / {vm}", title_justify="left")
-            for column in ("metric", "value", "threshold", ""):
-                table.add_column(column)
-            for name, row in rows.items():
-                bad = row["ok"] is False
-                table.add_row(name, Text(mask(str(row["text"])), style="bold red" if bad else ""), row["threshold"],
-                              Text("BREACH", style="bold red") if bad else Text("n/a" if row["ok"] is None else "ok"))
-            parts.append(table)
+    if now:
+        parts.append(Text("BREACH now: " + "; ".join(now), style="bold red"))
+    parts += [host_view(host, vms) for host, vms in found.items()]
     return Group(*parts)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from lib import guest_state
 from lib.cpuset import format_cpulist
 from lib.daytwo import live_commands, split_drift
 from lib.domain import (
@@ -150,13 +151,13 @@ class StartFacts:
     guest: tuple[Check, ...] = ()  # SSH and cloud-init, once the domain runs
 
 
-# cloud-init exits non-zero for "error" and "degraded"; the status line is what matters. `timeout`
-# on the guest: our side gives up after _CLOUD_INIT_S, and closing the SSH channel does not stop a
-# command without a terminal, so each slow answer (under TCG, several guests on one CPU: over 30 s
-# for cloud-init's Python to start) used to stay running and slow the next attempt down further.
+# cloud-init's state is read from its files (lib/guest_state.py); `cloud-init status` is the fallback
+# where this boot has none yet. It exits non-zero for "error" and "degraded"; the status line is what
+# matters. `timeout` on the guest: our side gives up after _CLOUD_INIT_S, and closing the SSH channel
+# does not stop a command without a terminal, so each slow answer (under TCG, several guests on one
+# CPU: over 30 s for cloud-init's Python to start) used to stay running and slow the next attempt down.
 _CLOUD_INIT_S = 120
-_CLOUD_INIT = (f"if command -v cloud-init >/dev/null 2>&1; then timeout {_CLOUD_INIT_S - 10} cloud-init status 2>&1 "
-               "|| true; else echo 'status: not installed'; fi")
+_CLOUD_INIT = guest_state.command(_CLOUD_INIT_S - 10)
 
 
 def guest_checks(vm: VM, reached: str | None, status_output: str) -> tuple[Check, ...]:
@@ -164,8 +165,7 @@ def guest_checks(vm: VM, reached: str | None, status_output: str) -> tuple[Check
     where = f"ssh {vm.ssh.user}@{vm.ssh.host or '(domifaddr)'}:{vm.ssh.port}" if vm.ssh else "ssh"
     if reached is not None:
         return (Check(where, "answers", reached, False), Check("cloud-init status", "done", "not reached", False))
-    status = next((line.split(":", 1)[1].strip() for line in status_output.splitlines()
-                   if line.startswith("status:")), status_output.strip() or "no answer")
+    status = guest_state.parse(status_output)
     if status == "not installed":  # a guest without cloud-init (the tiny test guests): accepted, not passed
         return (Check(where, "answers", "answers", True), Check.warn("cloud-init status", "done", status))
     return (Check(where, "answers", "answers", True), Check("cloud-init status", "done", status, status == "done"))
