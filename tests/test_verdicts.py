@@ -86,3 +86,15 @@ def test_recap_lists_each_warning_with_host_step_name_and_found() -> None:
     text = recap([HostRun("hv1", "r", "verify-all", "verify", 0.0, 1.0, [StepResult(
         "hv1", "host.tune", "hv1", "ok", 0.0, 1.0, checks=(long,))])], [])
     assert max(len(line) for line in text.splitlines()) <= 80 and "found: kworker/u145:3 on CPU 12" in text
+
+
+def test_watch_lines_mark_not_available_apart_from_ok_and_breach() -> None:
+    from lib.monitor.watch import plain_sample
+
+    rows = (Check.warn("LLC loads / misses", "counted", "not available (perf cannot count LLC here)"),
+            Check("emulator load", "< 50% of CPUs 0", "72.0%", False),
+            Check("remote memory", "< 1.00% off node(s) 0", "0.00%", True))
+    runs = [HostRun("hv1", "r", "monitor", "verify", 0.0, 1.0,
+                    [StepResult("hv1", "monitor.sample", "vm-a", "ok", 0.0, 1.0, checks=rows)])]
+    marks = [line.rsplit("| ", 1)[1] for line in plain_sample(runs, "2026-12-06T00:00:00Z").splitlines()]
+    assert marks == ["n/a", "BREACH", "ok"]
