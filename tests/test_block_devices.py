@@ -14,6 +14,7 @@ import pytest
 from lib.facts.blockdev import BlockFacts, in_use
 from lib.results import HostRun
 from lib.steps import REGISTRY
+from lib.steps.preflight import device_checks
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, write_tree
@@ -58,7 +59,9 @@ def fake_blocks(root: Path) -> None:
 
 
 DEVICES = {"lvm": "/dev/sdb", "raid": "/dev/sdc", "root": "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
-           "free": "/dev/sdd", "unlisted": "/dev/sde", "swap": "/dev/sdf"}
+           "free": "/dev/sdd", "swap": "/dev/sdf"}
+# A device not on block_devices never gets this far: the inventory refuses it (rule disk.device,
+# tests/test_inventory_safety.py); preflight's own check of the list is defence in depth.
 
 
 @pytest.fixture
@@ -77,8 +80,7 @@ def world(tmp_path: Path, sshd_farm: SshdFarm) -> Iterator[World]:
         vm["disks"] = [{"name": "hot", "tier": "ssd", "path": str(tmp_path / "images" / f"{name}-hot.qcow2"),
                         "device": dev, "size_gb": 1, "target": "vdb", "mount": "/data/hot"}]
         vms.append(vm)
-    allowed = [d for k, d in DEVICES.items() if k != "unlisted"]
-    write_host(w.hosts, "hv1", host, sysroot=sysroot, vms=vms, block_devices=allowed)
+    write_host(w.hosts, "hv1", host, sysroot=sysroot, vms=vms, block_devices=list(DEVICES.values()))
     (tmp_path / "images").mkdir()
     yield w
     sshd_farm.stop(host.name)
@@ -100,8 +102,6 @@ def test_devices_the_hypervisor_uses_are_refused_at_preflight(world: World, tmp_
     assert got[f"vm-root device {DEVICES['root']}"] == (
         f"{DEVICES['root']} (sda): its partition sda1 is mounted on /boot; never given to a VM", False)
     assert got["vm-swap device /dev/sdf"] == ("/dev/sdf (sdf): sdf is swap; never given to a VM", False)
-    assert got["vm-unlisted device /dev/sde"][1] is False
-    assert got["vm-unlisted device /dev/sde"][0].startswith("/dev/sde is not on block_devices (")
     assert got["vm-free device /dev/sdd"] == ("/dev/sdd (sdd): not in use", True)
     # Refused before anything changes: images.clone never ran, nothing was created.
     assert [r.step for r in run.results if r.status != "skipped"] == ["preflight.access"]
@@ -123,3 +123,16 @@ def test_in_use_follows_partitions_and_holders_all_the_way_up() -> None:
     assert in_use(facts, "sdy") is None
     loop = BlockFacts(mounted={}, holders={"a": ("b",), "b": ("a",)}, partitions={}, devices={}, dm_names={})
     assert in_use(loop, "a") is None  # a cycle ends, unmounted
+
+
+def test_preflight_refuses_a_device_off_the_list_even_if_the_inventory_let_it_through(world: World) -> None:
+    """Defence in depth: the rule disk.device refuses it first, but a host model that names a device
+    off block_devices still gets a failed row from preflight, never a pass."""
+    (loaded,) = world.loaded("hv1")
+    host = loaded.host.model_copy(update={"block_devices": ("/dev/sdd",)})
+    facts = BlockFacts(mounted={}, holders={}, partitions={}, devices={"/dev/sdd": "sdd", "/dev/sdb": "sdb"},
+                       dm_names={})
+    rows_ = {c.name: c for c in device_checks(host, facts)}
+    assert rows_["vm-free device /dev/sdd"].ok
+    bad = rows_["vm-lvm device /dev/sdb"]
+    assert not bad.ok and bad.found.startswith("/dev/sdb is not on block_devices (/dev/sdd): add it there")

@@ -20,7 +20,7 @@ from lib.inventory.keys import check_key
 from lib.inventory.load import load_inventory
 from lib.shell import Secret, mask, printable, public, terminal
 from lib.token import ENV, TokenError, cluster_token
-from tests.harness.inventory import small_vm, write_host
+from tests.harness.inventory import lock_path_for, small_vm, write_host
 from tests.harness.sshd import SshHost, count_auths
 from tests.inventory_helpers import REPO, Mutation, hv1, mutated, write_inventory
 
@@ -329,7 +329,7 @@ def test_the_placeholder_key_is_refused_by_runs_that_apply(tmp_path: Path, ssh_h
     data = hv1()
     data["ssh"] = {"host": ssh_host.host, "port": ssh_host.port, "user": ssh_host.user,
                    "key_file": str(ssh_host.key_file), "known_hosts": str(ssh_host.known_hosts)}
-    data["lock_path"] = str(tmp_path / "hv1.lock")
+    data["lock_path"] = str(lock_path_for(tmp_path / "hosts", "hv1"))  # in /run/lock (rule lock.path)
     out = cli(tmp_path, *args, hosts=write_inventory(tmp_path, data))
     assert out.returncode == 2, out.stdout + out.stderr
     assert ("ERROR [key.placeholder] " + str(tmp_path / "hosts" / HV1) + ": 4 places (vms[0] (k3s-worker-slm-heavy)"

@@ -72,7 +72,6 @@ def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None
         "ssh": ssh_of(ssh),
         "sysroot": str(sysroot) if sysroot else "/",
         "lock_path": str(lock_path_for(hosts_dir, name)),
-        "storage_roots": [str(hosts_dir.parent), "/var/lib/libvirt/images", "/srv"],
         "bridge": "br0",
         "topology": SPEC_TOPOLOGY,
         "k3s": {"version": "v1.31.4+k3s1"},
@@ -80,7 +79,9 @@ def write_host(hosts_dir: Path, name: str, ssh: SshHost, *, sysroot: Path | None
     } | extra
     if "storage_roots" not in extra:  # the test's own image directories are where its files may live (#26)
         # and the test's directory, where safety tests put their decoys and ownership registries.
-        data["storage_roots"] = list(dict.fromkeys([str(hosts_dir.parent), *storage_roots_of(data["vms"])]))
+        # (not when it is on /dev/shm, the fast fleets' place: /dev is a system tree, refused as a root).
+        mine = [] if hosts_dir.resolve().is_relative_to("/dev") else [str(hosts_dir.parent)]
+        data["storage_roots"] = list(dict.fromkeys([*mine, *storage_roots_of(data["vms"])]))
     # Every VM small_vm() writes is tainted: the packaged add-ons need a node (rule k3s.addons-no-node).
     servers = [vm["name"] for vm in data["vms"] if vm.get("k8s", {}).get("role") == "server"]
     if servers and "addon_node" not in data["k3s"]:
