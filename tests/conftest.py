@@ -30,6 +30,23 @@ def test_lock_files() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def secrets_of_this_test_only() -> Iterator[None]:
+    """lib/shell.py keeps the secrets to mask and the public names for the whole process, as a run
+    needs. Across tests that would leak: a test's weak token 'k3s' would mask every later test's
+    'k3s'. Each test starts from what was known before it and leaves nothing behind."""
+    from lib import shell
+
+    with shell._known_lock:
+        known, public = set(shell._known), set(shell._public)
+    yield
+    with shell._known_lock:
+        shell._known.clear()
+        shell._known.update(known)
+        shell._public.clear()
+        shell._public.update(public)
+
+
+@pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty HOME per test, so the operator's ~/.ssh/config, keys and ~/.fabric.yaml never leak in.
 
