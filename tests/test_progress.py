@@ -154,7 +154,7 @@ def test_monitor_watch_samples_draw_no_status_line_over_the_watch_screen(monkeyp
             return []
 
     monkeypatch.setattr(lib.runner, "Engine", Engine)
-    monkeypatch.setattr(tasks, "_inventory", lambda _c, _h: SimpleNamespace(hosts={}))
+    monkeypatch.setattr(tasks, "_inventory", lambda _c, _h, **_kw: SimpleNamespace(hosts={}))
     c = Context(config=Config(overrides={"runs_dir": str(tmp_path), "hosts_dir": "hosts"}))
     book = tasks._book("monitor", "monitor.sample")
     tasks._run_quiet(c, None, book, {}, records=False)  # a --watch sample
