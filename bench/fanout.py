@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness.fanout import floor_hosts, write_fleet
+from tests.harness.fanout import first_hosts, write_fleet
 from tests.harness.sshd import SshdFarm, start_hosts
 from tests.harness.sysfs import fast_tmp_dir
 
@@ -79,11 +79,7 @@ def measure(counts: list[int], runs: int) -> dict[int, dict[str, float]]:
         write_fleet(fleet, tmp / "fleet", tmp / "sysroots", names)
         print(f"  {top} sshd hosts and sysroots ready in {time.perf_counter() - started:.1f}s", flush=True)
         for n in counts:
-            work = tmp / f"n{n}"
-            (work / "hosts").mkdir(parents=True)
-            for name in names[:n]:
-                shutil.copy(tmp / "fleet" / f"{name}.yaml", work / "hosts")
-            (work / "floor.json").write_text(json.dumps(floor_hosts(work / "hosts")))
+            work = first_hosts(tmp / "fleet", names, n, tmp / f"n{n}")
 
             def engine(work: Path = work) -> tuple[float, str, float, float]:
                 runs_dir = work / "runs"

@@ -21,7 +21,6 @@ Targets (issue #28): local within 1.5x of the floor at 100 hosts; Temporal withi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -36,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib.fleet.plan import FDS_PER_HOST
-from tests.harness.fanout import floor_hosts, write_fleet
+from tests.harness.fanout import first_hosts, write_fleet
 from tests.harness.sshd import SshdFarm, start_hosts
 from tests.harness.sysfs import fast_tmp_dir
 from tests.harness.temporal import config_file, dev_server, invoke_env, start_worker
@@ -113,11 +112,7 @@ def measure(counts: list[int], runs: int) -> dict[int, dict[str, float]]:
               flush=True)
         config = config_file(tmp, server, "bench", heartbeat=30)
         for n in counts:
-            work = tmp / f"n{n}"
-            (work / "hosts").mkdir(parents=True)
-            for name in names[:n]:
-                shutil.copy(tmp / "fleet" / f"{name}.yaml", work / "hosts")
-            (work / "floor.json").write_text(json.dumps(floor_hosts(work / "hosts")))
+            work = first_hosts(tmp / "fleet", names, n, tmp / f"n{n}")
             env = invoke_env(work / "hosts", work / "runs")
             worker = start_worker(config, invoke_env(work / "hosts", work / "worker-runs"), work / "worker.log")
             base = ["-m", "invoke", "--search-root", str(REPO), "-f", str(config), "fleet.provision",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,16 @@ def floor_hosts(hosts_dir: Path) -> list[dict[str, Any]]:
         out.append({"host": ssh.host, "port": ssh.port, "user": ssh.user, "key": ssh.key_file,
                     "known_hosts": ssh.known_hosts, "script": "; ".join(f"( {c} )" for c in commands)})
     return out
+
+
+def first_hosts(fleet_dir: Path, names: list[str], n: int, work: Path) -> Path:
+    """The first n host files of a written fleet in work/hosts, and the floor's host list beside them
+    (work/floor.json): one measured size of bench/fanout.py and bench/fleet.py."""
+    (work / "hosts").mkdir(parents=True)
+    for name in names[:n]:
+        shutil.copy(fleet_dir / f"{name}.yaml", work / "hosts")
+    (work / "floor.json").write_text(json.dumps(floor_hosts(work / "hosts")))
+    return work
 
 
 def journal(runs_dir: Path, run: HostRun) -> list[dict[str, Any]]:
