@@ -57,12 +57,17 @@ def hosts(ssh_host: SshHost, tmp_path: Path, make_sysroot: Callable[[HostShape],
     return load_inventory(hosts_dir, None).hosts
 
 
-def test_a_probe_reads_the_host_and_absent_metrics_come_with_a_reason(hosts: dict[str, LoadedHost]) -> None:
-    prober = Prober(hosts, FAST, Settings(interval=0.2))
+def probe_once(hosts: dict[str, LoadedHost], target: str, *, interval: float) -> bytes:
+    """One probe of target by a fresh prober, closed afterwards (its text as Prometheus reads it)."""
+    prober = Prober(hosts, FAST, Settings(interval=interval))
     try:
-        text = prober.probe("hv1", 60.0)
+        return prober.probe(target, 60.0)
     finally:
         prober.close()
+
+
+def test_a_probe_reads_the_host_and_absent_metrics_come_with_a_reason(hosts: dict[str, LoadedHost]) -> None:
+    text = probe_once(hosts, "hv1", interval=0.2)
     assert named(text, "numa_k3s_probe_success")[0].value == 1
     assert not Path(hosts["hv1"].host.lock_path).exists()  # never took (so never made) the host lock
     vm = hosts["hv1"].host.vms[0].name
@@ -85,11 +90,7 @@ def test_a_probe_reads_the_host_and_absent_metrics_come_with_a_reason(hosts: dic
 
 
 def test_a_metric_the_host_cannot_give_is_absent_with_its_reason(hosts: dict[str, LoadedHost]) -> None:
-    prober = Prober(hosts, FAST, Settings(interval=0.1))
-    try:
-        text = prober.probe("nofreq", 60.0)
-    finally:
-        prober.close()
+    text = probe_once(hosts, "nofreq", interval=0.1)
     assert named(text, "numa_k3s_probe_success")[0].value == 1
     assert named(text, "numa_k3s_cpu_governor_info") == []  # absent, never a 0 or an empty governor
     reasons = {s.labels["metric"]: s.labels["reason"] for s in named(text, "numa_k3s_metric_unavailable")}
