@@ -243,7 +243,7 @@ def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
 def _runbook(name: str) -> Any:
     from lib.flags import FlagError, did_you_mean
     from lib.runbook import load_runbook
-    from lib.steps import REGISTRY
+    from lib.steps.registry import REGISTRY
 
     known = sorted(p.stem for p in (HERE / "runbooks").glob("*.yaml"))
     if name not in known:  # also keeps a name like ../x from reaching the file system
@@ -447,7 +447,7 @@ def _task_help(name: str, body: Any) -> None:
 def _single(name: str) -> Any:
     from lib.flags import did_you_mean
     from lib.runbook import Runbook, RunbookError
-    from lib.steps import REGISTRY
+    from lib.steps.registry import REGISTRY
 
     if name not in REGISTRY:
         raise RunbookError(f"unknown step {name!r}{did_you_mean(name, REGISTRY)}; known steps: "
@@ -496,7 +496,7 @@ def verify_k3s(c: Context, host: str | None = None, json: bool = False) -> None:
 
 def _book(name: str, *steps: str) -> Any:
     from lib.runbook import Runbook
-    from lib.steps import REGISTRY
+    from lib.steps.registry import REGISTRY
 
     return Runbook(name, "", name, tuple(REGISTRY[s]() for s in steps))
 

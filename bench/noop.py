@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from lib.inventory.load import LoadedHost, load_inventory  # noqa: E402
 from lib.remote import Endpoint  # noqa: E402
 from lib.runbook import load_runbook  # noqa: E402
-from lib.steps import REGISTRY  # noqa: E402
+from lib.steps.registry import REGISTRY  # noqa: E402
 from lib.targets import targets_for  # noqa: E402
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import LOCKS_HANDED_OUT
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, fast_tmp_dir, write_tree

@@ -13,8 +13,8 @@ import pytest
 
 from lib.facts.blockdev import BlockFacts, in_use
 from lib.results import HostRun
-from lib.steps import REGISTRY
 from lib.steps.preflight import device_checks
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, write_tree

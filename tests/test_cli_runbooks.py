@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lib.runbook import load_runbook
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, write_tree

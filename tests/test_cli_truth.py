@@ -83,7 +83,7 @@ def test_verify_all_help_lists_every_verification_it_runs() -> None:
     text = " ".join(out.stdout.split())
     assert all(name in text for name in tasks.VERIFY_ALL)
     assert {"preflight.access", "k3s.server", "k3s.agents"} <= set(tasks.VERIFY_ALL)
-    from lib.steps import REGISTRY
+    from lib.steps.registry import REGISTRY
 
     read_only_checks = {name for name, step in REGISTRY.items()
                         if not step.destructive and name not in ("monitor.sample", "doctor")}

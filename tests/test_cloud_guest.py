@@ -25,7 +25,7 @@ import yaml
 
 from lib.cloudinit import seed_files
 from lib.runner import failure_text
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from tests.harness.guest import build_cloud_guest, free_port
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm

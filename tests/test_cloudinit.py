@@ -15,8 +15,8 @@ from lib.cloudinit import network_config, seed_files, user_data
 from lib.inventory.load import load_inventory
 from lib.inventory.model import VM
 from lib.local import build_seed_iso
-from lib.steps import REGISTRY
 from lib.steps.cloudinit import parse_seed, plan_seed
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm
 from tests.harness.world import World

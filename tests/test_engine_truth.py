@@ -13,7 +13,7 @@ import pytest
 from lib.output import recap, verification_table
 from lib.results import Check, HostRun, StepResult
 from lib.runner import exit_code, failure_text
-from lib.steps import REGISTRY as PRODUCT_STEPS
+from lib.steps.registry import REGISTRY as PRODUCT_STEPS
 from tests.engine_steps import REGISTRY as TEST_STEPS
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost

@@ -41,7 +41,6 @@ from lib.inventory.load import load_inventory
 from lib.inventory.model import Host
 from lib.monitor import parse as mp
 from lib.shell import sh
-from lib.steps import REGISTRY
 from lib.steps.observe import (
     host_work_findings,
     llc_occupancy_script,
@@ -49,6 +48,7 @@ from lib.steps.observe import (
     parse_llc_occupancy,
     parse_sample,
 )
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import HostShape, format_cpumask, write_tree

@@ -23,7 +23,7 @@ from lib.inventory.load import load_inventory
 from lib.local import build_seed_iso
 from lib.ownership import REGISTRY
 from lib.results import HostRun
-from lib.steps import REGISTRY as STEPS
+from lib.steps.registry import REGISTRY as STEPS
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.world import World

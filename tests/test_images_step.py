@@ -13,9 +13,9 @@ import pytest
 
 from lib.inventory.model import VM
 from lib.shell import Command
-from lib.steps import REGISTRY
 from lib.steps.base import StepMismatch
 from lib.steps.images import GIB, ImagesFacts, disks_of, parse_image, plan_images
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.world import World

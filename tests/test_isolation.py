@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.steps import REGISTRY
 from lib.steps.isolation import DROPIN, UPDATE_GRUB
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm
 from tests.harness.sysfs import HostShape, write_tree

@@ -24,7 +24,7 @@ import yaml
 
 from lib import k3s
 from lib.runner import Engine, failure_text
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from lib.token import ENV
 from tests.harness.chroot import busybox_root, chroot_host, new_roots_dir, remove_root, root_pids
 from tests.harness.guest import free_port

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.steps import REGISTRY
 from lib.steps.preflight import HYPERVISOR_TOOLS
+from lib.steps.registry import REGISTRY
 from tests.harness.chroot import busybox_root, chroot_host, new_roots_dir, remove_root
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost

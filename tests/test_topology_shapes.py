@@ -26,7 +26,7 @@ from lib.errors import InventoryError
 from lib.facts.host import HostFacts, host_facts_command, parse_host_facts
 from lib.remote import Endpoint, Session
 from lib.retry import Policies
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost
 from tests.harness.sysfs import SHAPES, HostShape, fast_tmp_dir, inventory_topology, layout, write_tree

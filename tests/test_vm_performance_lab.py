@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lib.runner import failure_text
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from tests.harness.guest import build_guest
 from tests.harness.inventory import ssh_of, write_host
 from tests.harness.sshd import SshdFarm, SshHost

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lib.domain import parse_domifaddr
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm
 from tests.harness.virsh import virsh

@@ -20,7 +20,7 @@ from lib.output import Output
 from lib.results import HostRun
 from lib.runbook import Runbook
 from lib.runner import Engine, RunOptions
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from lib.steps.tuning import SYSCTL_FILE, TMPFILES_FILE, sysctl_content, tmpfiles_content
 from lib.targets import targets_for
 from tests.harness.inventory import write_host

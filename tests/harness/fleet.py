@@ -21,7 +21,7 @@ from lib.fleet.local import LocalRollout
 from lib.fleet.record import FleetRecord
 from lib.inventory.load import load_inventory
 from lib.runbook import Runbook, load_runbook
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from tests.harness.fanout import TUNED, write_fleet
 from tests.harness.sshd import SshdFarm, SshHost, start_hosts
 from tests.harness.world import FAST

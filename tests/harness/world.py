@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ FAST = Policies(
 class World:
     """A hosts dir, a runbooks dir, a state dir and the records dir of one test."""
 
-    def __init__(self, tmp: Path, registry: dict[str, type[Step]]) -> None:
+    def __init__(self, tmp: Path, registry: Mapping[str, type[Step]]) -> None:
         self.tmp = tmp
         self.registry = registry
         self.hosts = tmp / "hosts"

@@ -39,7 +39,7 @@ from lib.errors import InventoryError
 from lib.inventory.load import LoadedHost, load_inventory
 from lib.runbook import load_runbook
 from lib.shell import Command, Secret, Value, sh
-from lib.steps import REGISTRY
+from lib.steps.registry import REGISTRY
 from lib.targets import targets_for
 from tests.harness.inventory import SPEC_TOPOLOGY
 from tests.inventory_helpers import HOSTS, REAL_KEY, REPO, hv1, with_real_keys
