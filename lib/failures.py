@@ -10,7 +10,7 @@ from __future__ import annotations
 from lib.errors import ToolError
 from lib.output import verification_table
 from lib.results import Check, HostRun
-from lib.steps.preflight import sudo_refusal
+from lib.sudo import sudo_refusal
 from lib.transport import CommandError, ConnectError
 
 

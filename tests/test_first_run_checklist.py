@@ -10,7 +10,7 @@ import re
 
 import yaml
 
-from lib.steps.preflight import SUDOERS_DROPIN
+from lib.sudo import SUDOERS_DROPIN
 from tests.harness.sysfs import HostShape
 from tests.inventory_helpers import HOSTS, REPO
 from tests.test_cli_runbooks import Cli, cli  # noqa: F401  (the fixture)

@@ -20,7 +20,7 @@ from lib.remote import Endpoint, Session
 from lib.shell import Secret
 from lib.steps.base import Target, Upload
 from lib.steps.k3s import plan_node
-from lib.steps.preflight import SUDOERS_DROPIN
+from lib.sudo import SUDOERS_DROPIN
 from tests.harness.inventory import write_host
 from tests.harness.k3s_standin import standin_artifacts
 from tests.harness.sshd import SshdFarm, SshHost

@@ -16,6 +16,7 @@ from lib.inventory.model import Host
 from lib.results import Check
 from lib.shell import Command, seq, sh
 from lib.steps.base import Plan, Step, Target
+from lib.sudo import sudo_advice
 from lib.transport import CmdResult
 
 # tool -> the Debian package that provides it: what the hypervisor's steps run.
@@ -29,9 +30,6 @@ HYPERVISOR_TOOLS = {
 }
 # Run on the operator's machine.
 LOCAL_TOOLS = {"xorriso": "xorriso"}  # cloudinit.build: reproducible seed ISOs
-SUDOERS_DROPIN = "/etc/sudoers.d/numa-k3s"
-
-
 @dataclass(frozen=True)
 class AccessFacts:
     user: str
@@ -86,22 +84,7 @@ def sudo_check(host: str, facts: AccessFacts) -> Check:
     if facts.sudo in ("root", "yes"):
         return Check("root or passwordless sudo", "yes", "root" if facts.sudo == "root" else f"sudo -n as {facts.user}",
                      True)
-    line = f"{facts.user} ALL=(ALL) NOPASSWD:ALL"
-    if facts.sudo == "missing":
-        found = (f"user {facts.user} on {host} is not root and sudo is not installed: apt-get install sudo, then add "
-                 f"'{line}' to {SUDOERS_DROPIN} (visudo -f {SUDOERS_DROPIN})")
-    else:
-        found = (f"user {facts.user} on {host} cannot run sudo without a password: add '{line}' to "
-                 f"{SUDOERS_DROPIN} (visudo -f {SUDOERS_DROPIN}, mode 0440)")
-    return Check("root or passwordless sudo", "yes", found, False)
-
-
-def sudo_refusal(host: str, user: str, exc: Exception) -> str | None:
-    """The preflight text for a command sudo refused for want of a password (None: another error)."""
-    result = getattr(exc, "result", None)
-    if user == "root" or result is None or "sudo: a password is required" not in result.stderr:
-        return None
-    return f"preflight.access: {sudo_check(host, AccessFacts(user, 'password', {})).found}"
+    return Check("root or passwordless sudo", "yes", sudo_advice(host, facts.user, facts.sudo), False)
 
 
 def tool_checks(where: str, wanted: dict[str, str], found: dict[str, str]) -> list[Check]:
