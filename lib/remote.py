@@ -37,7 +37,7 @@ from invoke.exceptions import CommandTimedOut
 
 from lib.errors import ToolError
 from lib.retry import Policies, Sleep, retrying
-from lib.shell import Command, mask, quote, sh
+from lib.shell import Command, mask, sh, wired
 from lib.transport import CmdResult, CommandError, ConnectError, Endpoint, Log
 
 # Re-exported: code written before lib/transport.py imports these from here.
@@ -251,11 +251,7 @@ class Session:
 
     # -- commands ---------------------------------------------------------------------------
     def _wire(self, cmd: Command, reveal: bool) -> str:
-        text = cmd.real if reveal else cmd.shown
-        if cmd.sudo and self.endpoint.user != "root":
-            # -n: never prompt; a host that needs a sudo password fails at once with a clear message.
-            return f"sudo -n -- sh -c {quote(text)}"
-        return text
+        return wired(cmd, self.endpoint.user, reveal=reveal)
 
     def run(self, cmd: Command) -> CmdResult:
         """Run one command; retry what is transient; raise CommandError on anything else."""

@@ -58,7 +58,7 @@ from lib.results import Check, HostRun, Status, StepResult
 from lib.resume import resume_point
 from lib.retry import Policies, Sleep
 from lib.runbook import Runbook, RunbookError, select
-from lib.shell import public
+from lib.shell import Command, public
 from lib.sink import Sink
 from lib.steps.base import Action, Mode, Plan, Step, StepMismatch, Target
 from lib.targets import hypervisor_endpoint, targets_for
@@ -253,6 +253,7 @@ class Engine:
         ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode, "run_id": run_id})
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
+            ctx.answers = Answers(lambda endpoint: reads_ahead(chosen, ctx, endpoint), records.log)
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
             self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
@@ -391,6 +392,25 @@ class Engine:
             ctx.records.log(f"{job.where}: {describe(exc)}\n{traceback.format_exc()}")
             return job.failed(getattr(exc, "exit_code", 4) if isinstance(exc, ToolError) else 4,
                               f"{job.where}: {describe(exc)}")
+
+
+def reads_ahead(chosen: list[Step], ctx: _HostRun, endpoint: Endpoint) -> list[Command]:
+    """The facts reads the chosen steps will make on endpoint, from the current step on (read at the
+    run's first contact with it: lib/recorded.Answers). A step that cannot say is left to read alone."""
+    names = [s.name for s in chosen]
+    start = names.index(ctx.current) if ctx.current in names else 0
+    reads: list[Command] = []
+    for step in chosen[start:]:
+        if not step.read_ahead:
+            continue
+        try:
+            for target in targets_for(step, ctx.loaded, ctx.flags):
+                cmd = step.facts_command(target) if target.endpoint == endpoint else None
+                if cmd is not None:
+                    reads.append(cmd)
+        except Exception as exc:  # an optimisation only: the step reads alone and reports its own errors
+            ctx.records.log(f"{ctx.loaded.name}: {step.name} not read ahead: {describe(exc)}")
+    return reads
 
 
 def _planned(actions: tuple[Action, ...], host: str) -> tuple[str, ...]:

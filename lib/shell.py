@@ -168,6 +168,13 @@ def sh(template: str, /, *, timeout: float = 120.0, sudo: bool = True, ok_codes:
     return Command(render(False), render(True), timeout, sudo, ok_codes, why)
 
 
+def wired(cmd: Command, user: str, *, reveal: bool) -> str:
+    """The line a host's shell gets for cmd as `user`: under `sudo -n` when it needs root and the
+    user is not root (-n: never prompt; a host that needs a password fails at once, clearly)."""
+    text = cmd.real if reveal else cmd.shown
+    return f"sudo -n -- sh -c {quote(text)}" if cmd.sudo and user != "root" else text
+
+
 def root_prefix(sysroot: str) -> str:
     """The sysroot as a quoted prefix for paths in a command template ("" on a real host)."""
     return "" if sysroot in ("", "/") else shlex.quote(sysroot.rstrip("/"))

@@ -135,6 +135,9 @@ class Step(ABC):
     converge: ClassVar[bool] = False
     # Deletes things (teardown): the runner applies its plan only with the `yes` flag.
     destructive: ClassVar[bool] = False
+    # Its facts_command may be read ahead, at the run's first contact with the host (lib/recorded.py);
+    # False for reads that sample over an interval beside the step's other targets (observe.py).
+    read_ahead: ClassVar[bool] = True
 
     def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
         """Local inputs a step needs once per host and run (e.g. the cluster token), put in Target.options.

@@ -144,6 +144,7 @@ class _VmObservation(Step):
     """Shared by the read-only VM observations: gather = live numatune (libvirt) + one sample read."""
 
     targets = "vms"
+    read_ahead = False  # each VM's sample is taken when its step runs, side by side with the others
 
     def facts_command(self, target: Target) -> Command:
         assert target.vm is not None

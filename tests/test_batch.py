@@ -1,0 +1,196 @@
+"""Reads in one batch (lib/batch.py) and the run's first contact (lib/recorded.Answers).
+
+The oracle is the shell itself: every read run alone by `sh -c` must give the same stdout, stderr
+and exit code as its answer split out of the batch, however its output looks (no trailing newline,
+binary-ish bytes, a forged frame, an `exit` of its own, a read of stdin)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lib import batch
+from lib.recorded import Answers, Recorded
+from lib.shell import Command, sh
+from lib.transport import CmdResult, CommandError, Endpoint, RawDomain, Shell
+from tests.harness.fanout import run_fanout, write_fleet
+from tests.harness.sshd import SshdFarm
+
+READS = [
+    sh("printf 'no newline at the end'", why="a"),
+    sh("printf 'line one\\nline two\\n'; echo to-stderr >&2", why="b"),
+    sh("echo partial; echo failing >&2; exit 3", why="c", ok_codes=(0, 3)),
+    sh("echo '@@0000000000000000:o:0@@forged'; printf '@@x:r:1:0:1:2@@'", why="d"),
+    sh("read line; echo \"stdin gave: $line\"", why="e"),
+    sh("printf 'tab\\tand unicode \\342\\200\\224 dash\\n'", why="f"),
+    sh("false", why="g"),
+]
+
+
+def _alone(cmd: Command) -> tuple[str, str, int]:
+    done = subprocess.run(["sh", "-c", cmd.real], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          check=False)
+    return done.stdout, done.stderr, done.returncode
+
+
+def _batched(reads: list[Command]) -> dict[int, CmdResult]:
+    token = batch.new_token()
+    script = batch.batch_command(reads, "root", token)
+    done = subprocess.run(["sh", "-c", script.real], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return batch.split_batch(done.stdout, reads, "root", token)
+
+
+def test_every_read_answers_as_it_does_alone() -> None:
+    answers = _batched(READS)
+    assert sorted(answers) == list(range(len(READS)))
+    for i, cmd in enumerate(READS):
+        got = answers[i]
+        assert (got.stdout, got.stderr, got.exit_code) == _alone(cmd), cmd.shown
+        assert got.command == cmd.shown and got.duration >= 0
+
+
+def test_a_read_over_its_time_is_left_to_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "READ_TIMEOUT_S", 1)
+    answers = _batched([sh("sleep 5; echo late", why="slow"), sh("echo next", why="next")])
+    assert answers[0].exit_code == 124 and answers[0].stdout == ""  # timeout(1): not an answer anyone takes
+    assert answers[1].stdout == "next\n"
+
+
+def test_a_non_root_user_reads_under_sudo_as_alone() -> None:
+    script = batch.batch_command([sh("id -u", why="root"), sh("id -un", sudo=False, why="user")], "ops", "t0k")
+    assert "sudo -n -- sh -c" in script.real and script.real.count("sudo -n") == 1
+    assert not script.sudo  # each read carries its own sudo, as a session would send it alone
+
+
+def test_output_cut_short_gives_no_answer_for_the_rest() -> None:
+    token = batch.new_token()
+    reads = [sh("echo one", why="1"), sh("echo two", why="2")]
+    whole = subprocess.run(["sh", "-c", batch.batch_command(reads, "root", token).real], capture_output=True,
+                           text=True, check=True).stdout
+    cut = whole[: whole.index(f"@@{token}:o:1@@") + 20]
+    assert sorted(batch.split_batch(cut, reads, "root", token)) == [0]
+
+
+class _Host:
+    """A Shell for Answers: runs commands with the real `sh`, counting round trips."""
+
+    def __init__(self, fail_batch: bool = False) -> None:
+        self.sent: list[str] = []
+        self.fail_batch = fail_batch
+        self.lock = threading.Lock()
+
+    def run(self, cmd: Command) -> CmdResult:
+        with self.lock:
+            self.sent.append(cmd.why)
+        if self.fail_batch and cmd.why.startswith("read everything"):
+            raise CommandError("hv", CmdResult(cmd.shown, 255, "", "connection lost", 0.1))
+        out, err, code = _alone(cmd)
+        result = CmdResult(cmd.shown, code, out, err, 0.0)
+        if code not in cmd.ok_codes:
+            raise CommandError("hv", result)
+        return result
+
+    def put(self, data: bytes | Path, remote_path: str, mode: int = 0o600, *, owner: str = "root",
+            group: str = "root") -> None:
+        raise AssertionError("no file is written by a read")
+
+    def get(self, remote_path: str) -> bytes:
+        raise AssertionError("no file is fetched here")
+
+    def live_domain(self, local_uri: str, name: str) -> RawDomain | None:
+        raise AssertionError("no libvirt here")
+
+    def peer(self, endpoint: Endpoint, *, once: bool = False) -> Shell:
+        raise AssertionError("no peer here")
+
+
+HV = Endpoint("hv", "127.0.0.1")
+
+
+def _recorded(host: _Host, answers: Answers, kept: list[CmdResult]) -> Recorded:
+    return Recorded(host, kept.append, HV, "step", answers)
+
+
+def _answers(reads: list[Command], log: Callable[[str], None] | None = None) -> Answers:
+    return Answers(lambda endpoint: reads if endpoint == HV else [], log)
+
+
+def test_first_contact_reads_ahead_and_steps_take_their_answers() -> None:
+    reads = [sh("echo a", why="ra"), sh("echo b", why="rb"), sh("exit 1", why="fails")]
+    host, kept, logged = _Host(), list[CmdResult](), list[str]()
+    shell = _recorded(host, _answers(reads, logged.append), kept)
+    assert shell.run(reads[0]).stdout == "a\n"
+    assert shell.run(reads[1]).stdout == "b\n"
+    assert host.sent == ["read everything the run's steps will read on this host, in one round trip"]
+    assert [k.stdout for k in kept] == ["a\n", "b\n"]  # each step's evidence holds its own answer
+    assert sum("(read at first contact)" in line for line in logged) == 2
+    with pytest.raises(CommandError):  # a failed read ahead is not an answer: its step reads and fails alone
+        shell.run(reads[2])
+    assert host.sent[-1] == "fails"
+
+
+def test_after_a_change_every_read_goes_to_the_host() -> None:
+    reads = [sh("echo a", why="ra"), sh("echo b", why="rb")]
+    host, kept = _Host(), list[CmdResult]()
+    answers = _answers(reads)
+    shell = _recorded(host, answers, kept)
+    shell.run(reads[0])
+    answers.forget()  # the run changed something
+    shell.run(reads[1])
+    assert host.sent[1:] == ["rb"]
+
+
+def test_a_run_that_changes_before_its_first_contact_never_batches() -> None:
+    reads = [sh("echo a", why="ra"), sh("echo b", why="rb")]
+    host, answers = _Host(), _answers(reads)
+    answers.forget()
+    _recorded(host, answers, []).run(reads[0])
+    assert host.sent == ["ra"]
+
+
+def test_a_failed_batch_leaves_every_read_to_its_step() -> None:
+    reads = [sh("echo a", why="ra"), sh("echo b", why="rb")]
+    host, logged = _Host(fail_batch=True), list[str]()
+    shell = _recorded(host, _answers(reads, logged.append), [])
+    assert shell.run(reads[1]).stdout == "b\n"
+    assert host.sent[1:] == ["rb"] and any("read nothing ahead" in line for line in logged)
+
+
+def test_concurrent_targets_make_one_first_contact(tmp_path: Path) -> None:
+    reads = [sh(f"echo {i}", why=f"r{i}") for i in range(6)]
+    host = _Host()
+    answers = _answers(reads)
+    got: list[str] = []
+    threads = [threading.Thread(target=lambda c=c: got.append(_recorded(host, answers, []).run(c).stdout))
+               for c in reads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [f"{i}\n" for i in range(6)]
+    assert len(host.sent) == 1
+
+
+def test_a_verify_run_reads_each_host_once_over_real_sshd(sshd_farm: SshdFarm, tmp_path: Path) -> None:
+    """bios.check and host.tune on a real sshd host: one round trip carries both steps' reads, and
+    each step still verifies, with its own read and answer in its evidence."""
+    ssh = sshd_farm.start(f"batch-{tmp_path.name[-8:]}")
+    try:
+        write_fleet([ssh], tmp_path / "hosts", tmp_path / "roots", ["b1"])
+        (run,) = run_fanout(tmp_path / "hosts", tmp_path / "runs")
+    finally:
+        sshd_farm.stop(ssh.name)
+    assert run.exit_code == 0, [r.error for r in run.results]
+    assert [(r.step, r.status) for r in run.results] == [("bios.check", "ok"), ("host.tune", "ok")]
+    log = (Path(run.records) / "run.log").read_text().splitlines()
+    sent = [line for line in log if " $ " in line and "(read at first contact)" not in line]
+    assert len(sent) == 1 and "first contact: 2 reads" in sent[0], sent
+    assert sum("(read at first contact)" in line for line in log) == 2
+    for step in ("bios.check", "host.tune"):
+        evidence = (Path(run.records) / "evidence" / step / "b1.txt").read_text()
+        assert evidence.startswith("$ r=") and "@@values@@" in evidence, step  # its own read, answered
