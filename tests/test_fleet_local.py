@@ -305,8 +305,10 @@ def test_the_docs_canary_rollout_runs_as_written(fleet: FleetWorld, tmp_path: Pa
                                 text=True, env=env, cwd=tmp_path)
     try:
         # "The first wave is one host (the canary). The rollout pauses before each later wave."
-        alive = lambda: rollout_.poll() is None  # noqa: E731
-        state = _wait_for(runs, lambda s: s.state == "paused" and s.wave == 2, alive)
+        def alive() -> bool:
+            return rollout_.poll() is None
+
+        state = _wait_for(runs, paused_before(2), alive)
         assert {h for h, e in state.hosts.items() if e.outcome == "verified"} == {canary}
         assert {e.outcome for h, e in state.hosts.items() if h != canary} == {"pending"}
         status, look, approve_ = (run(words, canary) for words in each_pause)
@@ -318,7 +320,7 @@ def test_the_docs_canary_rollout_runs_as_written(fleet: FleetWorld, tmp_path: Pa
         assert approve_.returncode == 0 and "wave 2 approved" in approve_.stdout, approve_.stderr
         # "approve again for 50%, then the rest"
         for wave in (3, 4):
-            state = _wait_for(runs, lambda s, w=wave: s.state == "paused" and s.wave == w, alive)
+            state = _wait_for(runs, paused_before(wave), alive)
             verified = {h for h, e in state.hosts.items() if e.outcome == "verified"}
             assert verified == {h for w in state.waves[:wave - 1] for h in w}
             again = run(each_pause[-1])
@@ -337,6 +339,10 @@ def test_the_docs_canary_rollout_runs_as_written(fleet: FleetWorld, tmp_path: Pa
     spans = [each_host_verified_once(runs, name, final) for name in fleet.names]
     # --per-site=5: these hosts name no site, so they are one site: at most 5 ran at once.
     assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) <= 5
+
+
+def paused_before(wave: int) -> Callable[[FleetState], bool]:
+    return lambda s: s.state == "paused" and s.wave == wave
 
 
 def raise_k3s_version(hosts_dir: Path) -> None:
