@@ -54,6 +54,14 @@ class _FastRemote(Remote):  # type: ignore[misc]
     # default); with one batched command per step that wait is most of a fast step's cost.
     input_sleep = 0.001
 
+    def wait(self) -> None:
+        """invoke's wait, woken by the exit status instead of polling it every input_sleep: 100 hosts
+        in flight polled a thousand times a second each, for nothing. paramiko sets status_event when
+        the exit status arrives and when the channel closes (a kill on timeout, the watchdog); an IO
+        thread that died is still noticed within 50 ms."""
+        while not self.process_is_finished and not self.has_dead_threads:
+            self.channel.status_event.wait(0.05)
+
 
 class _Transient(Exception):
     """Internal: a failure the transient policy may retry."""
@@ -179,7 +187,7 @@ class Session:
         known = Path(ep.known_hosts or "~/.ssh/known_hosts").expanduser()
         if ep.known_hosts:
             if known.exists():
-                conn.client.load_host_keys(str(known))
+                _load_known_hosts(conn.client, known)
         else:
             conn.client.load_system_host_keys()
         if ep.accept_new:
@@ -448,6 +456,28 @@ def _move_into_place(tmp: str, dest: str, mode: int, owner: str, group: str) -> 
 
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+# known_hosts parsed once per file version, not once per connection: paramiko's load checks each
+# line against every line before it, so a fleet's shared file of N hosts cost N^2 per connection and
+# N^3 per rollout (100 hosts: 2.7 s of CPU in a 10 s rollout). Keyed by the file's identity, size and
+# mtime: a key that accept-new appends, or an edit, is read again.
+_PARSED_KNOWN_HOSTS: dict[str, tuple[tuple[int, int, int], list[Any]]] = {}
+
+
+def _load_known_hosts(client: paramiko.SSHClient, path: Path) -> None:
+    """client.load_host_keys(path), with the parsed entries shared by every connection of the process."""
+    st = path.stat()
+    version = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _KNOWN_HOSTS_LOCK:
+        cached = _PARSED_KNOWN_HOSTS.get(str(path))
+        if cached is None or cached[0] != version:
+            # HostKeys has no public bulk setter (add() checks each key against all: the N^2 again).
+            cached = (version, list(paramiko.HostKeys(str(path))._entries))  # type: ignore[attr-defined]
+            _PARSED_KNOWN_HOSTS[str(path)] = cached
+    # The entries are only read (our policies never add to a client's keys); each client gets its own list.
+    client.get_host_keys()._entries = list(cached[1])  # type: ignore[attr-defined]
+    client._host_keys_filename = str(path)  # type: ignore[attr-defined]  # as load_host_keys leaves it
 
 
 class _AcceptNew(paramiko.MissingHostKeyPolicy):

@@ -68,10 +68,13 @@ def mask(text: str) -> str:
     the secret, and stays; everywhere else (a value, an echoed config file, an error) it is ***."""
     with _known_lock:
         values = sorted(_known, key=len, reverse=True)
-        words = list(_public)
     for value in values:
         if value in text:
-            text = _masked(text, value, [w for w in words if value in w and w != value])
+            # The public names are looked at only when a secret is there: most texts hold none, and
+            # copying every host's names and paths for each string made a fleet record's save O(N^2).
+            with _known_lock:
+                names = [w for w in _public if value in w and w != value]
+            text = _masked(text, value, names)
     return text
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -186,9 +188,12 @@ def test_pause_waits_for_the_operators_approval_between_waves(fleet: FleetWorld,
     assert {e.outcome for e in final.hosts.values()} == {"verified"}
 
 
-def _wait_for(runs: Path, ready: Callable[[FleetState], bool]) -> FleetState:
+def _wait_for(runs: Path, ready: Callable[[FleetState], bool],
+              running: Callable[[], bool] = lambda: True) -> FleetState:
     deadline = time.monotonic() + 120  # a safety net for a hung rollout, not a measurement
     while time.monotonic() < deadline:
+        if not running():
+            raise AssertionError(f"the rollout ended before the state asked for: {load(runs)}")
         try:
             state = load(runs)
         except FleetRecordError:  # the record is not written yet
@@ -244,3 +249,116 @@ def test_a_soak_re_verifies_the_finished_waves_before_the_next(fleet: FleetWorld
     # Before wave 2, hv00 was verified again (read-only); before wave 3, hv00 and hv01; hv02 never.
     assert modes == {"hv00": ["apply", "verify", "verify"], "hv01": ["apply", "verify"], "hv02": ["apply"]}
     assert "soak: 2 hosts of the finished waves still verify" in lines
+
+
+# -- docs/fleets.md's canary rollout, run as written ---------------------------------------------------
+
+FLEETS_DOC = REPO / "docs" / "fleets.md"
+
+
+def doc_block(marker: str) -> list[list[str]]:
+    """The commands of the ```sh block after `<!-- canary-rollout: MARKER` in docs/fleets.md, comments dropped."""
+    text = FLEETS_DOC.read_text()
+    at = text.index(f"<!-- canary-rollout: {marker}")
+    body = text.index("```sh\n", at) + len("```sh\n")
+    lines = text[body:text.index("```", body)].splitlines()
+    return [words for line in lines if (words := shlex.split(line, comments=True))]
+
+
+def as_harness_runs(words: list[str], canary: str) -> list[str]:
+    """A doc command as the harness runs it: the three substitutions docs/fleets.md names, nothing else."""
+    assert words[0] == "invoke", words
+    args = [w.replace("<canary>", canary) for w in words[1:]]
+    if args[0] == "fleet.provision":
+        args.append("--runbook=hypervisor")  # sshd hosts over sysroots: no VMs, no k3s
+    if args[0] == "verify.k3s":
+        args[0] = "verify.bios"
+    return [sys.executable, "-m", "invoke", "--search-root", str(REPO), *args]
+
+
+def test_the_docs_canary_rollout_runs_as_written(fleet: FleetWorld, tmp_path: Path) -> None:
+    start, each_pause = doc_block("start"), doc_block("each pause")
+    assert [w[1] for w in start] == ["inventory.check", "fleet.plan", "fleet.provision"]
+    assert [w[1] for w in each_pause] == ["fleet.status", "verify.k3s", "fleet.approve"]
+    hosts_dir = fleet.copy(tmp_path)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "INVOKE_HOSTS_DIR": str(hosts_dir), "INVOKE_RUNS_DIR": str(runs)}
+    raise_k3s_version(hosts_dir)
+
+    def run(words: list[str], canary: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(as_harness_runs(words, canary), check=False, capture_output=True, text=True, env=env,
+                              timeout=300, cwd=tmp_path)
+
+    check = run(start[0])
+    assert check.returncode == 0, check.stdout + check.stderr
+    plan = run(start[1])
+    assert plan.returncode == 0, plan.stderr
+    # Waves of 1 (the canary), 10%, 50% and the rest of 20 hosts; a pause between them; 5 per site.
+    sizes = [int(m[1]) for m in re.finditer(r"^  wave \d+.*? (\d+) hosts ", plan.stdout, re.MULTILINE)]
+    assert sizes == [1, 2, 10, 7] and "wave 1 (canary)" in plan.stdout
+    assert "at most 5 hosts of one site at once" in plan.stdout and "pause for fleet.approve" in plan.stdout
+    canary = plan.stdout.splitlines()[2].strip()
+    assert canary in fleet.names
+    assert not runs.exists() or not any(runs.iterdir())  # the plan contacts nobody
+
+    rollout_ = subprocess.Popen(as_harness_runs(start[2], canary), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=tmp_path)
+    try:
+        # "The first wave is one host (the canary). The rollout pauses before each later wave."
+        def alive() -> bool:
+            return rollout_.poll() is None
+
+        state = _wait_for(runs, paused_before(2), alive)
+        assert {h for h, e in state.hosts.items() if e.outcome == "verified"} == {canary}
+        assert {e.outcome for h, e in state.hosts.items() if h != canary} == {"pending"}
+        status, look, approve_ = (run(words, canary) for words in each_pause)
+        assert status.returncode == 0, status.stderr
+        row = next(line.split() for line in status.stdout.splitlines() if line.startswith(canary))
+        shown = str(Path(state.hosts[canary].records).relative_to(runs.resolve()))
+        assert row[3] == "verified" and shown.startswith(row[-1].rstrip("…"))
+        assert look.returncode == 0, look.stdout + look.stderr
+        assert approve_.returncode == 0 and "wave 2 approved" in approve_.stdout, approve_.stderr
+        # "approve again for 50%, then the rest"
+        for wave in (3, 4):
+            state = _wait_for(runs, paused_before(wave), alive)
+            verified = {h for h, e in state.hosts.items() if e.outcome == "verified"}
+            assert verified == {h for w in state.waves[:wave - 1] for h in w}
+            again = run(each_pause[-1])
+            assert again.returncode == 0 and f"wave {wave} approved" in again.stdout, again.stderr
+        out, err = rollout_.communicate(timeout=300)
+    finally:
+        if rollout_.poll() is None:
+            rollout_.kill()
+            rollout_.wait()
+    # "When the last wave has verified, fleet.provision prints one row per host and exits 0."
+    assert rollout_.returncode == 0, out + err
+    assert out.splitlines()[-1].startswith("fleet: verified=20 failed=0")
+    final = load(runs)
+    assert final.state == "done" and final.approved == [2, 3, 4]
+    assert [len(w) for w in final.waves] == [1, 2, 10, 7]
+    spans = [each_host_verified_once(runs, name, final) for name in fleet.names]
+    # --per-site=5: these hosts name no site, so they are one site: at most 5 ran at once.
+    assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) <= 5
+
+
+def paused_before(wave: int) -> Callable[[FleetState], bool]:
+    return lambda s: s.state == "paused" and s.wave == wave
+
+
+def raise_k3s_version(hosts_dir: Path) -> None:
+    """The doc's edit: raise k3s.version in the hosts that should move (here every host's own file)."""
+    for path in hosts_dir.glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        assert data["k3s"]["version"] == "v1.31.4+k3s1"
+        data["k3s"]["version"] = "v1.31.5+k3s1"
+        path.write_text(yaml.safe_dump(data))
+
+
+def each_host_verified_once(runs: Path, name: str, final: FleetState) -> tuple[float, float]:
+    """The host's one run that changes it (the canary also has the doc's read-only look) verified every
+    step and is the one its fleet entry points at; its span."""
+    (run_dir,) = [r for r in host_runs(runs, name) if json.loads((r / "run.json").read_text())["mode"] == "apply"]
+    assert final.hosts[name].records == str(run_dir.resolve())
+    steps = journal(run_dir)
+    assert [(e["step"], e["status"]) for e in steps] == [(s, "ok") for s in STEPS]
+    return min(e["started"] for e in steps), max(e["ended"] for e in steps)

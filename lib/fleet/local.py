@@ -70,10 +70,11 @@ class LocalRollout:
         with ThreadPoolExecutor(max_workers=max(1, min(self.slots, len(todo)))) as pool:
             while pending or running:
                 if not self.drain.is_set():
-                    for host in startable(pending, running.values(), self.plan.sites, per_site=self.plan.per_site,
-                                          slots=self.slots):
+                    starting = startable(pending, running.values(), self.plan.sites, per_site=self.plan.per_site,
+                                         slots=self.slots)
+                    self.record.hosts_started(starting)  # one rewrite of the record for all of them
+                    for host in starting:
                         pending.remove(host)
-                        self.record.host_started(host)
                         running[pool.submit(self._host, host)] = host
                 elif not running:
                     break
@@ -87,6 +88,8 @@ class LocalRollout:
                         self.why = f"the failure budget was exceeded in wave {number}: {reason}"
                         self.say(f"STOPPING: {self.why}; no host starts any more")
                         self.drain.set()
+                if finished:  # the hosts that ended together, in one rewrite
+                    self.record.save()
 
     def _host(self, host: str) -> HostOutcome:
         entry_records = self.record.state.hosts[host].records
@@ -95,7 +98,7 @@ class LocalRollout:
                                why=lambda: self.why or "the rollout stopped")
 
     def _done(self, host: str, done: HostOutcome) -> None:
-        self.record.host_done(done)
+        self.record.host_done(done, save=False)  # saved once per batch of hosts that ended together
         where = f"at {done.failed_step} (exit {done.exit_code}): {done.error}" if not done.verified else ""
         self.say(f"  {host} ({site_of(self.plan.sites, host)}) {done.outcome} {where}".rstrip())
 
