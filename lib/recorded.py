@@ -67,7 +67,7 @@ class Answers:
             contact = self._contacts.setdefault(endpoint, threading.Lock())
         with contact:  # every other target's reads wait until the first contact has answered
             if first:
-                self._first_contact(endpoint, shell)
+                self._first_contact(endpoint, shell, cmd)
         with self._lock:
             found = None if self._changed else self._read.get((endpoint, cmd.real))
         if found is not None and self._log:
@@ -75,8 +75,10 @@ class Answers:
                       f"(read at first contact)")
         return found
 
-    def _first_contact(self, endpoint: Endpoint, shell: Shell) -> None:
-        reads = list({c.real: c for c in self._upcoming(endpoint)}.values())
+    def _first_contact(self, endpoint: Endpoint, shell: Shell, asked: Command) -> None:
+        # The read that makes the contact goes too: before any change, every command sent is a read
+        # (the engine forgets before it applies anything), such as vms.start's probe of a guest.
+        reads = list({c.real: c for c in (asked, *self._upcoming(endpoint))}.values())
         if len(reads) < 2:
             return
         token = new_token()

@@ -134,6 +134,17 @@ def test_first_contact_reads_ahead_and_steps_take_their_answers() -> None:
     assert host.sent[-1] == "fails"
 
 
+def test_the_read_that_makes_the_contact_joins_the_batch() -> None:
+    """vms.start's probe of a guest is no step's facts read, yet it opens the guest: it goes in the
+    same round trip as the k3s steps' reads there, and a later identical read takes its answer."""
+    probe, later = sh("echo probe", why="probe"), sh("echo k3s", why="k3s")
+    host = _Host()
+    shell = _recorded(host, _answers([later]), [])
+    assert shell.run(probe).stdout == "probe\n"
+    assert shell.run(later).stdout == "k3s\n" and shell.run(probe).stdout == "probe\n"
+    assert len(host.sent) == 1
+
+
 def test_after_a_change_every_read_goes_to_the_host() -> None:
     reads = [sh("echo a", why="ra"), sh("echo b", why="rb")]
     host, kept = _Host(), list[CmdResult]()
