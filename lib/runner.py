@@ -52,6 +52,7 @@ from lib.inventory.load import LoadedHost
 from lib.output import Output
 from lib.planview import describe as describe_action
 from lib.pool import ssh_pool
+from lib.readahead import ReadAhead
 from lib.recorded import Answers, Recorded
 from lib.records import RunMeta, RunRecords, last_run, new_run_id, read_journal
 from lib.results import Check, HostRun, Status, StepResult
@@ -253,7 +254,7 @@ class Engine:
         ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode, "run_id": run_id})
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
-            ctx.answers = Answers(lambda endpoint: reads_ahead(chosen, ctx, endpoint), records.log)
+            ctx.answers = Answers(ReadAhead(lambda: reads_ahead(chosen, ctx), records.log))
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
             self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
@@ -394,20 +395,20 @@ class Engine:
                               f"{job.where}: {describe(exc)}")
 
 
-def reads_ahead(chosen: list[Step], ctx: _HostRun, endpoint: Endpoint) -> list[Command]:
-    """The facts reads the chosen steps will make on endpoint, from the current step on (read at the
-    run's first contact with it: lib/recorded.Answers). A step that cannot say is left to read alone."""
+def reads_ahead(chosen: list[Step], ctx: _HostRun) -> dict[Endpoint, list[Command]]:
+    """Per endpoint, the facts reads the chosen steps will make there from the current step on (read
+    at the run's first contact: lib/readahead.py). A step that cannot say is left to read alone."""
     names = [s.name for s in chosen]
     start = names.index(ctx.current) if ctx.current in names else 0
-    reads: list[Command] = []
+    reads: dict[Endpoint, list[Command]] = {}
     for step in chosen[start:]:
         if not step.read_ahead:
             continue
         try:
             for target in targets_for(step, ctx.loaded, ctx.flags):
-                cmd = step.facts_command(target) if target.endpoint == endpoint else None
+                cmd = step.facts_command(target)
                 if cmd is not None:
-                    reads.append(cmd)
+                    reads.setdefault(target.endpoint, []).append(cmd)
         except Exception as exc:  # an optimisation only: the step reads alone and reports its own errors
             ctx.records.log(f"{ctx.loaded.name}: {step.name} not read ahead: {describe(exc)}")
     return reads

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from lib import batch
+from lib.readahead import ReadAhead
 from lib.recorded import Answers, Recorded
 from lib.shell import Command, sh
-from lib.transport import CmdResult, CommandError, Endpoint, RawDomain, Shell
+from lib.transport import CmdResult, CommandError, ConnectError, Endpoint, RawDomain, Shell
 from tests.harness.fanout import run_fanout, write_fleet
 from tests.harness.sshd import SshdFarm
 
@@ -83,6 +84,8 @@ class _Host:
         self.sent: list[str] = []
         self.fail_batch = fail_batch
         self.lock = threading.Lock()
+        self.peers: dict[Endpoint, _Host | None] = {}  # None: that endpoint does not answer
+        self.once: list[bool] = []
 
     def run(self, cmd: Command) -> CmdResult:
         with self.lock:
@@ -106,7 +109,11 @@ class _Host:
         raise AssertionError("no libvirt here")
 
     def peer(self, endpoint: Endpoint, *, once: bool = False) -> Shell:
-        raise AssertionError("no peer here")
+        self.once.append(once)
+        found = self.peers[endpoint]
+        if found is None:
+            raise ConnectError(endpoint, "connection refused", 1)
+        return found
 
 
 HV = Endpoint("hv", "127.0.0.1")
@@ -117,7 +124,7 @@ def _recorded(host: _Host, answers: Answers, kept: list[CmdResult]) -> Recorded:
 
 
 def _answers(reads: list[Command], log: Callable[[str], None] | None = None) -> Answers:
-    return Answers(lambda endpoint: reads if endpoint == HV else [], log)
+    return Answers(ReadAhead(lambda: {HV: reads}, log))
 
 
 def test_first_contact_reads_ahead_and_steps_take_their_answers() -> None:
@@ -128,7 +135,7 @@ def test_first_contact_reads_ahead_and_steps_take_their_answers() -> None:
     assert shell.run(reads[1]).stdout == "b\n"
     assert host.sent == ["read everything the run's steps will read on this host, in one round trip"]
     assert [k.stdout for k in kept] == ["a\n", "b\n"]  # each step's evidence holds its own answer
-    assert sum("(read at first contact)" in line for line in logged) == 2
+    assert sum("(read earlier in this run" in line for line in logged) == 2
     with pytest.raises(CommandError):  # a failed read ahead is not an answer: its step reads and fails alone
         shell.run(reads[2])
     assert host.sent[-1] == "fails"
@@ -172,6 +179,41 @@ def test_a_failed_batch_leaves_every_read_to_its_step() -> None:
     assert host.sent[1:] == ["rb"] and any("read nothing ahead" in line for line in logged)
 
 
+def test_a_read_asked_again_before_any_change_is_not_sent_again() -> None:
+    """vms.restart.agents, vms.restart.server and k3s.agents all ask the server for its node list."""
+    nodes = sh("echo nodes", why="nodes")
+    host, answers = _Host(), _answers([])
+    for step in ("vms.restart.agents", "vms.restart.server", "k3s.agents"):
+        assert Recorded(host, list[CmdResult]().append, HV, step, answers).run(nodes).stdout == "nodes\n"
+    assert host.sent == ["nodes"]
+    answers.forget()
+    _recorded(host, answers, []).run(nodes)
+    assert host.sent == ["nodes", "nodes"]
+
+
+GUEST = Endpoint("guest", "10.0.0.2", via=HV)
+DOWN = Endpoint("down", "10.0.0.3", via=HV)
+
+
+def test_the_first_contact_opens_every_other_endpoint_at_once() -> None:
+    """The hypervisor's first read starts the guests' contacts beside it, each with one connect
+    attempt; a guest that does not answer is left to the step that needs it."""
+    hv, guest = _Host(), _Host()
+    hv.peers = {GUEST: guest, DOWN: None}
+    g1, g2, d1 = sh("echo g1", why="g1"), sh("echo g2", why="g2"), sh("echo d1", why="d1")
+    logged: list[str] = []
+    answers = Answers(ReadAhead(lambda: {HV: [sh("echo hv", why="hv")], GUEST: [g1, g2], DOWN: [d1]},
+                                logged.append))
+    assert _recorded(hv, answers, []).run(sh("echo hv", why="hv")).stdout == "hv\n"
+    on_guest = Recorded(guest, list[CmdResult]().append, GUEST, "k3s.agents", answers)
+    assert on_guest.run(g2).stdout == "g2\n" and on_guest.run(g1).stdout == "g1\n"
+    assert len(guest.sent) == 1 and guest.sent[0].startswith("read everything")  # one round trip, both reads
+    assert sorted(hv.once) == [True, True]  # one connect attempt each, never the policy's wait
+    assert any(line.startswith("down: not read ahead: cannot connect") for line in logged), logged
+    on_down = Recorded(hv, list[CmdResult]().append, DOWN, "k3s.agents", answers)
+    assert on_down.run(d1).stdout == "d1\n" and hv.sent[-1] == "d1"  # read when its step came
+
+
 def test_concurrent_targets_make_one_first_contact(tmp_path: Path) -> None:
     reads = [sh(f"echo {i}", why=f"r{i}") for i in range(6)]
     host = _Host()
@@ -199,9 +241,9 @@ def test_a_verify_run_reads_each_host_once_over_real_sshd(sshd_farm: SshdFarm, t
     assert run.exit_code == 0, [r.error for r in run.results]
     assert [(r.step, r.status) for r in run.results] == [("bios.check", "ok"), ("host.tune", "ok")]
     log = (Path(run.records) / "run.log").read_text().splitlines()
-    sent = [line for line in log if " $ " in line and "(read at first contact)" not in line]
+    sent = [line for line in log if " $ " in line and "(read earlier in this run" not in line]
     assert len(sent) == 1 and "first contact: 2 reads" in sent[0], sent
-    assert sum("(read at first contact)" in line for line in log) == 2
+    assert sum("(read earlier in this run" in line for line in log) == 2
     for step in ("bios.check", "host.tune"):
         evidence = (Path(run.records) / "evidence" / step / "b1.txt").read_text()
         assert evidence.startswith("$ r=") and "@@values@@" in evidence, step  # its own read, answered

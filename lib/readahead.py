@@ -1,0 +1,116 @@
+"""What one host's run has read since it last changed anything, and its first contact with each
+endpoint, which reads ahead everything the run's steps will read there (lib/batch.py).
+
+Before the run changes anything, a read's answer is its answer for the rest of that time: a read
+asked again (the node list by three steps, a domain's XML by vms.restart and vms.define) is not
+sent again. The run's first read anywhere also opens every other endpoint the steps will read on
+(the guests, through the hypervisor), each in a thread of its own with a single connect attempt,
+and reads ahead there: the hosts answer side by side, as a floor's one command per host would.
+A guest that does not answer yet is left to the step that needs it, which waits with its policy.
+
+Every change and every convergence attempt forgets it all, and after the first change nothing is
+read ahead again: no answer is ever older than the run's last change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from lib.batch import batch_command, new_token, split_batch
+from lib.shell import Command
+from lib.transport import CmdResult, Endpoint, Log, Shell
+
+# Per endpoint, the reads the run's steps will make there from the current step on (lib/runner.py).
+Upcoming = Callable[[], dict[Endpoint, list[Command]]]
+
+
+def _nothing() -> dict[Endpoint, list[Command]]:
+    return {}
+
+
+class ReadAhead:
+    def __init__(self, upcoming: Upcoming = _nothing, log: Log | None = None) -> None:
+        self._lock = threading.Lock()
+        self._upcoming, self._log = upcoming, log
+        self._changed = False
+        self._contacts: dict[Endpoint, threading.Lock] = {}
+        self._known: dict[tuple[Endpoint, str], CmdResult] = {}
+
+    def forget(self) -> None:
+        with self._lock:
+            self._known.clear()
+            self._changed = True
+
+    def remember(self, endpoint: Endpoint, cmd: Command, result: CmdResult) -> None:
+        """A read's answer, asked alone, for whoever asks it again before the next change."""
+        with self._lock:
+            if not self._changed:
+                self._known[(endpoint, cmd.real)] = result
+
+    def answer(self, endpoint: Endpoint, cmd: Command, shell: Shell) -> CmdResult | None:
+        """cmd's answer if the run already has it (making the first contact with endpoint if this is
+        it); None when the read must go to the host now."""
+        with self._lock:
+            if self._changed:
+                return None
+            known = self._known.get((endpoint, cmd.real))
+            first = endpoint not in self._contacts
+            contact = self._contacts.setdefault(endpoint, threading.Lock())
+            if first and len(self._contacts) == 1:
+                self._open_the_others(endpoint, shell)
+        if known is not None:
+            return self._taken(endpoint, known)
+        with contact:  # every other target's reads there wait until the first contact has answered
+            if first:
+                # The read that makes the contact goes too: before any change every command sent is
+                # a read (the engine forgets before it applies anything), such as vms.start's probe.
+                self._read_ahead(endpoint, shell, [cmd, *self._upcoming().get(endpoint, [])])
+        with self._lock:
+            known = None if self._changed else self._known.get((endpoint, cmd.real))
+        return None if known is None else self._taken(endpoint, known)
+
+    def _taken(self, endpoint: Endpoint, known: CmdResult) -> CmdResult:
+        if self._log:
+            self._log(f"{endpoint.name}: $ {known.command}  -> exit {known.exit_code} in {known.duration:.2f} s "
+                      f"(read earlier in this run, nothing changed since)")
+        return known
+
+    def _open_the_others(self, first: Endpoint, shell: Shell) -> None:
+        """Called under self._lock at the run's first contact: every other endpoint's contact starts
+        now, in its own thread, holding that endpoint's contact until it has answered."""
+        for endpoint, reads in self._upcoming().items():
+            if endpoint == first or endpoint in self._contacts or not reads:
+                continue
+            contact = self._contacts[endpoint] = threading.Lock()
+            contact.acquire()
+            threading.Thread(target=self._open, args=(endpoint, reads, shell, contact), daemon=True,
+                             name=f"read-ahead {endpoint.name}").start()
+
+    def _open(self, endpoint: Endpoint, reads: list[Command], shell: Shell, contact: threading.Lock) -> None:
+        try:
+            self._read_ahead(endpoint, shell.peer(endpoint, once=True), reads)
+        except Exception as exc:  # not up yet, say: the step that needs it connects with its policy
+            if self._log:
+                self._log(f"{endpoint.name}: not read ahead: {exc}")
+        finally:
+            contact.release()
+
+    def _read_ahead(self, endpoint: Endpoint, shell: Shell, asked: list[Command]) -> None:
+        reads = list({c.real: c for c in asked}.values())
+        if len(reads) < 2:
+            return
+        token = new_token()
+        try:
+            done = shell.run(batch_command(reads, endpoint.user, token))
+        except Exception as exc:  # the steps read one by one, as without a batch, and fail on their own
+            if self._log:
+                self._log(f"{endpoint.name}: first contact read nothing ahead: {exc}")
+            return
+        answers = split_batch(done.stdout, reads, endpoint.user, token)
+        with self._lock:
+            if self._changed:
+                return
+            for i, result in answers.items():
+                if result.exit_code in reads[i].ok_codes:  # a failure is left to its step to read and report
+                    self._known[(endpoint, reads[i].real)] = result
