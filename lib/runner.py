@@ -49,6 +49,7 @@ from lib.failures import (
     would_delete,
 )
 from lib.inventory.load import LoadedHost
+from lib.options import HostInputs, RunFlags
 from lib.output import Output
 from lib.planview import describe as describe_action
 from lib.pool import ssh_pool
@@ -77,7 +78,7 @@ class RunOptions:
     from_step: str | None = None
     only: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
-    flags: dict[str, Any] = field(default_factory=dict)  # step options such as redefine, yes
+    flags: RunFlags = field(default_factory=RunFlags)  # what steps may honour, such as redefine, yes
     policies: Policies = field(default_factory=Policies)
     sleep: Sleep = time.sleep
     # How the operator runs this again from where it stopped, given the host name.
@@ -103,7 +104,7 @@ class _HostRun:
     run_id: str
     pool: Pool
     records: RunRecords
-    flags: dict[str, Any]
+    inputs: HostInputs = field(default_factory=HostInputs)  # what the chosen steps read on this machine
     carried: dict[str, str] = field(default_factory=dict)  # --resume: step -> the run it verified in
     current: str = ""  # the step the run is at: named when the host fails outside any target
     answers: Answers = field(default_factory=Answers)
@@ -156,7 +157,7 @@ class _TargetRun:
         session = job.session()
         facts = step.gather(target, session)
         plan = step.plan(target, facts)
-        if step.destructive and plan.actions and not target.options.get("yes"):
+        if step.destructive and plan.actions and not target.flags.yes:
             return job.failed(2, would_delete(job.where, plan.reason), planned=tuple(a.shown for a in plan.actions))
         with one_at_a_time if plan.exclusive else contextlib.nullcontext():
             self.executor.do(plan.actions, session, job.commands, target, job.host.answers)
@@ -250,19 +251,19 @@ class Engine:
                       records=str(records.dir.resolve()))
         records.start(RunMeta(loaded.name, run_id, self.runbook.name, opts.mode, self._vm_filter))
         pool = self.pools(opts.policies, self._sleep, records.log, self.read_only)
-        ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode, "run_id": run_id})
+        ctx = _HostRun(loaded, run_id, pool, records)
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
             self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
-                # The steps' options (the cluster token, the airgap folder) checked on this machine as a
+                # The steps' local inputs (the cluster token, the airgap folder) checked on this machine as a
                 # plan would, creating nothing: a weak token is refused before the host is contacted.
                 for step in chosen:
-                    step.host_options(loaded, "plan")
+                    step.host_inputs(loaded, "plan")
                 ctx.locked = self._take_lock(pool, hypervisor_endpoint(loaded), loaded, run_id)
             for step in chosen:
-                ctx.flags.update(step.host_options(loaded, opts.mode))
+                ctx.inputs = ctx.inputs.merged(step.host_inputs(loaded, opts.mode))
             self._run_steps(ctx, run, chosen, left_out)
         except Exception as exc:
             self._host_failed(ctx, run, exc)
@@ -337,7 +338,7 @@ class Engine:
 
     @property
     def _vm_filter(self) -> tuple[str, ...]:
-        return tuple(self.options.flags.get("vms") or ())
+        return self.options.flags.vms
 
     def _resume_point(self, host: str, this_run: str) -> tuple[str | None, dict[str, str]]:
         """Start at the first step the last run of this runbook on this host did not verify."""
@@ -359,7 +360,8 @@ class Engine:
         if self.stop.is_set():
             raise Interrupted(f"{host}: interrupted by the operator before step {step.name}, which had not started")
         ctx.records.log(f"{host}: step {step.name} started")
-        targets = targets_for(step, ctx.loaded, ctx.flags)
+        targets = targets_for(step, ctx.loaded, self.options.flags, inputs=ctx.inputs, mode=self.options.mode,
+                              run_id=ctx.run_id)
         if not targets:
             # Nothing to do and nothing to verify: verified, vacuously, so resume carries it.
             results = [self._skipped(host, step.name, f"no {step.targets} targets on this host", ctx.run_id)]

@@ -1,6 +1,6 @@
 """Test-only steps that drive the engine through its failure paths over real sshd hosts.
 
-Each step keeps its state in files under target.options["state"] (a test's tmp dir, reached over
+Each step keeps its state in files under its WorldFlags' state (a test's tmp dir, reached over
 SSH), so the test can read what really ran on the "host".
 """
 
@@ -14,10 +14,11 @@ from lib.results import Check
 from lib.shell import Command, Secret, sh
 from lib.steps.base import Plan, Step, Target
 from lib.transport import CmdResult
+from tests.harness.world import world_flags
 
 
 def _state(target: Target, name: str) -> str:
-    return f"{target.options['state']}/{target.name}.{name}"
+    return f"{world_flags(target).state}/{target.name}.{name}"
 
 
 class Mark(Step):
@@ -286,16 +287,16 @@ class SharedRead(Step):
 
     def gather(self, target: Target, session: Any) -> int:
         assert target.peer is not None
-        count = sh("echo x >> {f}; wc -l < {f}", f=f"{target.options['state']}/server.reads", sudo=False)
+        count = sh("echo x >> {f}; wc -l < {f}", f=f"{world_flags(target).state}/server.reads", sudo=False)
         return int(session.peer(target.peer).run(replace(count, shared=True)).stdout)
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
-        if target.options.get("change"):
+        if world_flags(target).change:
             return Plan((sh("true", sudo=False),), "change something")
         return Plan(reason="nothing to do")
 
     def verify(self, target: Target, facts: Any) -> list[Check]:
-        if target.options.get("change"):  # the answer read after the change, never the first one
+        if world_flags(target).change:  # the answer read after the change, never the first one
             return [Check("read after the change", "a fresh read (> 1)", str(facts), facts > 1)]
         return [Check("read", "an answer", str(facts), True)]
 

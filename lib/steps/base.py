@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from lib.errors import FactError
+from lib.options import HostInputs, RunFlags
 from lib.results import Check
 from lib.shell import Command, FileBody
 
@@ -108,12 +109,14 @@ class Target:
     endpoint: Endpoint
     loaded: LoadedHost
     vm: VM | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # run flags a step may honour (e.g. redefine)
+    flags: RunFlags = field(default_factory=RunFlags)  # the run's flags a step may honour (e.g. redefine)
     # For a VM target run from the hypervisor: where the VM itself answers SSH (None: no vms[].ssh).
     guest: Endpoint | None = None
     # For a k3s agent: the server VM's endpoint, where the agent's node must show up.
     peer: Endpoint | None = None
     mode: Mode = "apply"  # the run's mode: a plan may word itself for a plan run, never read the engine
+    inputs: HostInputs = field(default_factory=HostInputs)  # local inputs (Step.host_inputs), e.g. the token
+    run_id: str = ""  # the run's id, for the ownership records a plan writes
 
 
 class StepMismatch(Exception):
@@ -136,12 +139,12 @@ class Step(ABC):
     # Deletes things (teardown): the runner applies its plan only with the `yes` flag.
     destructive: ClassVar[bool] = False
 
-    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
-        """Local inputs a step needs once per host and run (e.g. the cluster token), put in Target.options.
+    def host_inputs(self, loaded: LoadedHost, mode: Mode) -> HostInputs:
+        """Local inputs a step needs once per host and run (e.g. the cluster token), in Target.inputs.
 
         The only place a step touches the operator's machine, so plan() stays pure.
         """
-        return {}
+        return HostInputs()
 
     def facts_command(self, target: Target) -> Command | None:
         """The one batched read this step's facts come from (None: the step needs no remote facts)."""

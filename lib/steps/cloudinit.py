@@ -169,7 +169,7 @@ class CloudinitBuild(Step):
     def plan(self, target: Target, facts: SeedFacts | None) -> Plan:
         assert target.vm is not None
         host = target.loaded.host
-        return plan_seed(target.vm, facts, host.libvirt_uri, host.sysroot, str(target.options.get("run_id", "")))
+        return plan_seed(target.vm, facts, host.libvirt_uri, host.sysroot, target.run_id)
 
     def verify(self, target: Target, facts: SeedFacts) -> list[Check]:
         assert target.vm is not None

@@ -254,7 +254,7 @@ class ImagesClone(Step):
 
     def plan(self, target: Target, facts: ImagesFacts | None) -> Plan:
         assert target.vm is not None
-        return plan_images(target.vm, facts, target.loaded.host.sysroot, str(target.options.get("run_id", "")))
+        return plan_images(target.vm, facts, target.loaded.host.sysroot, target.run_id)
 
     def verify(self, target: Target, facts: ImagesFacts) -> list[Check]:
         assert target.vm is not None

@@ -184,7 +184,7 @@ class HostReboot(_BootStep):
         missing = missing_args(host, facts.cmdline)
         if not missing:
             return Plan(reason="the running kernel carries the isolation arguments: no reboot needed")
-        if not target.options.get("reboot"):
+        if not target.flags.reboot:
             return Plan(reason=f"{name} needs a reboot for {' '.join(missing)}", warnings=(
                 f"{name}: the kernel isolation takes effect only after a reboot, which also stops every VM "
                 f"on it; nothing was rebooted: invoke step host.reboot --host={name} --reboot",))
@@ -199,7 +199,7 @@ class HostReboot(_BootStep):
         if not isolation_args(host):
             return [Check.evidence("kernel isolation", "off (tuning.kernel_isolation)")]
         missing = missing_args(host, facts.cmdline)
-        if missing and not target.options.get("reboot"):
+        if missing and not target.flags.reboot:
             return [Check.warn("kernel command line (running)", " ".join(isolation_args(host)),
                                f"lacks {' '.join(missing)}: reboot with --reboot")]
         return [cmdline_check(host, facts.cmdline)]

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from lib import daytwo, k3s
 from lib.errors import ToolError
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM, Host
+from lib.options import HostInputs
 from lib.results import Check
 from lib.shell import MASK, Command, FileBody, Secret, mask, seq, sh
-from lib.steps.base import Action, OnPeer, Plan, Step, StepMismatch, Target, Upload
+from lib.steps.base import Action, Mode, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.token import cluster_token
 from lib.transport import CmdResult, CommandError, ConnectError, Shell
 
@@ -27,12 +27,12 @@ class ArtifactsError(ToolError):
     exit_code = 2
 
 
-def k3s_options(loaded: LoadedHost, mode: str) -> dict[str, Any]:
+def k3s_inputs(loaded: LoadedHost, mode: Mode) -> HostInputs:
     """The cluster token (created only by a run that changes hosts) and the checked airgap folder."""
     settings = loaded.host.k3s
     if not any(vm.k8s for vm in loaded.host.vms):
-        return {}
-    options: dict[str, Any] = {}
+        return HostInputs()
+    artifacts = None
     if settings.install == "airgap" and mode != "verify":  # checked first: a refused run creates nothing
         folder = Path(settings.artifacts_dir or "").expanduser()
         missing = [name for name in k3s.ARTIFACTS if not (folder / name).is_file()]
@@ -41,9 +41,9 @@ def k3s_options(loaded: LoadedHost, mode: str) -> dict[str, Any]:
                 f"{loaded.name}: k3s.install is airgap but the artifacts folder {settings.artifacts_dir or '(unset)'} "
                 f"lacks {', '.join(missing or k3s.ARTIFACTS)}; put the files of k3s {settings.version} there "
                 "(install.sh from get.k3s.io, the k3s binary, k3s-airgap-images-amd64.tar.zst)")
-        options["k3s_artifacts"] = folder
-    options["k3s_token"] = cluster_token(settings.token_file, loaded.name, create=mode == "apply")
-    return options
+        artifacts = folder
+    return HostInputs(k3s_token=cluster_token(settings.token_file, loaded.name, create=mode == "apply"),
+                      k3s_artifacts=artifacts)
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,7 @@ def parse_node_facts(stdout: str) -> NodeFacts:
 
 
 def _token(target: Target) -> Secret | None:
-    token = target.options.get("k3s_token")
-    return token if isinstance(token, Secret) else None
+    return target.inputs.k3s_token
 
 
 _NOT_YET = "numa-k3s-token-generated-at-apply-time"
@@ -152,8 +151,8 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
     # Installed: the binary's version, once our install command has recorded that install.sh ran.
     installed = facts.version if facts and facts.started[0] == facts.version else ""
     if installed != version:
-        folder = target.options.get("k3s_artifacts")
-        if host.k3s.install == "airgap" and isinstance(folder, Path):
+        folder = target.inputs.k3s_artifacts
+        if host.k3s.install == "airgap" and folder is not None:
             actions += [
                 Upload(k3s.BINARY, b"", 0o755, source=folder / "k3s", what=f"k3s {version} binary"),
                 Upload(f"{k3s.IMAGES_DIR}/{k3s.IMAGES}", b"", 0o644, source=folder / k3s.IMAGES,
@@ -171,7 +170,7 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
     if installed and installed != version:
         # The same path as a VM restart: drain, upgrade, uncordon (the converge waits for Ready).
         if facts is not None and facts.nodes is not None and vm.name in facts.nodes:
-            drain = daytwo.drain_command(vm.name, int(target.options.get("drain_timeout") or daytwo.DRAIN_TIMEOUT_S))
+            drain = daytwo.drain_command(vm.name, target.flags.drain_timeout or daytwo.DRAIN_TIMEOUT_S)
             actions = [OnPeer(daytwo.mark_command(vm.name, f"k3s upgrade {installed} -> {version}")), OnPeer(drain),
                        *actions, OnPeer(daytwo.uncordon_command(vm.name))]
         return Plan(tuple(actions), f"upgrade k3s {installed} -> {version} ({role}; the server before the agents, "
@@ -213,8 +212,8 @@ class _K3sNode(Step):
     converge = True
     service = "k3s"
 
-    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
-        return k3s_options(loaded, mode)
+    def host_inputs(self, loaded: LoadedHost, mode: Mode) -> HostInputs:
+        return k3s_inputs(loaded, mode)
 
     def facts_command(self, target: Target) -> Command:
         return node_facts_command(self.service, with_nodes=self.service == "k3s")

@@ -151,7 +151,7 @@ class _VmObservation(Step):
         return sample_command(target.vm, host.sysroot, host.libvirt_uri, self.interval(target))
 
     def interval(self, target: Target) -> float:
-        return float(target.options.get("interval") or DEFAULT_INTERVAL)
+        return target.flags.interval or DEFAULT_INTERVAL
 
     def gather(self, target: Target, session: Shell) -> VmSample:
         assert target.vm is not None
@@ -214,7 +214,7 @@ class NumaCheck(_VmObservation):
 
     def verify(self, target: Target, facts: VmSample) -> list[Check]:
         assert target.vm is not None
-        return numa_checks(target.vm, facts, float(target.options.get("max_remote") or mp.REMOTE_SHARE_LIMIT))
+        return numa_checks(target.vm, facts, target.flags.max_remote or mp.REMOTE_SHARE_LIMIT)
 
 
 class EmulatorCheck(_VmObservation):
@@ -288,7 +288,7 @@ class MonitorSample(_VmObservation):
     def verify(self, target: Target, facts: VmSample) -> list[Check]:
         assert target.vm is not None
         rows = monitor_checks(target.vm, facts)
-        if target.options.get("prometheus"):  # carried to the task as one machine-readable evidence row
+        if target.flags.prometheus:  # carried to the task as one machine-readable evidence row
             rows.append(Check.evidence(NUMBERS_ROW, json.dumps(vm_numbers(target.vm, facts).as_json())))
         return rows
 
@@ -401,7 +401,7 @@ class Doctor(Step):
 
     def gather(self, target: Target, session: Shell) -> DoctorFacts:
         host = target.loaded.host
-        interval = float(target.options.get("interval") or DEFAULT_INTERVAL)
+        interval = target.flags.interval or DEFAULT_INTERVAL
         samples = {}
         for vm in host.vms:
             live = live_domain(session.live_domain(host.libvirt_uri, vm.name))

@@ -7,15 +7,16 @@ device given to a VM must be on block_devices and not used by the hypervisor (li
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from lib.facts.blockdev import BlockFacts, blockdev_command, in_use, parse_blockdev
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import Host
+from lib.options import HostInputs
 from lib.results import Check
 from lib.shell import Command, seq, sh
-from lib.steps.base import Plan, Step, Target
+from lib.steps.base import Mode, Plan, Step, Target
 from lib.transport import CmdResult
 
 # tool -> the Debian package that provides it: what the hypervisor's steps run.
@@ -104,7 +105,7 @@ def sudo_refusal(host: str, user: str, exc: Exception) -> str | None:
     return f"preflight.access: {sudo_check(host, AccessFacts(user, 'password', {})).found}"
 
 
-def tool_checks(where: str, wanted: dict[str, str], found: dict[str, str]) -> list[Check]:
+def tool_checks(where: str, wanted: Mapping[str, str], found: Mapping[str, str]) -> list[Check]:
     checks = []
     for tool, package in wanted.items():
         path = found.get(tool, "")
@@ -118,8 +119,8 @@ class PreflightAccess(Step):
     summary = "ssh, root or passwordless sudo, the tools the steps run (hypervisor + local xorriso; read-only)"
     mismatch_exit = 3
 
-    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
-        return {"local_tools": {tool: shutil.which(tool) or "" for tool in LOCAL_TOOLS}}
+    def host_inputs(self, loaded: LoadedHost, mode: Mode) -> HostInputs:
+        return HostInputs(local_tools={tool: shutil.which(tool) or "" for tool in LOCAL_TOOLS})
 
     def facts_command(self, target: Target) -> Command:
         access = self.access_command()
@@ -150,7 +151,7 @@ class PreflightAccess(Step):
     def verify(self, target: Target, facts: AccessFacts) -> list[Check]:
         checks = [sudo_check(target.name, facts)]
         checks += tool_checks("hypervisor", HYPERVISOR_TOOLS, facts.tools)
-        checks += tool_checks("control node", LOCAL_TOOLS, target.options.get("local_tools", {}))
+        checks += tool_checks("control node", LOCAL_TOOLS, target.inputs.local_tools)
         if facts.blocks is not None:
             checks += device_checks(target.loaded.host, facts.blocks)
         return checks

@@ -148,7 +148,7 @@ class _Restart(Step):
             return Plan(reason=f"{vm.name}: no change needs a restart")
         if not drift.restart and dom is None:
             return Plan(reason=f"{vm.name} is not defined: vms.define creates it")
-        flagged = bool(target.options.get("restart"))
+        flagged = target.flags.restart
         mode = target.mode
         if drift.restart and state == "shut off" and not ours and not flagged:
             return Plan(reason=f"{vm.name} is shut off: vms.define redefines it with --redefine "
@@ -176,7 +176,7 @@ class _Restart(Step):
                   node: NodeState | None) -> list[Action]:
         assert target.vm is not None
         vm, host = target.vm, target.loaded.host
-        uri, state, opts = host.libvirt_uri, facts.define.state, target.options
+        uri, state, flags = host.libvirt_uri, facts.define.state, target.flags
         running = facts.define.domain is not None and state not in ("shut off", "")
         actions: list[Action] = []
         if vm.k8s is not None:
@@ -187,13 +187,11 @@ class _Restart(Step):
             if node is not None and running and drift.restart:
                 reason = "restart: " + ", ".join(c.name for c in drift.restart) if drift.restart else node.drained_for
                 actions += [OnPeer(daytwo.mark_command(vm.name, reason or "restart")),
-                            OnPeer(daytwo.drain_command(vm.name, int(opts.get("drain_timeout") or
-                                                                     daytwo.DRAIN_TIMEOUT_S)))]
+                            OnPeer(daytwo.drain_command(vm.name, flags.drain_timeout or daytwo.DRAIN_TIMEOUT_S))]
         if drift.restart:
             if running:
-                actions.append(daytwo.shutdown_command(vm, uri, int(opts.get("shutdown_timeout") or
-                                                                    daytwo.SHUTDOWN_TIMEOUT_S),
-                                                       bool(opts.get("force_off"))))
+                actions.append(daytwo.shutdown_command(vm, uri, flags.shutdown_timeout or daytwo.SHUTDOWN_TIMEOUT_S,
+                                                       flags.force_off))
             actions.append(redefine_command(vm, uri, host.virt_type, domain_tuning(host, target.loaded.cores, vm),
                                             target.loaded.name))
         elif facts.define.domain is None:  # stopped between undefine and define
@@ -224,7 +222,7 @@ class _Restart(Step):
             if facts.nodes is None:  # before k3s is installed, or its server is down: nothing to drain
                 checks.append(Check.warn("k3s API", "answers", facts.api_error or "no answer"))
             else:
-                checks += daytwo.node_checks(vm, self._node(vm, facts), strict=bool(target.options.get("restart")))
+                checks += daytwo.node_checks(vm, self._node(vm, facts), strict=target.flags.restart)
         return checks
 
 

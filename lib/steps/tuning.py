@@ -170,7 +170,7 @@ class HostTune(Step):
                "IRQs off the vCPU CPUs; persisted across reboot")
 
     def interval(self, target: Target) -> float:
-        return float(target.options.get("interval") or 1.0)
+        return target.flags.interval or 1.0
 
     def facts_command(self, target: Target) -> Command:
         """One round trip: the tuning values, hugepages and features, and the confinement over an interval."""

@@ -133,7 +133,7 @@ class VmsDefine(Step):
 
     def plan(self, target: Target, facts: DomainFacts | None) -> Plan:
         assert target.vm is not None
-        return plan_domain(target.loaded.host, target.vm, facts, bool(target.options.get("redefine")),
+        return plan_domain(target.loaded.host, target.vm, facts, target.flags.redefine,
                            _tuning(target), target.mode, target.loaded.name)
 
     def verify(self, target: Target, facts: DomainFacts) -> list[Check]:

@@ -27,7 +27,7 @@ from lib.steps.base import Plan, Step, Target
 from tests.engine_steps import REGISTRY
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost, count_auths, descendants, paramiko_client
-from tests.harness.world import World, wait_for
+from tests.harness.world import World, wait_for, world_flags
 
 
 class Slow(Step):
@@ -37,7 +37,7 @@ class Slow(Step):
     summary = "a 2 s command"
 
     def _file(self, target: Target) -> str:
-        return f"{target.options['state']}/{target.name}.slow"
+        return f"{world_flags(target).state}/{target.name}.slow"
 
     def facts_command(self, target: Target) -> Command:
         return sh("cat {f} 2>/dev/null; true", f=self._file(target), sudo=False)
