@@ -48,12 +48,13 @@ from lib.failures import (
     verification_failed,
     would_delete,
 )
+from lib.gather import gather
 from lib.inventory.load import LoadedHost
 from lib.options import HostInputs, RunFlags
 from lib.output import Output
 from lib.planview import describe as describe_action
 from lib.pool import ssh_pool
-from lib.recorded import Answers, Recorded
+from lib.recorded import Recorded, SharedReads
 from lib.records import RunMeta, RunRecords, last_run, new_run_id, read_journal
 from lib.results import Check, HostRun, Status, StepResult
 from lib.resume import resume_point
@@ -61,13 +62,22 @@ from lib.retry import Policies, Sleep
 from lib.runbook import Runbook, RunbookError, select
 from lib.shell import public
 from lib.sink import Sink
-from lib.steps.base import Action, Mode, Plan, Step, StepMismatch, Target
+from lib.steps.base import Action, AnyStep, Mode, Plan, StepMismatch, Target
 from lib.targets import hypervisor_endpoint, targets_for
 from lib.transport import Endpoint, Log, Pool, Shell
 
 # Re-exported: callers (tasks.py, tests, bench) import these from the engine.
-__all__ = ["Answers", "Engine", "Interrupted", "Mode", "PoolFactory", "RunOptions", "describe", "exit_code",
-           "failure_text"]
+__all__ = [
+    "Engine",
+    "Interrupted",
+    "Mode",
+    "PoolFactory",
+    "RunOptions",
+    "SharedReads",
+    "describe",
+    "exit_code",
+    "failure_text",
+]
 
 
 @dataclass(frozen=True)
@@ -107,14 +117,14 @@ class _HostRun:
     inputs: HostInputs = field(default_factory=HostInputs)  # what the chosen steps read on this machine
     carried: dict[str, str] = field(default_factory=dict)  # --resume: step -> the run it verified in
     current: str = ""  # the step the run is at: named when the host fails outside any target
-    answers: Answers = field(default_factory=Answers)
+    shared: SharedReads = field(default_factory=SharedReads)
     locked: bool = False
 
 
 class _TargetRun:
     """One step on one target in one of the four modes: its clock, the commands it ran, its result."""
 
-    def __init__(self, step: Step, target: Target, host: _HostRun, executor: Executor) -> None:
+    def __init__(self, step: AnyStep, target: Target, host: _HostRun, executor: Executor) -> None:
         self.step, self.target, self.host, self.executor = step, target, host, executor
         self.started = time.time()
         self.commands: list[str] = []
@@ -136,7 +146,7 @@ class _TargetRun:
         """The target's shell, recording each command's raw answer under the run's evidence."""
         shell = self.host.pool.shell(self.target.endpoint)
         keep = self.host.records.evidence_writer(self.step.name, self.target.name)
-        return Recorded(shell, keep, self.target.endpoint, self.step.name, self.host.answers)
+        return Recorded(shell, keep, self.target.endpoint, self.step.name, self.host.shared)
 
     # -- the four modes, one function each --------------------------------------------------
     def offline(self) -> StepResult:
@@ -144,35 +154,35 @@ class _TargetRun:
 
     def plan(self) -> StepResult:
         self.executor.check_stop()
-        return self.planned(self.step.plan(self.target, self.step.gather(self.target, self.session())))
+        return self.planned(self.step.plan(self.target, gather(self.step, self.target, self.session())))
 
     def verify(self) -> StepResult:
         self.executor.check_stop()
-        facts = self.step.gather(self.target, self.session())
+        facts = gather(self.step, self.target, self.session())
         return self._verdict(self.step.verify(self.target, facts), changed=False)
 
     def apply(self, one_at_a_time: threading.Lock) -> StepResult:
         job, step, target = self, self.step, self.target
         self.executor.check_stop()
         session = job.session()
-        facts = step.gather(target, session)
+        facts = gather(step, target, session)
         plan = step.plan(target, facts)
         if step.destructive and plan.actions and not target.flags.yes:
             return job.failed(2, would_delete(job.where, plan.reason), planned=tuple(a.shown for a in plan.actions))
         with one_at_a_time if plan.exclusive else contextlib.nullcontext():
-            self.executor.do(plan.actions, session, job.commands, target, job.host.answers)
-            checks = self._fresh_checks(step, target, session, facts, job.host.answers, changed=bool(plan.actions))
+            self.executor.do(plan.actions, session, job.commands, target, job.host.shared)
+            checks = self._fresh_checks(step, target, session, facts, job.host.shared, changed=bool(plan.actions))
         result = self._verdict(checks, changed=bool(plan.actions))
         return result if result.status == "failed" else replace(result, reason=plan.reason, warnings=plan.warnings)
 
-    def _fresh_checks(self, step: Step, target: Target, session: Shell, facts: object, answers: Answers, *,
+    def _fresh_checks(self, step: AnyStep, target: Target, session: Shell, facts: object, shared: SharedReads, *,
                       changed: bool) -> list[Check]:
         # Fresh facts after a change; with nothing applied the facts just read are fresh, and a
         # convergence step only waits when they do not already hold.
         checks = [] if changed else step.verify(target, facts)
         if step.converge and (changed or failed(checks)):
-            return self.executor.converge(step, target, session, answers)
-        return step.verify(target, step.gather(target, session)) if changed else checks
+            return self.executor.converge(step, target, session, shared)
+        return step.verify(target, gather(step, target, session)) if changed else checks
 
     def _verdict(self, checks: list[Check], *, changed: bool) -> StepResult:
         job = self
@@ -271,15 +281,15 @@ class Engine:
             self._finish(ctx, run)
         return run
 
-    def _run_steps(self, ctx: _HostRun, run: HostRun, chosen: list[Step], left_out: dict[str, str]) -> None:
+    def _run_steps(self, ctx: _HostRun, run: HostRun, chosen: list[AnyStep], left_out: dict[str, str]) -> None:
         """Every step in runbook order; a run that changes hosts stops at its first failure."""
         host = ctx.loaded.name
         for step in self.runbook.steps:
             if step.name in ctx.carried:
                 verified = ctx.carried[step.name]
-                self._record(ctx.records, run, self._skipped(host, step.name, f"verified in run {verified}", verified))
+                self._record(ctx.records, run, _skipped(host, step.name, f"verified in run {verified}", verified))
             elif step.name in left_out:
-                self._record(ctx.records, run, self._skipped(host, step.name, left_out[step.name]))
+                self._record(ctx.records, run, _skipped(host, step.name, left_out[step.name]))
             elif step in chosen:
                 ctx.current = step.name
                 try:
@@ -322,12 +332,8 @@ class Engine:
         records.journal(result)
         self.output.step_done(result)
 
-    def _skipped(self, host: str, step: str, reason: str, verified_in: str = "") -> StepResult:
-        now = time.time()
-        return StepResult(host, step, host, "skipped", now, now, reason=reason, verified_in=verified_in)
-
     # -- which steps: --from, --only, --skip, --resume ---------------------------------------
-    def _selection(self, loaded: LoadedHost, run_id: str) -> tuple[list[Step], dict[str, str], dict[str, str]]:
+    def _selection(self, loaded: LoadedHost, run_id: str) -> tuple[list[AnyStep], dict[str, str], dict[str, str]]:
         opts = self.options
         from_step = opts.from_step
         carried: dict[str, str] = {}
@@ -354,7 +360,7 @@ class Engine:
         return True
 
     # -- one step on its targets -------------------------------------------------------------
-    def _run_step(self, step: Step, ctx: _HostRun, run: HostRun) -> bool:
+    def _run_step(self, step: AnyStep, ctx: _HostRun, run: HostRun) -> bool:
         """Run one step on all its targets and record each result; False when any failed."""
         host = ctx.loaded.name
         if self.stop.is_set():
@@ -364,7 +370,7 @@ class Engine:
                               run_id=ctx.run_id)
         if not targets:
             # Nothing to do and nothing to verify: verified, vacuously, so resume carries it.
-            results = [self._skipped(host, step.name, f"no {step.targets} targets on this host", ctx.run_id)]
+            results = [_skipped(host, step.name, f"no {step.targets} targets on this host", ctx.run_id)]
         else:
             one_at_a_time = threading.Lock()  # for plans marked exclusive
             with ThreadPoolExecutor(max_workers=len(targets)) as threads:
@@ -373,7 +379,7 @@ class Engine:
             self._record(ctx.records, run, result)
         return all(r.status != "failed" for r in results)
 
-    def _run_target(self, step: Step, target: Target, ctx: _HostRun, one_at_a_time: threading.Lock) -> StepResult:
+    def _run_target(self, step: AnyStep, target: Target, ctx: _HostRun, one_at_a_time: threading.Lock) -> StepResult:
         self.output.step_started(target.loaded.name, step.name, target.name)
         job = _TargetRun(step, target, ctx, self.executor)
         modes: dict[Mode, Callable[[], StepResult]] = {
@@ -393,6 +399,11 @@ class Engine:
             ctx.records.log(f"{job.where}: {describe(exc)}\n{traceback.format_exc()}")
             return job.failed(getattr(exc, "exit_code", 4) if isinstance(exc, ToolError) else 4,
                               f"{job.where}: {describe(exc)}")
+
+
+def _skipped(host: str, step: str, reason: str, verified_in: str = "") -> StepResult:
+    now = time.time()
+    return StepResult(host, step, host, "skipped", now, now, reason=reason, verified_in=verified_in)
 
 
 def _planned(actions: tuple[Action, ...], host: str) -> tuple[str, ...]:

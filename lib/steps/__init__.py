@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lib.steps.base import Step
+from lib.steps.base import AnyStep
 from lib.steps.bios import BiosCheck
 from lib.steps.cloudinit import CloudinitBuild
 from lib.steps.images import ImagesClone
@@ -16,9 +16,9 @@ from lib.steps.tuning import HostTune
 from lib.steps.unmanaged import VmsUnmanaged
 from lib.steps.virt import VmsDefine, VmsStart
 
-STEPS: tuple[type[Step], ...] = (PreflightAccess, BiosCheck, HostTune, HostIsolation, HostReboot, VmsUnmanaged,
+STEPS: tuple[type[AnyStep], ...] = (PreflightAccess, BiosCheck, HostTune, HostIsolation, HostReboot, VmsUnmanaged,
                                    ImagesClone, CloudinitBuild, VmsRestartAgents, VmsRestartServer,
                                    VmsDefine, VmsStart, K3sServer, K3sAddons, K3sAgents, K3sTaints, K3sAgentsRemove,
                                    K3sServerRemove, DisksOwned, VmsRemove, DisksRemove, NumaCheck, EmulatorCheck,
                                    MonitorSample, Doctor)
-REGISTRY: dict[str, type[Step]] = {step.name: step for step in STEPS}
+REGISTRY: dict[str, type[AnyStep]] = {step.name: step for step in STEPS}

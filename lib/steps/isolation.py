@@ -22,10 +22,10 @@ from lib.cpuset import format_cpulist
 from lib.facts.read import cat_if_present
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import Host
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh, write_file
 from lib.steps.base import Await, Plan, Step, StepMismatch, Target
-from lib.transport import CmdResult
 
 DROPIN = "/etc/default/grub.d/90-numa-k3s.cfg"
 UPDATE_GRUB = "/usr/sbin/update-grub"
@@ -82,7 +82,7 @@ def _regenerate(root: str) -> str:
     return "" if root else f" && {UPDATE_GRUB}"
 
 
-class _BootStep(Step):
+class _BootStep(Step[BootFacts]):
     """Reads the boot facts: the drop-in, /proc/cmdline, the boot id, update-grub."""
 
     targets = "hypervisor"
@@ -90,8 +90,8 @@ class _BootStep(Step):
     def facts_command(self, target: Target) -> Command:
         return boot_facts_command(target.loaded.host.sysroot)
 
-    def parse(self, target: Target, result: CmdResult | None) -> BootFacts | None:
-        return parse_boot_facts(result.stdout) if result else None
+    def parse(self, target: Target, answers: Answers) -> BootFacts:
+        return parse_boot_facts(answers.stdout())
 
 
 class HostIsolation(_BootStep):

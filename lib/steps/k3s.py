@@ -16,11 +16,11 @@ from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM, Host
 from lib.options import HostInputs
+from lib.reads import Answers, Ask, Reads, Unreached
 from lib.results import Check
 from lib.shell import MASK, Command, FileBody, Secret, mask, seq, sh
 from lib.steps.base import Action, Mode, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.token import cluster_token
-from lib.transport import CmdResult, CommandError, ConnectError, Shell
 
 
 class ArtifactsError(ToolError):
@@ -206,7 +206,7 @@ def node_checks(target: Target, facts: NodeFacts, nodes: dict[str, k3s.Node] | N
     return checks
 
 
-class _K3sNode(Step):
+class _K3sNode(Step[NodeFacts]):
     """One k3s node per target: the server and the agents differ in their service and in who sees the node."""
 
     converge = True
@@ -218,8 +218,8 @@ class _K3sNode(Step):
     def facts_command(self, target: Target) -> Command:
         return node_facts_command(self.service, with_nodes=self.service == "k3s")
 
-    def parse(self, target: Target, result: CmdResult | None) -> NodeFacts:
-        return parse_node_facts(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> NodeFacts:
+        return parse_node_facts(answers.stdout())
 
     def plan(self, target: Target, facts: NodeFacts | None) -> Plan:
         return plan_node(target, facts)
@@ -241,20 +241,24 @@ class K3sAgents(_K3sNode):
     targets = "agents"
     service = "k3s-agent"
 
-    def gather(self, target: Target, session: Shell) -> NodeFacts:
-        facts = self.parse(target, session.run(self.facts_command(target)))
+    def reads(self, target: Target, got: Answers) -> Reads:
         if target.peer is None:
+            return super().reads(target, got)
+        # The node must show up on the server, so ask the server too (a session the run lends).
+        # One read serves every agent (Command.shared): they would all ask the server at once.
+        nodes = replace(sh(nodes_section(), sudo=True, timeout=60, why="nodes as the server sees them"), shared=True)
+        return (*super().reads(target, got), Ask("server", target.peer, nodes))
+
+    def parse(self, target: Target, answers: Answers) -> NodeFacts:
+        facts = super().parse(target, answers)
+        if "server" not in answers:
             return facts
-        try:  # the node must show up on the server, so ask the server too (a session the run lends)
-            # One read serves every agent (Command.shared): they would all ask the server at once.
-            nodes_cmd = replace(sh(nodes_section(), sudo=True, timeout=60, why="nodes as the server sees them"),
-                                shared=True)
-            out = session.peer(target.peer).run(nodes_cmd).stdout
-            nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
-            drained = drained_nodes(split_sections(out).get("nodes", ""))
-        except (CommandError, ConnectError) as exc:
-            nodes, error, drained = None, str(exc).splitlines()[0], frozenset()
-        return replace(facts, nodes=nodes, api_error=error, drained=drained)
+        server = answers.peer("server")
+        if isinstance(server, Unreached):
+            return replace(facts, nodes=None, api_error=server.why, drained=frozenset())
+        text = split_sections(server.stdout).get("nodes", "")
+        nodes, error = parse_nodes_output(text)
+        return replace(facts, nodes=nodes, api_error=error, drained=drained_nodes(text))
 
 
 # -- add-ons: kube-system tolerates k3s.addon_node's taints ----------------------------------------
@@ -266,7 +270,7 @@ class KubeSystemFacts:
     error: str
 
 
-class K3sAddons(Step):
+class K3sAddons(Step[KubeSystemFacts]):
     """The API half of the add-on resolution (k3s.server writes the admission plugin into config.yaml).
 
     A step of its own, right after k3s.server: it needs the API, which k3s.server's convergence
@@ -283,8 +287,8 @@ class K3sAddons(Step):
         return sh(f"{_kube_system_section()}; {_pods_section()}", sudo=True, timeout=60,
                   why="kube-system's default tolerations and pods")
 
-    def parse(self, target: Target, result: CmdResult | None) -> KubeSystemFacts:
-        parts = split_sections(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> KubeSystemFacts:
+        parts = split_sections(answers.stdout())
         text = parts.get("namespace", "")
         return KubeSystemFacts(k3s.parse_namespace_tolerations(text), parse_pods_output(parts.get("pods", "")),
                                (text.strip().splitlines() or ["no answer"])[-1])
@@ -353,7 +357,7 @@ def fit_check(vm: VM, node: k3s.Node, managed: frozenset[str]) -> Check:
     return Check(name, "yes", found, False)
 
 
-class K3sTaints(Step):
+class K3sTaints(Step[ClusterFacts]):
     name = "k3s.taints"
     summary = ("reconcile every node's taints to the inventory (kubectl taint --overwrite, stale ones removed); "
                "each node takes pods tolerating its taints; the packaged add-ons available")
@@ -364,8 +368,8 @@ class K3sTaints(Step):
         return sh(f"{nodes_section()}; {_pods_section()}", sudo=True, timeout=60,
                   why="every node's taints, readiness, version; the kube-system pods")
 
-    def parse(self, target: Target, result: CmdResult | None) -> ClusterFacts:
-        parts = split_sections(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> ClusterFacts:
+        parts = split_sections(answers.stdout())
         nodes, error = parse_nodes_output(parts.get("nodes", ""))
         return ClusterFacts(nodes, error, parse_pods_output(parts.get("pods", "")))
 
@@ -423,7 +427,7 @@ def ready_and_taints(vm: VM, node: k3s.Node, managed: frozenset[str]) -> tuple[C
 
 # -- teardown --------------------------------------------------------------------------------------
 
-class _K3sRemove(Step):
+class _K3sRemove(Step[str]):
     destructive = True
     script = ""
 
@@ -431,8 +435,8 @@ class _K3sRemove(Step):
         return sh("if [ -x /usr/local/bin/{s} ]; then echo installed; else echo absent; fi", s=self.script,
                   sudo=True, why="is k3s installed")
 
-    def parse(self, target: Target, result: CmdResult | None) -> str:
-        return (result.stdout.strip() if result else "") or "absent"
+    def parse(self, target: Target, answers: Answers) -> str:
+        return answers.stdout().strip() or "absent"
 
     def plan(self, target: Target, facts: str | None) -> Plan:
         if facts == "absent":

@@ -14,10 +14,10 @@ from lib.facts.blockdev import BlockFacts, blockdev_command, in_use, parse_block
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import Host
 from lib.options import HostInputs
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, seq, sh
 from lib.steps.base import Mode, Plan, Step, Target
-from lib.transport import CmdResult
 
 # tool -> the Debian package that provides it: what the hypervisor's steps run.
 HYPERVISOR_TOOLS = {
@@ -114,7 +114,7 @@ def tool_checks(where: str, wanted: Mapping[str, str], found: Mapping[str, str])
     return checks
 
 
-class PreflightAccess(Step):
+class PreflightAccess(Step[AccessFacts]):
     name = "preflight.access"
     summary = "ssh, root or passwordless sudo, the tools the steps run (hypervisor + local xorriso; read-only)"
     mismatch_exit = 3
@@ -142,8 +142,8 @@ class PreflightAccess(Step):
             '| head -n1); echo "tool:$t=$p"; done',
             tools=list(HYPERVISOR_TOOLS), sudo=False, timeout=30, why="check access and tools")
 
-    def parse(self, target: Target, result: CmdResult | None) -> AccessFacts:
-        return parse_preflight(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> AccessFacts:
+        return parse_preflight(answers.stdout())
 
     def plan(self, target: Target, facts: object | None) -> Plan:
         return Plan(reason="read-only check")

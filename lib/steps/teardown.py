@@ -20,11 +20,11 @@ from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM
 from lib.local import LocalToolError, build_seed_iso
 from lib.options import HostInputs
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, Value, seq, sh
 from lib.steps.base import Mode, Plan, Step, StepMismatch, Target
 from lib.steps.images import disk_checks, disks_of, parse_image
-from lib.transport import CmdResult
 
 
 def _domstate(vm: VM, uri: str) -> Command:
@@ -32,7 +32,7 @@ def _domstate(vm: VM, uri: str) -> Command:
     return seq(libvirt_facts.domstate(uri, vm.name), libvirt_facts.PRINT_STATE)
 
 
-class VmsRemove(Step):
+class VmsRemove(Step[str]):
     name = "vms.remove"
     summary = "stop (destroy) and undefine each VM; its disks stay for disks.remove (--yes)"
     targets = "vms"
@@ -42,8 +42,8 @@ class VmsRemove(Step):
         assert target.vm is not None
         return seq(_domstate(target.vm, target.loaded.host.libvirt_uri), why="is the domain defined")
 
-    def parse(self, target: Target, result: CmdResult | None) -> str:
-        return (result.stdout.strip() if result else "") or "not defined"
+    def parse(self, target: Target, answers: Answers) -> str:
+        return answers.stdout().strip() or "not defined"
 
     def plan(self, target: Target, facts: str | None) -> Plan:
         assert target.vm is not None
@@ -129,7 +129,7 @@ def refused_of(vm: VM, verdicts: list[tuple[str, ownership.Seen, ownership.Verdi
         f"invoke teardown --host={host} shows the plan again)"))
 
 
-class _DiskSurvey(Step):
+class _DiskSurvey(Step[DiskFacts]):
     """The read disks.owned and disks.remove share: the domain's state and every path's ownership."""
 
     def host_inputs(self, loaded: LoadedHost, mode: Mode) -> HostInputs:
@@ -150,9 +150,9 @@ class _DiskSurvey(Step):
                    section("present"), _present(removable(vm, True)), timeout=90,
                    why="which disks exist, their real paths and ownership records")
 
-    def parse(self, target: Target, result: CmdResult | None) -> DiskFacts:
+    def parse(self, target: Target, answers: Answers) -> DiskFacts:
         assert target.vm is not None
-        out = result.stdout if result else ""
+        out = answers.stdout()
         parts = split_sections(out)
         return DiskFacts(parts.get("domain", "").strip() or "not defined", frozenset(parts.get("present", "").split()),
                          ownership.parse_survey(out, probes(target.vm)),

@@ -18,7 +18,7 @@ from lib.results import HostRun
 from lib.retry import Policies, Policy
 from lib.runbook import load_runbook
 from lib.runner import Engine, RunOptions
-from lib.steps.base import Step, Target
+from lib.steps.base import AnyStep, Target
 
 FAST = Policies(
     ssh_connect=Policy("ssh_connect", attempts=2, wait_initial=1, wait_max=1),
@@ -46,7 +46,7 @@ def world_flags(target: Target) -> WorldFlags:
 class World:
     """A hosts dir, a runbooks dir, a state dir and the records dir of one test."""
 
-    def __init__(self, tmp: Path, registry: dict[str, type[Step]]) -> None:
+    def __init__(self, tmp: Path, registry: dict[str, type[AnyStep]]) -> None:
         self.tmp = tmp
         self.registry = registry
         self.hosts = tmp / "hosts"
