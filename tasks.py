@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -38,6 +38,9 @@ from lib.errors import InventoryError, ToolError
 if TYPE_CHECKING:  # pydantic's models cost ~0.1 s to import: only the tasks that read the inventory pay it
     from lib.inventory.load import Inventory, LoadedHost
     from lib.options import RunFlags
+    from lib.output import Output
+    from lib.results import HostRun
+    from lib.runbook import Runbook
     from lib.sink import Sink
 
 HERE = Path(__file__).resolve().parent
@@ -242,7 +245,7 @@ def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
 
 # -- runbooks -----------------------------------------------------------------------------------
 
-def _runbook(name: str) -> Any:
+def _runbook(name: str) -> Runbook:
     from lib.flags import FlagError, did_you_mean
     from lib.runbook import load_runbook
     from lib.steps import REGISTRY
@@ -253,7 +256,7 @@ def _runbook(name: str) -> Any:
     return load_runbook(HERE / "runbooks" / f"{name}.yaml", REGISTRY)
 
 
-def _selection(book: Any, from_: str | None, only: str | None, skip: str | None) -> dict[str, Any]:
+def _selection(book: Runbook, from_: str | None, only: str | None, skip: str | None) -> dict[str, Any]:
     """--from/--only/--skip checked against the runbook's steps (with a suggestion) before anything runs."""
     from lib.flags import FlagError, names
 
@@ -280,8 +283,8 @@ def _again(task_name: str, **flags: object) -> Callable[[str], str]:
     return lambda h: f"invoke {task_name} --host={h}{shown}"
 
 
-def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command: Callable[[str], str],
-             after: Callable[[list[Any]], None] | None = None, as_json: bool = False, vm: str | None = None,
+def _execute(c: Context, host: str | None, book: Runbook, mode: str, resume_command: Callable[[str], str],
+             after: Callable[[list[HostRun]], None] | None = None, as_json: bool = False, vm: str | None = None,
              **opts: Any) -> None:
     """Run a runbook over the selected hosts, print the recap, exit with the run's code."""
     from lib.output import Output, recap
@@ -453,7 +456,7 @@ def _task_help(name: str, body: Any) -> None:
         print(f"  {spelled:<22} {arg.help or ''}".rstrip())
 
 
-def _single(name: str) -> Any:
+def _single(name: str) -> Runbook:
     from lib.flags import did_you_mean
     from lib.runbook import Runbook, RunbookError
     from lib.steps import REGISTRY
@@ -469,7 +472,7 @@ def _single(name: str) -> Any:
 _VERIFY = {"host": "hypervisor(s), comma-separated", "json": "print every check as JSON (numbers as numbers)"}
 
 
-def _verify(c: Context, host: str | None, book: Any, task_name: str, as_json: bool, **opts: Any) -> None:
+def _verify(c: Context, host: str | None, book: Runbook, task_name: str, as_json: bool, **opts: Any) -> None:
     _execute(c, host, book, "verify", _again(task_name), as_json=as_json, **opts)
 
 
@@ -503,7 +506,7 @@ def verify_k3s(c: Context, host: str | None = None, json: bool = False) -> None:
     _verify(c, host, _book("verify-k3s", "k3s.addons", "k3s.taints"), "verify.k3s", json)
 
 
-def _book(name: str, *steps: str) -> Any:
+def _book(name: str, *steps: str) -> Runbook:
     from lib.runbook import Runbook
     from lib.steps import REGISTRY
 
@@ -535,7 +538,7 @@ def verify_emulator(c: Context, host: str | None = None, interval: str = "1", js
             flags=RunFlags(interval=_interval(interval)), after=_busiest_emulator)
 
 
-def _busiest_emulator(runs: list[Any]) -> None:
+def _busiest_emulator(runs: list[HostRun]) -> None:
     loads = {(run.host, r.target): c.found for run in runs for r in run.results for c in r.checks
              if c.name == "emulator load"}
     if loads:
@@ -603,7 +606,8 @@ def monitor(c: Context, host: str | None = None, interval: str = "1", watch: boo
     _unread_exit(runs)
 
 
-def _sample(c: Context, host: str | None, seconds: float, records: bool = False, prometheus: bool = False) -> Any:
+def _sample(c: Context, host: str | None, seconds: float, records: bool = False,
+            prometheus: bool = False) -> list[HostRun]:
     """One monitor sample; a watch keeps no run directory per sample (records=False)."""
     from lib.options import RunFlags
 
@@ -640,7 +644,7 @@ def status(c: Context, host: str | None = None, json: bool = False) -> None:
         raise Exit(code=4)
 
 
-def _quiet() -> Any:
+def _quiet() -> Output:
     """An Output that keeps the per-step lines to itself: the caller prints its own view."""
     from lib.output import Output
 
@@ -684,8 +688,8 @@ def _runs_dir(c: Context) -> Path:
     return writable_dir("the runs directory", runs_dir if runs_dir.is_absolute() else HERE / runs_dir)
 
 
-def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None = None,
-         runs_dir: Path | None = None, progress: bool = True, flags: RunFlags | None = None, **opts: Any) -> Any:
+def _run(c: Context, host: str | None, book: Runbook, output: Sink, vm: str | None = None, runs_dir: Path | None = None,
+         progress: bool = True, flags: RunFlags | None = None, **opts: Any) -> list[HostRun]:
     """The Engine over the selected hosts with this checkout's runs dir and invoke.yaml's retries."""
     from lib.flags import names
     from lib.options import RunFlags
@@ -716,8 +720,14 @@ def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None =
         output.close()
 
 
+class _Interruptible(Protocol):
+    """What Ctrl-C stops: the Engine, or a fleet's hosts in flight."""
+
+    def interrupt(self) -> None: ...
+
+
 @contextlib.contextmanager
-def _stopped_by_signals(engine: Any, say: Callable[[str], None]) -> Iterator[None]:
+def _stopped_by_signals(engine: _Interruptible, say: Callable[[str], None]) -> Iterator[None]:
     """Ctrl-C or SIGTERM: let the commands in flight finish, then stop and record where; again: abandon.
 
     A command cut off halfway could leave a host half-changed; a run that stops between commands is
@@ -741,7 +751,8 @@ def _stopped_by_signals(engine: Any, say: Callable[[str], None]) -> Iterator[Non
         signal.signal(signal.SIGTERM, saved[1])
 
 
-def _run_quiet(c: Context, host: str | None, book: Any, flags: RunFlags, records: bool = True) -> Any:
+def _run_quiet(c: Context, host: str | None, book: Runbook, flags: RunFlags,
+               records: bool = True) -> list[HostRun]:
     """Verify mode without the per-step lines: the caller prints its own view of the checks, then
     calls _unread_exit, so a host that could not be read fails the command after its rows are shown.
 
@@ -759,7 +770,7 @@ def _run_quiet(c: Context, host: str | None, book: Any, flags: RunFlags, records
     return runs
 
 
-def _unread_exit(runs: list[Any]) -> None:
+def _unread_exit(runs: list[HostRun]) -> None:
     """A host or target that could not be read fails the command (exit 4), named, whatever was shown."""
     from lib.monitor.show import unread
 
