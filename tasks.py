@@ -23,8 +23,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -36,6 +37,10 @@ from lib.errors import InventoryError, ToolError
 
 if TYPE_CHECKING:  # pydantic's models cost ~0.1 s to import: only the tasks that read the inventory pay it
     from lib.inventory.load import Inventory, LoadedHost
+    from lib.options import RunFlags
+    from lib.output import Output
+    from lib.results import HostRun
+    from lib.runbook import Runbook
     from lib.sink import Sink
 
 HERE = Path(__file__).resolve().parent
@@ -240,7 +245,7 @@ def pins(c: Context, host: str | None = None, replan: bool = False) -> None:
 
 # -- runbooks -----------------------------------------------------------------------------------
 
-def _runbook(name: str) -> Any:
+def _runbook(name: str) -> Runbook:
     from lib.flags import FlagError, did_you_mean
     from lib.runbook import load_runbook
     from lib.steps.registry import REGISTRY
@@ -251,7 +256,7 @@ def _runbook(name: str) -> Any:
     return load_runbook(HERE / "runbooks" / f"{name}.yaml", REGISTRY)
 
 
-def _selection(book: Any, from_: str | None, only: str | None, skip: str | None) -> dict[str, Any]:
+def _selection(book: Runbook, from_: str | None, only: str | None, skip: str | None) -> dict[str, Any]:
     """--from/--only/--skip checked against the runbook's steps (with a suggestion) before anything runs."""
     from lib.flags import FlagError, names
 
@@ -271,15 +276,15 @@ def _selection(book: Any, from_: str | None, only: str | None, skip: str | None)
     return {"from_step": first, "only": chosen_only, "skip": chosen_skip}
 
 
-def _again(task_name: str, **flags: Any) -> Callable[[str], str]:
+def _again(task_name: str, **flags: object) -> Callable[[str], str]:
     """The command that runs this again on one host, with the flags that change what it does."""
     shown = "".join(f" --{k.rstrip('_').replace('_', '-')}" + ("" if v is True else f"={v}")
                     for k, v in flags.items() if v)
     return lambda h: f"invoke {task_name} --host={h}{shown}"
 
 
-def _execute(c: Context, host: str | None, book: Any, mode: str, resume_command: Callable[[str], str],
-             after: Callable[[list[Any]], None] | None = None, as_json: bool = False, vm: str | None = None,
+def _execute(c: Context, host: str | None, book: Runbook, mode: str, resume_command: Callable[[str], str],
+             after: Callable[[list[HostRun]], None] | None = None, as_json: bool = False, vm: str | None = None,
              **opts: Any) -> None:
     """Run a runbook over the selected hosts, print the recap, exit with the run's code."""
     from lib.output import Output, recap
@@ -357,27 +362,33 @@ def provision(c: Context, host: str | None = None, all_: bool = False, resume: b
               force_off: bool = False, drain_timeout: str = "0", shutdown_timeout: str = "0",
               reboot: bool = False) -> None:
     """Run a runbook on the host(s): every step verified, records under .runs/<host>/<run-id>/."""
-    day_two = {**_restart_flags(restart, force_off, drain_timeout, shutdown_timeout),
-               **({"reboot": True} if reboot else {})}
+    day_two = _day_two(restart, force_off, drain_timeout, shutdown_timeout, reboot)
     host = _changing(c, "provision", host, all_)
     book = _runbook(runbook)
     again = _again("provision", runbook=runbook if runbook != "provision" else None, redefine=redefine, vm=vm,
-                   **day_two, resume=True)
-    _execute(c, host, book, "apply", again, resume=resume, vm=vm, flags={"redefine": redefine, **day_two},
+                   **_shown(day_two), resume=True)
+    _execute(c, host, book, "apply", again, resume=resume, vm=vm, flags=replace(day_two, redefine=redefine),
              **_selection(book, from_, only, skip))
 
 
-def _restart_flags(restart: bool, force_off: bool, drain_timeout: str, shutdown_timeout: str) -> dict[str, Any]:
-    """The day-two flags a run passes its steps (only those set); a timeout without --restart is refused."""
+def _day_two(restart: bool, force_off: bool, drain_timeout: str, shutdown_timeout: str, reboot: bool) -> RunFlags:
+    """The day-two flags a run passes its steps; a timeout without --restart is refused."""
     from lib.flags import FlagError, number
+    from lib.options import RunFlags
 
     drain = number("drain-timeout", drain_timeout, low=0, high=86400)
     shutdown = number("shutdown-timeout", shutdown_timeout, low=0, high=86400)
     if (force_off or drain or shutdown) and not restart:
         raise FlagError("--force-off, --drain-timeout and --shutdown-timeout only go with --restart")
-    flags = {"restart": restart, "force_off": force_off, "drain_timeout": int(drain),
-             "shutdown_timeout": int(shutdown)}
-    return {k: v for k, v in flags.items() if v}
+    return RunFlags(restart=restart, force_off=force_off, drain_timeout=int(drain), shutdown_timeout=int(shutdown),
+                    reboot=reboot)
+
+
+def _shown(day_two: RunFlags) -> dict[str, object]:
+    """The day-two flags given, as the command that runs this again shows them (in this order)."""
+    given = {"restart": day_two.restart, "force_off": day_two.force_off, "drain_timeout": day_two.drain_timeout,
+             "shutdown_timeout": day_two.shutdown_timeout, "reboot": day_two.reboot}
+    return {k: v for k, v in given.items() if v}
 
 
 @_task({"host": "hypervisor(s), comma-separated", "offline": "from the inventory alone, contact no host", **_SELECT,
@@ -388,12 +399,11 @@ def plan(c: Context, host: str | None = None, offline: bool = False, runbook: st
          shutdown_timeout: str = "0", reboot: bool = False) -> None:
     """What provision would do, per step and host: the commands, the files' bodies and diffs, and with
     provision's --restart or --reboot the drain, shutdown, restart and reboot sequence. Changes nothing."""
-    day_two = {**_restart_flags(restart, force_off, drain_timeout, shutdown_timeout),
-               **({"reboot": True} if reboot else {})}
+    day_two = _day_two(restart, force_off, drain_timeout, shutdown_timeout, reboot)
     book = _runbook(runbook)
     again = _again("plan", offline=offline, runbook=runbook if runbook != "provision" else None,
-                   redefine=redefine, vm=vm, **day_two)
-    _execute(c, host, book, "offline" if offline else "plan", again, vm=vm, flags={"redefine": redefine, **day_two},
+                   redefine=redefine, vm=vm, **_shown(day_two))
+    _execute(c, host, book, "offline" if offline else "plan", again, vm=vm, flags=replace(day_two, redefine=redefine),
              **_selection(book, from_, only, skip))
 
 
@@ -409,10 +419,10 @@ def step(c: Context, name: str, host: str | None = None, all_: bool = False, red
         return
     book = _single(name)
     host = _changing(c, "step", host, all_)
-    flags = {"redefine": redefine, "yes": yes, "include_data": include_data,
-             **_restart_flags(restart, force_off, drain_timeout, shutdown_timeout),
-             **({"reboot": True} if reboot else {})}
-    _execute(c, host, book, "apply", _again(f"step {name}", vm=vm, **flags), vm=vm, flags=flags)
+    flags = replace(_day_two(restart, force_off, drain_timeout, shutdown_timeout, reboot), redefine=redefine, yes=yes,
+                    include_data=include_data)
+    again = _again(f"step {name}", vm=vm, redefine=redefine, yes=yes, include_data=include_data, **_shown(flags))
+    _execute(c, host, book, "apply", again, vm=vm, flags=flags)
 
 
 @_task({**_CHANGES, "yes": "really delete (without it: print what would be deleted, delete nothing)",
@@ -420,9 +430,11 @@ def step(c: Context, name: str, host: str | None = None, all_: bool = False, red
 def teardown(c: Context, host: str | None = None, all_: bool = False, yes: bool = False,
              include_data: bool = False) -> None:
     """Undo provision: the plan of what would be deleted first, then (only with --yes) delete it."""
+    from lib.options import RunFlags
+
     host = _changing(c, "teardown", host, all_)
     book = _runbook("teardown")
-    flags = {"include_data": include_data}
+    flags = RunFlags(include_data=include_data)
     if yes:  # what the deleting run would refuse is refused before its plan contacts the host
         _inventory(c, host, applying=True)
     _execute(c, host, book, "plan", _again("teardown", include_data=include_data), flags=flags)
@@ -432,7 +444,7 @@ def teardown(c: Context, host: str | None = None, all_: bool = False, yes: bool 
         print(f"Nothing was deleted. To delete the above: invoke teardown {where}{shown} --yes")
         return
     _execute(c, host, book, "apply", _again("teardown", include_data=include_data, yes=True),
-             flags={**flags, "yes": True})
+             flags=replace(flags, yes=True))
 
 
 def _task_help(name: str, body: Any) -> None:
@@ -444,7 +456,7 @@ def _task_help(name: str, body: Any) -> None:
         print(f"  {spelled:<22} {arg.help or ''}".rstrip())
 
 
-def _single(name: str) -> Any:
+def _single(name: str) -> Runbook:
     from lib.flags import did_you_mean
     from lib.runbook import Runbook, RunbookError
     from lib.steps.registry import REGISTRY
@@ -460,7 +472,7 @@ def _single(name: str) -> Any:
 _VERIFY = {"host": "hypervisor(s), comma-separated", "json": "print every check as JSON (numbers as numbers)"}
 
 
-def _verify(c: Context, host: str | None, book: Any, task_name: str, as_json: bool, **opts: Any) -> None:
+def _verify(c: Context, host: str | None, book: Runbook, task_name: str, as_json: bool, **opts: Any) -> None:
     _execute(c, host, book, "verify", _again(task_name), as_json=as_json, **opts)
 
 
@@ -494,7 +506,7 @@ def verify_k3s(c: Context, host: str | None = None, json: bool = False) -> None:
     _verify(c, host, _book("verify-k3s", "k3s.addons", "k3s.taints"), "verify.k3s", json)
 
 
-def _book(name: str, *steps: str) -> Any:
+def _book(name: str, *steps: str) -> Runbook:
     from lib.runbook import Runbook
     from lib.steps.registry import REGISTRY
 
@@ -511,19 +523,22 @@ def _interval(value: str) -> float:
 def verify_numa(c: Context, host: str | None = None, max_remote: str = "1", json: bool = False) -> None:
     """Read-only: each VM's QEMU memory per node, the share off its nodeset, numatune strict."""
     from lib.flags import number
+    from lib.options import RunFlags
 
     share = number("max-remote", max_remote, low=0, high=100)
-    _verify(c, host, _book("verify-numa", "numa.check"), "verify.numa", json, flags={"max_remote": share / 100})
+    _verify(c, host, _book("verify-numa", "numa.check"), "verify.numa", json, flags=RunFlags(max_remote=share / 100))
 
 
 @_task({**_VERIFY, "interval": "sampling interval in seconds, up to 3600 (default 1)"})
 def verify_emulator(c: Context, host: str | None = None, interval: str = "1", json: bool = False) -> None:
     """Read-only: each VM's emulator threads under 50% of their cpuset over an interval; the busiest named."""
+    from lib.options import RunFlags
+
     _verify(c, host, _book("verify-emulator", "emulator.check"), "verify.emulator", json,
-            flags={"interval": _interval(interval)}, after=_busiest_emulator)
+            flags=RunFlags(interval=_interval(interval)), after=_busiest_emulator)
 
 
-def _busiest_emulator(runs: list[Any]) -> None:
+def _busiest_emulator(runs: list[HostRun]) -> None:
     loads = {(run.host, r.target): c.found for run in runs for r in run.results for c in r.checks
              if c.name == "emulator load"}
     if loads:
@@ -591,9 +606,12 @@ def monitor(c: Context, host: str | None = None, interval: str = "1", watch: boo
     _unread_exit(runs)
 
 
-def _sample(c: Context, host: str | None, seconds: float, records: bool = False, prometheus: bool = False) -> Any:
+def _sample(c: Context, host: str | None, seconds: float, records: bool = False,
+            prometheus: bool = False) -> list[HostRun]:
     """One monitor sample; a watch keeps no run directory per sample (records=False)."""
-    return _run_quiet(c, host, _book("monitor", "monitor.sample"), {"interval": seconds, "prometheus": prometheus},
+    from lib.options import RunFlags
+
+    return _run_quiet(c, host, _book("monitor", "monitor.sample"), RunFlags(interval=seconds, prometheus=prometheus),
                       records=records)
 
 
@@ -626,7 +644,7 @@ def status(c: Context, host: str | None = None, json: bool = False) -> None:
         raise Exit(code=4)
 
 
-def _quiet() -> Any:
+def _quiet() -> Output:
     """An Output that keeps the per-step lines to itself: the caller prints its own view."""
     from lib.output import Output
 
@@ -637,8 +655,9 @@ def _quiet() -> Any:
 def doctor(c: Context, host: str | None = None, interval: str = "1") -> None:
     """The spec's troubleshooting table as checks: each finding with its symptom, evidence and fix."""
     from lib.monitor.show import show_findings
+    from lib.options import RunFlags
 
-    runs = _run_quiet(c, host, _book("doctor", "doctor"), {"interval": _interval(interval)})
+    runs = _run_quiet(c, host, _book("doctor", "doctor"), RunFlags(interval=_interval(interval)))
     problems = show_findings(runs)
     _unread_exit(runs)  # a host not reached fails the command, whatever the others showed
     if problems:
@@ -669,20 +688,21 @@ def _runs_dir(c: Context) -> Path:
     return writable_dir("the runs directory", runs_dir if runs_dir.is_absolute() else HERE / runs_dir)
 
 
-def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None = None,
-         runs_dir: Path | None = None, progress: bool = True, **opts: Any) -> Any:
+def _run(c: Context, host: str | None, book: Runbook, output: Sink, vm: str | None = None, runs_dir: Path | None = None,
+         progress: bool = True, flags: RunFlags | None = None, **opts: Any) -> list[HostRun]:
     """The Engine over the selected hosts with this checkout's runs dir and invoke.yaml's retries."""
     from lib.flags import names
+    from lib.options import RunFlags
     from lib.retry import policies_from_config
     from lib.runner import Engine, RunOptions
 
     inv = _inventory(c, host, applying=opts.get("mode") == "apply")
+    flags = flags or RunFlags()
     if vm is not None:  # checked against the selected hosts' VMs before any host is contacted
         known = [v.name for loaded in inv.hosts.values() for v in loaded.host.vms]
-        chosen = names("vm", vm, known, "VM", f"the VMs of {', '.join(inv.hosts)}")
-        opts["flags"] = {**opts.get("flags", {}), "vms": chosen}
+        flags = replace(flags, vms=tuple(names("vm", vm, known, "VM", f"the VMs of {', '.join(inv.hosts)}")))
     options = RunOptions(runs_dir=runs_dir or _runs_dir(c), policies=policies_from_config(c.config.get("retries")),
-                         **opts)
+                         flags=flags, **opts)
     # What is still waited on: in a live display's host line, else on stderr when it is a terminal;
     # monitor --watch's screen is its own progress (progress=False).
     if progress:
@@ -700,8 +720,14 @@ def _run(c: Context, host: str | None, book: Any, output: Sink, vm: str | None =
         output.close()
 
 
+class _Interruptible(Protocol):
+    """What Ctrl-C stops: the Engine, or a fleet's hosts in flight."""
+
+    def interrupt(self) -> None: ...
+
+
 @contextlib.contextmanager
-def _stopped_by_signals(engine: Any, say: Callable[[str], None]) -> Iterator[None]:
+def _stopped_by_signals(engine: _Interruptible, say: Callable[[str], None]) -> Iterator[None]:
     """Ctrl-C or SIGTERM: let the commands in flight finish, then stop and record where; again: abandon.
 
     A command cut off halfway could leave a host half-changed; a run that stops between commands is
@@ -725,7 +751,8 @@ def _stopped_by_signals(engine: Any, say: Callable[[str], None]) -> Iterator[Non
         signal.signal(signal.SIGTERM, saved[1])
 
 
-def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any], records: bool = True) -> Any:
+def _run_quiet(c: Context, host: str | None, book: Runbook, flags: RunFlags,
+               records: bool = True) -> list[HostRun]:
     """Verify mode without the per-step lines: the caller prints its own view of the checks, then
     calls _unread_exit, so a host that could not be read fails the command after its rows are shown.
 
@@ -743,7 +770,7 @@ def _run_quiet(c: Context, host: str | None, book: Any, flags: dict[str, Any], r
     return runs
 
 
-def _unread_exit(runs: list[Any]) -> None:
+def _unread_exit(runs: list[HostRun]) -> None:
     """A host or target that could not be read fails the command (exit 4), named, whatever was shown."""
     from lib.monitor.show import unread
 

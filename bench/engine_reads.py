@@ -18,17 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import load_inventory
 from lib.output import Output
+from lib.reads import Answers
 from lib.results import Check
 from lib.runbook import Runbook
 from lib.runner import Engine, RunOptions, exit_code
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, Target
-from lib.transport import CmdResult
 
 READS = (Path(__file__).resolve().parent / "reads.txt").read_text().splitlines()
 
 
-class Reads(Step):
+class Reads(Step[dict[str, str]]):
     name = "bench.reads"
     summary = "the 20 reads of the peer benchmark, one batched command"
 
@@ -37,8 +37,8 @@ class Reads(Step):
         script = "; ".join(f"{section(f'r{i}')}; {read}" for i, read in enumerate(READS)) + "; true"
         return sh(script.replace("{", "{{").replace("}", "}}"), sudo=False, timeout=30)
 
-    def parse(self, target: Target, result: CmdResult | None) -> dict[str, str]:
-        return split_sections(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> dict[str, str]:
+        return split_sections(answers.stdout())
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         return Plan(reason="read-only")

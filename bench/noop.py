@@ -39,7 +39,7 @@ def batches(loaded: LoadedHost) -> dict[Endpoint, list[str]]:
     book = load_runbook(REPO / "runbooks" / "provision.yaml", REGISTRY)
     out: dict[Endpoint, list[str]] = {}
     for step in book.steps:
-        for target in targets_for(step, loaded, {"mode": "verify"}):
+        for target in targets_for(step, loaded, mode="verify"):
             cmd = step.facts_command(target)
             if cmd is not None:
                 out.setdefault(target.endpoint, []).append(f"( {cmd.real} )")

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from tenacity import RetryCallState
 
 from lib.failures import convergence_progress
-from lib.recorded import Answers
+from lib.gather import gather
+from lib.recorded import SharedReads
 from lib.results import Check
 from lib.retry import Policy, Sleep, retrying
 from lib.sink import Sink
-from lib.steps.base import Action, Await, OnPeer, Step, Target, Upload
+from lib.steps.base import Action, AnyStep, Await, OnPeer, Target, Upload
 from lib.transport import CommandError, ConnectError, Shell
 
 
@@ -37,32 +38,32 @@ class Executor:
         self.policy, self.sleep, self.check_stop, self.sink = policy, sleep, check_stop, sink
 
     def do(self, actions: tuple[Action, ...], shell: Shell, commands: list[str], target: Target,
-           answers: Answers) -> None:
+           shared: SharedReads) -> None:
         """Each action in order, its shown text appended to `commands` before it runs."""
         for action in actions:
             self.check_stop()
             commands.append(action.shown)
-            answers.forget()  # a change: no shared read from before it serves anyone after it
+            shared.forget()  # a change: no shared read from before it serves anyone after it
             if isinstance(action, Upload):
                 shell.put(action.source or action.data, action.path, action.mode,
                           owner=action.owner, group=action.group)
             elif isinstance(action, OnPeer):  # kubectl on the k3s server, for a VM whose commands run elsewhere
                 (shell.peer(target.peer) if target.peer else shell).run(action.command)
             elif isinstance(action, Await):
-                self.converge(action.step, target, shell, answers)
+                self.converge(action.step, target, shell, shared)
             else:
                 shell.run(action)
-            answers.forget()  # and none read while it ran
+            shared.forget()  # and none read while it ran
 
-    def converge(self, step: Step, target: Target, shell: Shell, answers: Answers) -> list[Check]:
+    def converge(self, step: AnyStep, target: Target, shell: Shell, shared: SharedReads) -> list[Check]:
         """Read and verify until every check holds; NotYet with the last checks when time runs out."""
         last: list[Check] = []
 
         def attempt() -> list[Check]:
             nonlocal last
-            answers.forget()  # waiting for a change: every attempt reads afresh
+            shared.forget()  # waiting for a change: every attempt reads afresh
             try:
-                checks = step.verify(target, step.gather(target, shell))
+                checks = step.verify(target, gather(step, target, shell))
             except (CommandError, ConnectError) as exc:
                 checks = [Check("reachable", "yes", str(exc).splitlines()[0], False)]
             last = checks

@@ -1,5 +1,5 @@
 """The Shell a step's target gets from its run: its commands' answers kept as evidence, the shared
-reads of one step asked once, and what the run already read (Answers, lib/readahead.py).
+reads of one step asked once, and what the run already read (SharedReads, lib/readahead.py).
 lib/runner.py lends one per target and step.
 """
 
@@ -14,7 +14,7 @@ from lib.shell import Command
 from lib.transport import CmdResult, CommandError, Endpoint, RawDomain, Shell
 
 
-class Answers:
+class SharedReads:
     """What one host's run already knows.
 
     - Shared reads (Command.shared): asked once per step, by whichever of its targets asks first,
@@ -47,14 +47,14 @@ class Answers:
 
 class Recorded:
     """A target's view of its shell (a Shell itself): every command's answer is kept as raw evidence
-    for its step, and a shared read is asked once per step (Answers).
+    for its step, and a shared read is asked once per step (SharedReads).
 
     Shells are shared (VM targets ride on the hypervisor's), so the recording is per target and
     step, not per shell; everything else is the shell's own.
     """
 
     def __init__(self, shell: Shell, keep: Callable[[CmdResult], None], endpoint: Endpoint, step: str,
-                 answers: Answers) -> None:
+                 answers: SharedReads) -> None:
         self._shell, self._keep = shell, keep
         self._endpoint, self._step, self._answers = endpoint, step, answers
 

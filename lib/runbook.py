@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from lib.errors import ToolError
-from lib.steps.base import Step
+from lib.steps.base import AnyStep
 
 
 class RunbookError(ToolError):
@@ -21,14 +21,14 @@ class Runbook:
     name: str
     file: str
     description: str
-    steps: tuple[Step, ...]
+    steps: tuple[AnyStep, ...]
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.steps]
 
 
-def load_runbook(path: Path, registry: Mapping[str, type[Step]]) -> Runbook:
+def load_runbook(path: Path, registry: Mapping[str, type[AnyStep]]) -> Runbook:
     if not path.exists():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise RunbookError(f"{path}: runbook not found (known: {', '.join(known) or 'none'})")
@@ -50,7 +50,7 @@ def load_runbook(path: Path, registry: Mapping[str, type[Step]]) -> Runbook:
 
 
 def select(runbook: Runbook, *, from_step: str | None = None, only: Sequence[str] = (),
-           skip: Sequence[str] = ()) -> tuple[list[Step], dict[str, str]]:
+           skip: Sequence[str] = ()) -> tuple[list[AnyStep], dict[str, str]]:
     """The steps to run, and for each left out, why (journalled as skipped)."""
     names = runbook.names
     for flag, given in (("--from", [from_step] if from_step else []), ("--only", only), ("--skip", skip)):
@@ -59,7 +59,7 @@ def select(runbook: Runbook, *, from_step: str | None = None, only: Sequence[str
             raise RunbookError(f"{flag}: {', '.join(map(repr, bad))} not in runbook {runbook.name} "
                                f"(steps: {', '.join(names)})")
     start = names.index(from_step) if from_step else 0
-    chosen: list[Step] = []
+    chosen: list[AnyStep] = []
     left_out: dict[str, str] = {}
     for i, step in enumerate(runbook.steps):
         if i < start:

@@ -48,12 +48,15 @@ from lib.failures import (
     verification_failed,
     would_delete,
 )
+from lib.gather import gather
 from lib.inventory.load import LoadedHost
+from lib.options import HostInputs, RunFlags
 from lib.output import Output
 from lib.planview import describe as describe_action
 from lib.pool import ssh_pool
 from lib.readahead import ReadAhead
-from lib.recorded import Answers, Recorded
+from lib.reads import Answers, Ask, Run
+from lib.recorded import Recorded, SharedReads
 from lib.records import RunMeta, RunRecords, last_run, new_run_id, read_journal
 from lib.results import Check, HostRun, Status, StepResult
 from lib.resume import resume_point
@@ -61,13 +64,22 @@ from lib.retry import Policies, Sleep
 from lib.runbook import Runbook, RunbookError, select
 from lib.shell import Command, public
 from lib.sink import Sink
-from lib.steps.base import Action, Mode, Plan, Step, StepMismatch, Target
+from lib.steps.base import Action, AnyStep, Mode, Plan, StepMismatch, Target
 from lib.targets import hypervisor_endpoint, targets_for
 from lib.transport import Endpoint, Log, Pool, Shell
 
 # Re-exported: callers (tasks.py, tests, bench) import these from the engine.
-__all__ = ["Answers", "Engine", "Interrupted", "Mode", "PoolFactory", "RunOptions", "describe", "exit_code",
-           "failure_text"]
+__all__ = [
+    "Engine",
+    "Interrupted",
+    "Mode",
+    "PoolFactory",
+    "RunOptions",
+    "SharedReads",
+    "describe",
+    "exit_code",
+    "failure_text",
+]
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,7 @@ class RunOptions:
     from_step: str | None = None
     only: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
-    flags: dict[str, Any] = field(default_factory=dict)  # step options such as redefine, yes
+    flags: RunFlags = field(default_factory=RunFlags)  # what steps may honour, such as redefine, yes
     policies: Policies = field(default_factory=Policies)
     sleep: Sleep = time.sleep
     # How the operator runs this again from where it stopped, given the host name.
@@ -104,17 +116,17 @@ class _HostRun:
     run_id: str
     pool: Pool
     records: RunRecords
-    flags: dict[str, Any]
+    inputs: HostInputs = field(default_factory=HostInputs)  # what the chosen steps read on this machine
     carried: dict[str, str] = field(default_factory=dict)  # --resume: step -> the run it verified in
     current: str = ""  # the step the run is at: named when the host fails outside any target
-    answers: Answers = field(default_factory=Answers)
+    shared: SharedReads = field(default_factory=SharedReads)
     locked: bool = False
 
 
 class _TargetRun:
     """One step on one target in one of the four modes: its clock, the commands it ran, its result."""
 
-    def __init__(self, step: Step, target: Target, host: _HostRun, executor: Executor) -> None:
+    def __init__(self, step: AnyStep, target: Target, host: _HostRun, executor: Executor) -> None:
         self.step, self.target, self.host, self.executor = step, target, host, executor
         self.started = time.time()
         self.commands: list[str] = []
@@ -136,7 +148,7 @@ class _TargetRun:
         """The target's shell, recording each command's raw answer under the run's evidence."""
         shell = self.host.pool.shell(self.target.endpoint)
         keep = self.host.records.evidence_writer(self.step.name, self.target.name)
-        return Recorded(shell, keep, self.target.endpoint, self.step.name, self.host.answers)
+        return Recorded(shell, keep, self.target.endpoint, self.step.name, self.host.shared)
 
     # -- the four modes, one function each --------------------------------------------------
     def offline(self) -> StepResult:
@@ -144,35 +156,35 @@ class _TargetRun:
 
     def plan(self) -> StepResult:
         self.executor.check_stop()
-        return self.planned(self.step.plan(self.target, self.step.gather(self.target, self.session())))
+        return self.planned(self.step.plan(self.target, gather(self.step, self.target, self.session())))
 
     def verify(self) -> StepResult:
         self.executor.check_stop()
-        facts = self.step.gather(self.target, self.session())
+        facts = gather(self.step, self.target, self.session())
         return self._verdict(self.step.verify(self.target, facts), changed=False)
 
     def apply(self, one_at_a_time: threading.Lock) -> StepResult:
         job, step, target = self, self.step, self.target
         self.executor.check_stop()
         session = job.session()
-        facts = step.gather(target, session)
+        facts = gather(step, target, session)
         plan = step.plan(target, facts)
-        if step.destructive and plan.actions and not target.options.get("yes"):
+        if step.destructive and plan.actions and not target.flags.yes:
             return job.failed(2, would_delete(job.where, plan.reason), planned=tuple(a.shown for a in plan.actions))
         with one_at_a_time if plan.exclusive else contextlib.nullcontext():
-            self.executor.do(plan.actions, session, job.commands, target, job.host.answers)
-            checks = self._fresh_checks(step, target, session, facts, job.host.answers, changed=bool(plan.actions))
+            self.executor.do(plan.actions, session, job.commands, target, job.host.shared)
+            checks = self._fresh_checks(step, target, session, facts, job.host.shared, changed=bool(plan.actions))
         result = self._verdict(checks, changed=bool(plan.actions))
         return result if result.status == "failed" else replace(result, reason=plan.reason, warnings=plan.warnings)
 
-    def _fresh_checks(self, step: Step, target: Target, session: Shell, facts: object, answers: Answers, *,
+    def _fresh_checks(self, step: AnyStep, target: Target, session: Shell, facts: object, shared: SharedReads, *,
                       changed: bool) -> list[Check]:
         # Fresh facts after a change; with nothing applied the facts just read are fresh, and a
         # convergence step only waits when they do not already hold.
         checks = [] if changed else step.verify(target, facts)
         if step.converge and (changed or failed(checks)):
-            return self.executor.converge(step, target, session, answers)
-        return step.verify(target, step.gather(target, session)) if changed else checks
+            return self.executor.converge(step, target, session, shared)
+        return step.verify(target, gather(step, target, session)) if changed else checks
 
     def _verdict(self, checks: list[Check], *, changed: bool) -> StepResult:
         job = self
@@ -251,20 +263,21 @@ class Engine:
                       records=str(records.dir.resolve()))
         records.start(RunMeta(loaded.name, run_id, self.runbook.name, opts.mode, self._vm_filter))
         pool = self.pools(opts.policies, self._sleep, records.log, self.read_only)
-        ctx = _HostRun(loaded, run_id, pool, records, {**opts.flags, "mode": opts.mode, "run_id": run_id})
+        ctx = _HostRun(loaded, run_id, pool, records)
         try:
             chosen, left_out, ctx.carried = self._selection(loaded, run_id)
-            ctx.answers = Answers(ReadAhead(lambda: reads_ahead(chosen, ctx), records.log))
+            ctx.shared = SharedReads(ReadAhead(lambda: reads_ahead(chosen, ctx, opts.flags, opts.mode),
+                                               records.log))
             ctx.current = next((s.name for s in chosen if s.name not in left_out), "")
             self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
-                # The steps' options (the cluster token, the airgap folder) checked on this machine as a
+                # The steps' local inputs (the cluster token, the airgap folder) checked on this machine as a
                 # plan would, creating nothing: a weak token is refused before the host is contacted.
                 for step in chosen:
-                    step.host_options(loaded, "plan")
+                    step.host_inputs(loaded, "plan")
                 ctx.locked = self._take_lock(pool, hypervisor_endpoint(loaded), loaded, run_id)
             for step in chosen:
-                ctx.flags.update(step.host_options(loaded, opts.mode))
+                ctx.inputs = ctx.inputs.merged(step.host_inputs(loaded, opts.mode))
             self._run_steps(ctx, run, chosen, left_out)
         except Exception as exc:
             self._host_failed(ctx, run, exc)
@@ -272,15 +285,15 @@ class Engine:
             self._finish(ctx, run)
         return run
 
-    def _run_steps(self, ctx: _HostRun, run: HostRun, chosen: list[Step], left_out: dict[str, str]) -> None:
+    def _run_steps(self, ctx: _HostRun, run: HostRun, chosen: list[AnyStep], left_out: dict[str, str]) -> None:
         """Every step in runbook order; a run that changes hosts stops at its first failure."""
         host = ctx.loaded.name
         for step in self.runbook.steps:
             if step.name in ctx.carried:
                 verified = ctx.carried[step.name]
-                self._record(ctx.records, run, self._skipped(host, step.name, f"verified in run {verified}", verified))
+                self._record(ctx.records, run, _skipped(host, step.name, f"verified in run {verified}", verified))
             elif step.name in left_out:
-                self._record(ctx.records, run, self._skipped(host, step.name, left_out[step.name]))
+                self._record(ctx.records, run, _skipped(host, step.name, left_out[step.name]))
             elif step in chosen:
                 ctx.current = step.name
                 try:
@@ -323,12 +336,8 @@ class Engine:
         records.journal(result)
         self.output.step_done(result)
 
-    def _skipped(self, host: str, step: str, reason: str, verified_in: str = "") -> StepResult:
-        now = time.time()
-        return StepResult(host, step, host, "skipped", now, now, reason=reason, verified_in=verified_in)
-
     # -- which steps: --from, --only, --skip, --resume ---------------------------------------
-    def _selection(self, loaded: LoadedHost, run_id: str) -> tuple[list[Step], dict[str, str], dict[str, str]]:
+    def _selection(self, loaded: LoadedHost, run_id: str) -> tuple[list[AnyStep], dict[str, str], dict[str, str]]:
         opts = self.options
         from_step = opts.from_step
         carried: dict[str, str] = {}
@@ -339,7 +348,7 @@ class Engine:
 
     @property
     def _vm_filter(self) -> tuple[str, ...]:
-        return tuple(self.options.flags.get("vms") or ())
+        return self.options.flags.vms
 
     def _resume_point(self, host: str, this_run: str) -> tuple[str | None, dict[str, str]]:
         """Start at the first step the last run of this runbook on this host did not verify."""
@@ -355,16 +364,17 @@ class Engine:
         return True
 
     # -- one step on its targets -------------------------------------------------------------
-    def _run_step(self, step: Step, ctx: _HostRun, run: HostRun) -> bool:
+    def _run_step(self, step: AnyStep, ctx: _HostRun, run: HostRun) -> bool:
         """Run one step on all its targets and record each result; False when any failed."""
         host = ctx.loaded.name
         if self.stop.is_set():
             raise Interrupted(f"{host}: interrupted by the operator before step {step.name}, which had not started")
         ctx.records.log(f"{host}: step {step.name} started")
-        targets = targets_for(step, ctx.loaded, ctx.flags)
+        targets = targets_for(step, ctx.loaded, self.options.flags, inputs=ctx.inputs, mode=self.options.mode,
+                              run_id=ctx.run_id)
         if not targets:
             # Nothing to do and nothing to verify: verified, vacuously, so resume carries it.
-            results = [self._skipped(host, step.name, f"no {step.targets} targets on this host", ctx.run_id)]
+            results = [_skipped(host, step.name, f"no {step.targets} targets on this host", ctx.run_id)]
         else:
             one_at_a_time = threading.Lock()  # for plans marked exclusive
             with ThreadPoolExecutor(max_workers=len(targets)) as threads:
@@ -373,7 +383,7 @@ class Engine:
             self._record(ctx.records, run, result)
         return all(r.status != "failed" for r in results)
 
-    def _run_target(self, step: Step, target: Target, ctx: _HostRun, one_at_a_time: threading.Lock) -> StepResult:
+    def _run_target(self, step: AnyStep, target: Target, ctx: _HostRun, one_at_a_time: threading.Lock) -> StepResult:
         self.output.step_started(target.loaded.name, step.name, target.name)
         job = _TargetRun(step, target, ctx, self.executor)
         modes: dict[Mode, Callable[[], StepResult]] = {
@@ -395,9 +405,10 @@ class Engine:
                               f"{job.where}: {describe(exc)}")
 
 
-def reads_ahead(chosen: list[Step], ctx: _HostRun) -> dict[Endpoint, list[Command]]:
-    """Per endpoint, the facts reads the chosen steps will make there from the current step on (read
-    at the run's first contact: lib/readahead.py). A step that cannot say is left to read alone."""
+def reads_ahead(chosen: list[AnyStep], ctx: _HostRun, flags: RunFlags, mode: Mode) -> dict[Endpoint, list[Command]]:
+    """Per endpoint, the commands the chosen steps will read there from the current step on: each
+    target's first round of declared reads (read at the run's first contact: lib/readahead.py).
+    A step that cannot say is left to read alone."""
     names = [s.name for s in chosen]
     start = names.index(ctx.current) if ctx.current in names else 0
     reads: dict[Endpoint, list[Command]] = {}
@@ -405,13 +416,20 @@ def reads_ahead(chosen: list[Step], ctx: _HostRun) -> dict[Endpoint, list[Comman
         if not step.read_ahead:
             continue
         try:
-            for target in targets_for(step, ctx.loaded, ctx.flags):
-                cmd = step.facts_command(target)
-                if cmd is not None:
-                    reads.setdefault(target.endpoint, []).append(cmd)
+            for target in targets_for(step, ctx.loaded, flags, inputs=ctx.inputs, mode=mode, run_id=ctx.run_id):
+                for read in step.reads(target, Answers()):
+                    if isinstance(read, Run):
+                        reads.setdefault(target.endpoint, []).append(read.command)
+                    elif isinstance(read, Ask):
+                        reads.setdefault(read.endpoint, []).append(read.command)
         except Exception as exc:  # an optimisation only: the step reads alone and reports its own errors
             ctx.records.log(f"{ctx.loaded.name}: {step.name} not read ahead: {describe(exc)}")
     return reads
+
+
+def _skipped(host: str, step: str, reason: str, verified_in: str = "") -> StepResult:
+    now = time.time()
+    return StepResult(host, step, host, "skipped", now, now, reason=reason, verified_in=verified_in)
 
 
 def _planned(actions: tuple[Action, ...], host: str) -> tuple[str, ...]:

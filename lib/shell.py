@@ -141,7 +141,7 @@ class Command:
     why: str = ""
     writes: tuple[FileBody, ...] = ()  # the files this command writes, for plans (lib/planview.py)
     # A read whose one answer serves every target of the step that asks it, until the run next
-    # changes something (lib/runner.Answers): another target's state, such as the k3s node list.
+    # changes something (lib/runner.SharedReads): another target's state, such as the k3s node list.
     shared: bool = False
 
     def __str__(self) -> str:

@@ -1,6 +1,6 @@
 """Test-only steps that drive the engine through its failure paths over real sshd hosts.
 
-Each step keeps its state in files under target.options["state"] (a test's tmp dir, reached over
+Each step keeps its state in files under its WorldFlags' state (a test's tmp dir, reached over
 SSH), so the test can read what really ran on the "host".
 """
 
@@ -10,17 +10,19 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
+from lib.reads import Answers, Ask, Reads
 from lib.results import Check
 from lib.shell import Command, Secret, sh
-from lib.steps.base import Plan, Step, Target
+from lib.steps.base import AnyStep, Plan, Step, Target
 from lib.transport import CmdResult
+from tests.harness.world import world_flags
 
 
 def _state(target: Target, name: str) -> str:
-    return f"{target.options['state']}/{target.name}.{name}"
+    return f"{world_flags(target).state}/{target.name}.{name}"
 
 
-class Mark(Step):
+class Mark(Step[list[str]]):
     """Appends its name to <target>.ran once; ok when already there. The basis of resume tests."""
 
     name = "test.mark"
@@ -29,8 +31,8 @@ class Mark(Step):
     def facts_command(self, target: Target) -> Command:
         return sh("cat {f} 2>/dev/null; true", f=_state(target, "ran"), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> list[str]:
-        return result.stdout.split() if result else []
+    def parse(self, target: Target, answers: Answers) -> list[str]:
+        return answers.stdout().split()
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         if facts and self.name in facts:
@@ -41,11 +43,11 @@ class Mark(Step):
         return [Check("marker", self.name, " ".join(facts) or "none", self.name in facts)]
 
 
-def mark_step(step_name: str) -> type[Step]:
+def mark_step(step_name: str) -> type[AnyStep]:
     return type(f"Mark_{step_name}", (Mark,), {"name": step_name})
 
 
-class Flaky(Step):
+class Flaky(Step[int]):
     """Fails with a transient exit code (75) twice, then succeeds: the transient policy retries."""
 
     name = "test.flaky"
@@ -57,8 +59,8 @@ class Flaky(Step):
     def facts_command(self, target: Target) -> Command:
         return sh("cat {f} 2>/dev/null || echo 0", f=_state(target, self.state), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> int:
-        return int(result.stdout.strip() or 0) if result else 0
+    def parse(self, target: Target, answers: Answers) -> int:
+        return int(answers.stdout().strip() or 0)
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         if facts and facts >= self.succeeds_at:
@@ -83,11 +85,14 @@ class LockBusy(Flaky):
                '(held by monitor=remoteDispatchDomainCreate)" >&2; exit 1')
 
 
-class Permanent(Step):
+class Permanent(Step[None]):
     """Fails with exit 1: a permanent error, never retried."""
 
     name = "test.permanent"
     summary = "fails for good"
+
+    def parse(self, target: Target, answers: Answers) -> None:
+        return None
 
     def facts_command(self, target: Target) -> Command:
         return sh("true", sudo=False)
@@ -100,7 +105,7 @@ class Permanent(Step):
         return []
 
 
-class WrongValue(Step):
+class WrongValue(Step[str]):
     """Writes 1 where the spec wants 0: the verification after the step fails (exit 5)."""
 
     name = "test.wrong"
@@ -109,8 +114,8 @@ class WrongValue(Step):
     def facts_command(self, target: Target) -> Command:
         return sh("cat {f} 2>/dev/null || echo unset", f=_state(target, "value"), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> str:
-        return result.stdout.strip() if result else ""
+    def parse(self, target: Target, answers: Answers) -> str:
+        return answers.stdout().strip()
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         return Plan((sh("echo 1 > {f}", f=_state(target, "value"), sudo=False),), "write the value")
@@ -119,12 +124,15 @@ class WrongValue(Step):
         return [Check("numa_balancing", "0", str(facts), facts == "0")]
 
 
-class Sleepy(Step):
+class Sleepy(Step[None]):
     """Sleeps on every guest at once, journalling start and end: parallel targets must overlap."""
 
     name = "test.sleepy"
     summary = "sleep 1 s on every guest"
     targets = "guests"
+
+    def parse(self, target: Target, answers: Answers) -> None:
+        return None
 
     def facts_command(self, target: Target) -> Command:
         return sh("true", sudo=False)
@@ -139,7 +147,7 @@ class Sleepy(Step):
 TOKEN_VALUE = "K10-test-token-5f3a9c2e7b1d"  # noqa: S105 - the test secret that must never leak
 
 
-class WithToken(Step):
+class WithToken(Step[str]):
     """Uses a secret in a command, an upload, and echoes it back: it must show as *** everywhere."""
 
     name = "test.token"
@@ -149,8 +157,8 @@ class WithToken(Step):
         # Output is masked for known secrets, so a step compares a digest, never the value itself.
         return sh("sha256sum < {f} 2>/dev/null; true", f=_state(target, "token"), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> str:
-        return result.stdout.split()[0] if result and result.stdout.strip() else ""
+    def parse(self, target: Target, answers: Answers) -> str:
+        return answers.stdout().split()[0] if answers.stdout().strip() else ""
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         token = Secret(TOKEN_VALUE)
@@ -162,7 +170,7 @@ class WithToken(Step):
         return [Check("token file sha256", want[:12], str(facts)[:12], facts == want)]
 
 
-class WaitsForFile(Step):
+class WaitsForFile(Step[bool]):
     """Converges: the file appears after a few polls (the test's sleep hook creates it)."""
 
     name = "test.converge"
@@ -172,8 +180,8 @@ class WaitsForFile(Step):
     def facts_command(self, target: Target) -> Command:
         return sh("test -e {f} && echo yes || echo no", f=_state(target, "ready"), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> bool:
-        return bool(result and result.stdout.strip() == "yes")
+    def parse(self, target: Target, answers: Answers) -> bool:
+        return answers.stdout().strip() == "yes"
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         return Plan(reason="nothing to apply; waits") if facts else Plan(
@@ -183,11 +191,14 @@ class WaitsForFile(Step):
         return [Check("ready file", "present", "present" if facts else "absent", bool(facts))]
 
 
-class Hangs(Step):
+class Hangs(Step[None]):
     """A command that outlives its timeout: retried as transient, then fails naming the timeout."""
 
     name = "test.hangs"
     summary = "sleeps past its timeout"
+
+    def parse(self, target: Target, answers: Answers) -> None:
+        return None
 
     def facts_command(self, target: Target) -> Command:
         return sh("true", sudo=False)
@@ -200,7 +211,7 @@ class Hangs(Step):
         return []
 
 
-class DropsConnection(Step):
+class DropsConnection(Step[str]):
     """First try: kills the sshd session serving it, so the connection drops mid-step. Second try
     (after the reconnect): records the host lock's content, to show the lock followed the new session."""
 
@@ -210,8 +221,8 @@ class DropsConnection(Step):
     def facts_command(self, target: Target) -> Command:
         return sh("cat {f} 2>/dev/null; true", f=_state(target, "lock-after"), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> str:
-        return result.stdout if result else ""
+    def parse(self, target: Target, answers: Answers) -> str:
+        return answers.stdout()
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         if facts:
@@ -231,7 +242,7 @@ class DropsConnection(Step):
         return [Check("lock recorded", "yes", "yes" if facts else "no", bool(facts))]
 
 
-class TwoCommands(Step):
+class TwoCommands(Step[bool]):
     """A 1 s command, then a marker: an interrupt during the first must keep the second from running."""
 
     name = "test.two"
@@ -240,8 +251,8 @@ class TwoCommands(Step):
     def facts_command(self, target: Target) -> Command:
         return sh("test -e {f} && echo done; true", f=_state(target, "two"), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> bool:
-        return bool(result and result.stdout.strip() == "done")
+    def parse(self, target: Target, answers: Answers) -> bool:
+        return answers.stdout().strip() == "done"
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         if facts:
@@ -254,7 +265,7 @@ class TwoCommands(Step):
         return [Check("marker", "present", "present" if facts else "absent", bool(facts))]
 
 
-class ReadsNumber(Step):
+class ReadsNumber(Step[int]):
     """Reads <target>.number with `grep -H` and parses it with int(), as fact parsers do: a garbage
     value raises the parser's own ValueError (the engine must turn it into this target's failure)."""
 
@@ -264,8 +275,8 @@ class ReadsNumber(Step):
     def facts_command(self, target: Target) -> Command:
         return sh("grep -H . {f}", f=_state(target, "number"), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> int:
-        line = result.stdout.strip() if result else ""
+    def parse(self, target: Target, answers: Answers) -> int:
+        line = answers.stdout().strip()
         return int(line.split(":", 1)[1])
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
@@ -275,7 +286,7 @@ class ReadsNumber(Step):
         return [Check("number", "a number", str(facts), True)]
 
 
-class SharedRead(Step):
+class SharedRead(Step[int]):
     """Every VM asks the server one shared question (Command.shared), as the k3s steps ask for the
     node list: the server's <server>.reads counts how often it was really asked. With option
     "change", each VM then changes something, and its fresh read must not be the one from before."""
@@ -284,23 +295,28 @@ class SharedRead(Step):
     summary = "one shared read of the server per step"
     targets = "vms"
 
-    def gather(self, target: Target, session: Any) -> int:
+    def reads(self, target: Target, got: Answers) -> Reads:
         assert target.peer is not None
-        count = sh("echo x >> {f}; wc -l < {f}", f=f"{target.options['state']}/server.reads", sudo=False)
-        return int(session.peer(target.peer).run(replace(count, shared=True)).stdout)
+        count = sh("echo x >> {f}; wc -l < {f}", f=f"{world_flags(target).state}/server.reads", sudo=False)
+        return (Ask("count", target.peer, replace(count, shared=True)),)
+
+    def parse(self, target: Target, answers: Answers) -> int:
+        count = answers.peer("count")
+        assert isinstance(count, CmdResult), count
+        return int(count.stdout)
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
-        if target.options.get("change"):
+        if world_flags(target).change:
             return Plan((sh("true", sudo=False),), "change something")
         return Plan(reason="nothing to do")
 
     def verify(self, target: Target, facts: Any) -> list[Check]:
-        if target.options.get("change"):  # the answer read after the change, never the first one
+        if world_flags(target).change:  # the answer read after the change, never the first one
             return [Check("read after the change", "a fresh read (> 1)", str(facts), facts > 1)]
         return [Check("read", "an answer", str(facts), True)]
 
 
-ALL: tuple[type[Step], ...] = (SharedRead, ReadsNumber, Flaky, LockBusy, Permanent, WrongValue, Sleepy, WithToken,
+ALL: tuple[type[AnyStep], ...] = (SharedRead, ReadsNumber, Flaky, LockBusy, Permanent, WrongValue, Sleepy, WithToken,
                                WaitsForFile, Hangs, DropsConnection, TwoCommands,
                                mark_step("test.a"), mark_step("test.b"), mark_step("test.c"))
-REGISTRY: dict[str, type[Step]] = {s.name: s for s in ALL}
+REGISTRY: dict[str, type[AnyStep]] = {s.name: s for s in ALL}

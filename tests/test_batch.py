@@ -1,4 +1,4 @@
-"""Reads in one batch (lib/batch.py) and the run's first contact (lib/recorded.Answers).
+"""Reads in one batch (lib/batch.py) and the run's first contact (lib/readahead.py).
 
 The oracle is the shell itself: every read run alone by `sh -c` must give the same stdout, stderr
 and exit code as its answer split out of the batch, however its output looks (no trailing newline,
@@ -15,7 +15,7 @@ import pytest
 
 from lib import batch
 from lib.readahead import ReadAhead
-from lib.recorded import Answers, Recorded
+from lib.recorded import Recorded, SharedReads
 from lib.shell import Command, sh
 from lib.transport import CmdResult, CommandError, ConnectError, Endpoint, RawDomain, Shell
 from tests.harness.fanout import run_fanout, write_fleet
@@ -78,7 +78,7 @@ def test_output_cut_short_gives_no_answer_for_the_rest() -> None:
 
 
 class _Host:
-    """A Shell for Answers: runs commands with the real `sh`, counting round trips."""
+    """A Shell for the read-ahead: runs commands with the real `sh`, counting round trips."""
 
     def __init__(self, fail_batch: bool = False) -> None:
         self.sent: list[str] = []
@@ -119,12 +119,12 @@ class _Host:
 HV = Endpoint("hv", "127.0.0.1")
 
 
-def _recorded(host: _Host, answers: Answers, kept: list[CmdResult]) -> Recorded:
+def _recorded(host: _Host, answers: SharedReads, kept: list[CmdResult]) -> Recorded:
     return Recorded(host, kept.append, HV, "step", answers)
 
 
-def _answers(reads: list[Command], log: Callable[[str], None] | None = None) -> Answers:
-    return Answers(ReadAhead(lambda: {HV: reads}, log))
+def _answers(reads: list[Command], log: Callable[[str], None] | None = None) -> SharedReads:
+    return SharedReads(ReadAhead(lambda: {HV: reads}, log))
 
 
 def test_first_contact_reads_ahead_and_steps_take_their_answers() -> None:
@@ -202,7 +202,7 @@ def test_the_first_contact_opens_every_other_endpoint_at_once() -> None:
     hv.peers = {GUEST: guest, DOWN: None}
     g1, g2, d1 = sh("echo g1", why="g1"), sh("echo g2", why="g2"), sh("echo d1", why="d1")
     logged: list[str] = []
-    answers = Answers(ReadAhead(lambda: {HV: [sh("echo hv", why="hv")], GUEST: [g1, g2], DOWN: [d1]},
+    answers = SharedReads(ReadAhead(lambda: {HV: [sh("echo hv", why="hv")], GUEST: [g1, g2], DOWN: [d1]},
                                 logged.append))
     assert _recorded(hv, answers, []).run(sh("echo hv", why="hv")).stdout == "hv\n"
     on_guest = Recorded(guest, list[CmdResult]().append, GUEST, "k3s.agents", answers)

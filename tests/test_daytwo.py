@@ -17,7 +17,8 @@ from lib.domain import DomainDisk, DomainSpec, expected_disks
 from lib.errors import InventoryError
 from lib.inventory.load import LoadedHost, load_inventory
 from lib.inventory.model import VM
-from lib.steps.base import Await, OnPeer, StepMismatch
+from lib.options import RunFlags
+from lib.steps.base import Await, Mode, OnPeer, StepMismatch
 from lib.steps.restart import RestartFacts, VmsRestartAgents, VmsRestartServer
 from lib.steps.virt import DomainFacts
 from lib.targets import targets_for
@@ -134,8 +135,8 @@ def ready(name: str, mark: str = "") -> NodeState:
     return NodeState(name, True, bool(mark), mark)
 
 
-def target(loaded: LoadedHost, step: Any, name: str, **options: Any) -> Any:
-    return next(t for t in targets_for(step, loaded, {"mode": "apply", **options}) if t.name == name)
+def target(loaded: LoadedHost, step: Any, name: str, mode: Mode = "apply", **flags: Any) -> Any:
+    return next(t for t in targets_for(step, loaded, RunFlags(**flags), mode=mode) if t.name == name)
 
 
 def kinds(actions: tuple[Any, ...]) -> list[str]:

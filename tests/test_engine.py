@@ -21,7 +21,7 @@ from lib.runner import Engine, RunOptions, exit_code
 from tests.engine_steps import REGISTRY, TOKEN_VALUE
 from tests.harness.inventory import lock_path_for, small_vm, write_host
 from tests.harness.sshd import SshdFarm, SshHost, count_auths
-from tests.harness.world import FAST, World, wait_for
+from tests.harness.world import FAST, World, WorldFlags, wait_for
 
 
 @pytest.fixture
@@ -383,7 +383,7 @@ def test_live_progress_on_a_tty_does_not_break_the_run(world: World, hv: SshHost
     output = Output(stream, tty=True)
     book = load_runbook(world.runbook("test.a", "test.b"), REGISTRY)
     options = RunOptions(runs_dir=world.runs, policies=FAST, sleep=world.sleeps.append,
-                         flags={"state": str(world.state)})
+                         flags=WorldFlags(state=str(world.state)))
     try:
         (run,) = Engine(book, options, output).run(world.loaded())
     finally:

@@ -18,12 +18,13 @@ import pytest
 
 import tasks
 from lib.output import Output
+from lib.reads import Answers
 from lib.records import read_journal
 from lib.results import Check, HostRun
 from lib.runbook import Runbook
 from lib.runner import Engine, RunOptions
 from lib.shell import Command, sh
-from lib.steps.base import Plan, Step, Target, TargetKind
+from lib.steps.base import AnyStep, Plan, Step, Target, TargetKind
 from lib.transport import CmdResult
 from tests.harness.fakeshell import FakeNet
 from tests.harness.inventory import small_vm, write_host
@@ -31,7 +32,7 @@ from tests.harness.sshd import SshHost
 from tests.harness.world import FAST, World
 
 
-class Mark(Step):
+class Mark(Step[str]):
     """Done when the target's mark reads `done`: read it, write it when it does not."""
 
     summary = "a mark per target"
@@ -39,8 +40,8 @@ class Mark(Step):
     def facts_command(self, target: Target) -> Command:
         return sh("cat mark", why=f"read {self.name} {target.name}")
 
-    def parse(self, target: Target, result: CmdResult | None) -> str:
-        return result.stdout.strip() if result else ""
+    def parse(self, target: Target, answers: Answers) -> str:
+        return answers.stdout().strip()
 
     def plan(self, target: Target, facts: str | None) -> Plan:
         if facts == "done":
@@ -89,14 +90,14 @@ def fake_host(world: World, vms: int = 0) -> None:
                vms=[small_vm(f"vm{i}", i, role="server" if i == 1 else "agent") for i in range(1, vms + 1)])
 
 
-def engine(world: World, net: FakeNet, steps: list[Step], **opts: object) -> tuple[Engine, io.StringIO]:
+def engine(world: World, net: FakeNet, steps: list[AnyStep], **opts: object) -> tuple[Engine, io.StringIO]:
     book = Runbook("book", "", "test", tuple(steps))
     out = io.StringIO()
     options = RunOptions(runs_dir=world.runs, policies=FAST, sleep=world.sleeps.append, **opts)  # type: ignore[arg-type]
     return Engine(book, options, Output(out, tty=False), pools=net.factory), out
 
 
-def run(world: World, net: FakeNet, steps: list[Step], **opts: object) -> HostRun:
+def run(world: World, net: FakeNet, steps: list[AnyStep], **opts: object) -> HostRun:
     (result,) = engine(world, net, steps, **opts)[0].run(world.loaded("hv1"))
     return result
 

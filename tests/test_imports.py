@@ -1,10 +1,12 @@
-"""lib/ imports flow one way: no cycle, read from the AST by tools/imports.py (which prints the layers)."""
+"""lib/ imports flow one way: no cycle, read from the AST by tools/imports.py (which prints the layers);
+and no class in lib/ is over 200 lines."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
-from tools.imports import cycle, graph, layers
+from tools.imports import ROOT, cycle, graph, layers
 
 
 def test_lib_has_no_import_cycle() -> None:
@@ -54,4 +56,22 @@ def test_lower_layers_never_reach_up() -> None:
     for module in [m for m in edges if m.startswith("lib.inventory.")]:
         assert not reaches(edges, module) & {"lib.vmperf", "lib.k3s", "lib.domain"}, module
     for module in [m for m in edges if m.startswith("lib.steps.")]:
-        assert "lib.runner" not in reaches(edges, module) and "lib.remote" not in reaches(edges, module), module
+        assert not reaches(edges, module) & {"lib.runner", "lib.remote", "lib.gather", "lib.pool"}, module
+
+
+def long_classes(limit: int = 200, root: Path = ROOT) -> list[str]:
+    """lib/'s classes over `limit` lines (the #27 bar: a class that long does more than one job)."""
+    found = []
+    for path in sorted((root / "lib").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and node.end_lineno and node.end_lineno - node.lineno + 1 > limit:
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} "
+                             f"({node.end_lineno - node.lineno + 1} lines)")
+    return found
+
+
+def test_no_class_in_lib_is_over_200_lines(tmp_path: Path) -> None:
+    assert long_classes() == []
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "big.py").write_text("class Big:\n" + "    x = 1\n" * 200)  # the check really counts
+    assert long_classes(root=tmp_path) == ["lib/big.py:1 Big (201 lines)"]

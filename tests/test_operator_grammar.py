@@ -16,6 +16,7 @@ import pytest
 from invoke.context import Context
 
 import tasks
+from lib.options import RunFlags
 from lib.planview import PlanOutput
 from lib.results import StepResult
 from tests.test_cli_flags import Invoker, inv  # noqa: F401  (the fixture)
@@ -61,8 +62,8 @@ def test_plan_hands_the_day_two_flags_to_its_steps(monkeypatch: pytest.MonkeyPat
     tasks.plan.body(Context(), host="hv1", restart=True, force_off=True, drain_timeout="30",
                     shutdown_timeout="40", reboot=True)
     assert seen["mode"] == "plan"
-    assert seen["flags"] == {"redefine": False, "restart": True, "force_off": True, "drain_timeout": 30,
-                             "shutdown_timeout": 40, "reboot": True}
+    assert seen["flags"] == RunFlags(redefine=False, restart=True, force_off=True, drain_timeout=30,
+                                     shutdown_timeout=40, reboot=True)
     assert seen["again"] == ("invoke plan --host=hv1 --restart --force-off --drain-timeout=30 "
                              "--shutdown-timeout=40 --reboot")
 

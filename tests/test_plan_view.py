@@ -120,12 +120,13 @@ def test_config_yaml_body_masks_a_known_token_online(cli: Cli) -> None:  # noqa:
     hv1_cli(cli, token=TOKEN)
     loaded = load_inventory(cli.hosts, ["hv1"]).hosts["hv1"]
     vm = next(v for v in loaded.host.vms if v.k8s and v.k8s.role == "server")
+    from lib.options import HostInputs
     from lib.shell import Secret
     from lib.steps.base import Target
     from lib.steps.k3s import plan_node
     from lib.targets import hypervisor_endpoint
 
-    target = Target(vm.name, "vm", hypervisor_endpoint(loaded), loaded, vm, {"k3s_token": Secret(TOKEN)})
+    target = Target(vm.name, "vm", hypervisor_endpoint(loaded), loaded, vm, inputs=HostInputs(k3s_token=Secret(TOKEN)))
     from lib.planview import describe
 
     shown = "\n".join(describe(a) for a in plan_node(target, None).actions)

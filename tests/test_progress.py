@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from lib.options import RunFlags
 from lib.progress import Ticker, status_line
 from lib.results import StepResult
 from tests.inventory_helpers import HOSTS, REPO
@@ -157,8 +158,8 @@ def test_monitor_watch_samples_draw_no_status_line_over_the_watch_screen(monkeyp
     monkeypatch.setattr(tasks, "_inventory", lambda _c, _h, **_kw: SimpleNamespace(hosts={}))
     c = Context(config=Config(overrides={"runs_dir": str(tmp_path), "hosts_dir": "hosts"}))
     book = tasks._book("monitor", "monitor.sample")
-    tasks._run_quiet(c, None, book, {}, records=False)  # a --watch sample
-    tasks._run_quiet(c, None, book, {}, records=True)  # monitor once
+    tasks._run_quiet(c, None, book, RunFlags(), records=False)  # a --watch sample
+    tasks._run_quiet(c, None, book, RunFlags(), records=True)  # monitor once
     assert [isinstance(o, Ticker) for o in handed] == [False, True]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.runner import Answers
+from lib.runner import SharedReads
 from lib.transport import CmdResult, Endpoint
 from tests.engine_steps import REGISTRY
 from tests.harness.inventory import small_vm, write_host
@@ -57,7 +57,7 @@ def _answer(text: str) -> CmdResult:
 
 
 def test_answers_read_once_for_concurrent_askers_and_again_after_forget() -> None:
-    answers, calls, gate = Answers(), [], threading.Event()
+    answers, calls, gate = SharedReads(), [], threading.Event()
     key = ("step", Endpoint("h", "127.0.0.1"), "cmd")
 
     def read() -> CmdResult:
@@ -77,7 +77,7 @@ def test_answers_read_once_for_concurrent_askers_and_again_after_forget() -> Non
 
 
 def test_a_failed_read_is_not_kept() -> None:
-    answers = Answers()
+    answers = SharedReads()
     key = ("step", Endpoint("h", "127.0.0.1"), "cmd")
 
     def fails() -> CmdResult:

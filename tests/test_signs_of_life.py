@@ -16,7 +16,7 @@ from lib.runner import Engine, RunOptions
 from tests.engine_steps import REGISTRY
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost
-from tests.harness.world import FAST, World
+from tests.harness.world import FAST, World, WorldFlags
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ class FileAppears:
 def _run(world: World, tty: bool) -> str:
     sleep = FileAppears(world.state_file("hv1", "ready"))
     book = load_runbook(world.runbook("test.converge"), REGISTRY)
-    options = RunOptions(runs_dir=world.runs, policies=FAST, flags={"state": str(world.state)}, sleep=sleep)
+    options = RunOptions(runs_dir=world.runs, policies=FAST, flags=WorldFlags(state=str(world.state)), sleep=sleep)
     out = io.StringIO()
     output = Output(out, tty=tty)
     (run,) = Engine(book, options, output).run(world.loaded())

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lib.inventory.load import load_inventory
+from lib.options import HostInputs
 from lib.remote import Endpoint, Session
 from lib.shell import Secret
 from lib.steps.base import Target, Upload
@@ -116,7 +117,7 @@ def test_k3s_uploads_land_root_owned_with_their_modes_under_real_sudo(tmp_path: 
     artifacts = standin_artifacts(tmp_path / "artifacts", loaded.host.k3s.version)
     hv1 = loaded.host.model_copy(update={"k3s": loaded.host.k3s.model_copy(update={"install": "airgap"})})
     target = Target(vm.name, "vm", Endpoint(vm.name, "127.0.0.1"), replace(loaded, host=hv1), vm,
-                    {"k3s_token": Secret("t" * 32), "k3s_artifacts": artifacts})
+                    inputs=HostInputs(k3s_token=Secret("t" * 32), k3s_artifacts=artifacts))
     uploads = [a for a in plan_node(target, None).actions if isinstance(a, Upload)]
     want = {"/etc/rancher/k3s/config.yaml": "0o600", "/usr/local/bin/k3s": "0o755",
             "/var/lib/numa-k3s/install.sh": "0o755"}

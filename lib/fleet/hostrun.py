@@ -21,6 +21,7 @@ from typing import Any
 
 from lib.errors import ToolError
 from lib.inventory.load import LoadedHost
+from lib.options import RunFlags
 from lib.output import Output
 from lib.results import HostRun
 from lib.retry import Policies, Sleep
@@ -85,7 +86,7 @@ class HostRunner:
     runbook: Runbook
     runs_dir: Path
     policies: Policies = field(default_factory=Policies)
-    flags: dict[str, Any] = field(default_factory=dict)
+    flags: RunFlags = field(default_factory=RunFlags)
     resume_command: Callable[[str], str] = lambda host: f"invoke provision --host={host} --resume"
     sleep: Sleep = time.sleep
     _live: set[Engine] = field(default_factory=set)
@@ -96,13 +97,13 @@ class HostRunner:
         """Change the host: the runbook (or only these steps), every step verified; resume continues
         after the last step its last run verified."""
         options = RunOptions(mode="apply", runs_dir=self.runs_dir, resume=resume, only=tuple(only),
-                             flags=dict(self.flags), policies=self.policies, sleep=self.sleep,
+                             flags=self.flags, policies=self.policies, sleep=self.sleep,
                              resume_command=self.resume_command)
         return self._run(_Draining(self.runbook, options, _quiet(), drain or threading.Event(), why), loaded)
 
     def verify(self, loaded: LoadedHost) -> HostOutcome:
         """Read-only: every step of the runbook verified against the host as it is now."""
-        options = RunOptions(mode="verify", runs_dir=self.runs_dir, flags=dict(self.flags), policies=self.policies,
+        options = RunOptions(mode="verify", runs_dir=self.runs_dir, flags=self.flags, policies=self.policies,
                              sleep=self.sleep, resume_command=self.resume_command)
         return self._run(Engine(self.runbook, options, _quiet()), loaded)
 

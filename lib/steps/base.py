@@ -3,7 +3,8 @@
 A step is a class with pure methods; the runner does all the I/O through the target's Shell
 (lib/transport.py):
 
-    facts  = step.gather(target, shell)       default: one Command from facts_command(), parsed by parse()
+    facts  = step.parse(target, answers)      the answers to step.reads() (default: facts_command()),
+                                              read by the engine (lib/gather.py)
     plan   = step.plan(target, facts)         PURE; facts is None in offline plan mode
     apply  = each of plan.actions: shell.run(cmd), shell.put for an Upload, the peer's shell for an
              OnPeer, the converge policy for an Await
@@ -12,20 +13,20 @@ A step is a class with pure methods; the runner does all the I/O through the tar
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from lib.errors import FactError
+from lib.options import HostInputs, RunFlags
+from lib.reads import FACTS, Answers, Reads, Run
 from lib.results import Check
 from lib.shell import Command, FileBody
 
 if TYPE_CHECKING:
     from lib.inventory.load import LoadedHost
     from lib.inventory.model import VM
-    from lib.transport import CmdResult, Endpoint, Shell
+    from lib.transport import Endpoint
 
 # hypervisor: the host itself. vms: one target per VM, commands on the hypervisor (virsh, qemu-img).
 # guests / server / agents: inside the VMs (all, the k3s server(s), the k3s agents), over their own SSH.
@@ -75,7 +76,7 @@ class Await:
     """Wait, with the converge policy, until another step's verification holds for this target: a
     sequence that must not go on before something is true (a restarted VM back and pinned)."""
 
-    step: Step
+    step: AnyStep
     why: str
 
     @property
@@ -108,12 +109,14 @@ class Target:
     endpoint: Endpoint
     loaded: LoadedHost
     vm: VM | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # run flags a step may honour (e.g. redefine)
+    flags: RunFlags = field(default_factory=RunFlags)  # the run's flags a step may honour (e.g. redefine)
     # For a VM target run from the hypervisor: where the VM itself answers SSH (None: no vms[].ssh).
     guest: Endpoint | None = None
     # For a k3s agent: the server VM's endpoint, where the agent's node must show up.
     peer: Endpoint | None = None
     mode: Mode = "apply"  # the run's mode: a plan may word itself for a plan run, never read the engine
+    inputs: HostInputs = field(default_factory=HostInputs)  # local inputs (Step.host_inputs), e.g. the token
+    run_id: str = ""  # the run's id, for the ownership records a plan writes
 
 
 class StepMismatch(Exception):
@@ -125,7 +128,10 @@ class StepMismatch(Exception):
         self.checks, self.exit_code, self.message = checks, exit_code, message
 
 
-class Step(ABC):
+F = TypeVar("F")  # a step's facts: what its parse gives, its plan and verify take
+
+
+class Step(ABC, Generic[F]):
     name: ClassVar[str]
     summary: ClassVar[str]
     targets: ClassVar[TargetKind] = "hypervisor"
@@ -139,44 +145,38 @@ class Step(ABC):
     # False for reads that sample over an interval beside the step's other targets (observe.py).
     read_ahead: ClassVar[bool] = True
 
-    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
-        """Local inputs a step needs once per host and run (e.g. the cluster token), put in Target.options.
+    def host_inputs(self, loaded: LoadedHost, mode: Mode) -> HostInputs:
+        """Local inputs a step needs once per host and run (e.g. the cluster token), in Target.inputs.
 
         The only place a step touches the operator's machine, so plan() stays pure.
         """
-        return {}
+        return HostInputs()
 
     def facts_command(self, target: Target) -> Command | None:
         """The one batched read this step's facts come from (None: the step needs no remote facts)."""
         return None
 
-    def parse(self, target: Target, result: CmdResult | None) -> Any:
-        """Pure: command output -> typed facts."""
-        return result
-
-    def gather(self, target: Target, session: Shell) -> Any:
+    def reads(self, target: Target, got: Answers) -> Reads:
+        """What the facts are read from (lib/reads.py), performed by the engine in this order; by
+        default facts_command() as the read named FACTS. got holds the answers so far: a read that
+        needs another's answer is declared once that answer is there (the engine asks again until
+        nothing new is named). Pure, as parse is."""
         cmd = self.facts_command(target)
-        result = session.run(cmd) if cmd else None
-        try:
-            return self.parse(target, result)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise unreadable(target, cmd, result, exc) from exc
+        return (Run(FACTS, cmd),) if cmd else ()
 
     @abstractmethod
-    def plan(self, target: Target, facts: Any | None) -> Plan:
+    def parse(self, target: Target, answers: Answers) -> F:
+        """Pure: the reads' answers -> typed facts (answers.stdout(): facts_command's output). A
+        ValueError, KeyError, IndexError or TypeError here is reported as a FactError."""
+
+    @abstractmethod
+    def plan(self, target: Target, facts: F | None) -> Plan:
         """Pure: spec + facts -> actions. facts is None when planning offline (assume nothing is done)."""
 
     @abstractmethod
-    def verify(self, target: Target, facts: Any) -> list[Check]:
+    def verify(self, target: Target, facts: F) -> list[Check]:
         """Pure: spec + fresh facts -> evidence. Any Check with ok=False fails the step."""
 
 
-def unreadable(target: Target, cmd: Command | None, result: CmdResult | None, exc: Exception) -> FactError:
-    """The parser's error as a FactError naming the file (a `path:value` line of grep -H) or command."""
-    text = str(exc)
-    quoted = re.search(r"'([^']*)'\s*$", text)
-    value = quoted[1] if quoted else text
-    lines = (result.stdout if result else "").splitlines()
-    files = [line.rsplit(":", 1)[0] for line in lines if quoted and line.endswith(f":{value}") and "/" in line]
-    source = files[0] if files else f"the output of `{cmd.shown if cmd else '(no command)'}`"
-    return FactError(target.name, source, value, f"{type(exc).__name__}: {text}")
+# A step of any facts type: what runbooks, the engine and Await hold (each step's own F stays its own).
+AnyStep = Step[Any]

@@ -18,10 +18,10 @@ from lib.hostperf import bios_perf_checks
 from lib.inventory.model import Host
 from lib.inventory.rules import inventory_threads
 from lib.pinplan import LAYOUTS, layout_threads
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command
 from lib.steps.base import Plan, Step, Target
-from lib.transport import CmdResult
 
 # The kernel keeps some of each node's memory (firmware, kernel image, page tables): a node reports
 # a few percent under what is installed. Less than this share of the inventory's figure is a mismatch.
@@ -222,7 +222,7 @@ class BiosFacts:
     perf: PerfFacts
 
 
-class BiosCheck(Step):
+class BiosCheck(Step[BiosFacts]):
     name = "bios.check"
     summary = "read-only: VT-x/AMD-V, /dev/kvm, SMT, sockets x cores x threads, NUMA, L3, IOMMU, BIOS"
     mismatch_exit = 3
@@ -231,8 +231,8 @@ class BiosCheck(Step):
         sysroot = target.loaded.host.sysroot
         return joined(host_facts_command(sysroot), perf_facts_command(sysroot))
 
-    def parse(self, target: Target, result: CmdResult | None) -> BiosFacts:
-        out, sysroot = result.stdout if result else "", target.loaded.host.sysroot
+    def parse(self, target: Target, answers: Answers) -> BiosFacts:
+        out, sysroot = answers.stdout(), target.loaded.host.sysroot
         return BiosFacts(parse_host_facts(out, sysroot), parse_perf_facts(out, sysroot))
 
     def plan(self, target: Target, facts: BiosFacts | None) -> Plan:

@@ -17,10 +17,10 @@ from lib.cloudinit import seed_files
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
 from lib.local import build_seed_iso, read_seed_iso
+from lib.reads import FACTS, Answers, Fetch, Reads
 from lib.results import Check
 from lib.shell import Command, FileBody, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target, Upload
-from lib.transport import Shell
 
 # The primary volume descriptor starts at sector 16 (byte 32768); its volume identifier is at +40.
 _VOLUME_ID = "dd if={p} bs=1 skip=32808 count=32 2>/dev/null"
@@ -143,33 +143,51 @@ def seed_checks(vm: VM, facts: SeedFacts) -> list[Check]:
     return checks
 
 
-class CloudinitBuild(Step):
+class CloudinitBuild(Step[SeedFacts]):
     name = "cloudinit.build"
     summary = "NoCloud seed ISO per VM: users + keys, hostname, network, data VM disks and /data layout"
     targets = "vms"
 
-    def gather(self, target: Target, session: Shell) -> SeedFacts:
+    def facts_command(self, target: Target) -> Command:
         assert target.vm is not None
-        iso = build_seed_iso(seed_files(target.vm))
-        host, uri, vm = target.loaded.host, target.loaded.host.libvirt_uri, target.vm
-        paths = seed_paths(vm)
-        read = seq(seed_facts_command(vm, uri), ownership.survey_command(host.sysroot, host.storage_roots,
-                                                                         [vm.base_image_path], paths),
+        host, vm = target.loaded.host, target.vm
+        return seq(seed_facts_command(vm, host.libvirt_uri),
+                   ownership.survey_command(host.sysroot, host.storage_roots, [vm.base_image_path], seed_paths(vm)),
                    timeout=90, why="hash the seed ISO; is its VM running; real path and ownership record")
-        out = session.run(read).stdout
-        facts = replace(parse_seed(iso, out), survey=ownership.parse_survey(out, paths))
-        mine = ownership.judge(facts.survey.seen[vm.cloud_init_iso_path], facts.survey) if facts.survey else None
-        if (target.mode == "plan" and facts.remote_sha256 not in ("", facts.sha256)
-                and mine is not None and mine.action == "owned"):
-            # What the guest was told before: fetched only to show the plan's diff, and only from a
-            # seed path the tool may write (never a file that is not its own).
-            facts = replace(facts, remote_files=read_seed_iso(session.get(judged_real(facts, vm))))
-        return facts
+
+    def reads(self, target: Target, got: Answers) -> Reads:
+        """The hash, state and ownership read; in a plan, when the host's seed is the tool's own and
+        differs, the seed itself: what the guest was told before, fetched only to show the plan's
+        diff, and only from a seed path the tool may write (never a file that is not its own)."""
+        assert target.vm is not None
+        read = super().reads(target, got)
+        if target.mode != "plan" or FACTS not in got:
+            return read
+        vm, out = target.vm, got.stdout()
+        survey = ownership.parse_survey(out, seed_paths(vm))
+        mine = ownership.judge(survey.seen[vm.cloud_init_iso_path], survey) if survey else None
+        remote = split_sections(out).get("sha", "").strip()
+        if mine is None or mine.action != "owned" or not remote:
+            return read
+        facts = self._facts(vm, out)  # the seed this inventory gives, built here, against the host's
+        return (*read, Fetch("seed", judged_real(facts, vm))) if remote != facts.sha256 else read
+
+    def parse(self, target: Target, answers: Answers) -> SeedFacts:
+        assert target.vm is not None
+        facts = self._facts(target.vm, answers.stdout())
+        return replace(facts, remote_files=read_seed_iso(answers.file("seed"))) if "seed" in answers else facts
+
+    @staticmethod
+    def _facts(vm: VM, out: str) -> SeedFacts:
+        """The host's answer beside the seed ISO this inventory gives (built on this machine by lib/local:
+        the same files always give the same bytes)."""
+        facts = parse_seed(build_seed_iso(seed_files(vm)), out)
+        return replace(facts, survey=ownership.parse_survey(out, seed_paths(vm)))
 
     def plan(self, target: Target, facts: SeedFacts | None) -> Plan:
         assert target.vm is not None
         host = target.loaded.host
-        return plan_seed(target.vm, facts, host.libvirt_uri, host.sysroot, str(target.options.get("run_id", "")))
+        return plan_seed(target.vm, facts, host.libvirt_uri, host.sysroot, target.run_id)
 
     def verify(self, target: Target, facts: SeedFacts) -> list[Check]:
         assert target.vm is not None

@@ -15,10 +15,10 @@ from typing import Any
 from lib import ownership
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
-from lib.transport import CmdResult
 
 GIB = 1024**3
 
@@ -235,7 +235,7 @@ def ownership_checks(vm: VM, survey: ownership.Survey) -> list[Check]:
     return checks
 
 
-class ImagesClone(Step):
+class ImagesClone(Step[ImagesFacts]):
     name = "images.clone"
     summary = "qcow2 overlays on the base image, data VM hot and cold disks; never overwrites"
     targets = "vms"
@@ -246,15 +246,15 @@ class ImagesClone(Step):
         return seq(images_command(target.vm), survey_command(target.vm, host.storage_roots, host.sysroot),
                    timeout=90, why="read images, their real paths and ownership records")
 
-    def parse(self, target: Target, result: CmdResult | None) -> ImagesFacts:
+    def parse(self, target: Target, answers: Answers) -> ImagesFacts:
         assert target.vm is not None
-        out = result.stdout if result else ""
+        out = answers.stdout()
         facts = parse_images(target.vm, out)
         return replace(facts, survey=ownership.parse_survey(out, image_paths(target.vm)))
 
     def plan(self, target: Target, facts: ImagesFacts | None) -> Plan:
         assert target.vm is not None
-        return plan_images(target.vm, facts, target.loaded.host.sysroot, str(target.options.get("run_id", "")))
+        return plan_images(target.vm, facts, target.loaded.host.sysroot, target.run_id)
 
     def verify(self, target: Target, facts: ImagesFacts) -> list[Check]:
         assert target.vm is not None

@@ -22,10 +22,10 @@ from lib.cpuset import format_cpulist
 from lib.facts.read import cat_if_present
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import Host
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh, write_file
 from lib.steps.base import Await, Plan, Step, StepMismatch, Target
-from lib.transport import CmdResult
 
 DROPIN = "/etc/default/grub.d/90-numa-k3s.cfg"
 UPDATE_GRUB = "/usr/sbin/update-grub"
@@ -82,7 +82,7 @@ def _regenerate(root: str) -> str:
     return "" if root else f" && {UPDATE_GRUB}"
 
 
-class _BootStep(Step):
+class _BootStep(Step[BootFacts]):
     """Reads the boot facts: the drop-in, /proc/cmdline, the boot id, update-grub."""
 
     targets = "hypervisor"
@@ -90,8 +90,8 @@ class _BootStep(Step):
     def facts_command(self, target: Target) -> Command:
         return boot_facts_command(target.loaded.host.sysroot)
 
-    def parse(self, target: Target, result: CmdResult | None) -> BootFacts | None:
-        return parse_boot_facts(result.stdout) if result else None
+    def parse(self, target: Target, answers: Answers) -> BootFacts:
+        return parse_boot_facts(answers.stdout())
 
 
 class HostIsolation(_BootStep):
@@ -184,7 +184,7 @@ class HostReboot(_BootStep):
         missing = missing_args(host, facts.cmdline)
         if not missing:
             return Plan(reason="the running kernel carries the isolation arguments: no reboot needed")
-        if not target.options.get("reboot"):
+        if not target.flags.reboot:
             return Plan(reason=f"{name} needs a reboot for {' '.join(missing)}", warnings=(
                 f"{name}: the kernel isolation takes effect only after a reboot, which also stops every VM "
                 f"on it; nothing was rebooted: invoke step host.reboot --host={name} --reboot",))
@@ -199,7 +199,7 @@ class HostReboot(_BootStep):
         if not isolation_args(host):
             return [Check.evidence("kernel isolation", "off (tuning.kernel_isolation)")]
         missing = missing_args(host, facts.cmdline)
-        if missing and not target.options.get("reboot"):
+        if missing and not target.flags.reboot:
             return [Check.warn("kernel command line (running)", " ".join(isolation_args(host)),
                                f"lacks {' '.join(missing)}: reboot with --reboot")]
         return [cmdline_check(host, facts.cmdline)]

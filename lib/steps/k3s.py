@@ -9,30 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from lib import daytwo, k3s
 from lib.errors import ToolError
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM, Host
+from lib.options import HostInputs
+from lib.reads import Answers, Ask, Reads, Unreached
 from lib.results import Check
 from lib.shell import MASK, Command, FileBody, Secret, mask, seq, sh
-from lib.steps.base import Action, OnPeer, Plan, Step, StepMismatch, Target, Upload
+from lib.steps.base import Action, Mode, OnPeer, Plan, Step, StepMismatch, Target, Upload
 from lib.token import cluster_token
-from lib.transport import CmdResult, CommandError, ConnectError, Shell
 
 
 class ArtifactsError(ToolError):
     exit_code = 2
 
 
-def k3s_options(loaded: LoadedHost, mode: str) -> dict[str, Any]:
+def k3s_inputs(loaded: LoadedHost, mode: Mode) -> HostInputs:
     """The cluster token (created only by a run that changes hosts) and the checked airgap folder."""
     settings = loaded.host.k3s
     if not any(vm.k8s for vm in loaded.host.vms):
-        return {}
-    options: dict[str, Any] = {}
+        return HostInputs()
+    artifacts = None
     if settings.install == "airgap" and mode != "verify":  # checked first: a refused run creates nothing
         folder = Path(settings.artifacts_dir or "").expanduser()
         missing = [name for name in k3s.ARTIFACTS if not (folder / name).is_file()]
@@ -41,9 +41,9 @@ def k3s_options(loaded: LoadedHost, mode: str) -> dict[str, Any]:
                 f"{loaded.name}: k3s.install is airgap but the artifacts folder {settings.artifacts_dir or '(unset)'} "
                 f"lacks {', '.join(missing or k3s.ARTIFACTS)}; put the files of k3s {settings.version} there "
                 "(install.sh from get.k3s.io, the k3s binary, k3s-airgap-images-amd64.tar.zst)")
-        options["k3s_artifacts"] = folder
-    options["k3s_token"] = cluster_token(settings.token_file, loaded.name, create=mode == "apply")
-    return options
+        artifacts = folder
+    return HostInputs(k3s_token=cluster_token(settings.token_file, loaded.name, create=mode == "apply"),
+                      k3s_artifacts=artifacts)
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,7 @@ def parse_node_facts(stdout: str) -> NodeFacts:
 
 
 def _token(target: Target) -> Secret | None:
-    token = target.options.get("k3s_token")
-    return token if isinstance(token, Secret) else None
+    return target.inputs.k3s_token
 
 
 _NOT_YET = "numa-k3s-token-generated-at-apply-time"
@@ -152,8 +151,8 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
     # Installed: the binary's version, once our install command has recorded that install.sh ran.
     installed = facts.version if facts and facts.started[0] == facts.version else ""
     if installed != version:
-        folder = target.options.get("k3s_artifacts")
-        if host.k3s.install == "airgap" and isinstance(folder, Path):
+        folder = target.inputs.k3s_artifacts
+        if host.k3s.install == "airgap" and folder is not None:
             actions += [
                 Upload(k3s.BINARY, b"", 0o755, source=folder / "k3s", what=f"k3s {version} binary"),
                 Upload(f"{k3s.IMAGES_DIR}/{k3s.IMAGES}", b"", 0o644, source=folder / k3s.IMAGES,
@@ -171,7 +170,7 @@ def plan_node(target: Target, facts: NodeFacts | None) -> Plan:
     if installed and installed != version:
         # The same path as a VM restart: drain, upgrade, uncordon (the converge waits for Ready).
         if facts is not None and facts.nodes is not None and vm.name in facts.nodes:
-            drain = daytwo.drain_command(vm.name, int(target.options.get("drain_timeout") or daytwo.DRAIN_TIMEOUT_S))
+            drain = daytwo.drain_command(vm.name, target.flags.drain_timeout or daytwo.DRAIN_TIMEOUT_S)
             actions = [OnPeer(daytwo.mark_command(vm.name, f"k3s upgrade {installed} -> {version}")), OnPeer(drain),
                        *actions, OnPeer(daytwo.uncordon_command(vm.name))]
         return Plan(tuple(actions), f"upgrade k3s {installed} -> {version} ({role}; the server before the agents, "
@@ -207,20 +206,20 @@ def node_checks(target: Target, facts: NodeFacts, nodes: dict[str, k3s.Node] | N
     return checks
 
 
-class _K3sNode(Step):
+class _K3sNode(Step[NodeFacts]):
     """One k3s node per target: the server and the agents differ in their service and in who sees the node."""
 
     converge = True
     service = "k3s"
 
-    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
-        return k3s_options(loaded, mode)
+    def host_inputs(self, loaded: LoadedHost, mode: Mode) -> HostInputs:
+        return k3s_inputs(loaded, mode)
 
     def facts_command(self, target: Target) -> Command:
         return node_facts_command(self.service, with_nodes=self.service == "k3s")
 
-    def parse(self, target: Target, result: CmdResult | None) -> NodeFacts:
-        return parse_node_facts(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> NodeFacts:
+        return parse_node_facts(answers.stdout())
 
     def plan(self, target: Target, facts: NodeFacts | None) -> Plan:
         return plan_node(target, facts)
@@ -242,20 +241,24 @@ class K3sAgents(_K3sNode):
     targets = "agents"
     service = "k3s-agent"
 
-    def gather(self, target: Target, session: Shell) -> NodeFacts:
-        facts = self.parse(target, session.run(self.facts_command(target)))
+    def reads(self, target: Target, got: Answers) -> Reads:
         if target.peer is None:
+            return super().reads(target, got)
+        # The node must show up on the server, so ask the server too (a session the run lends).
+        # One read serves every agent (Command.shared): they would all ask the server at once.
+        nodes = replace(sh(nodes_section(), sudo=True, timeout=60, why="nodes as the server sees them"), shared=True)
+        return (*super().reads(target, got), Ask("server", target.peer, nodes))
+
+    def parse(self, target: Target, answers: Answers) -> NodeFacts:
+        facts = super().parse(target, answers)
+        if "server" not in answers:
             return facts
-        try:  # the node must show up on the server, so ask the server too (a session the run lends)
-            # One read serves every agent (Command.shared): they would all ask the server at once.
-            nodes_cmd = replace(sh(nodes_section(), sudo=True, timeout=60, why="nodes as the server sees them"),
-                                shared=True)
-            out = session.peer(target.peer).run(nodes_cmd).stdout
-            nodes, error = parse_nodes_output(split_sections(out).get("nodes", ""))
-            drained = drained_nodes(split_sections(out).get("nodes", ""))
-        except (CommandError, ConnectError) as exc:
-            nodes, error, drained = None, str(exc).splitlines()[0], frozenset()
-        return replace(facts, nodes=nodes, api_error=error, drained=drained)
+        server = answers.peer("server")
+        if isinstance(server, Unreached):
+            return replace(facts, nodes=None, api_error=server.why, drained=frozenset())
+        text = split_sections(server.stdout).get("nodes", "")
+        nodes, error = parse_nodes_output(text)
+        return replace(facts, nodes=nodes, api_error=error, drained=drained_nodes(text))
 
 
 # -- add-ons: kube-system tolerates k3s.addon_node's taints ----------------------------------------
@@ -267,7 +270,7 @@ class KubeSystemFacts:
     error: str
 
 
-class K3sAddons(Step):
+class K3sAddons(Step[KubeSystemFacts]):
     """The API half of the add-on resolution (k3s.server writes the admission plugin into config.yaml).
 
     A step of its own, right after k3s.server: it needs the API, which k3s.server's convergence
@@ -284,8 +287,8 @@ class K3sAddons(Step):
         return sh(f"{_kube_system_section()}; {_pods_section()}", sudo=True, timeout=60,
                   why="kube-system's default tolerations and pods")
 
-    def parse(self, target: Target, result: CmdResult | None) -> KubeSystemFacts:
-        parts = split_sections(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> KubeSystemFacts:
+        parts = split_sections(answers.stdout())
         text = parts.get("namespace", "")
         return KubeSystemFacts(k3s.parse_namespace_tolerations(text), parse_pods_output(parts.get("pods", "")),
                                (text.strip().splitlines() or ["no answer"])[-1])
@@ -354,7 +357,7 @@ def fit_check(vm: VM, node: k3s.Node, managed: frozenset[str]) -> Check:
     return Check(name, "yes", found, False)
 
 
-class K3sTaints(Step):
+class K3sTaints(Step[ClusterFacts]):
     name = "k3s.taints"
     summary = ("reconcile every node's taints to the inventory (kubectl taint --overwrite, stale ones removed); "
                "each node takes pods tolerating its taints; the packaged add-ons available")
@@ -365,8 +368,8 @@ class K3sTaints(Step):
         return sh(f"{nodes_section()}; {_pods_section()}", sudo=True, timeout=60,
                   why="every node's taints, readiness, version; the kube-system pods")
 
-    def parse(self, target: Target, result: CmdResult | None) -> ClusterFacts:
-        parts = split_sections(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> ClusterFacts:
+        parts = split_sections(answers.stdout())
         nodes, error = parse_nodes_output(parts.get("nodes", ""))
         return ClusterFacts(nodes, error, parse_pods_output(parts.get("pods", "")))
 
@@ -424,7 +427,7 @@ def ready_and_taints(vm: VM, node: k3s.Node, managed: frozenset[str]) -> tuple[C
 
 # -- teardown --------------------------------------------------------------------------------------
 
-class _K3sRemove(Step):
+class _K3sRemove(Step[str]):
     destructive = True
     script = ""
 
@@ -432,8 +435,8 @@ class _K3sRemove(Step):
         return sh("if [ -x /usr/local/bin/{s} ]; then echo installed; else echo absent; fi", s=self.script,
                   sudo=True, why="is k3s installed")
 
-    def parse(self, target: Target, result: CmdResult | None) -> str:
-        return (result.stdout.strip() if result else "") or "absent"
+    def parse(self, target: Target, answers: Answers) -> str:
+        return answers.stdout().strip() or "absent"
 
     def plan(self, target: Target, facts: str | None) -> Plan:
         if facts == "absent":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from lib import confine, verdicts
 from lib.cpuset import format_cpulist
@@ -20,10 +19,10 @@ from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM, Host
 from lib.monitor import parse as mp
 from lib.monitor.prom import NUMBERS_ROW, VmNumbers
+from lib.reads import Answers, Live, Reads, Run
 from lib.results import Check, Outcome
 from lib.shell import Command, root_prefix, sh
 from lib.steps.base import Plan, Step, Target
-from lib.transport import CmdResult, Shell
 
 DEFAULT_INTERVAL = 1.0
 # ps reports %CPU over a thread's life; an idle kernel or daemon thread that last ran on a pinned
@@ -140,30 +139,35 @@ def parse_sample(stdout: str, interval: float, numa_mode: str) -> VmSample:
         llc_occupancy=parse_llc_occupancy(parts.get("llc_occupancy", "")))
 
 
-class _VmObservation(Step):
-    """Shared by the read-only VM observations: gather = live numatune (libvirt) + one sample read."""
+def sample_reads(vm: VM, host: Host, interval: float) -> Reads:
+    """One VM's observation: its live numatune (libvirt), then one sample read."""
+    return (Live(f"live {vm.name}", host.libvirt_uri, vm.name),
+            Run(f"sample {vm.name}", sample_command(vm, host.sysroot, host.libvirt_uri, interval)))
+
+
+def parse_vm_sample(vm: VM, answers: Answers, interval: float) -> VmSample:
+    live = live_domain(answers.domain(f"live {vm.name}"))
+    return parse_sample(answers.stdout(f"sample {vm.name}"), interval, live.numa_mode if live else "")
+
+
+class _VmObservation(Step[VmSample]):
+    """Shared by the read-only VM observations: live numatune (libvirt) + one sample read."""
 
     targets = "vms"
     read_ahead = False  # each VM's sample is taken when its step runs, side by side with the others
 
-    def facts_command(self, target: Target) -> Command:
-        assert target.vm is not None
-        host = target.loaded.host
-        return sample_command(target.vm, host.sysroot, host.libvirt_uri, self.interval(target))
-
     def interval(self, target: Target) -> float:
-        return float(target.options.get("interval") or DEFAULT_INTERVAL)
+        return target.flags.interval or DEFAULT_INTERVAL
 
-    def gather(self, target: Target, session: Shell) -> VmSample:
+    def reads(self, target: Target, got: Answers) -> Reads:
         assert target.vm is not None
-        live = live_domain(session.live_domain(target.loaded.host.libvirt_uri, target.vm.name))
-        mode = live.numa_mode if live else ""
-        return parse_sample(session.run(self.facts_command(target)).stdout, self.interval(target), mode)
+        return sample_reads(target.vm, target.loaded.host, self.interval(target))
 
-    def parse(self, target: Target, result: CmdResult | None) -> VmSample:
-        return parse_sample(result.stdout if result else "", self.interval(target), "")
+    def parse(self, target: Target, answers: Answers) -> VmSample:
+        assert target.vm is not None
+        return parse_vm_sample(target.vm, answers, self.interval(target))
 
-    def plan(self, target: Target, facts: Any | None) -> Plan:
+    def plan(self, target: Target, facts: VmSample | None) -> Plan:
         return Plan(reason="read-only: observes the running VM, changes nothing")
 
 
@@ -215,7 +219,7 @@ class NumaCheck(_VmObservation):
 
     def verify(self, target: Target, facts: VmSample) -> list[Check]:
         assert target.vm is not None
-        return numa_checks(target.vm, facts, float(target.options.get("max_remote") or mp.REMOTE_SHARE_LIMIT))
+        return numa_checks(target.vm, facts, target.flags.max_remote or mp.REMOTE_SHARE_LIMIT)
 
 
 class EmulatorCheck(_VmObservation):
@@ -289,7 +293,7 @@ class MonitorSample(_VmObservation):
     def verify(self, target: Target, facts: VmSample) -> list[Check]:
         assert target.vm is not None
         rows = monitor_checks(target.vm, facts)
-        if target.options.get("prometheus"):  # carried to the task as one machine-readable evidence row
+        if target.flags.prometheus:  # carried to the task as one machine-readable evidence row
             rows.append(Check.evidence(NUMBERS_ROW, json.dumps(vm_numbers(target.vm, facts).as_json())))
         return rows
 
@@ -395,26 +399,27 @@ def _work_verdict(name: str) -> verdicts.Verdict:
     return verdicts.DEVICE_IRQS if name.startswith("device IRQs") else verdicts.HOST_TASKS
 
 
-class Doctor(Step):
+class Doctor(Step[DoctorFacts]):
     name = "doctor"
     summary = "read-only: the spec's troubleshooting table (cross-NUMA, emulator, vCPU delays) as findings"
     targets = "hypervisor"
+    read_ahead = False  # its samples are taken one after another when it runs, each over its interval
 
-    def gather(self, target: Target, session: Shell) -> DoctorFacts:
-        host = target.loaded.host
-        interval = float(target.options.get("interval") or DEFAULT_INTERVAL)
-        samples = {}
-        for vm in host.vms:
-            live = live_domain(session.live_domain(host.libvirt_uri, vm.name))
-            out = session.run(sample_command(vm, host.sysroot, host.libvirt_uri, interval)).stdout
-            samples[vm.name] = parse_sample(out, interval, live.numa_mode if live else "")
-        ps = mp.parse_ps_threads(session.run(sh("ps -eLo pid,tid,psr,pcpu,comm", why="threads and their CPUs"))
-                                 .stdout)
-        governors = parse_governors(session.run(governors_command(host.sysroot)).stdout)
-        work = confine.parse_confine_facts(session.run(confine.confine_facts_command(host, interval)).stdout, interval)
-        return DoctorFacts(samples, ps, governors, work)
+    def reads(self, target: Target, got: Answers) -> Reads:
+        """Each VM's observation, then the threads, the governors and the confinement sample."""
+        host, interval = target.loaded.host, target.flags.interval or DEFAULT_INTERVAL
+        return (*(read for vm in host.vms for read in sample_reads(vm, host, interval)),
+                Run("ps", sh("ps -eLo pid,tid,psr,pcpu,comm", why="threads and their CPUs")),
+                Run("governors", governors_command(host.sysroot)),
+                Run("confine", confine.confine_facts_command(host, interval)))
 
-    def plan(self, target: Target, facts: Any | None) -> Plan:
+    def parse(self, target: Target, answers: Answers) -> DoctorFacts:
+        host, interval = target.loaded.host, target.flags.interval or DEFAULT_INTERVAL
+        return DoctorFacts({vm.name: parse_vm_sample(vm, answers, interval) for vm in host.vms},
+                           mp.parse_ps_threads(answers.stdout("ps")), parse_governors(answers.stdout("governors")),
+                           confine.parse_confine_facts(answers.stdout("confine"), interval))
+
+    def plan(self, target: Target, facts: DoctorFacts | None) -> Plan:
         return Plan(reason="read-only: diagnoses, changes nothing")
 
     def verify(self, target: Target, facts: DoctorFacts) -> list[Check]:

@@ -7,17 +7,18 @@ device given to a VM must be on block_devices and not used by the hypervisor (li
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from lib.facts.blockdev import BlockFacts, blockdev_command, in_use, parse_blockdev
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import Host
+from lib.options import HostInputs
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, seq, sh
-from lib.steps.base import Plan, Step, Target
+from lib.steps.base import Mode, Plan, Step, Target
 from lib.sudo import sudo_advice
-from lib.transport import CmdResult
 
 # tool -> the Debian package that provides it: what the hypervisor's steps run.
 HYPERVISOR_TOOLS = {
@@ -87,7 +88,7 @@ def sudo_check(host: str, facts: AccessFacts) -> Check:
     return Check("root or passwordless sudo", "yes", sudo_advice(host, facts.user, facts.sudo), False)
 
 
-def tool_checks(where: str, wanted: dict[str, str], found: dict[str, str]) -> list[Check]:
+def tool_checks(where: str, wanted: Mapping[str, str], found: Mapping[str, str]) -> list[Check]:
     checks = []
     for tool, package in wanted.items():
         path = found.get(tool, "")
@@ -96,13 +97,13 @@ def tool_checks(where: str, wanted: dict[str, str], found: dict[str, str]) -> li
     return checks
 
 
-class PreflightAccess(Step):
+class PreflightAccess(Step[AccessFacts]):
     name = "preflight.access"
     summary = "ssh, root or passwordless sudo, the tools the steps run (hypervisor + local xorriso; read-only)"
     mismatch_exit = 3
 
-    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
-        return {"local_tools": {tool: shutil.which(tool) or "" for tool in LOCAL_TOOLS}}
+    def host_inputs(self, loaded: LoadedHost, mode: Mode) -> HostInputs:
+        return HostInputs(local_tools={tool: shutil.which(tool) or "" for tool in LOCAL_TOOLS})
 
     def facts_command(self, target: Target) -> Command:
         access = self.access_command()
@@ -124,8 +125,8 @@ class PreflightAccess(Step):
             '| head -n1); echo "tool:$t=$p"; done',
             tools=list(HYPERVISOR_TOOLS), sudo=False, timeout=30, why="check access and tools")
 
-    def parse(self, target: Target, result: CmdResult | None) -> AccessFacts:
-        return parse_preflight(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> AccessFacts:
+        return parse_preflight(answers.stdout())
 
     def plan(self, target: Target, facts: object | None) -> Plan:
         return Plan(reason="read-only check")
@@ -133,7 +134,7 @@ class PreflightAccess(Step):
     def verify(self, target: Target, facts: AccessFacts) -> list[Check]:
         checks = [sudo_check(target.name, facts)]
         checks += tool_checks("hypervisor", HYPERVISOR_TOOLS, facts.tools)
-        checks += tool_checks("control node", LOCAL_TOOLS, target.options.get("local_tools", {}))
+        checks += tool_checks("control node", LOCAL_TOOLS, target.inputs.local_tools)
         if facts.blocks is not None:
             checks += device_checks(target.loaded.host, facts.blocks)
         return checks

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from importlib import import_module
 
-from lib.steps.base import Step
+from lib.steps.base import AnyStep, Step
 
 # The order is the registry's order (listings, did-you-mean), the order runbooks usually run in.
 WHERE: dict[str, tuple[str, str]] = {
@@ -42,10 +42,10 @@ WHERE: dict[str, tuple[str, str]] = {
 }
 
 
-class _Registry(Mapping[str, type[Step]]):
+class _Registry(Mapping[str, type[AnyStep]]):
     """Step name -> step class, importing the class's module on first use."""
 
-    def __getitem__(self, name: str) -> type[Step]:
+    def __getitem__(self, name: str) -> type[AnyStep]:
         module, attr = WHERE[name]
         found = getattr(import_module(module), attr)
         if not (isinstance(found, type) and issubclass(found, Step)):
@@ -59,4 +59,4 @@ class _Registry(Mapping[str, type[Step]]):
         return len(WHERE)
 
 
-REGISTRY: Mapping[str, type[Step]] = _Registry()
+REGISTRY: Mapping[str, type[AnyStep]] = _Registry()

@@ -18,13 +18,14 @@ annotation (lib/daytwo.ANNOTATION) until it is uncordoned.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from lib import daytwo
 from lib.daytwo import NodeState
 from lib.domain import domain_checks
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM
+from lib.reads import Answers, Ask, Reads, Run, Unreached
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Action, Await, OnPeer, Plan, Step, StepMismatch, Target
@@ -37,7 +38,7 @@ from lib.steps.virt import (
     install_argv,
     parse_domain_facts,
 )
-from lib.transport import CommandError, ConnectError, Shell
+from lib.transport import CmdResult
 from lib.vmperf import DomainTuning, domain_tuning
 
 
@@ -48,21 +49,23 @@ class RestartFacts:
     api_error: str = ""
 
 
-def _nodes_command() -> Any:
+def _nodes_command() -> Command:
     # One read of the server serves every VM of the step (Command.shared): the agents ask at once.
     return replace(sh(f"{section('nodes')}; k3s kubectl get nodes -o json 2>&1 || true", sudo=True, timeout=60,
                       why="nodes: cordoned, drained by us, Ready"), shared=True)
 
 
-def read_nodes(target: Target, session: Shell) -> tuple[dict[str, NodeState] | None, str]:
-    if target.vm is None or target.vm.k8s is None or target.peer is None:
-        return None, "no k3s server in the inventory"
-    try:  # the server's session, lent by the run (Shell.peer)
-        out = split_sections(session.peer(target.peer).run(_nodes_command()).stdout).get("nodes", "")
-    except (CommandError, ConnectError) as exc:
-        return None, str(exc).splitlines()[0]
+def parse_nodes(answer: CmdResult | Unreached) -> tuple[dict[str, NodeState] | None, str]:
+    """The server's answer about its nodes (asked through its session, lent by the run: Shell.peer)."""
+    if isinstance(answer, Unreached):
+        return None, answer.why
+    out = split_sections(answer.stdout).get("nodes", "")
     nodes = daytwo.parse_node_states(out)
     return nodes, "" if nodes is not None else (out.strip().splitlines() or ["no answer"])[-1]
+
+
+def _server_up(got: Answers) -> bool:
+    return "server state" in got and got.stdout("server state").strip() == "running"
 
 
 def daytwo_server(target: Target) -> VM | None:
@@ -80,7 +83,7 @@ def redefine_command(vm: VM, uri: str, virt_type: str, tuning: DomainTuning, own
               why=f"redefine {vm.name} from the inventory, keeping its disks")
 
 
-class _Back(Step):
+class _Back(Step[tuple[DomainFacts, StartFacts]]):
     """The restarted VM is back: every check of vms.define and vms.start (used by Await, not a runbook)."""
 
     name = "vms.restart (back)"
@@ -88,12 +91,15 @@ class _Back(Step):
     targets = "vms"
     converge = True
 
-    def gather(self, target: Target, session: Shell) -> tuple[DomainFacts, StartFacts]:
+    def reads(self, target: Target, got: Answers) -> Reads:
         assert target.vm is not None
-        define = parse_domain_facts(session.run(domain_facts_command(target.vm, target.loaded.host.libvirt_uri)).stdout)
-        return define, VmsStart().gather(target, session)
+        return (Run("define", domain_facts_command(target.vm, target.loaded.host.libvirt_uri)),
+                *VmsStart().reads(target, got))
 
-    def plan(self, target: Target, facts: Any) -> Plan:
+    def parse(self, target: Target, answers: Answers) -> tuple[DomainFacts, StartFacts]:
+        return parse_domain_facts(answers.stdout("define")), VmsStart().parse(target, answers)
+
+    def plan(self, target: Target, facts: tuple[DomainFacts, StartFacts] | None) -> Plan:
         return Plan(reason="checks only")
 
     def verify(self, target: Target, facts: tuple[DomainFacts, StartFacts]) -> list[Check]:
@@ -106,7 +112,7 @@ class _Back(Step):
                 + VmsStart().verify(target, start))
 
 
-class _Restart(Step):
+class _Restart(Step[RestartFacts]):
     targets = "vms"
     converge = True
     server: ClassVar[bool]
@@ -114,19 +120,31 @@ class _Restart(Step):
     def _mine(self, vm: VM) -> bool:
         return (vm.k8s is not None and vm.k8s.role == "server") == self.server
 
-    def gather(self, target: Target, session: Shell) -> RestartFacts:
+    def reads(self, target: Target, got: Answers) -> Reads:
+        """The domain; for a k3s VM of this step, whether the server VM runs, and only then (never
+        wait for SSH to a server VM that is not up) the server's nodes."""
         assert target.vm is not None
         vm, host = target.vm, target.loaded.host
-        define = parse_domain_facts(session.run(domain_facts_command(vm, host.libvirt_uri)).stdout)
-        if not self._mine(vm) or vm.k8s is None:
-            return RestartFacts(define, None, "not in the k3s cluster")
-        # Only a running server can answer: never wait for SSH to a server VM that is not up.
+        define: Reads = (Run("define", domain_facts_command(vm, host.libvirt_uri)),)
         server = daytwo_server(target)
-        up = server is not None and session.run(sh("virsh -c {uri} domstate {name} 2>/dev/null; true",
-                                                   uri=host.libvirt_uri, name=server.name,
-                                                   why="is the k3s server VM running")).stdout.strip() == "running"
-        nodes, error = read_nodes(target, session) if up else (None, "the k3s server VM is not running")
-        return RestartFacts(define, nodes, error)
+        if not self._mine(vm) or vm.k8s is None or server is None:
+            return define
+        state = Run("server state", sh("virsh -c {uri} domstate {name} 2>/dev/null; true", uri=host.libvirt_uri,
+                                       name=server.name, why="is the k3s server VM running"))
+        if not _server_up(got) or target.peer is None:
+            return (*define, state)
+        return (*define, state, Ask("nodes", target.peer, _nodes_command()))
+
+    def parse(self, target: Target, answers: Answers) -> RestartFacts:
+        assert target.vm is not None
+        define = parse_domain_facts(answers.stdout("define"))
+        if not self._mine(target.vm) or target.vm.k8s is None:
+            return RestartFacts(define, None, "not in the k3s cluster")
+        if not _server_up(answers):
+            return RestartFacts(define, None, "the k3s server VM is not running")
+        if "nodes" not in answers:
+            return RestartFacts(define, None, "no k3s server in the inventory")
+        return RestartFacts(define, *parse_nodes(answers.peer("nodes")))
 
     def _node(self, vm: VM, facts: RestartFacts) -> NodeState | None:
         return (facts.nodes or {}).get(vm.name) if vm.k8s else None
@@ -148,7 +166,7 @@ class _Restart(Step):
             return Plan(reason=f"{vm.name}: no change needs a restart")
         if not drift.restart and dom is None:
             return Plan(reason=f"{vm.name} is not defined: vms.define creates it")
-        flagged = bool(target.options.get("restart"))
+        flagged = target.flags.restart
         mode = target.mode
         if drift.restart and state == "shut off" and not ours and not flagged:
             return Plan(reason=f"{vm.name} is shut off: vms.define redefines it with --redefine "
@@ -176,7 +194,7 @@ class _Restart(Step):
                   node: NodeState | None) -> list[Action]:
         assert target.vm is not None
         vm, host = target.vm, target.loaded.host
-        uri, state, opts = host.libvirt_uri, facts.define.state, target.options
+        uri, state, flags = host.libvirt_uri, facts.define.state, target.flags
         running = facts.define.domain is not None and state not in ("shut off", "")
         actions: list[Action] = []
         if vm.k8s is not None:
@@ -187,13 +205,11 @@ class _Restart(Step):
             if node is not None and running and drift.restart:
                 reason = "restart: " + ", ".join(c.name for c in drift.restart) if drift.restart else node.drained_for
                 actions += [OnPeer(daytwo.mark_command(vm.name, reason or "restart")),
-                            OnPeer(daytwo.drain_command(vm.name, int(opts.get("drain_timeout") or
-                                                                     daytwo.DRAIN_TIMEOUT_S)))]
+                            OnPeer(daytwo.drain_command(vm.name, flags.drain_timeout or daytwo.DRAIN_TIMEOUT_S))]
         if drift.restart:
             if running:
-                actions.append(daytwo.shutdown_command(vm, uri, int(opts.get("shutdown_timeout") or
-                                                                    daytwo.SHUTDOWN_TIMEOUT_S),
-                                                       bool(opts.get("force_off"))))
+                actions.append(daytwo.shutdown_command(vm, uri, flags.shutdown_timeout or daytwo.SHUTDOWN_TIMEOUT_S,
+                                                       flags.force_off))
             actions.append(redefine_command(vm, uri, host.virt_type, domain_tuning(host, target.loaded.cores, vm),
                                             target.loaded.name))
         elif facts.define.domain is None:  # stopped between undefine and define
@@ -224,7 +240,7 @@ class _Restart(Step):
             if facts.nodes is None:  # before k3s is installed, or its server is down: nothing to drain
                 checks.append(Check.warn("k3s API", "answers", facts.api_error or "no answer"))
             else:
-                checks += daytwo.node_checks(vm, self._node(vm, facts), strict=bool(target.options.get("restart")))
+                checks += daytwo.node_checks(vm, self._node(vm, facts), strict=target.flags.restart)
         return checks
 
 

@@ -10,21 +10,24 @@ from __future__ import annotations
 from lib import k3s
 from lib.domain import LiveDomain, live_checks, live_domain
 from lib.facts.sysfs import split_sections
+from lib.reads import Answers, Live, Reads
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, Target
 from lib.steps.k3s import nodes_section, parse_nodes_output, ready_and_taints
-from lib.transport import CmdResult, Shell
 
 
-class StatusVms(Step):
+class StatusVms(Step[LiveDomain | None]):
     name = "status.vms"
     summary = "each VM's live state, vCPU/emulator pins and memory binding (libvirt API; read-only)"
     targets = "vms"
 
-    def gather(self, target: Target, session: Shell) -> LiveDomain | None:
+    def reads(self, target: Target, got: Answers) -> Reads:
         assert target.vm is not None
-        return live_domain(session.live_domain(target.loaded.host.libvirt_uri, target.vm.name))
+        return (Live("live", target.loaded.host.libvirt_uri, target.vm.name),)
+
+    def parse(self, target: Target, answers: Answers) -> LiveDomain | None:
+        return live_domain(answers.domain("live"))
 
     def plan(self, target: Target, facts: LiveDomain | None) -> Plan:
         return Plan(reason="read-only")
@@ -36,7 +39,7 @@ class StatusVms(Step):
         return live_checks(target.vm, facts)
 
 
-class StatusK3s(Step):
+class StatusK3s(Step[tuple[dict[str, k3s.Node] | None, str]]):
     name = "status.k3s"
     summary = "each k3s node's Ready and taints (one kubectl get nodes on the server; read-only)"
     targets = "server"
@@ -44,10 +47,10 @@ class StatusK3s(Step):
     def facts_command(self, target: Target) -> Command:
         return sh(nodes_section(), sudo=True, timeout=60, why="every node's readiness and taints")
 
-    def parse(self, target: Target, result: CmdResult | None) -> tuple[dict[str, k3s.Node] | None, str]:
-        return parse_nodes_output(split_sections(result.stdout if result else "").get("nodes", ""))
+    def parse(self, target: Target, answers: Answers) -> tuple[dict[str, k3s.Node] | None, str]:
+        return parse_nodes_output(split_sections(answers.stdout()).get("nodes", ""))
 
-    def plan(self, target: Target, facts: object) -> Plan:
+    def plan(self, target: Target, facts: tuple[dict[str, k3s.Node] | None, str] | None) -> Plan:
         return Plan(reason="read-only")
 
     def verify(self, target: Target, facts: tuple[dict[str, k3s.Node] | None, str]) -> list[Check]:

@@ -19,11 +19,12 @@ from lib.facts.sysfs import section, split_sections
 from lib.inventory.load import LoadedHost
 from lib.inventory.model import VM
 from lib.local import LocalToolError, build_seed_iso
+from lib.options import HostInputs
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, Value, seq, sh
-from lib.steps.base import Plan, Step, StepMismatch, Target
+from lib.steps.base import Mode, Plan, Step, StepMismatch, Target
 from lib.steps.images import disk_checks, disks_of, parse_image
-from lib.transport import CmdResult
 
 
 def _domstate(vm: VM, uri: str) -> Command:
@@ -31,7 +32,7 @@ def _domstate(vm: VM, uri: str) -> Command:
     return seq(libvirt_facts.domstate(uri, vm.name), libvirt_facts.PRINT_STATE)
 
 
-class VmsRemove(Step):
+class VmsRemove(Step[str]):
     name = "vms.remove"
     summary = "stop (destroy) and undefine each VM; its disks stay for disks.remove (--yes)"
     targets = "vms"
@@ -41,8 +42,8 @@ class VmsRemove(Step):
         assert target.vm is not None
         return seq(_domstate(target.vm, target.loaded.host.libvirt_uri), why="is the domain defined")
 
-    def parse(self, target: Target, result: CmdResult | None) -> str:
-        return (result.stdout.strip() if result else "") or "not defined"
+    def parse(self, target: Target, answers: Answers) -> str:
+        return answers.stdout().strip() or "not defined"
 
     def plan(self, target: Target, facts: str | None) -> Plan:
         assert target.vm is not None
@@ -128,18 +129,18 @@ def refused_of(vm: VM, verdicts: list[tuple[str, ownership.Seen, ownership.Verdi
         f"invoke teardown --host={host} shows the plan again)"))
 
 
-class _DiskSurvey(Step):
+class _DiskSurvey(Step[DiskFacts]):
     """The read disks.owned and disks.remove share: the domain's state and every path's ownership."""
 
-    def host_options(self, loaded: LoadedHost, mode: str) -> dict[str, Any]:
+    def host_inputs(self, loaded: LoadedHost, mode: Mode) -> HostInputs:
         # The seeds the tool would build now: an unrecorded seed is adopted only with this content.
         if mode == "offline":
-            return {}
+            return HostInputs()
         try:
-            return {"seed_sha256": {vm.name: hashlib.sha256(build_seed_iso(seed_files(vm))).hexdigest()
-                                    for vm in loaded.host.vms}}
+            return HostInputs(seed_sha256={vm.name: hashlib.sha256(build_seed_iso(seed_files(vm))).hexdigest()
+                                           for vm in loaded.host.vms})
         except LocalToolError:
-            return {}  # no xorriso here: a seed without a record is then refused, never guessed at
+            return HostInputs()  # no xorriso here: a seed without a record is then refused, never guessed at
 
     def facts_command(self, target: Target) -> Command:
         assert target.vm is not None
@@ -149,13 +150,13 @@ class _DiskSurvey(Step):
                    section("present"), _present(removable(vm, True)), timeout=90,
                    why="which disks exist, their real paths and ownership records")
 
-    def parse(self, target: Target, result: CmdResult | None) -> DiskFacts:
+    def parse(self, target: Target, answers: Answers) -> DiskFacts:
         assert target.vm is not None
-        out = result.stdout if result else ""
+        out = answers.stdout()
         parts = split_sections(out)
         return DiskFacts(parts.get("domain", "").strip() or "not defined", frozenset(parts.get("present", "").split()),
                          ownership.parse_survey(out, probes(target.vm)),
-                         target.options.get("seed_sha256", {}).get(target.vm.name, ""))
+                         target.inputs.seed_sha256.get(target.vm.name, ""))
 
 
 def _present(lists: tuple[list[str], list[str]]) -> Command:
@@ -179,7 +180,7 @@ class DisksOwned(_DiskSurvey):
     def verify(self, target: Target, facts: DiskFacts) -> list[Check]:
         assert target.vm is not None
         checks = []
-        for path, _seen, v in judged(target.vm, facts, bool(target.options.get("include_data"))):
+        for path, _seen, v in judged(target.vm, facts, target.flags.include_data):
             found = {"owned": v.why, "adopt": f"adoptable: {v.why}", "absent": "absent"}.get(v.action, v.why)
             checks.append(Check(f"may delete {path}", "a file numa-k3s made, unchanged", found, v.action != "refuse"))
         return checks
@@ -194,7 +195,7 @@ class DisksRemove(_DiskSurvey):
     def plan(self, target: Target, facts: DiskFacts | None) -> Plan:
         assert target.vm is not None
         vm = target.vm
-        include_data = bool(target.options.get("include_data"))
+        include_data = target.flags.include_data
         delete, _keep = removable(vm, include_data)
         after_vms_remove: tuple[str, ...] = ()
         if facts is not None and facts.domain != "not defined" and target.mode == "plan":
@@ -225,7 +226,7 @@ class DisksRemove(_DiskSurvey):
 
     def verify(self, target: Target, facts: DiskFacts) -> list[Check]:
         assert target.vm is not None
-        delete, keep = removable(target.vm, bool(target.options.get("include_data")))
+        delete, keep = removable(target.vm, target.flags.include_data)
         checks = [Check(f"deleted {p}", "absent", "present" if p in facts.present else "absent",
                         p not in facts.present) for p in delete]
         # What was kept is shown too, so the report proves the base and the data disks survived.

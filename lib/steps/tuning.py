@@ -17,10 +17,10 @@ from lib.facts.perf import PerfFacts, joined, parse_perf_facts, perf_facts_comma
 from lib.facts.read import cat_if_present
 from lib.facts.sysfs import cpu_index, grep_values, kernel_choice, section, split_sections
 from lib.inventory.model import Host
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, root_prefix, sh, write_file
 from lib.steps.base import Plan, Step, Target
-from lib.transport import CmdResult
 
 GOVERNORS = "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor"
 NUMA_BALANCING = "/proc/sys/kernel/numa_balancing"
@@ -164,13 +164,13 @@ def plan_host_tune(host: Host, facts: HostTuneFacts | None) -> Plan:
     return Plan((*base.actions, *pages, *cage), reason)
 
 
-class HostTune(Step):
+class HostTune(Step[HostTuneFacts]):
     name = "host.tune"
     summary = ("governor performance, numa_balancing 0, THP always/always, hugepages per node, host work and "
                "IRQs off the vCPU CPUs; persisted across reboot")
 
     def interval(self, target: Target) -> float:
-        return float(target.options.get("interval") or 1.0)
+        return target.flags.interval or 1.0
 
     def facts_command(self, target: Target) -> Command:
         """One round trip: the tuning values, hugepages and features, and the confinement over an interval."""
@@ -178,8 +178,8 @@ class HostTune(Step):
         return joined(joined(tune_facts_command(host.sysroot), perf_facts_command(host.sysroot)),
                       confine.confine_facts_command(host, self.interval(target)))
 
-    def parse(self, target: Target, result: CmdResult | None) -> HostTuneFacts:
-        out, sysroot = result.stdout if result else "", target.loaded.host.sysroot
+    def parse(self, target: Target, answers: Answers) -> HostTuneFacts:
+        out, sysroot = answers.stdout(), target.loaded.host.sysroot
         return HostTuneFacts(parse_tune_facts(out, sysroot), parse_perf_facts(out, sysroot),
                              confine.parse_confine_facts(out, self.interval(target)))
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from lib.cpuset import format_cpulist
 from lib.domain import DomainSpec, parse_domain_xml
 from lib.inventory.model import Host
+from lib.reads import Answers
 from lib.results import Check
 from lib.shell import Command, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
 from lib.steps.virt import owner_mark
-from lib.transport import CmdResult
 
 _MARK = "@@numa-k3s-domain@@"
 
@@ -78,7 +78,7 @@ def conflicts(host: Host, facts: DomainsFacts) -> list[Check]:
     return checks
 
 
-class VmsUnmanaged(Step):
+class VmsUnmanaged(Step[DomainsFacts]):
     name = "vms.unmanaged"
     summary = "report domains we defined that the inventory no longer lists (never deleted); new VMs fit beside them"
     targets = "hypervisor"
@@ -91,8 +91,8 @@ class VmsUnmanaged(Step):
                   uri=target.loaded.host.libvirt_uri, mark=owner_mark(target.loaded.name), sep=_MARK, timeout=120,
                   why="the domains this tool defined for the host")
 
-    def parse(self, target: Target, result: CmdResult | None) -> DomainsFacts:
-        return parse_domains(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> DomainsFacts:
+        return parse_domains(answers.stdout())
 
     def _unmanaged(self, target: Target, facts: DomainsFacts) -> dict[str, Leftover]:
         listed = {vm.name for vm in target.loaded.host.vms}

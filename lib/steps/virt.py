@@ -26,10 +26,10 @@ from lib.domain import (
 from lib.facts import libvirt as libvirt_facts
 from lib.facts.sysfs import section, split_sections
 from lib.inventory.model import VM, Host
+from lib.reads import Answers, Ask, Live, Reads, Run, Unreached
 from lib.results import Check
 from lib.shell import Command, Value, seq, sh
 from lib.steps.base import Plan, Step, StepMismatch, Target
-from lib.transport import CmdResult, CommandError, ConnectError, Shell
 from lib.vmperf import DomainTuning, domain_tuning
 
 
@@ -119,7 +119,7 @@ def _tuning(target: Target) -> DomainTuning:
     return domain_tuning(target.loaded.host, target.loaded.cores, target.vm)
 
 
-class VmsDefine(Step):
+class VmsDefine(Step[DomainFacts]):
     name = "vms.define"
     summary = "virt-install with vcpupin, emulatorpin, numatune strict, disks, bridge; drift is never silent"
     targets = "vms"
@@ -128,12 +128,12 @@ class VmsDefine(Step):
         assert target.vm is not None
         return domain_facts_command(target.vm, target.loaded.host.libvirt_uri)
 
-    def parse(self, target: Target, result: CmdResult | None) -> DomainFacts:
-        return parse_domain_facts(result.stdout if result else "")
+    def parse(self, target: Target, answers: Answers) -> DomainFacts:
+        return parse_domain_facts(answers.stdout())
 
     def plan(self, target: Target, facts: DomainFacts | None) -> Plan:
         assert target.vm is not None
-        return plan_domain(target.loaded.host, target.vm, facts, bool(target.options.get("redefine")),
+        return plan_domain(target.loaded.host, target.vm, facts, target.flags.redefine,
                            _tuning(target), target.mode, target.loaded.name)
 
     def verify(self, target: Target, facts: DomainFacts) -> list[Check]:
@@ -195,37 +195,48 @@ def start_command(vm: VM, uri: str) -> Command:
               uri=uri, name=vm.name, timeout=120, why=f"start {vm.name}")
 
 
-class VmsStart(Step):
+class VmsStart(Step[StartFacts]):
     name = "vms.start"
     summary = "start + autostart each VM, wait for SSH and cloud-init, verify live pins via libvirt"
     targets = "vms"
     converge = True
 
-    def gather(self, target: Target, session: Shell) -> StartFacts:
+    def reads(self, target: Target, got: Answers) -> Reads:
+        """The live domain; when it runs, the guest's address (unless the inventory gives it), then
+        one probe of cloud-init in the guest: each read once the answer it needs is there."""
         assert target.vm is not None
-        vm = target.vm
-        live = live_domain(session.live_domain(target.loaded.host.libvirt_uri, vm.name))
-        if live is None or live.state != "running" or target.guest is None:
-            return StartFacts(live)
+        vm, uri = target.vm, target.loaded.host.libvirt_uri
+        live = Live("live", uri, vm.name)
+        domain = live_domain(got.domain("live")) if "live" in got else None
+        if domain is None or domain.state != "running" or target.guest is None:
+            return (live,)
+        reads: Reads = (live,)
         guest = target.guest
         if not guest.host:  # no address in the inventory: the one libvirt sees (DHCP lease, then ARP)
-            uri = target.loaded.host.libvirt_uri
-            found = session.run(sh("virsh -c {uri} domifaddr --source lease {name} 2>/dev/null; "
-                                   "virsh -c {uri} domifaddr --source arp {name} 2>/dev/null; true",
-                                   uri=uri, name=vm.name, why="the VM's address")).stdout
-            address = parse_domifaddr(found)
+            reads += (Run("address", sh("virsh -c {uri} domifaddr --source lease {name} 2>/dev/null; "
+                                        "virsh -c {uri} domifaddr --source arp {name} 2>/dev/null; true",
+                                        uri=uri, name=vm.name, why="the VM's address")),)
+            address = parse_domifaddr(got.stdout("address")) if "address" in got else None
             if address is None:
-                return StartFacts(live, guest_checks(vm, "no address yet (virsh domifaddr: no lease, no ARP entry)",
-                                                     ""))
+                return reads
             guest = replace(guest, host=address)
-        try:
-            # The run's own session to the guest (one connect attempt while it boots): the k3s steps
-            # after this one reuse the connection instead of opening another through the jump host.
-            probe = session.peer(guest, once=True)
-            out = probe.run(sh(_CLOUD_INIT, timeout=_CLOUD_INIT_S, why="is cloud-init done")).stdout
-            return StartFacts(live, guest_checks(vm, None, out))
-        except (ConnectError, CommandError) as exc:
-            return StartFacts(live, guest_checks(vm, str(exc).splitlines()[0], ""))
+        # The run's own session to the guest (one connect attempt while it boots): the k3s steps
+        # after this one reuse the connection instead of opening another through the jump host.
+        return (*reads, Ask("guest", guest, sh(_CLOUD_INIT, timeout=_CLOUD_INIT_S, why="is cloud-init done"),
+                            once=True))
+
+    def parse(self, target: Target, answers: Answers) -> StartFacts:
+        assert target.vm is not None
+        vm = target.vm
+        live = live_domain(answers.domain("live"))
+        if "guest" not in answers:
+            if live is None or live.state != "running" or target.guest is None:
+                return StartFacts(live)
+            return StartFacts(live, guest_checks(vm, "no address yet (virsh domifaddr: no lease, no ARP entry)", ""))
+        probe = answers.peer("guest")
+        if isinstance(probe, Unreached):
+            return StartFacts(live, guest_checks(vm, probe.why, ""))
+        return StartFacts(live, guest_checks(vm, None, probe.stdout))
 
     def plan(self, target: Target, facts: StartFacts | None) -> Plan:
         assert target.vm is not None

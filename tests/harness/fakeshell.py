@@ -8,6 +8,7 @@ sent is in `FakeNet.sent`, in order.
 
 An answer is the stdout of a success, a CmdResult (any exit code; one outside the command's
 ok_codes raises CommandError as a real session does), or a function of the command giving either.
+A libvirt read of a domain is answered by `domain()`'s raw values, sent as `live domain <name>`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class FakeNet:
 
     def __init__(self) -> None:
         self._answers: dict[tuple[str, str], Answer] = {}
+        self._domains: dict[tuple[str, str], RawDomain | None] = {}
         self.sent: list[tuple[str, str]] = []  # (endpoint name, why), in the order sent
         self._lock = threading.Lock()
         self.pools: list[FakePool] = []
@@ -39,6 +41,17 @@ class FakeNet:
     def on(self, endpoint: str, why: str, answer: Answer) -> None:
         """Answer every command with this `why` sent to this endpoint (by name: hv1, or a VM's name)."""
         self._answers[(endpoint, why)] = answer
+
+    def domain(self, endpoint: str, name: str, raw: RawDomain | None) -> None:
+        """Answer libvirt's live read of this domain on this endpoint (None: not defined)."""
+        self._domains[(endpoint, name)] = raw
+
+    def live(self, endpoint: Endpoint, name: str) -> RawDomain | None:
+        with self._lock:
+            self.sent.append((endpoint.name, f"live domain {name}"))
+            if (endpoint.name, name) not in self._domains:
+                raise Unscripted(f"{endpoint.name}: libvirt read of domain {name}")
+            return self._domains[(endpoint.name, name)]
 
     def lock_answers(self, endpoint: str = "hv1") -> None:
         """The host lock taken and released, as a free lock answers (lib/lock.py)."""
@@ -70,7 +83,7 @@ class FakeNet:
 
 
 class FakeShell:
-    """One endpoint's Shell: commands answered by the script; files, live domains unscripted."""
+    """One endpoint's Shell: commands and live domains answered by the script; files unscripted."""
 
     def __init__(self, endpoint: Endpoint, pool: FakePool) -> None:
         self.endpoint, self._pool = endpoint, pool
@@ -86,7 +99,7 @@ class FakeShell:
         raise Unscripted(f"{self.endpoint.name}: download of {remote_path} (the fake keeps no files)")
 
     def live_domain(self, local_uri: str, name: str) -> RawDomain | None:
-        raise Unscripted(f"{self.endpoint.name}: libvirt read of domain {name}")
+        return self._pool.net.live(self.endpoint, name)
 
     def peer(self, endpoint: Endpoint, *, once: bool = False) -> FakeShell:
         return self._pool.shell(endpoint)

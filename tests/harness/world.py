@@ -5,19 +5,20 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lib.inventory.load import LoadedHost, load_inventory
+from lib.options import RunFlags
 from lib.output import Output
 from lib.results import HostRun
 from lib.retry import Policies, Policy
 from lib.runbook import load_runbook
 from lib.runner import Engine, RunOptions
-from lib.steps.base import Step
+from lib.steps.base import AnyStep, Target
 
 FAST = Policies(
     ssh_connect=Policy("ssh_connect", attempts=2, wait_initial=1, wait_max=1),
@@ -27,10 +28,25 @@ FAST = Policies(
 )
 
 
+@dataclass(frozen=True)
+class WorldFlags(RunFlags):
+    """The run's flags and the test steps' own (tests/engine_steps.py): where they keep their state,
+    and whether they change something."""
+
+    state: str = ""
+    change: bool = False
+
+
+def world_flags(target: Target) -> WorldFlags:
+    """A test step's flags: a World's run always passes WorldFlags."""
+    assert isinstance(target.flags, WorldFlags), target.flags
+    return target.flags
+
+
 class World:
     """A hosts dir, a runbooks dir, a state dir and the records dir of one test."""
 
-    def __init__(self, tmp: Path, registry: Mapping[str, type[Step]]) -> None:
+    def __init__(self, tmp: Path, registry: Mapping[str, type[AnyStep]]) -> None:
         self.tmp = tmp
         self.registry = registry
         self.hosts = tmp / "hosts"
@@ -55,7 +71,7 @@ class World:
         """Run the steps; `started(engine)` is called before the run (to interrupt it from a timer)."""
         book = load_runbook(self.runbook(*steps), self.registry)
         options = RunOptions(runs_dir=self.runs, policies=opts.pop("policies", FAST), sleep=sleep or self.sleeps.append,
-                             flags={"state": str(self.state), **opts.pop("flags", {})}, **opts)
+                             flags=WorldFlags(state=str(self.state), **opts.pop("flags", {})), **opts)
         self.out = io.StringIO()
         engine = Engine(book, options, Output(self.out, tty=False))
         if started:

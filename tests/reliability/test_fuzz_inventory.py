@@ -446,7 +446,7 @@ def valid_hosts(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
 
 def offline_plan(loaded: LoadedHost) -> list[Command]:
     """What `invoke plan --offline` renders: each step's plan(target, None), the commands only."""
-    return [action for step in PROVISION.steps for target in targets_for(step, loaded, {})
+    return [action for step in PROVISION.steps for target in targets_for(step, loaded)
             for action in step.plan(target, None).actions if isinstance(action, Command)]
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import paramiko
 import pytest
 
-from lib.remote import CmdResult, CommandError, ConnectError, Endpoint, Session
+from lib.reads import Answers
+from lib.remote import CommandError, ConnectError, Endpoint, Session
 from lib.results import Check, HostRun
 from lib.retry import Policies, Policy
 from lib.runner import failure_text
@@ -27,23 +28,23 @@ from lib.steps.base import Plan, Step, Target
 from tests.engine_steps import REGISTRY
 from tests.harness.inventory import write_host
 from tests.harness.sshd import SshdFarm, SshHost, count_auths, descendants, paramiko_client
-from tests.harness.world import World, wait_for
+from tests.harness.world import World, wait_for, world_flags
 
 
-class Slow(Step):
+class Slow(Step[list[str]]):
     """Writes `started`, sleeps 2 s, writes `done`: a command long enough to kill sshd under it."""
 
     name = "test.slow"
     summary = "a 2 s command"
 
     def _file(self, target: Target) -> str:
-        return f"{target.options['state']}/{target.name}.slow"
+        return f"{world_flags(target).state}/{target.name}.slow"
 
     def facts_command(self, target: Target) -> Command:
         return sh("cat {f} 2>/dev/null; true", f=self._file(target), sudo=False)
 
-    def parse(self, target: Target, result: CmdResult | None) -> list[str]:
-        return result.stdout.split() if result else []
+    def parse(self, target: Target, answers: Answers) -> list[str]:
+        return answers.stdout().split()
 
     def plan(self, target: Target, facts: Any | None) -> Plan:
         if facts and "done" in facts:
