@@ -89,7 +89,11 @@ class ReadAhead:
 
     def _open(self, endpoint: Endpoint, reads: list[Command], shell: Shell, contact: threading.Lock) -> None:
         try:
-            self._read_ahead(endpoint, shell.peer(endpoint, once=True), reads)
+            peer = shell.peer(endpoint, once=True)
+            if len(reads) == 1:  # one read needs no batch, only to be made now, beside the others
+                self.remember(endpoint, reads[0], peer.run(reads[0]))
+            else:
+                self._read_ahead(endpoint, peer, reads)
         except Exception as exc:  # not up yet, say: the step that needs it connects with its policy
             if self._log:
                 self._log(f"{endpoint.name}: not read ahead: {exc}")

@@ -193,22 +193,25 @@ def test_a_read_asked_again_before_any_change_is_not_sent_again() -> None:
 
 GUEST = Endpoint("guest", "10.0.0.2", via=HV)
 DOWN = Endpoint("down", "10.0.0.3", via=HV)
+SINGLE = Endpoint("single", "10.0.0.4", via=HV)
 
 
 def test_the_first_contact_opens_every_other_endpoint_at_once() -> None:
     """The hypervisor's first read starts the guests' contacts beside it, each with one connect
     attempt; a guest that does not answer is left to the step that needs it."""
-    hv, guest = _Host(), _Host()
-    hv.peers = {GUEST: guest, DOWN: None}
-    g1, g2, d1 = sh("echo g1", why="g1"), sh("echo g2", why="g2"), sh("echo d1", why="d1")
+    hv, guest, single = _Host(), _Host(), _Host()
+    hv.peers = {GUEST: guest, DOWN: None, SINGLE: single}
+    g1, g2, d1, s1 = (sh(f"echo {n}", why=n) for n in ("g1", "g2", "d1", "s1"))
     logged: list[str] = []
-    answers = SharedReads(ReadAhead(lambda: {HV: [sh("echo hv", why="hv")], GUEST: [g1, g2], DOWN: [d1]},
-                                logged.append))
+    answers = SharedReads(ReadAhead(lambda: {HV: [sh("echo hv", why="hv")], GUEST: [g1, g2], DOWN: [d1],
+                                             SINGLE: [s1]}, logged.append))
     assert _recorded(hv, answers, []).run(sh("echo hv", why="hv")).stdout == "hv\n"
     on_guest = Recorded(guest, list[CmdResult]().append, GUEST, "k3s.agents", answers)
     assert on_guest.run(g2).stdout == "g2\n" and on_guest.run(g1).stdout == "g1\n"
     assert len(guest.sent) == 1 and guest.sent[0].startswith("read everything")  # one round trip, both reads
-    assert sorted(hv.once) == [True, True]  # one connect attempt each, never the policy's wait
+    assert sorted(hv.once) == [True, True, True]  # one connect attempt each, never the policy's wait
+    on_single = Recorded(single, list[CmdResult]().append, SINGLE, "k3s.agents", answers)
+    assert on_single.run(s1).stdout == "s1\n" and single.sent == ["s1"]  # made ahead, alone, not again
     assert any(line.startswith("down: not read ahead: cannot connect") for line in logged), logged
     on_down = Recorded(hv, list[CmdResult]().append, DOWN, "k3s.agents", answers)
     assert on_down.run(d1).stdout == "d1\n" and hv.sent[-1] == "d1"  # read when its step came
