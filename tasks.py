@@ -20,6 +20,7 @@ import contextlib
 import functools
 import io
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -113,6 +114,13 @@ def _hosts_dir(c: Context) -> Path:
 _warned: set[str] = set()  # each warning once per invocation (monitor --watch loads the inventory per sample)
 
 
+def _for_terminal(line: str) -> str:
+    """A warning on stderr: wrapped between words when stderr is a terminal, whole otherwise (logs)."""
+    from lib.shell import wrapped
+
+    return wrapped(line, shutil.get_terminal_size().columns) if sys.stderr.isatty() else line
+
+
 def _inventory(c: Context, host: str | None, applying: bool = False) -> Inventory:
     """The selected hosts' inventory, its warnings printed once. A run that applies refuses what is
     only a warning for commands that read: the spec's placeholder keys would lock the VM's user out."""
@@ -130,7 +138,7 @@ def _inventory(c: Context, host: str | None, applying: bool = False) -> Inventor
     for warning in lines(inv.warnings):
         if warning not in _warned:
             _warned.add(warning)
-            print(warning, file=sys.stderr)
+            print(_for_terminal(warning), file=sys.stderr)
     return inv
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import textwrap
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
@@ -107,6 +108,15 @@ def terminal(text: str) -> str:
     """What reaches the operator's terminal: secrets masked, control characters escaped. Records keep
     the raw bytes (masked): the evidence is what the host said, the screen is what is safe to show."""
     return printable(mask(text))
+
+
+def wrapped(text: str, width: int) -> str:
+    """A long message for an operator's terminal, broken between words at its width with the rest
+    indented, instead of the terminal cutting a word ("vms[0].user_con⏎figs"). Paths and fields
+    stay whole unless one alone is wider than the terminal."""
+    if width < 20:
+        return text
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False))
 
 
 Value = str | int | float | PurePosixPath | Secret

@@ -112,3 +112,16 @@ def test_per_vcpu_values_as_ranges_with_the_outliers_named() -> None:
     many = summarise(" ".join(f"{i}:{(i * 7) % 100}%" for i in range(32)))
     assert many.count(":") == 4  # four bands, each a range, no vCPU left out
     assert summarise("not available (virsh domstats)") == "not available (virsh domstats)"
+
+
+def test_a_long_warning_breaks_between_words_at_80_columns() -> None:
+    from lib.shell import wrapped
+
+    line = ("WARNING [key.placeholder] hosts/hv1.yaml: 4 places (vms[0] (k3s-worker-slm-heavy).user_configs[0]."
+            "ssh_authorized_keys[0]; vms[1] (k3s-worker-data).user_configs[0].ssh_authorized_keys[0]): this key "
+            "is the spec's placeholder, not a real key; put the VM user's real public key here before provisioning")
+    out = wrapped(line, 80).splitlines()
+    assert all(len(row) <= 80 for row in out) and len(out) > 2
+    assert " ".join(row.strip() for row in out) == line  # every word whole, none lost
+    assert all(row.startswith("  ") for row in out[1:])
+    assert wrapped(line, 10) == line  # no usable width: left to the terminal
