@@ -18,6 +18,7 @@ import pytest
 from lib.errors import InventoryError, Problem
 from lib.inventory.keys import check_key
 from lib.inventory.load import load_inventory
+from lib.inventory.report import lines as report_lines
 from lib.shell import Secret, mask, printable, public, terminal
 from lib.token import ENV, TokenError, cluster_token
 from tests.harness.inventory import lock_path_for, small_vm, write_host
@@ -660,3 +661,14 @@ def test_terminal_escapes_what_a_terminal_would_act_on() -> None:
     assert printable("\x1b[2J\r\x9b\u202e") == "\\x1b[2J\\r\\x9b\\u202e"
     secret = Secret("tok-\x1b-0123456789abc")
     assert terminal(f"x {secret.reveal()} \x1b[31m") == "x *** \\x1b[31m"
+
+
+@pytest.mark.parametrize("name", ["\n", "vm\x1b[2Jx", "a\rb"])
+def test_a_control_character_in_a_vm_name_stays_on_one_escaped_line(tmp_path: Path, name: str) -> None:
+    """Found by the inventory fuzz: a VM named "\\n" broke its refusal over two lines (the name is in
+    the field's path too), so the one-line-per-problem report lost its rule and file on the second."""
+    found = problems(tmp_path, vm0("name", name))
+    shown = report_lines([Problem(p.rule, str(tmp_path / "hosts" / "hv1.yaml"), p.path, p.message) for p in found])
+    assert any(f"vms[0] ({name!r}).name" in line for line in shown), shown
+    assert shown and all("\n" not in line and "\r" not in line and "\x1b" not in line for line in shown), shown
+    assert any("[name.invalid]" in line for line in shown)

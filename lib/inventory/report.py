@@ -38,7 +38,9 @@ def named(path: str, names: list[str]) -> str:
     match = _VM.match(path)
     if not match or int(match.group(1)) >= len(names):
         return path
-    return f"{match.group(0)} ({names[int(match.group(1))]}){path[match.end():]}"
+    name = names[int(match.group(1))]
+    shown = name if name.isprintable() else repr(name)  # a name of "\n" must not break the line it is on
+    return f"{match.group(0)} ({shown}){path[match.end():]}"
 
 
 def lines(problems: Iterable[Problem]) -> list[str]:
