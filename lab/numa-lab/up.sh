@@ -91,7 +91,10 @@ if ! running; then
         exit 1
     fi
     rm -f "$RUN/qmp.sock" "$RUN/console.log"
-    nice -n 10 qemu-system-x86_64 -name numalab -machine q35 -accel tcg -cpu max,vendor=GenuineIntel \
+    # QEMU outlives this script and keeps what it inherits: closefds.py keeps the caller's flock (the
+    # lab's lock) out of it, else the lock stays taken while the lab runs.
+    python3 "$here/closefds.py" nice -n 10 \
+        qemu-system-x86_64 -name numalab -machine q35 -accel tcg -cpu max,vendor=GenuineIntel \
         -m $((MEM * SOCKETS)) -smp 1,sockets=$SOCKETS,cores="$CORES",threads=2,maxcpus=$total \
         -object memory-backend-ram,id=m0,size="${MEM}M" -object memory-backend-ram,id=m1,size="${MEM}M" \
         -numa node,nodeid=0,memdev=m0 -numa node,nodeid=1,memdev=m1 \
