@@ -3,9 +3,11 @@
 Three figures from the same run, each the median of 3 after a warm-up:
 - provision: `invoke provision --host=lab`, which must change nothing and verify every step;
 - verify.all: `invoke verify.all --host=lab`;
-- floor: the same facts (every provision step's facts command, per target) read as ONE batched
-  command per target, all targets at once, over the same SSH paths (the VMs through the lab
-  hypervisor as their jump host), with plain paramiko: nothing can read those facts for less.
+- floor: the same reads (every provision step's first round of reads, per target, with sudo where
+  the engine uses it) read as ONE batched command per endpoint, all endpoints at once, over the
+  same SSH paths (the VMs through the lab hypervisor as their jump host), with plain paramiko:
+  nothing can read those facts for less. (Before 2026-12-06 evening the floor sent the guests'
+  reads without sudo, so kubectl failed at once there: a floor lighter than the work.)
 
 Prints one line: `noop: provision X.XX s, verify.all Y.YY s, floor Z.ZZ s, provision/floor R.RRx`.
 The lab has fixed names and one port: run it as `flock /tmp/numa-k3s-demo.lock make bench-noop`.
@@ -28,21 +30,26 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lib.inventory.load import LoadedHost, load_inventory  # noqa: E402
+from lib.reads import Answers, Ask, Run  # noqa: E402
 from lib.remote import Endpoint  # noqa: E402
 from lib.runbook import load_runbook  # noqa: E402
+from lib.shell import wired  # noqa: E402
 from lib.steps.registry import REGISTRY  # noqa: E402
 from lib.targets import targets_for  # noqa: E402
 
 
 def batches(loaded: LoadedHost) -> dict[Endpoint, list[str]]:
-    """Per SSH endpoint, the facts commands provision's steps read there, each in its own subshell."""
+    """Per SSH endpoint, what provision's steps read there first (each target's first round of
+    declared reads: Run on the target, Ask on its peer), each in its own subshell and sent as the
+    engine sends it (under `sudo -n` where it needs root and the user is not root)."""
     book = load_runbook(REPO / "runbooks" / "provision.yaml", REGISTRY)
     out: dict[Endpoint, list[str]] = {}
     for step in book.steps:
         for target in targets_for(step, loaded, mode="verify"):
-            cmd = step.facts_command(target)
-            if cmd is not None:
-                out.setdefault(target.endpoint, []).append(f"( {cmd.real} )")
+            for read in step.reads(target, Answers()):
+                where = target.endpoint if isinstance(read, Run) else read.endpoint if isinstance(read, Ask) else None
+                if where is not None and isinstance(read, (Run, Ask)):
+                    out.setdefault(where, []).append(f"( {wired(read.command, where.user, reveal=True)} )")
     return out
 
 
