@@ -175,9 +175,16 @@ def monitoring_reads_the_real_qemu_processes(world: World, a: str, b: str) -> No
     assert int(emulator["emulator threads"][1]) >= 2
     metrics = checks_of(seen, "monitor.sample", a)
     assert metrics["vCPU utilisation"][1].startswith("0:")
-    # "0:1.2ms": the delay of each vCPU over the 1 s interval, passing only under 5% of it (50 ms).
+    # "0:1.2ms": the delay of each vCPU over the interval, passing only under 5% of it. The interval
+    # is the one measured between the two reads, never shorter than the nominal 1 s (longer on a
+    # loaded machine), so: every wait under 50 ms must pass, and a breach needs a wait of 50 ms or more.
     waits = [float(part.split(":")[1].removesuffix("ms")) for part in metrics["vCPU wait (run-queue delay)"][1].split()]
-    assert waits and metrics["vCPU wait (run-queue delay)"][2] == all(w < 50.0 for w in waits)
+    row = metrics["vCPU wait (run-queue delay)"]
+    assert waits
+    if all(w < 50.0 for w in waits):
+        assert row[2], row
+    if not row[2]:
+        assert any(w >= 49.95 for w in waits), row  # 49.95: the value is shown to 0.1 ms
     assert set(metrics) >= {"vCPU wait (run-queue delay)", "remote memory", "emulator load", "LLC loads / misses"}
 
 
