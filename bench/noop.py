@@ -29,8 +29,8 @@ import paramiko
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lib.gather import first_commands  # noqa: E402
 from lib.inventory.load import LoadedHost, load_inventory  # noqa: E402
-from lib.reads import Answers, Ask, Run  # noqa: E402
 from lib.remote import Endpoint  # noqa: E402
 from lib.runbook import load_runbook  # noqa: E402
 from lib.shell import wired  # noqa: E402
@@ -46,10 +46,8 @@ def batches(loaded: LoadedHost) -> dict[Endpoint, list[str]]:
     out: dict[Endpoint, list[str]] = {}
     for step in book.steps:
         for target in targets_for(step, loaded, mode="verify"):
-            for read in step.reads(target, Answers()):
-                where = target.endpoint if isinstance(read, Run) else read.endpoint if isinstance(read, Ask) else None
-                if where is not None and isinstance(read, (Run, Ask)):
-                    out.setdefault(where, []).append(f"( {wired(read.command, where.user, reveal=True)} )")
+            for where, command in first_commands(step, target):
+                out.setdefault(where, []).append(f"( {wired(command, where.user, reveal=True)} )")
     return out
 
 

@@ -12,8 +12,9 @@ from typing import TypeVar
 
 from lib.errors import FactError, ToolError
 from lib.reads import Answer, Answers, Ask, Fetch, Live, Read, Run, Unreached
+from lib.shell import Command
 from lib.steps.base import Step, Target
-from lib.transport import CmdResult, CommandError, ConnectError, Shell
+from lib.transport import CmdResult, CommandError, ConnectError, Endpoint, Shell
 
 F = TypeVar("F")
 PARSER_ERRORS = (ValueError, KeyError, IndexError, TypeError)
@@ -47,6 +48,18 @@ def gather(step: Step[F], target: Target, shell: Shell) -> F:
         return step.parse(target, answers)
     except PARSER_ERRORS as exc:
         raise unreadable(target, done, answers, exc) from exc
+
+
+def first_commands(step: Step[F], target: Target) -> list[tuple[Endpoint, Command]]:
+    """The commands the target's first round of reads sends, each with the endpoint it goes to (a
+    Run to the target, an Ask to its peer): what can be read before any answer is in."""
+    out: list[tuple[Endpoint, Command]] = []
+    for read in step.reads(target, Answers()):
+        if isinstance(read, Run):
+            out.append((target.endpoint, read.command))
+        elif isinstance(read, Ask):
+            out.append((read.endpoint, read.command))
+    return out
 
 
 def perform(read: Read, shell: Shell) -> Answer:

@@ -57,15 +57,16 @@ class ReadAhead:
             known = self._known.get((endpoint, cmd.real))
             first = endpoint not in self._contacts
             contact = self._contacts.setdefault(endpoint, threading.Lock())
+            upcoming = self._upcoming() if first else {}
             if first and len(self._contacts) == 1:
-                self._open_the_others(endpoint, shell)
+                self._open_the_others(endpoint, shell, upcoming)
         if known is not None:
             return self._taken(endpoint, known)
         with contact:  # every other target's reads there wait until the first contact has answered
             if first:
                 # The read that makes the contact goes too: before any change every command sent is
                 # a read (the engine forgets before it applies anything), such as vms.start's probe.
-                self._read_ahead(endpoint, shell, [cmd, *self._upcoming().get(endpoint, [])])
+                self._read_ahead(endpoint, shell, [cmd, *upcoming.get(endpoint, [])])
         with self._lock:
             known = None if self._changed else self._known.get((endpoint, cmd.real))
         return None if known is None else self._taken(endpoint, known)
@@ -76,10 +77,10 @@ class ReadAhead:
                       f"(read earlier in this run, nothing changed since)")
         return known
 
-    def _open_the_others(self, first: Endpoint, shell: Shell) -> None:
+    def _open_the_others(self, first: Endpoint, shell: Shell, upcoming: dict[Endpoint, list[Command]]) -> None:
         """Called under self._lock at the run's first contact: every other endpoint's contact starts
         now, in its own thread, holding that endpoint's contact until it has answered."""
-        for endpoint, reads in self._upcoming().items():
+        for endpoint, reads in upcoming.items():
             if endpoint == first or endpoint in self._contacts or not reads:
                 continue
             contact = self._contacts[endpoint] = threading.Lock()

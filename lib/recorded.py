@@ -68,11 +68,10 @@ class Recorded:
             early = ahead.answer(self._endpoint, cmd, self._shell)
             if early is not None:
                 result = early
-            elif cmd.shared:
-                result = self._answers.get((self._step, self._endpoint, cmd.real), lambda: self._shell.run(cmd))
             else:
-                result = self._shell.run(cmd)
-            ahead.remember(self._endpoint, cmd, result)
+                result = (self._answers.get((self._step, self._endpoint, cmd.real), lambda: self._shell.run(cmd))
+                          if cmd.shared else self._shell.run(cmd))
+                ahead.remember(self._endpoint, cmd, result)
         except CommandError as exc:
             self._keep(exc.result)
             raise

@@ -48,14 +48,13 @@ from lib.failures import (
     verification_failed,
     would_delete,
 )
-from lib.gather import gather
+from lib.gather import first_commands, gather
 from lib.inventory.load import LoadedHost
 from lib.options import HostInputs, RunFlags
 from lib.output import Output
 from lib.planview import describe as describe_action
 from lib.pool import ssh_pool
 from lib.readahead import ReadAhead
-from lib.reads import Answers, Ask, Run
 from lib.recorded import Recorded, SharedReads
 from lib.records import RunMeta, RunRecords, last_run, new_run_id, read_journal
 from lib.results import Check, HostRun, Status, StepResult
@@ -417,11 +416,8 @@ def reads_ahead(chosen: list[AnyStep], ctx: _HostRun, flags: RunFlags, mode: Mod
             continue
         try:
             for target in targets_for(step, ctx.loaded, flags, inputs=ctx.inputs, mode=mode, run_id=ctx.run_id):
-                for read in step.reads(target, Answers()):
-                    if isinstance(read, Run):
-                        reads.setdefault(target.endpoint, []).append(read.command)
-                    elif isinstance(read, Ask):
-                        reads.setdefault(read.endpoint, []).append(read.command)
+                for endpoint, command in first_commands(step, target):
+                    reads.setdefault(endpoint, []).append(command)
         except Exception as exc:  # an optimisation only: the step reads alone and reports its own errors
             ctx.records.log(f"{ctx.loaded.name}: {step.name} not read ahead: {describe(exc)}")
     return reads
