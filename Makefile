@@ -29,7 +29,11 @@ $(VENV)/.installed: requirements.txt | system
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# The tool's own bytecode, as pip writes it for installed packages: this machine kind sets
+# PYTHONDONTWRITEBYTECODE, so without it every command compiled lib/ from source again (40-50 ms of
+# each command's start-up, measured on 2026-12-06). compileall rewrites only what is stale.
 venv: system $(VENV)/.installed
+	@$(PY) -m compileall -q -j0 lib tasks.py >/dev/null
 
 lint: venv
 	$(VENV)/bin/ruff check .
