@@ -16,7 +16,6 @@ The lab has fixed names and one port: run it as `flock /tmp/numa-k3s-demo.lock m
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from lib.gather import first_commands  # noqa: E402
 from lib.inventory.load import LoadedHost, load_inventory  # noqa: E402
-from lib.remote import Endpoint  # noqa: E402
+from lib.remote import Endpoint, nodelay_transport  # noqa: E402
 from lib.runbook import load_runbook  # noqa: E402
 from lib.shell import wired  # noqa: E402
 from lib.steps.registry import REGISTRY  # noqa: E402
@@ -57,10 +56,7 @@ def _client(ep: Endpoint, sock: paramiko.Channel | None = None) -> paramiko.SSHC
         client.load_host_keys(str(Path(ep.known_hosts).expanduser()))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.connect(ep.host, port=ep.port, username=ep.user, key_filename=ep.key_file, look_for_keys=False,
-                   allow_agent=False, timeout=10, sock=sock)
-    transport = client.get_transport()
-    if sock is None and transport is not None and isinstance(transport.sock, socket.socket):
-        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                   allow_agent=False, timeout=10, sock=sock, transport_factory=nodelay_transport)
     return client
 
 

@@ -121,6 +121,18 @@ class _Watchdog:
         self._timer.cancel()
 
 
+def nodelay_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """paramiko's Transport over a socket with Nagle off from the first byte of the handshake.
+
+    paramiko leaves Nagle on, and turning it off once connected was too late: the key exchange and
+    the first channel's open still waited on delayed ACKs, 40-50 ms of most connections (a 1-host
+    verify's connect and exec: 0.19 s -> 0.10 s). A jump host's channel is no socket: left as is.
+    """
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return paramiko.Transport(sock, **kwargs)
+
+
 def _permanent_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, paramiko.AuthenticationException | paramiko.BadHostKeyException) or (
         isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc))
@@ -176,7 +188,8 @@ class Session:
             "runners": {"remote": _FastRemote},
             "load_ssh_configs": False,
         })
-        kwargs: dict[str, Any] = {"banner_timeout": self.connect_timeout, "auth_timeout": self.connect_timeout}
+        kwargs: dict[str, Any] = {"banner_timeout": self.connect_timeout, "auth_timeout": self.connect_timeout,
+                                  "transport_factory": nodelay_transport}
         if ep.key_file:
             kwargs.update(key_filename=str(Path(ep.key_file).expanduser()), look_for_keys=False, allow_agent=False)
         gateway = self.gateway.connection() if self.gateway else None
@@ -223,10 +236,6 @@ class Session:
                 self.connects += 1
                 if conn.transport is not None:
                     conn.transport.channel_timeout = _CHANNEL_TIMEOUT_S  # paramiko's default: an hour
-                sock = conn.transport.sock if conn.transport else None
-                if isinstance(sock, socket.socket):
-                    # paramiko leaves Nagle on: every small exec would wait ~40 ms for a delayed ACK.
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return conn
 
             def note(state: Any) -> None:
