@@ -128,7 +128,9 @@ def _inventory(c: Context, host: str | None, applying: bool = False) -> Inventor
     from lib.inventory.keys import PLACEHOLDER_RULE
     from lib.inventory.load import load_inventory
     from lib.inventory.report import lines
+    from lib.quickexit import skip_last_collection
 
+    skip_last_collection()  # every command with an inventory is a short process: lib/quickexit.py
     inv = load_inventory(_hosts_dir(c), _names(host))
     if applying:
         refused = [Problem(p.rule, p.file, p.path, f"{p.message}; a run that changes hosts refuses it (plan and "

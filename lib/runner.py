@@ -54,6 +54,7 @@ from lib.options import HostInputs, RunFlags
 from lib.output import Output
 from lib.planview import describe as describe_action
 from lib.pool import ssh_pool
+from lib.quickexit import skip_last_collection
 from lib.readahead import ReadAhead
 from lib.recorded import Recorded, SharedReads
 from lib.records import RunMeta, RunRecords, last_run, new_run_id, read_journal
@@ -234,6 +235,7 @@ class Engine:
 
     def run(self, hosts: list[LoadedHost]) -> list[HostRun]:
         """The per-host run, each host in its own thread; one HostRun per host, in order, records written."""
+        skip_last_collection()  # the process exits soon after its runs: lib/quickexit.py
         # What the run shows by name stays readable whatever a secret is (shell.mask).
         public(*self.runbook.names, *(name for loaded in hosts for name in _names(loaded)))
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.inventory_helpers import REPO
 
@@ -35,3 +36,40 @@ def test_the_engine_loads_no_metrics_writer_terminal_ui_or_libvirt_binding() -> 
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120,
                          cwd=REPO)
     assert json.loads(out.stdout) == []
+
+
+def test_a_process_that_ran_the_engine_skips_the_last_collection(tmp_path: Path) -> None:
+    """lib/quickexit.py: the heap is frozen at exit (the last collection was 50 ms of a 1-host verify).
+    The probe is registered first, so it runs after the engine's hook (atexit runs hooks last-in first-out)."""
+    code = ("import atexit, gc, io, sys\nfrom pathlib import Path\n"
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+            "from lib.output import Output\nfrom lib.runbook import Runbook\n"
+            "from lib.runner import Engine, RunOptions\n"
+            f"Engine(Runbook('t', '', '', ()), RunOptions(mode='verify', runs_dir=Path({str(tmp_path)!r})), "
+            "Output(io.StringIO(), tty=False)).run([])\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    frozen = int(out.stdout.split("frozen")[-1])
+    assert frozen > 1000, out.stdout  # every module's objects, not a handful
+
+
+def test_nagle_is_off_before_the_ssh_handshake() -> None:
+    """lib/remote.py: the socket paramiko's Transport gets already has TCP_NODELAY, so the key exchange
+    and the first channel open do not wait on delayed ACKs (set after connect it came too late)."""
+    import socket
+
+    from lib.remote import Endpoint, Session, nodelay_transport
+    from lib.retry import Policies
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the kernel's default
+        transport = nodelay_transport(client)
+        try:
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert not transport.is_active()  # no SSH byte sent yet: the handshake comes after
+        finally:
+            transport.close()
+            client.close()
+    session = Session(Endpoint("hv", "127.0.0.1", 22, "root"), Policies())
+    assert session._new_connection().connect_kwargs["transport_factory"] is nodelay_transport
