@@ -20,7 +20,7 @@ from lib.errors import ToolError
 from lib.shell import Command, seq, sh
 
 if TYPE_CHECKING:
-    from lib.transport import Link
+    from lib.transport import CmdResult, Link
 
 # Walk up from this shell to the sshd process serving the connection (sudo and sh may sit between).
 # OpenSSH 9.8 and later serve connections from a separate `sshd-session` binary.
@@ -139,11 +139,15 @@ def refuse_foreign(host: str, path: str, state: LockState) -> None:
                           "/run/lock (the default is /run/lock/numa-k3s.lock)")
 
 
-def take(shell: Link, path: str, run_id: str, host: str, say: Callable[[str], None]) -> Callable[[], None]:
+def take(shell: Link, path: str, run_id: str, host: str, say: Callable[[str], None],
+         first: Callable[[Command], CmdResult] | None = None) -> Callable[[], None]:
     """Take the host lock through the hypervisor's shell, breaking a stale one (and saying so);
     raises LockHeld when a live run holds it. Returns what re-points the lock at a new SSH session
-    after a reconnect (give it to the pool's on_reconnect), which raises LockHeld if it was lost."""
-    state = parse(shell.run(acquire(path, holder_info(run_id))).stdout)
+    after a reconnect (give it to the pool's on_reconnect), which raises LockHeld if it was lost.
+    first sends the first attempt (the runner's: at the head of the first contact's reads)."""
+    state = parse((first or shell.run)(acquire(path, holder_info(run_id))).stdout)
+    if state.state == "live" and state.field("run") == run_id:
+        state = LockState("acquired", state.holder)  # ours already: an earlier attempt's answer was lost
     refuse_foreign(host, path, state)
     if state.state == "stale":
         # Its holder's SSH session is gone, so that run is gone too (a run that reconnects points

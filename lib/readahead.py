@@ -10,6 +10,10 @@ A guest that does not answer yet is left to the step that needs it, which waits 
 
 Every change and every convergence attempt forgets it all, and after the first change nothing is
 read ahead again: no answer is ever older than the run's last change.
+
+A run that changes hosts takes the host lock before its first read: the lock's command leads the
+hypervisor's first contact (lead()), so taking it costs no round trip of its own. The reads after it
+in that batch are answers under the lock; when the lock is refused they are dropped with the run.
 """
 
 from __future__ import annotations
@@ -71,6 +75,28 @@ class ReadAhead:
             known = None if self._changed else self._known.get((endpoint, cmd.real))
         return None if known is None else self._taken(endpoint, known)
 
+    def lead(self, endpoint: Endpoint, shell: Shell, cmd: Command) -> CmdResult:
+        """cmd, which the run sends before its first read (the host lock), at the head of its first
+        contact with endpoint: one round trip for both. Its answer is never kept for a later asker.
+        Sent alone, as shell.run would, once the contact was made or when the batch did not carry it."""
+        with self._lock:
+            first = not self._changed and endpoint not in self._contacts
+            if first:
+                contact = self._contacts[endpoint] = threading.Lock()
+                upcoming = self._upcoming()
+                if len(self._contacts) == 1:
+                    self._open_the_others(endpoint, shell, upcoming)
+        if not first:
+            return shell.run(cmd)
+        with contact:  # the steps' reads there wait for this contact's answers, as after answer()
+            led = self._read_ahead(endpoint, shell, [cmd, *upcoming.get(endpoint, [])], keep_from=1).get(0)
+        if led is None or led.exit_code not in cmd.ok_codes:  # run alone: its own retries and errors
+            return shell.run(cmd)
+        if self._log:
+            self._log(f"{endpoint.name}: $ {led.command}  -> exit {led.exit_code} in {led.duration:.2f} s "
+                      "(at the head of the first contact's reads)")
+        return led
+
     def _taken(self, endpoint: Endpoint, known: CmdResult) -> CmdResult:
         if self._log:
             self._log(f"{endpoint.name}: $ {known.command}  -> exit {known.exit_code} in {known.duration:.2f} s "
@@ -101,21 +127,25 @@ class ReadAhead:
         finally:
             contact.release()
 
-    def _read_ahead(self, endpoint: Endpoint, shell: Shell, asked: list[Command]) -> None:
+    def _read_ahead(self, endpoint: Endpoint, shell: Shell, asked: list[Command],
+                    keep_from: int = 0) -> dict[int, CmdResult]:
+        """Every answer of one batch, by index among asked without its repeats (asked[0] keeps 0);
+        those from keep_from on are kept for the steps that will ask them."""
         reads = list({c.real: c for c in asked}.values())
         if len(reads) < 2:
-            return
+            return {}
         token = new_token()
         try:
             done = shell.run(batch_command(reads, endpoint.user, token))
         except Exception as exc:  # the steps read one by one, as without a batch, and fail on their own
             if self._log:
                 self._log(f"{endpoint.name}: first contact read nothing ahead: {exc}")
-            return
+            return {}
         answers = split_batch(done.stdout, reads, endpoint.user, token)
         with self._lock:
             if self._changed:
-                return
+                return answers
             for i, result in answers.items():
-                if result.exit_code in reads[i].ok_codes:  # a failure is left to its step to read and report
+                if i >= keep_from and result.exit_code in reads[i].ok_codes:  # a failure is its step's to report
                     self._known[(endpoint, reads[i].real)] = result
+        return answers

@@ -273,10 +273,12 @@ class Engine:
             self.output.host_started(loaded.name, len(self.runbook.steps))  # "(2/5)" on the live line
             if opts.mode == "apply":
                 # The steps' local inputs (the cluster token, the airgap folder) checked on this machine as a
-                # plan would, creating nothing: a weak token is refused before the host is contacted.
+                # plan would, creating nothing: a weak token is refused before the host is contacted. The
+                # reads that follow the lock in its round trip are planned with them (no read uses a token).
                 for step in chosen:
-                    step.host_inputs(loaded, "plan")
-                ctx.locked = self._take_lock(pool, hypervisor_endpoint(loaded), loaded, run_id)
+                    ctx.inputs = ctx.inputs.merged(step.host_inputs(loaded, "plan"))
+                ctx.locked = self._take_lock(ctx, hypervisor_endpoint(loaded))
+                ctx.inputs = HostInputs()
             for step in chosen:
                 ctx.inputs = ctx.inputs.merged(step.host_inputs(loaded, opts.mode))
             self._run_steps(ctx, run, chosen, left_out)
@@ -359,9 +361,11 @@ class Engine:
                                "run without --resume")
         return resume_point(host, self.runbook.name, self.runbook.names, last.name, read_journal(last))
 
-    def _take_lock(self, pool: Pool, endpoint: Endpoint, loaded: LoadedHost, run_id: str) -> bool:
-        keep = lock.take(pool.shell(endpoint), loaded.host.lock_path, run_id, loaded.name, self.output.message)
-        pool.on_reconnect(endpoint, keep)
+    def _take_lock(self, ctx: _HostRun, endpoint: Endpoint) -> bool:
+        shell = ctx.pool.shell(endpoint)
+        keep = lock.take(shell, ctx.loaded.host.lock_path, ctx.run_id, ctx.loaded.name, self.output.message,
+                         first=lambda cmd: ctx.shared.ahead.lead(endpoint, shell, cmd))
+        ctx.pool.on_reconnect(endpoint, keep)
         return True
 
     # -- one step on its targets -------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import batch
+from lib import batch, lock
+from lib.inventory.load import load_inventory
 from lib.readahead import ReadAhead
 from lib.recorded import Recorded, SharedReads
 from lib.shell import Command, sh
@@ -230,6 +231,68 @@ def test_concurrent_targets_make_one_first_contact(tmp_path: Path) -> None:
         t.join()
     assert sorted(got) == [f"{i}\n" for i in range(6)]
     assert len(host.sent) == 1
+
+
+def test_the_host_lock_leads_the_first_contact() -> None:
+    """A run that changes hosts takes the lock and reads ahead in one round trip; the lock's answer
+    is the lock's alone, never kept as an answer to anything asked later."""
+    reads, take = [sh("echo a", why="ra"), sh("echo b", why="rb")], sh("echo acquired", why="lock")
+    host, logged = _Host(), list[str]()
+    answers = _answers(reads, logged.append)
+    assert answers.ahead.lead(HV, host, take).stdout == "acquired\n"
+    shell = _recorded(host, answers, [])
+    assert shell.run(reads[1]).stdout == "b\n" and shell.run(reads[0]).stdout == "a\n"
+    assert len(host.sent) == 1 and host.sent[0].startswith("read everything")
+    assert any("at the head of the first contact" in line for line in logged), logged
+    assert answers.ahead.lead(HV, host, take).stdout == "acquired\n" and host.sent[-1] == "lock"  # alone now
+    assert shell.run(take).stdout == "acquired\n" and host.sent[-1] == "lock"  # never answered from the batch
+
+
+def test_a_lock_the_batch_could_not_carry_is_sent_alone() -> None:
+    take = sh("echo acquired", why="lock")
+    for host, reads in ((_Host(fail_batch=True), [sh("echo a", why="ra")]), (_Host(), [])):
+        assert _answers(reads).ahead.lead(HV, host, take).stdout == "acquired\n"
+        assert host.sent[-1] == "lock", host.sent  # a failed batch, or nothing to read with it
+
+
+class _LiveLock(_Host):
+    """A hypervisor whose lock is held, live, by the holder given."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__()
+        self.holder = holder
+
+    def run(self, cmd: Command) -> CmdResult:
+        return CmdResult(cmd.shown, 0, f"live {self.holder}\n", "", 0.0)
+
+
+def test_a_lock_whose_answer_was_lost_is_known_as_ours() -> None:
+    """The batch took the lock but its answer did not come back: the lock sent alone finds this run's
+    own lock, live on this connection, and takes it as taken instead of refusing the run."""
+    net = _LiveLock("user=u client=c pid=1 started=t run=R1 session=9")
+    keep = lock.take(net, "/run/lock/x.lock", "R1", "hv1", lambda line: None)
+    assert callable(keep)
+    with pytest.raises(lock.LockHeld):
+        lock.take(net, "/run/lock/x.lock", "R2", "hv1", lambda line: None)
+
+
+def test_an_apply_run_takes_the_lock_and_reads_in_one_round_trip(sshd_farm: SshdFarm, tmp_path: Path) -> None:
+    """A converged host's provision over real sshd: the lock and both steps' reads go in one
+    command, the release in a second; nothing else is sent, and the lock is gone afterwards."""
+    ssh = sshd_farm.start(f"lead-{tmp_path.name[-8:]}")
+    try:
+        write_fleet([ssh], tmp_path / "hosts", tmp_path / "roots", ["b1"])
+        (run,) = run_fanout(tmp_path / "hosts", tmp_path / "runs", mode="apply")
+        lock_file = Path(load_inventory(tmp_path / "hosts").hosts["b1"].host.lock_path)
+        assert not lock_file.exists()
+    finally:
+        sshd_farm.stop(ssh.name)
+    assert run.exit_code == 0, [r.error for r in run.results]
+    log = (Path(run.records) / "run.log").read_text().splitlines()
+    sent = [line for line in log if " $ " in line and "(read earlier in this run" not in line
+            and "(at the head of" not in line]
+    assert len(sent) == 2 and "first contact: 3 reads" in sent[0] and "[ -f \"$lock\" ]" in sent[1], sent
+    assert sum("(at the head of the first contact" in line for line in log) == 1
 
 
 def test_a_verify_run_reads_each_host_once_over_real_sshd(sshd_farm: SshdFarm, tmp_path: Path) -> None:

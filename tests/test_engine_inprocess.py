@@ -139,7 +139,10 @@ def test_selection_runs_the_chosen_steps_and_records_the_others_skipped(
         assert words in reasons[step], reasons[step]
     # Only the chosen steps read and wrote the host, in runbook order, inside the lock.
     expected = ["take the host lock"] + [f"{verb} {s} hv1" for s in ran for verb in ("read", "write", "read")]
-    assert net.sent_whys("hv1") == [*expected, "release the host lock"]
+    # The lock leads the first contact's batch of reads (lib/readahead.py); a fake cannot answer a
+    # batch, so the lock and every read are then sent alone, as after any failed batch.
+    first, *sent = net.sent_whys("hv1")
+    assert first.startswith("read everything") and sent == [*expected, "release the host lock"]
 
 
 def test_resume_starts_at_the_first_step_the_last_run_did_not_verify(world: World) -> None:

@@ -56,7 +56,7 @@ def run_fanout(hosts_dir: Path, runs_dir: Path, **options: Any) -> list[HostRun]
     """Load every host in hosts_dir and run the fan-out book over all of them in one Engine run."""
     hosts = list(load_inventory(hosts_dir).hosts.values())
     again = options.pop("resume_command", lambda h: f"invoke verify.bios --host={h}; invoke verify.tuning --host={h}")
-    opts = RunOptions(mode="verify", runs_dir=runs_dir, resume_command=again, **options)
+    opts = RunOptions(mode=options.pop("mode", "verify"), runs_dir=runs_dir, resume_command=again, **options)
     return Engine(fanout_book(), opts, Output(io.StringIO(), tty=False)).run(hosts)
 
 
