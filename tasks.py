@@ -933,11 +933,9 @@ def fleet_status(c: Context, run: str | None = None, json: bool = False, engine:
     temporal = _temporal(c, engine, address, namespace, task_queue)
     runs_dir = _runs_dir(c)
     if temporal is not None:
-        import asyncio
+        from lib.fleet.temporal.client import rollout_state, run_async
 
-        from lib.fleet.temporal.client import rollout_state
-
-        state = asyncio.run(rollout_state(temporal, _fleet_run(run)))
+        state = run_async(rollout_state(temporal, _fleet_run(run)))
     else:
         state = load(runs_dir, run)
     if json:
@@ -955,11 +953,10 @@ def fleet_approve(c: Context, run: str | None = None, engine: str = "local", add
     """Let a rollout paused between waves (--pause) start its next wave."""
     temporal = _temporal(c, engine, address, namespace, task_queue)
     if temporal is not None:
-        import asyncio
-
         from lib.fleet.temporal.client import approve as approve_temporal
+        from lib.fleet.temporal.client import run_async
 
-        state, wave = asyncio.run(approve_temporal(temporal, _fleet_run(run)))
+        state, wave = run_async(approve_temporal(temporal, _fleet_run(run)))
     else:
         from lib.fleet.record import approve
 
@@ -981,9 +978,8 @@ def _fleet_run(run: str | None) -> str:
 def fleet_worker(c: Context, task_queue: str | None = None, address: str | None = None,
                  namespace: str | None = None) -> None:
     """A Temporal worker: rollout workflows, and the steps of one site's hosts; until Ctrl-C or SIGTERM."""
-    import asyncio
-
     from lib.fleet.front import fd_limit
+    from lib.fleet.temporal.client import run_async
     from lib.fleet.temporal.config import temporal_config
     from lib.fleet.temporal.worker import serve
     from lib.retry import policies_from_config
@@ -991,8 +987,8 @@ def fleet_worker(c: Context, task_queue: str | None = None, address: str | None 
     config = temporal_config(c.config.get("temporal"), address=address, namespace=namespace)
     books = {p.stem: _runbook(p.stem) for p in sorted((HERE / "runbooks").glob("*.yaml"))}
     inv = _inventory(c, None)
-    asyncio.run(serve(config, task_queue or config.task_queue, inv, _hosts_dir(c), _runs_dir(c), books,
-                      policies_from_config(c.config.get("retries")), fd_limit()))
+    run_async(serve(config, task_queue or config.task_queue, inv, _hosts_dir(c), _runs_dir(c), books,
+                    policies_from_config(c.config.get("retries")), fd_limit()))
 
 
 inventory = Collection("inventory", check)

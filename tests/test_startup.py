@@ -53,6 +53,16 @@ def test_a_process_that_ran_the_engine_skips_the_last_collection(tmp_path: Path)
     assert frozen > 1000, out.stdout  # every module's objects, not a handful
 
 
+def test_a_process_with_temporal_s_runtime_keeps_its_last_collection() -> None:
+    """temporalio's Rust threads are stopped by what the last collection frees: without it a rollout
+    that succeeded exited with SIGABRT (tests/test_fleet_temporal.py saw it)."""
+    code = ("import atexit, gc\natexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+            "import temporalio.client\nfrom lib.quickexit import skip_last_collection\nskip_last_collection()\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert out.stdout.split() == ["frozen", "0"]
+
+
 def test_nagle_is_off_before_the_ssh_handshake() -> None:
     """lib/remote.py: the socket paramiko's Transport gets already has TCP_NODELAY, so the key exchange
     and the first channel open do not wait on delayed ACKs (set after connect it came too late)."""
