@@ -252,6 +252,23 @@ class Session:
                 raise error from None
             return self._conn, True
 
+    def adopt(self, conn: Any) -> None:
+        """Start from a connection an earlier run in this process left open to this endpoint (a fleet
+        worker between one host's steps): no handshake. One that died meanwhile is reopened as any
+        lost connection is, and the run's reconnect hook (the lock's) runs then."""
+        with self._lock:
+            self._conn, self.connects = conn, max(1, self.connects)
+
+    def handover(self) -> Any | None:
+        """The open connection, given up without closing it; None (and closed) if it is not alive."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_connected:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                conn.close()
+            return None
+        return conn
+
     @property
     def connected(self) -> bool:
         """An SSH connection is open now (the exporter reports it per target)."""

@@ -23,10 +23,11 @@ from lib.errors import ToolError
 from lib.inventory.load import LoadedHost
 from lib.options import RunFlags
 from lib.output import Output
+from lib.pool import ssh_pool
 from lib.results import HostRun
 from lib.retry import Policies, Sleep
 from lib.runbook import Runbook
-from lib.runner import Engine, RunOptions, failure_text
+from lib.runner import Engine, PoolFactory, RunOptions, failure_text
 
 
 class Drained(ToolError):
@@ -59,9 +60,9 @@ class HostOutcome:
 class _Draining(Engine):
     """The Engine, checking before each step whether the fleet wants its hosts to stop."""
 
-    def __init__(self, runbook: Runbook, options: RunOptions, output: Output, drain: threading.Event,
-                 why: Callable[[], str]) -> None:
-        super().__init__(runbook, options, output)
+    def __init__(self, runbook: Runbook, options: RunOptions, output: Output, pools: PoolFactory,
+                 drain: threading.Event, why: Callable[[], str]) -> None:
+        super().__init__(runbook, options, output, pools)
         self._drain, self._why = drain, why
 
     def _run_step(self, step: Any, ctx: Any, run: HostRun) -> bool:
@@ -89,6 +90,7 @@ class HostRunner:
     flags: RunFlags = field(default_factory=RunFlags)
     resume_command: Callable[[str], str] = lambda host: f"invoke provision --host={host} --resume"
     sleep: Sleep = time.sleep
+    pools: PoolFactory = ssh_pool  # a Temporal worker's keeps connections between a host's steps (lib/fleet/kept.py)
     _live: set[Engine] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -99,13 +101,14 @@ class HostRunner:
         options = RunOptions(mode="apply", runs_dir=self.runs_dir, resume=resume, only=tuple(only),
                              flags=self.flags, policies=self.policies, sleep=self.sleep,
                              resume_command=self.resume_command)
-        return self._run(_Draining(self.runbook, options, _quiet(), drain or threading.Event(), why), loaded)
+        return self._run(_Draining(self.runbook, options, _quiet(), self.pools, drain or threading.Event(), why),
+                         loaded)
 
     def verify(self, loaded: LoadedHost) -> HostOutcome:
         """Read-only: every step of the runbook verified against the host as it is now."""
         options = RunOptions(mode="verify", runs_dir=self.runs_dir, flags=self.flags, policies=self.policies,
                              sleep=self.sleep, resume_command=self.resume_command)
-        return self._run(Engine(self.runbook, options, _quiet()), loaded)
+        return self._run(Engine(self.runbook, options, _quiet(), self.pools), loaded)
 
     def interrupt(self) -> None:
         """Ctrl-C: every host in flight stops after the commands in flight, as a single run does."""

@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from lib.fleet.hostrun import HostOutcome, HostRunner
+from lib.fleet.kept import KeptConnections
 from lib.fleet.temporal.shapes import NOT_RETRYABLE, RETRYABLE, StepInput, StepOutput
 from lib.inventory.load import LoadedHost, load_inventory
 from lib.retry import Policies
@@ -36,17 +37,20 @@ FINAL = (2, 3, 4, 5)
 
 class StepActivities:
     def __init__(self, hosts_dir: Path, runs_dir: Path, books: dict[str, Runbook], policies: Policies,
-                 heartbeat: float) -> None:
+                 heartbeat: float, kept: KeptConnections) -> None:
         self.hosts_dir, self.runs_dir, self.books = hosts_dir, runs_dir, books
         self.policies, self.heartbeat = policies, heartbeat
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.kept = kept
 
     def _host(self, name: str) -> LoadedHost:
         return load_inventory(self.hosts_dir, [name]).hosts[name]
 
-    def _runner(self, runbook: str, run_id: str) -> HostRunner:
+    def _runner(self, runbook: str, run_id: str, keep: bool = False) -> HostRunner:
+        """keep: the host's connection stays open for its next step on this worker (lib/fleet/kept.py)."""
         resume = f"invoke fleet.provision --engine=temporal --resume --run={run_id}"
-        return HostRunner(self.books[runbook], self.runs_dir, self.policies, resume_command=lambda _h: resume)
+        return HostRunner(self.books[runbook], self.runs_dir, self.policies, resume_command=lambda _h: resume,
+                          pools=self.kept.pools(keep))
 
     def _beating(self, step: str, work: threading.Thread) -> None:
         """Heartbeat while the step's thread works: a dead worker stops beating, and Temporal retries."""
@@ -62,7 +66,8 @@ class StepActivities:
     @activity.defn(name="run_step")
     def run_step(self, inp: StepInput) -> StepOutput:
         loaded = self._host(inp.host)
-        runner = self._runner(inp.runbook, inp.run_id)
+        last = self.books[inp.runbook].steps[-1].name == inp.step
+        runner = self._runner(inp.runbook, inp.run_id, keep=not last)
         found: list[HostOutcome] = []
         self._beating(inp.step, threading.Thread(target=lambda: found.append(runner.run(loaded, only=[inp.step]))))
         out = self._output(inp.step, found[0])

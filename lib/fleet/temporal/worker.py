@@ -18,6 +18,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
+from lib.fleet.kept import KeptConnections
 from lib.fleet.plan import in_flight_bound
 from lib.fleet.temporal.activities import StepActivities
 from lib.fleet.temporal.client import connect
@@ -44,7 +45,8 @@ async def serve(config: TemporalConfig, activity_queue: str, inv: Inventory, hos
     learn_secrets(inv)
     client: Client = await connect(config)
     bound = in_flight_bound(fd_limit)  # each activity holds one host's SSH session: 4 descriptors at most
-    steps = StepActivities(hosts_dir, runs_dir, books, policies, config.heartbeat)
+    kept = KeptConnections(limit=bound)  # between a host's steps: one handshake per host, as a local run
+    steps = StepActivities(hosts_dir, runs_dir, books, policies, config.heartbeat, kept)
     executor = ThreadPoolExecutor(max_workers=bound)
     # Pollers scale with the work: a wave of 100 hosts is 100 host workflows and a step each at once.
     polls = PollerBehaviorAutoscaling()
@@ -69,3 +71,4 @@ async def serve(config: TemporalConfig, activity_queue: str, inv: Inventory, hos
             ready.set()
         await stop.wait()
     executor.shutdown(wait=True)
+    kept.close_all()
