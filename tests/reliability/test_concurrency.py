@@ -118,7 +118,10 @@ def test_two_provisions_at_once_one_runs_the_other_is_refused(held: tuple[Cli, H
     done = [(r.step, r.target) for results in journals.values() for r in results if r.status == "changed"]
     assert done == [("host.tune", "hv1")]  # done once, by one run
     refused_log = (c.runs / "hv1" / refused / "run.log").read_text()
-    assert refused_log.count(": $ ") == 1 and "set -C" in refused_log  # its only command: the lock attempt
+    # One round trip: the lock attempt at the head of the first contact's reads (read only, then dropped).
+    sent = [line for line in refused_log.splitlines() if ": $ " in line and "(at the head of" not in line]
+    assert len(sent) == 1 and "first contact" in sent[0], sent
+    assert "set -C" in refused_log and "(at the head of the first contact's reads)" in refused_log
     assert not lock_file(c).exists()  # the winner released it
 
 
