@@ -277,7 +277,7 @@ class Engine:
                 # reads that follow the lock in its round trip are planned with them (no read uses a token).
                 for step in chosen:
                     ctx.inputs = ctx.inputs.merged(step.host_inputs(loaded, "plan"))
-                ctx.locked = self._take_lock(ctx, hypervisor_endpoint(loaded))
+                ctx.locked = _take_lock(ctx, hypervisor_endpoint(loaded), self.output.message)
                 ctx.inputs = HostInputs()
             for step in chosen:
                 ctx.inputs = ctx.inputs.merged(step.host_inputs(loaded, opts.mode))
@@ -361,13 +361,6 @@ class Engine:
                                "run without --resume")
         return resume_point(host, self.runbook.name, self.runbook.names, last.name, read_journal(last))
 
-    def _take_lock(self, ctx: _HostRun, endpoint: Endpoint) -> bool:
-        shell = ctx.pool.shell(endpoint)
-        keep = lock.take(shell, ctx.loaded.host.lock_path, ctx.run_id, ctx.loaded.name, self.output.message,
-                         first=lambda cmd: ctx.shared.ahead.lead(endpoint, shell, cmd))
-        ctx.pool.on_reconnect(endpoint, keep)
-        return True
-
     # -- one step on its targets -------------------------------------------------------------
     def _run_step(self, step: AnyStep, ctx: _HostRun, run: HostRun) -> bool:
         """Run one step on all its targets and record each result; False when any failed."""
@@ -408,6 +401,15 @@ class Engine:
             ctx.records.log(f"{job.where}: {describe(exc)}\n{traceback.format_exc()}")
             return job.failed(getattr(exc, "exit_code", 4) if isinstance(exc, ToolError) else 4,
                               f"{job.where}: {describe(exc)}")
+
+
+def _take_lock(ctx: _HostRun, endpoint: Endpoint, say: Callable[[str], None]) -> bool:
+    """The host lock, sent at the head of the run's first contact with the hypervisor (lib/readahead.py)."""
+    shell = ctx.pool.shell(endpoint)
+    keep = lock.take(shell, ctx.loaded.host.lock_path, ctx.run_id, ctx.loaded.name, say,
+                     first=lambda cmd: ctx.shared.ahead.lead(endpoint, shell, cmd))
+    ctx.pool.on_reconnect(endpoint, keep)
+    return True
 
 
 def reads_ahead(chosen: list[AnyStep], ctx: _HostRun, flags: RunFlags, mode: Mode) -> dict[Endpoint, list[Command]]:
