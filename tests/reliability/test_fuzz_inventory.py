@@ -101,6 +101,8 @@ def mutated_hosts(draw: st.DrawFn) -> dict[str, Any]:
             _ = parent[path[-1]]  # still there after earlier mutations?
         except (KeyError, IndexError, TypeError):
             continue
+        if not isinstance(parent, dict | list):  # an earlier mutation made it a string: "abc"[0] reads, never writes
+            continue
         action = draw(st.sampled_from(["replace", "replace", "delete", "extra"]))
         if action == "replace":  # half the time something of the same kind: extreme numbers, nasty strings
             like = {int: st.sampled_from(HUGE), str: st.sampled_from(SHELLISH + CPULISTS)}.get(type(parent[path[-1]]))
