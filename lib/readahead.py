@@ -59,15 +59,12 @@ class ReadAhead:
             if self._changed:
                 return None
             known = self._known.get((endpoint, cmd.real))
-            first = endpoint not in self._contacts
-            contact = self._contacts.setdefault(endpoint, threading.Lock())
-            upcoming = self._upcoming() if first else {}
-            if first and len(self._contacts) == 1:
-                self._open_the_others(endpoint, shell, upcoming)
+            upcoming = self._first_contact(endpoint, shell)
+            contact = self._contacts[endpoint]
         if known is not None:
             return self._taken(endpoint, known)
         with contact:  # every other target's reads there wait until the first contact has answered
-            if first:
+            if upcoming is not None:
                 # The read that makes the contact goes too: before any change every command sent is
                 # a read (the engine forgets before it applies anything), such as vms.start's probe.
                 self._read_ahead(endpoint, shell, [cmd, *upcoming.get(endpoint, [])])
@@ -80,15 +77,10 @@ class ReadAhead:
         contact with endpoint: one round trip for both. Its answer is never kept for a later asker.
         Sent alone, as shell.run would, once the contact was made or when the batch did not carry it."""
         with self._lock:
-            first = not self._changed and endpoint not in self._contacts
-            if first:
-                contact = self._contacts[endpoint] = threading.Lock()
-                upcoming = self._upcoming()
-                if len(self._contacts) == 1:
-                    self._open_the_others(endpoint, shell, upcoming)
-        if not first:
+            upcoming = None if self._changed else self._first_contact(endpoint, shell)
+        if upcoming is None:
             return shell.run(cmd)
-        with contact:  # the steps' reads there wait for this contact's answers, as after answer()
+        with self._contacts[endpoint]:  # the steps' reads there wait for this contact's answers, as in answer()
             led = self._read_ahead(endpoint, shell, [cmd, *upcoming.get(endpoint, [])], keep_from=1).get(0)
         if led is None or led.exit_code not in cmd.ok_codes:  # run alone: its own retries and errors
             return shell.run(cmd)
@@ -96,6 +88,18 @@ class ReadAhead:
             self._log(f"{endpoint.name}: $ {led.command}  -> exit {led.exit_code} in {led.duration:.2f} s "
                       "(at the head of the first contact's reads)")
         return led
+
+    def _first_contact(self, endpoint: Endpoint, shell: Shell) -> dict[Endpoint, list[Command]] | None:
+        """Called under self._lock. None when endpoint was contacted already; else this call makes the
+        contact (its lock registered; at the run's very first contact every other endpoint is opened)
+        and gets the reads the run's steps will make, per endpoint."""
+        if endpoint in self._contacts:
+            return None
+        self._contacts[endpoint] = threading.Lock()
+        upcoming = self._upcoming()
+        if len(self._contacts) == 1:
+            self._open_the_others(endpoint, shell, upcoming)
+        return upcoming
 
     def _taken(self, endpoint: Endpoint, known: CmdResult) -> CmdResult:
         if self._log:

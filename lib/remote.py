@@ -133,6 +133,13 @@ def nodelay_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
     return paramiko.Transport(sock, **kwargs)
 
 
+def close_quietly(conn: Any) -> None:
+    """Close a Fabric connection whose peer may be gone: a dead one cannot even say goodbye (its SFTP
+    channel's close raises EOFError)."""
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        conn.close()
+
+
 def _permanent_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, paramiko.AuthenticationException | paramiko.BadHostKeyException) or (
         isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc))
@@ -264,8 +271,7 @@ class Session:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None and not conn.is_connected:
-            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                conn.close()
+            close_quietly(conn)
             return None
         return conn
 
@@ -278,9 +284,7 @@ class Session:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                # A dead connection cannot even say goodbye (its SFTP channel's close raises EOFError).
-                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                    self._conn.close()
+                close_quietly(self._conn)
                 self._conn = None
 
     # -- commands ---------------------------------------------------------------------------

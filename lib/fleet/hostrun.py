@@ -90,7 +90,7 @@ class HostRunner:
     flags: RunFlags = field(default_factory=RunFlags)
     resume_command: Callable[[str], str] = lambda host: f"invoke provision --host={host} --resume"
     sleep: Sleep = time.sleep
-    pools: PoolFactory = ssh_pool  # a Temporal worker's keeps connections between a host's steps (lib/fleet/kept.py)
+    pools: PoolFactory = ssh_pool  # a Temporal worker's pools keep a host's connection between its steps
     _live: set[Engine] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -15,24 +15,17 @@ hypervisors are kept: a VM's connection rides on its hypervisor's and ends with 
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import paramiko
-
 from lib.pool import HostShell, SessionPool
+from lib.remote import close_quietly
 from lib.retry import Policies, Sleep
 from lib.transport import Endpoint, Log
-
-
-def _close(conn: Any) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):  # the peer may be gone already
-        conn.close()
 
 
 class KeptConnections:
@@ -53,7 +46,7 @@ class KeptConnections:
             return None
         since, conn = got
         if self._clock() - since > self.idle_s or not conn.is_connected:
-            _close(conn)
+            close_quietly(conn)
             return None
         return conn
 
@@ -61,21 +54,19 @@ class KeptConnections:
         """Keep conn for endpoint's next run, closing what this pushes past the limit or its age."""
         now = self._clock()
         with self._lock:
-            gone = [c for e, (since, c) in list(self._kept.items())
-                    if e == endpoint or now - since > self.idle_s]
-            self._kept = OrderedDict((e, kept) for e, kept in self._kept.items()
-                                     if e != endpoint and now - kept[0] <= self.idle_s)
+            stale = [e for e, (since, _) in self._kept.items() if e == endpoint or now - since > self.idle_s]
+            gone = [self._kept.pop(e)[1] for e in stale]
             self._kept[endpoint] = (now, conn)
             while len(self._kept) > self.limit:
                 gone.append(self._kept.popitem(last=False)[1][1])
         for old in gone:
-            _close(old)
+            close_quietly(old)
 
     def close_all(self) -> None:
         with self._lock:
             gone, self._kept = [c for _, c in self._kept.values()], OrderedDict()
         for conn in gone:
-            _close(conn)
+            close_quietly(conn)
 
     def pools(self, keep: bool) -> Callable[[Policies, Sleep, Log, bool], SessionPool]:
         """An Engine's pool factory that starts from what is kept; keep: hand the hypervisor's
@@ -87,20 +78,20 @@ class KeptConnections:
 
 @dataclass
 class _KeptPool(SessionPool):
-    keeper: KeptConnections | None = None
-    keep: bool = False
+    keeper: KeptConnections = field(kw_only=True)
+    keep: bool = field(kw_only=True)
 
     def _get(self, endpoint: Endpoint) -> HostShell:
         new = f"{endpoint.name}@{endpoint}" not in self.shells
         shell = super()._get(endpoint)
-        if new and endpoint.via is None and self.keeper is not None:
+        if new and endpoint.via is None:
             conn = self.keeper.take(endpoint)
             if conn is not None:
                 shell.session.adopt(conn)
         return shell
 
     def close_all(self) -> None:
-        if self.keep and self.keeper is not None:
+        if self.keep:
             for shell in self.shells.values():
                 if shell.endpoint.via is None:
                     conn = shell.session.handover()  # before the VMs close: theirs ride on it, it stays open
