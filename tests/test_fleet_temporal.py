@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from lib.fleet.record import FleetState, fleet_runs, load
+from lib.fleet.temporal.workflows import STARTS_AT_ONCE
 from tests.harness.fanout import TUNED, write_fleet
 from tests.harness.fleet import MISMATCHED, FleetWorld, fleet_world, host_runs, journal
 from tests.harness.sshd import SshdFarm
@@ -110,12 +112,29 @@ def until(what: str, ready: Callable[[], bool]) -> None:
         time.sleep(0.05)
 
 
+def starts_at_once(events: list[dict[str, Any]]) -> int:
+    """The most child workflows a rollout's history shows initiated and not yet started (or refused)."""
+    outstanding = most = 0
+    for event in events:
+        kind = event["eventType"]
+        if kind == "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED":
+            outstanding += 1
+        elif kind in ("EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED",
+                      "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_FAILED"):
+            outstanding -= 1
+        most = max(most, outstanding)
+    return most
+
+
 def test_a_whole_rollout_verifies_every_host_with_two_workers(site: Site) -> None:
-    out = site.invoke("fleet.provision", "--engine=temporal", "--runbook=hypervisor", "--all", "--waves=1,10%,50%")
+    out = site.invoke("fleet.provision", "--engine=temporal", "--runbook=hypervisor", "--all", "--waves=1,10%,100%")
     assert out.returncode == 0, out.stdout + out.stderr
     state = load(site.runs)
     assert state.engine == "temporal" and state.state == "done"
-    assert [len(w) for w in state.waves] == [1, 2, 10, 7]
+    assert [len(w) for w in state.waves] == [1, 2, 17]
+    # The last wave's 17 hosts started at most STARTS_AT_ONCE at a time, as Temporal recorded it.
+    rollout = json.loads(site.server.history(f"numa-k3s-rollout-{state.run_id}"))["events"]
+    assert starts_at_once(rollout) == STARTS_AT_ONCE
     assert {e.outcome for e in state.hosts.values()} == {"verified"}
     identities: set[str] = set()
     for name in site.world.names:
