@@ -22,11 +22,21 @@ from lib.shell import Command, seq, sh
 if TYPE_CHECKING:
     from lib.transport import CmdResult, Link
 
+# Builtins (read, case, ${...}) instead of cat, cut, dirname, grep, subshells: each fork costs the
+# hypervisor ~1.5 ms of CPU, twice per run per host (acquire, release). The scripts are POSIX sh
+# (with sudo, and in a batch, `sh -c` runs them: dash on Debian), and the module's shell constants
+# are composed with shell.seq, never str.format-ed, so their braces are the shell's own.
+
 # Walk up from this shell to the sshd process serving the connection (sudo and sh may sit between).
-# OpenSSH 9.8 and later serve connections from a separate `sshd-session` binary.
+# OpenSSH 9.8 and later serve connections from a separate `sshd-session` binary. The parent's pid is
+# the second field after the comm in /proc/<pid>/stat; the comm is in parentheses and may itself hold
+# spaces or ") ", so the fields are taken after the last ") ". A /proc entry that cannot be read, or
+# a parent that is not a number, ends the walk with an empty session (which never reads as live).
 _SSHD = "sshd|sshd-session"
-_SESSION = ('s=$$; while [ "$s" -gt 1 ]; do case "$(cat /proc/$s/comm 2>/dev/null)" in ' + _SSHD + ') break;; '
-            "esac; s=$(cut -d' ' -f4 /proc/$s/stat); done")
+_SESSION = ('s=$$; while [ "$s" -gt 1 ]; do { IFS= read -r c < /proc/$s/comm; } 2>/dev/null || { s=; break; }; '
+            'case "$c" in ' + _SSHD + ') break;; esac; '
+            '{ IFS= read -r t < /proc/$s/stat; } 2>/dev/null || { s=; break; }; '
+            't=${t##*") "}; t=${t#* }; s=${t%% *}; case "$s" in ""|*[!0-9]*) s=; break;; esac; done')
 
 
 class LockHeld(ToolError):
@@ -69,18 +79,34 @@ _FOREIGN = ('if [ -L "$lock" ] || { [ -e "$lock" ] && [ ! -f "$lock" ]; }; then 
             'echo "foreign $(stat -c %F -- "$lock" 2>/dev/null)"; exit 0; fi')
 _SHAPED = ('[ "$(wc -l < "$lock")" = 1 ] && grep -qxE \'' + _SHAPE + '\' "$lock"')
 
-# Shell code after `lock=...; info=...` and _SESSION: composed with shell.seq, never str.format-ed,
-# so its braces are the shell's own.
+# The lock's directory, as dirname(1) names it ("/x.lock" -> "/", "x.lock" -> "."), without a
+# process: dirname itself only for a path ending in "/", which dirname reads differently.
+_DIR = 'case "$lock" in */) d=$(dirname "$lock");; */*) d=${lock%/*}; d=${d:-/};; *) d=.;; esac'
+# Shell code after `lock=...; info=...` and _SESSION. The create is O_EXCL (`set -C`), set in this
+# shell and unset right after instead of in a subshell (a fork).
 _ACQUIRE = (
-    'mkdir -p "$(dirname "$lock")" && ' + _FOREIGN + '; '
-    'if (set -C; printf "%s session=%s\\n" "$info" "$s" > "$lock") 2>/dev/null; then echo acquired; exit 0; fi; '
+    _DIR + '; { [ -d "$d" ] || mkdir -p "$d"; } && ' + _FOREIGN + '; '
+    'set -C; if { printf "%s session=%s\\n" "$info" "$s" > "$lock"; } 2>/dev/null; then '
+    'set +C; echo acquired; exit 0; fi; set +C; '
     + _FOREIGN + '; if ! { ' + _SHAPED + '; }; then echo "foreign regular file"; exit 0; fi; '
     'holder=$(cat "$lock" 2>/dev/null); '
     'hs=$(printf "%s\\n" "$holder" | sed -n "s/.*session=\\([0-9]*\\).*/\\1/p"); '
     # A killed session not yet reaped is a zombie (state Z) whose comm still reads sshd: dead too.
     'st=$(sed -n "s/.*) \\([A-Z]\\).*/\\1/p" /proc/${hs:-0}/stat 2>/dev/null); '
-    'case "$st:$(cat /proc/${hs:-0}/comm 2>/dev/null)" in Z:*|X:*|:*) echo "stale $holder";; '
+    'hc=; { IFS= read -r hc < /proc/${hs:-0}/comm; } 2>/dev/null; '
+    'case "$st:$hc" in Z:*|X:*|:*) echo "stale $holder";; '
     '*:sshd|*:sshd-session) echo "live $holder";; *) echo "stale $holder";; esac')
+
+
+# After `lock=...; mark=...` (mark: `run=<id> `, quoted by sh()): $line is the lock's first line (the
+# tool writes one line), and the lock is ours when that line holds the mark, as a literal string.
+_READ = 'line=; { IFS= read -r line < "$lock"; } 2>/dev/null'
+_OURS = 'case "$line" in *"$mark"*)'
+# Removes only a regular file (no symlink, nothing else) that holds this run's mark.
+_RELEASE = 'if [ -f "$lock" ] && [ ! -L "$lock" ]; then ' + _READ + '; ' + _OURS + ' rm -f "$lock";; esac; fi; true'
+# After _SESSION: the lock, if still ours, now names this connection's sshd.
+_REFRESH = (_READ + '; ' + _OURS + ' sed "s/ session=[0-9]*$/ session=$s/" "$lock" > "$lock.new.$$" && '
+            'mv -f "$lock.new.$$" "$lock" && echo refreshed;; *) echo "lost $(cat "$lock" 2>/dev/null)";; esac')
 
 
 def acquire(path: str, info: str) -> Command:
@@ -109,10 +135,8 @@ def refresh(path: str, run_id: str) -> Command:
     Answers `refreshed`, or `lost <holder>` when the lock is no longer ours (someone broke it while
     our connection was down): the run must then stop.
     """
-    return sh('lock={path}; ' + _SESSION + '; if grep -q {mark} "$lock" 2>/dev/null; then '
-              'sed "s/ session=[0-9]*$/ session=$s/" "$lock" > "$lock.new.$$" && mv -f "$lock.new.$$" "$lock" && '
-              'echo refreshed; else echo "lost $(cat "$lock" 2>/dev/null)"; fi',
-              path=path, mark=f"run={run_id} ", timeout=30, why="re-take the host lock after a reconnect")
+    return seq(sh("lock={path}; mark={mark}", path=path, mark=f"run={run_id} "), _SESSION, _REFRESH, timeout=30,
+               why="re-take the host lock after a reconnect")
 
 
 def refreshed(stdout: str) -> LockState | None:
@@ -126,9 +150,8 @@ def refreshed(stdout: str) -> LockState | None:
 
 
 def release(path: str, run_id: str) -> Command:
-    return sh('lock={path}; [ -f "$lock" ] && [ ! -L "$lock" ] && grep -q {mark} "$lock" 2>/dev/null && '
-              'rm -f "$lock"; true',
-              path=path, mark=f"run={run_id} ", timeout=30, why="release the host lock")
+    return seq(sh("lock={path}; mark={mark}", path=path, mark=f"run={run_id} "), _RELEASE, timeout=30,
+               why="release the host lock")
 
 
 def refuse_foreign(host: str, path: str, state: LockState) -> None:
