@@ -67,6 +67,8 @@ def mask(text: str) -> str:
 
     An occurrence that lies inside a public name longer than the secret is part of that name, not
     the secret, and stays; everywhere else (a value, an echoed config file, an error) it is ***."""
+    if not _known:  # no secret in this process: a run's records mask ~800 strings per host, each for nothing
+        return text
     with _known_lock:
         values = sorted(_known, key=len, reverse=True)
     for value in values:
