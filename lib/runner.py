@@ -238,11 +238,14 @@ class Engine:
         skip_last_collection()  # the process exits soon after its runs: lib/quickexit.py
         # What the run shows by name stays readable whatever a secret is (shell.mask).
         public(*self.runbook.names, *(name for loaded in hosts for name in _names(loaded)))
+        # On the main thread, wake up now and then: a signal may be delivered to a worker thread, and
+        # Python runs its handler (Ctrl-C -> interrupt()) only when the main thread executes again.
+        # Elsewhere (a fleet's host, a Temporal activity) nothing is gained: 100 hosts polling ten
+        # times a second cost the control node's CPU and the GIL for nothing.
+        poll = 0.1 if threading.current_thread() is threading.main_thread() else None
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
             futures = [pool.submit(self._run_host, host) for host in hosts]
-            # Wake up now and then: a signal may be delivered to a worker thread, and Python runs
-            # its handler (Ctrl-C -> interrupt()) only when the main thread executes again.
-            while wait(futures, timeout=0.1).not_done:
+            while wait(futures, timeout=poll).not_done:
                 pass
             return [self._outcome(host, future.result) for host, future in zip(hosts, futures, strict=True)]
 
